@@ -1,0 +1,20 @@
+//! portwarden's pure core: ports, ranges and protocols, the service catalog, the policy
+//! model and its validation, and (as they arrive) allocation decisions, check rules and
+//! findings.
+//!
+//! Nothing here does I/O, reads the clock, spawns tasks or prints: facts come in as
+//! values, decisions go out as values.
+#![deny(missing_docs)]
+
+pub mod addr;
+pub mod catalog;
+pub mod diag;
+pub mod findings;
+pub mod policy;
+pub mod port;
+pub mod units;
+
+pub use addr::{AddrSet, Cidr};
+pub use catalog::{Catalog, CatalogEntry, Sensitivity, TlsStyle};
+pub use policy::Policy;
+pub use port::{Endpoint, Port, PortProto, PortRange, PortSpec, Protocol};

@@ -1,0 +1,390 @@
+//! The policy model: what an operator declares about a host's ports, and its validation.
+//!
+//! Text becomes a [`Policy`] in two stages, like ripgrep's flags: [`tree`] turns TOML into a
+//! span-carrying tree, [`parse`] reads that tree into typed values collecting every error
+//! with its position, and cross-field rules run last. All errors of a file are reported.
+
+mod parse;
+mod tree;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::addr::AddrSet;
+use crate::catalog::{Catalog, Sensitivity};
+use crate::diag::{SourceErrors, Span};
+use crate::port::{PortRange, PortSpec, Protocol};
+use crate::units::{Bandwidth, HumanDuration};
+
+/// The policy that applies when no file is given: management SSH admitted, compliance defaults.
+pub const BASELINE_TOML: &str = include_str!("../../data/baseline.toml");
+
+/// A commented starter policy for `policy init`.
+pub const STARTER_TOML: &str = include_str!("../../data/starter.toml");
+
+/// Policy language versions this build reads.
+pub const SUPPORTED_VERSION: i64 = 1;
+
+/// A validated policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct Policy {
+    /// Language version (1).
+    pub version: u32,
+    /// The host itself and its management path.
+    pub host: Host,
+    /// Network zones by kind.
+    pub zones: BTreeMap<ZoneKind, Zone>,
+    /// Mirror link characteristics, for TCP buffer checks.
+    pub transfer: Option<Transfer>,
+    /// Port pools.
+    pub pools: Vec<Pool>,
+    /// Declared services.
+    pub services: Vec<Service>,
+    /// Compliance rule settings.
+    pub compliance: Compliance,
+    /// Firewall behaviour.
+    pub firewall: Firewall,
+    /// Load-balanced mirror groups.
+    pub balance: Vec<Balance>,
+}
+
+/// `[host]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    /// Host name; `None` means the machine's own.
+    pub name: Option<String>,
+    /// The management path, always admitted by the firewall.
+    pub management: Management,
+}
+
+/// `[host].management`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Management {
+    /// Management ports, e.g. `22/tcp`.
+    pub ports: Vec<PortSpec>,
+    /// Sources allowed to reach them.
+    pub from: AddrSet,
+}
+
+/// The three kinds of zone exposure is judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZoneKind {
+    /// Reachable from outside the site.
+    External,
+    /// Reachable from the site's own networks.
+    Internal,
+    /// Loopback only.
+    Localhost,
+}
+
+impl ZoneKind {
+    /// All kinds.
+    pub const ALL: [ZoneKind; 3] = [ZoneKind::External, ZoneKind::Internal, ZoneKind::Localhost];
+
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ZoneKind::External => "external",
+            ZoneKind::Internal => "internal",
+            ZoneKind::Localhost => "localhost",
+        }
+    }
+
+    /// Parses a zone name.
+    pub fn parse(s: &str) -> Option<ZoneKind> {
+        ZoneKind::ALL.into_iter().find(|z| z.as_str() == s)
+    }
+}
+
+impl fmt::Display for ZoneKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A zone: interfaces and/or networks.
+#[derive(Debug, Clone, Serialize)]
+pub struct Zone {
+    /// Interface names (`eth0`).
+    pub interfaces: Vec<String>,
+    /// Networks.
+    pub cidrs: AddrSet,
+}
+
+/// `[transfer]`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Transfer {
+    /// Link speed.
+    pub bandwidth: Bandwidth,
+    /// Round-trip time.
+    pub rtt: HumanDuration,
+}
+
+/// `[[pool]]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pool {
+    /// Unique name.
+    pub name: String,
+    /// All ports of the pool.
+    pub range: PortRange,
+    /// Protocol of its ports.
+    pub protocol: Protocol,
+    /// Pinned band inside `range`; automatic picks prefer the rest.
+    #[serde(rename = "static")]
+    pub static_band: Option<PortRange>,
+    /// Lease lifetime.
+    pub lease_ttl: HumanDuration,
+    /// A lease with no listener this long is reclaimed.
+    pub reclaim_idle: Option<HumanDuration>,
+    /// Whether ports in the kernel's ephemeral range may be handed out.
+    pub allow_ephemeral: bool,
+    /// Where the pool is declared.
+    #[serde(skip)]
+    pub span: Span,
+}
+
+/// Where a service's ports come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// Fixed ports.
+    Fixed(Vec<PortSpec>),
+    /// Allocated from the named pool.
+    Pool(String),
+}
+
+/// `tls = ...` on a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsRequirement {
+    /// Plaintext is acceptable.
+    None,
+    /// TLS offered, plaintext tolerated.
+    Optional,
+    /// Only encrypted connections.
+    Required,
+}
+
+impl TlsRequirement {
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsRequirement::None => "none",
+            TlsRequirement::Optional => "optional",
+            TlsRequirement::Required => "required",
+        }
+    }
+}
+
+/// `[[service]]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Service {
+    /// Unique name.
+    pub name: String,
+    /// Catalog entry name, canonical (aliases resolved).
+    pub catalog: Option<String>,
+    /// Ports, fixed or from a pool.
+    pub placement: Placement,
+    /// Transport protocols.
+    pub protocols: Vec<Protocol>,
+    /// Exposure zone.
+    pub zone: ZoneKind,
+    /// Allowed sources; `None` means the zone's own default.
+    pub allow_from: Option<AddrSet>,
+    /// TLS requirement.
+    pub tls: TlsRequirement,
+    /// Concurrent connections allowed per source address.
+    pub max_conn_per_source: Option<u32>,
+    /// Data sensitivity.
+    pub sensitivity: Sensitivity,
+    /// Expected owning executable (name or absolute path).
+    pub process: Option<String>,
+    /// Free-text owner (team, person).
+    pub owner: Option<String>,
+    /// Where the service is declared.
+    #[serde(skip)]
+    pub span: Span,
+}
+
+impl Service {
+    /// Fixed ports, empty for pooled services.
+    pub fn fixed_ports(&self) -> &[PortSpec] {
+        match &self.placement {
+            Placement::Fixed(p) => p,
+            Placement::Pool(_) => &[],
+        }
+    }
+}
+
+/// `[compliance]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Compliance {
+    /// Most ports reachable from outside.
+    pub max_external_ports: u32,
+    /// Days the ledger keeps records.
+    pub ledger_retention_days: u32,
+    /// Catalog names that must run with TLS.
+    pub require_tls: Vec<String>,
+    /// Catalog names that must not run.
+    pub forbid: Vec<String>,
+    /// Transport protocols that may be used.
+    pub protocols: Vec<Protocol>,
+    /// Pool utilisation (0-1) that raises a finding.
+    pub pool_utilisation_alert: f64,
+}
+
+impl Default for Compliance {
+    fn default() -> Compliance {
+        Compliance {
+            max_external_ports: 10,
+            ledger_retention_days: 180,
+            require_tls: Vec::new(),
+            forbid: Vec::new(),
+            protocols: Protocol::ALL.to_vec(),
+            pool_utilisation_alert: 0.70,
+        }
+    }
+}
+
+/// `[firewall].mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FirewallMode {
+    /// Drop what the policy does not admit.
+    Enforce,
+    /// Count and log only.
+    Monitor,
+}
+
+/// `[firewall].icmp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IcmpPolicy {
+    /// The ICMP that TCP and IPv6 need (PMTU, neighbour discovery, errors, rate-limited echo).
+    Essential,
+    /// All ICMP.
+    Allow,
+    /// None beyond what IPv6 cannot live without.
+    Deny,
+}
+
+/// `[firewall].scan_guard`: block sources that touch too many closed ports.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ScanGuard {
+    /// New connections to distinct ports that trip the guard.
+    pub threshold: u32,
+    /// Within this window.
+    pub window: HumanDuration,
+    /// Block for this long.
+    pub block: HumanDuration,
+}
+
+/// `[firewall]`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Firewall {
+    /// Enforce or monitor.
+    pub mode: FirewallMode,
+    /// ICMP handling.
+    pub icmp: IcmpPolicy,
+    /// Scan guard, when set.
+    pub scan_guard: Option<ScanGuard>,
+}
+
+impl Default for Firewall {
+    fn default() -> Firewall {
+        Firewall {
+            mode: FirewallMode::Enforce,
+            icmp: IcmpPolicy::Essential,
+            scan_guard: None,
+        }
+    }
+}
+
+/// `[[balance]].algorithm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    /// Each backend in turn.
+    RoundRobin,
+    /// The backend with fewest active connections.
+    LeastConn,
+    /// Consistent hash of the source address.
+    SourceHash,
+}
+
+/// `[[balance]].health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthCheck {
+    /// Time between checks.
+    pub interval: HumanDuration,
+    /// Time a check may take.
+    pub timeout: HumanDuration,
+    /// Consecutive failures that mark a backend down.
+    pub fall: u32,
+    /// Consecutive successes that mark it up.
+    pub rise: u32,
+    /// Bytes the backend must send first (e.g. `@RSYNCD`).
+    pub expect: Option<String>,
+}
+
+impl Default for HealthCheck {
+    fn default() -> HealthCheck {
+        HealthCheck {
+            interval: HumanDuration(std::time::Duration::from_secs(2)),
+            timeout: HumanDuration(std::time::Duration::from_secs(1)),
+            fall: 3,
+            rise: 2,
+            expect: None,
+        }
+    }
+}
+
+/// `[[balance]]`: mirror nodes behind one port.
+#[derive(Debug, Clone, Serialize)]
+pub struct Balance {
+    /// Unique name.
+    pub name: String,
+    /// Address the balancer listens on.
+    pub listen: SocketAddr,
+    /// Backend choice.
+    pub algorithm: Algorithm,
+    /// Primary backends.
+    pub backends: Vec<SocketAddr>,
+    /// Used only when every primary is down.
+    pub backup: Vec<SocketAddr>,
+    /// Health check.
+    pub health: HealthCheck,
+    /// Concurrent connections per source.
+    pub max_conn_per_source: Option<u32>,
+}
+
+impl Policy {
+    /// Parses and validates policy text; `file` names it in diagnostics.
+    pub fn parse(file: &str, src: &str, catalog: &Catalog) -> Result<Policy, SourceErrors> {
+        parse::parse(src, catalog).map_err(|d| SourceErrors::new(file, src, d))
+    }
+
+    /// The built-in baseline policy.
+    pub fn baseline() -> Policy {
+        // A unit test proves the embedded baseline parses.
+        Policy::parse("<baseline>", BASELINE_TOML, Catalog::builtin())
+            .expect("built-in baseline policy is valid")
+    }
+
+    /// A service by name.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// A pool by name.
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests;

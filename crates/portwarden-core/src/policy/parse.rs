@@ -1,0 +1,1401 @@
+//! Reads the span tree into a [`Policy`], collecting every error with its position, then
+//! runs the cross-field rules (conflicts, overlaps, references).
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use super::tree::{self, Key, Kind, Node};
+use super::*;
+use crate::addr::Cidr;
+use crate::catalog::{Catalog, Sensitivity, edit_distance};
+use crate::diag::Diagnostic;
+use crate::port::Port;
+use crate::units::HumanDuration;
+
+const TOP_KEYS: &[&str] = &[
+    "version",
+    "host",
+    "zones",
+    "transfer",
+    "pool",
+    "service",
+    "compliance",
+    "firewall",
+    "balance",
+];
+const HOST_KEYS: &[&str] = &["name", "management"];
+const MGMT_KEYS: &[&str] = &["ports", "from"];
+const ZONE_KEYS: &[&str] = &["interfaces", "cidrs"];
+const TRANSFER_KEYS: &[&str] = &["bandwidth", "rtt"];
+const POOL_KEYS: &[&str] = &[
+    "name",
+    "range",
+    "protocol",
+    "static",
+    "lease_ttl",
+    "reclaim_idle",
+    "allow_ephemeral",
+];
+const SERVICE_KEYS: &[&str] = &[
+    "name",
+    "catalog",
+    "port",
+    "pool",
+    "protocol",
+    "zone",
+    "allow_from",
+    "tls",
+    "max_conn_per_source",
+    "sensitivity",
+    "process",
+    "owner",
+];
+const COMPLIANCE_KEYS: &[&str] = &[
+    "max_external_ports",
+    "ledger_retention_days",
+    "require_tls",
+    "forbid",
+    "protocols",
+    "pool_utilisation_alert",
+];
+const FIREWALL_KEYS: &[&str] = &["mode", "icmp", "scan_guard"];
+const GUARD_KEYS: &[&str] = &["threshold", "window", "block"];
+const BALANCE_KEYS: &[&str] = &[
+    "name",
+    "listen",
+    "algorithm",
+    "backends",
+    "backup",
+    "health",
+    "max_conn_per_source",
+];
+const HEALTH_KEYS: &[&str] = &["interval", "timeout", "fall", "rise", "expect"];
+
+/// Collects diagnostics while reading values.
+struct Cx<'c> {
+    diags: Vec<Diagnostic>,
+    catalog: &'c Catalog,
+}
+
+/// The keys of one table, marking which were read so the rest can be reported as unknown.
+struct Fields<'a> {
+    entries: &'a [(Key, Node)],
+    span: Span,
+    allowed: &'static [&'static str],
+    what: &'static str,
+}
+
+fn closest<'s>(word: &str, options: impl IntoIterator<Item = &'s str>) -> Option<&'s str> {
+    options
+        .into_iter()
+        .map(|o| (edit_distance(word, o), o))
+        .filter(|(d, o)| *d <= 2.max(o.len() / 3))
+        .min()
+        .map(|(_, o)| o)
+}
+
+impl<'a> Fields<'a> {
+    fn get(&self, key: &str) -> Option<&'a Node> {
+        debug_assert!(self.allowed.contains(&key), "{key} not in allowed list");
+        self.entries
+            .iter()
+            .find(|(k, _)| k.name == key)
+            .map(|(_, v)| v)
+    }
+
+    /// Reports keys outside the allowed list, with a suggestion.
+    fn check_unknown(&self, cx: &mut Cx<'_>) {
+        for (k, _) in self.entries {
+            if !self.allowed.contains(&k.name.as_str()) {
+                let mut d = Diagnostic::new(
+                    k.span.clone(),
+                    format!("unknown key `{}` in {}", k.name, self.what),
+                );
+                d = match closest(&k.name, self.allowed.iter().copied()) {
+                    Some(s) => d.with_help(format!("did you mean `{s}`?")),
+                    None => d.with_help(format!("expected one of: {}", self.allowed.join(", "))),
+                };
+                cx.diags.push(d);
+            }
+        }
+    }
+}
+
+impl<'c> Cx<'c> {
+    fn err(&mut self, span: Span, msg: impl Into<String>) {
+        self.diags.push(Diagnostic::new(span, msg));
+    }
+
+    fn err_help(&mut self, span: Span, msg: impl Into<String>, help: impl Into<String>) {
+        self.diags.push(Diagnostic::new(span, msg).with_help(help));
+    }
+
+    fn mismatch(&mut self, node: &Node, key: &str, want: &str) {
+        self.err(
+            node.span.clone(),
+            format!("`{key}` must be {want}, found {}", node.kind.type_name()),
+        );
+    }
+
+    fn fields<'a>(
+        &mut self,
+        node: &'a Node,
+        what: &'static str,
+        allowed: &'static [&'static str],
+    ) -> Option<Fields<'a>> {
+        match &node.kind {
+            Kind::Table(entries) => {
+                let f = Fields {
+                    entries,
+                    span: node.span.clone(),
+                    allowed,
+                    what,
+                };
+                f.check_unknown(self);
+                Some(f)
+            }
+            _ => {
+                self.mismatch(node, what, "a table");
+                None
+            }
+        }
+    }
+
+    fn string<'a>(&mut self, node: &'a Node, key: &str) -> Option<&'a str> {
+        match &node.kind {
+            Kind::Str(s) => Some(s.as_str()),
+            _ => {
+                self.mismatch(node, key, "a string");
+                None
+            }
+        }
+    }
+
+    fn nonempty_string(&mut self, node: &Node, key: &str) -> Option<String> {
+        let s = self.string(node, key)?;
+        if s.trim().is_empty() {
+            self.err(node.span.clone(), format!("`{key}` must not be empty"));
+            return None;
+        }
+        Some(s.to_string())
+    }
+
+    fn parsed<T>(&mut self, node: &Node, key: &str) -> Option<T>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        let s = self.string(node, key)?;
+        match s.parse::<T>() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(node.span.clone(), e.to_string());
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, key: &str) -> Option<bool> {
+        match node.kind {
+            Kind::Bool(b) => Some(b),
+            _ => {
+                self.mismatch(node, key, "true or false");
+                None
+            }
+        }
+    }
+
+    /// A positive integer that fits `u32`.
+    fn positive(&mut self, node: &Node, key: &str) -> Option<u32> {
+        match node.kind {
+            Kind::Int(i) if i > 0 && i <= i64::from(u32::MAX) => Some(i as u32),
+            Kind::Int(i) => {
+                self.err(
+                    node.span.clone(),
+                    format!("`{key}` must be a positive whole number, found {i}"),
+                );
+                None
+            }
+            _ => {
+                self.mismatch(node, key, "a positive whole number");
+                None
+            }
+        }
+    }
+
+    fn array<'a>(&mut self, node: &'a Node, key: &str) -> Option<&'a [Node]> {
+        match &node.kind {
+            Kind::Array(items) => Some(items),
+            _ => {
+                self.mismatch(node, key, "an array");
+                None
+            }
+        }
+    }
+
+    /// An enum value from a closed list, with a suggestion.
+    fn choice<T: Copy>(&mut self, node: &Node, key: &str, options: &[(&str, T)]) -> Option<T> {
+        let s = self.string(node, key)?;
+        if let Some((_, v)) = options.iter().find(|(n, _)| *n == s) {
+            return Some(*v);
+        }
+        let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+        let list = names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let msg = format!("`{key}` must be one of {list}, found `{s}`");
+        match closest(s, names.iter().copied()) {
+            Some(c) => self.err_help(node.span.clone(), msg, format!("did you mean `{c}`?")),
+            None => self.err(node.span.clone(), msg),
+        }
+        None
+    }
+
+    fn duration(&mut self, node: &Node, key: &str, positive: bool) -> Option<HumanDuration> {
+        let d: HumanDuration = self.parsed(node, key)?;
+        if positive && d.get().is_zero() {
+            self.err(
+                node.span.clone(),
+                format!("`{key}` must be longer than zero"),
+            );
+            return None;
+        }
+        Some(d)
+    }
+
+    /// `port = 3306`, `port = "3306"` or `port = "6800-7300"`.
+    fn port_range(&mut self, node: &Node, key: &str) -> Option<PortRange> {
+        match &node.kind {
+            Kind::Int(i) => match Port::from_i64(*i) {
+                Ok(p) => Some(PortRange::single(p)),
+                Err(e) => {
+                    self.err(node.span.clone(), e.to_string());
+                    None
+                }
+            },
+            Kind::Str(s) => match s.parse::<PortRange>() {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    self.err(node.span.clone(), e.to_string());
+                    None
+                }
+            },
+            _ => {
+                self.mismatch(node, key, "a port number or a range like \"20000-29999\"");
+                None
+            }
+        }
+    }
+
+    fn protocol(&mut self, node: &Node, key: &str) -> Option<Protocol> {
+        self.choice(node, key, &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)])
+    }
+
+    /// `"tcp"` or `["tcp", "udp"]`.
+    fn protocols(&mut self, node: &Node, key: &str) -> Option<Vec<Protocol>> {
+        let mut out = match &node.kind {
+            Kind::Array(items) => {
+                if items.is_empty() {
+                    self.err(node.span.clone(), format!("`{key}` must not be empty"));
+                    return None;
+                }
+                let mut v = Vec::new();
+                for it in items {
+                    v.push(self.protocol(it, key)?);
+                }
+                v
+            }
+            _ => vec![self.protocol(node, key)?],
+        };
+        out.sort();
+        out.dedup();
+        Some(out)
+    }
+
+    fn addr_set(&mut self, node: &Node, key: &str) -> Option<AddrSet> {
+        let items = self.array(node, key)?;
+        let mut nets = Vec::new();
+        let mut ok = true;
+        for it in items {
+            match self.parsed::<Cidr>(it, key) {
+                Some(c) => nets.push(c),
+                None => ok = false,
+            }
+        }
+        ok.then(|| AddrSet::new(nets))
+    }
+
+    fn string_list(&mut self, node: &Node, key: &str) -> Option<Vec<(String, Span)>> {
+        let items = self.array(node, key)?;
+        let mut out = Vec::new();
+        for it in items {
+            out.push((self.nonempty_string(it, key)?, it.span.clone()));
+        }
+        Some(out)
+    }
+
+    /// A catalog name (or alias) resolved to its canonical name.
+    fn catalog_name(&mut self, name: &str, span: Span) -> Option<String> {
+        match self.catalog.get(name) {
+            Some(e) => Some(e.name.clone()),
+            None => {
+                let msg = format!("unknown catalog service `{name}`");
+                match self.catalog.suggest(name) {
+                    Some(s) => self.err_help(span, msg, format!("did you mean `{s}`?")),
+                    None => {
+                        self.err_help(span, msg, "`portwarden catalog` lists the known services")
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, node: &Node, key: &str) -> Option<SocketAddr> {
+        let s = self.string(node, key)?;
+        match s.parse::<SocketAddr>() {
+            Ok(a) if a.port() == 0 => {
+                self.err(
+                    node.span.clone(),
+                    format!("`{key}` needs a port other than 0: `{s}`"),
+                );
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err_help(
+                    node.span.clone(),
+                    format!("`{s}` is not an ADDRESS:PORT"),
+                    "write e.g. \"10.0.0.11:873\" or \"[2001:db8::11]:873\"",
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Positions that the cross-field rules point at.
+struct ServiceSpans {
+    name: Span,
+    header: Span,
+    port: Option<Span>,
+    pool: Option<Span>,
+    catalog: Option<Span>,
+    tls: Option<Span>,
+    zone: Span,
+}
+
+struct PoolSpans {
+    name: Span,
+    range: Span,
+}
+
+pub(crate) fn parse(src: &str, catalog: &Catalog) -> Result<Policy, Vec<Diagnostic>> {
+    let root = tree::parse(src).map_err(|d| vec![d])?;
+    let mut cx = Cx {
+        diags: Vec::new(),
+        catalog,
+    };
+    let Some(top) = cx.fields(&root, "the policy", TOP_KEYS) else {
+        return Err(cx.diags);
+    };
+
+    let version = match top.get("version") {
+        None => {
+            cx.err_help(
+                0..0,
+                "missing `version`",
+                "start the policy with `version = 1`",
+            );
+            1
+        }
+        Some(n) => match n.kind {
+            Kind::Int(SUPPORTED_VERSION) => 1,
+            Kind::Int(v) => {
+                cx.err_help(
+                    n.span.clone(),
+                    format!("policy version {v} is not supported"),
+                    format!("this portwarden reads version {SUPPORTED_VERSION}"),
+                );
+                1
+            }
+            _ => {
+                cx.mismatch(n, "version", "an integer");
+                1
+            }
+        },
+    };
+
+    let host = read_host(&mut cx, top.get("host"));
+    let zones = read_zones(&mut cx, top.get("zones"));
+    let transfer = top.get("transfer").and_then(|n| read_transfer(&mut cx, n));
+    let compliance = match top.get("compliance") {
+        Some(n) => read_compliance(&mut cx, n),
+        None => Compliance::default(),
+    };
+    let firewall = match top.get("firewall") {
+        Some(n) => read_firewall(&mut cx, n),
+        None => Firewall::default(),
+    };
+
+    let mut pools = Vec::new();
+    if let Some(n) = top.get("pool") {
+        for item in table_array(&mut cx, n, "pool") {
+            if let Some(p) = read_pool(&mut cx, item) {
+                pools.push(p);
+            }
+        }
+    }
+
+    let mut services = Vec::new();
+    if let Some(n) = top.get("service") {
+        for item in table_array(&mut cx, n, "service") {
+            if let Some(s) = read_service(&mut cx, item, &pools) {
+                services.push(s);
+            }
+        }
+    }
+
+    let mut balance = Vec::new();
+    if let Some(n) = top.get("balance") {
+        for item in table_array(&mut cx, n, "balance") {
+            if let Some(b) = read_balance(&mut cx, item) {
+                balance.push(b);
+            }
+        }
+    }
+
+    cross_check(&mut cx, &pools, &services, &balance, &compliance, &zones);
+
+    if !cx.diags.is_empty() {
+        return Err(cx.diags);
+    }
+    Ok(Policy {
+        version,
+        host,
+        zones,
+        transfer,
+        pools: pools.into_iter().map(|(p, _)| p).collect(),
+        services: services.into_iter().map(|(s, _)| s).collect(),
+        compliance,
+        firewall,
+        balance: balance.into_iter().map(|(b, _)| b).collect(),
+    })
+}
+
+fn table_array<'a>(cx: &mut Cx<'_>, node: &'a Node, key: &str) -> Vec<&'a Node> {
+    match &node.kind {
+        Kind::Array(items) => items.iter().collect(),
+        _ => {
+            cx.err_help(
+                node.span.clone(),
+                format!("`{key}` must be an array of tables"),
+                format!("declare each one under its own `[[{key}]]` header"),
+            );
+            Vec::new()
+        }
+    }
+}
+
+fn read_host(cx: &mut Cx<'_>, node: Option<&Node>) -> Host {
+    let mut host = Host {
+        name: None,
+        management: Management {
+            ports: vec![PortSpec {
+                range: PortRange::single(Port::new(22).expect("22 is a port")),
+                protocol: Protocol::Tcp,
+            }],
+            from: AddrSet::any(),
+        },
+    };
+    let Some(node) = node else { return host };
+    let Some(f) = cx.fields(node, "[host]", HOST_KEYS) else {
+        return host;
+    };
+    if let Some(n) = f.get("name") {
+        host.name = cx.nonempty_string(n, "name");
+    }
+    if let Some(m) = f.get("management") {
+        if let Some(mf) = cx.fields(m, "management", MGMT_KEYS) {
+            if let Some(p) = mf.get("ports") {
+                if let Some(items) = cx.array(p, "ports") {
+                    if items.is_empty() {
+                        cx.err_help(
+                            p.span.clone(),
+                            "management `ports` is empty: the management path would be locked out",
+                            "list at least the SSH port, e.g. [\"22/tcp\"]",
+                        );
+                    }
+                    let specs: Vec<PortSpec> = items
+                        .iter()
+                        .filter_map(|it| match &it.kind {
+                            Kind::Int(_) => cx.port_range(it, "ports").map(|range| PortSpec {
+                                range,
+                                protocol: Protocol::Tcp,
+                            }),
+                            _ => cx.parsed::<PortSpec>(it, "ports"),
+                        })
+                        .collect();
+                    if !specs.is_empty() {
+                        host.management.ports = specs;
+                    }
+                }
+            }
+            if let Some(fr) = mf.get("from") {
+                if let Some(set) = cx.addr_set(fr, "from") {
+                    if set.is_empty() {
+                        cx.err_help(
+                            fr.span.clone(),
+                            "management `from` is empty: nobody could reach the management path",
+                            "list the networks operators connect from",
+                        );
+                    } else {
+                        host.management.from = set;
+                    }
+                }
+            }
+        }
+    }
+    host
+}
+
+fn read_zones(cx: &mut Cx<'_>, node: Option<&Node>) -> BTreeMap<ZoneKind, Zone> {
+    let mut zones = BTreeMap::new();
+    zones.insert(
+        ZoneKind::Localhost,
+        Zone {
+            interfaces: vec!["lo".to_string()],
+            cidrs: AddrSet::loopback(),
+        },
+    );
+    let Some(node) = node else { return zones };
+    let Kind::Table(entries) = &node.kind else {
+        cx.mismatch(node, "zones", "a table");
+        return zones;
+    };
+    for (k, v) in entries {
+        let Some(kind) = ZoneKind::parse(&k.name) else {
+            let mut d = Diagnostic::new(k.span.clone(), format!("unknown zone `{}`", k.name))
+                .with_help("zones are `external`, `internal` and `localhost`");
+            if let Some(s) = closest(&k.name, ZoneKind::ALL.iter().map(|z| z.as_str())) {
+                d = d.with_help(format!("did you mean `{s}`?"));
+            }
+            cx.diags.push(d);
+            continue;
+        };
+        let Some(f) = cx.fields(v, "a zone", ZONE_KEYS) else {
+            continue;
+        };
+        let interfaces = f
+            .get("interfaces")
+            .and_then(|n| cx.string_list(n, "interfaces"))
+            .map(|v| v.into_iter().map(|(s, _)| s).collect::<Vec<_>>())
+            .unwrap_or_default();
+        let cidrs = f
+            .get("cidrs")
+            .and_then(|n| cx.addr_set(n, "cidrs"))
+            .unwrap_or_default();
+        if interfaces.is_empty() && cidrs.is_empty() && kind != ZoneKind::Localhost {
+            cx.err_help(
+                v.span.clone(),
+                format!("zone `{}` names no interfaces and no cidrs", k.name),
+                "give `interfaces = [\"eth1\"]` and/or `cidrs = [\"10.0.0.0/8\"]`",
+            );
+        }
+        zones.insert(kind, Zone { interfaces, cidrs });
+    }
+    zones
+}
+
+fn read_transfer(cx: &mut Cx<'_>, node: &Node) -> Option<Transfer> {
+    let f = cx.fields(node, "[transfer]", TRANSFER_KEYS)?;
+    let bandwidth = match f.get("bandwidth") {
+        Some(n) => cx.parsed::<Bandwidth>(n, "bandwidth"),
+        None => {
+            cx.err(
+                f.span.clone(),
+                "[transfer] needs `bandwidth`, e.g. \"10Gbit\"",
+            );
+            None
+        }
+    };
+    let rtt = match f.get("rtt") {
+        Some(n) => cx.duration(n, "rtt", true),
+        None => {
+            cx.err(f.span.clone(), "[transfer] needs `rtt`, e.g. \"40ms\"");
+            None
+        }
+    };
+    if let (Some(b), Some(n)) = (bandwidth, f.get("bandwidth")) {
+        if b.bits_per_sec() == 0 {
+            cx.err(n.span.clone(), "`bandwidth` must be above zero");
+            return None;
+        }
+    }
+    Some(Transfer {
+        bandwidth: bandwidth?,
+        rtt: rtt?,
+    })
+}
+
+fn read_compliance(cx: &mut Cx<'_>, node: &Node) -> Compliance {
+    let mut c = Compliance::default();
+    let Some(f) = cx.fields(node, "[compliance]", COMPLIANCE_KEYS) else {
+        return c;
+    };
+    if let Some(n) = f.get("max_external_ports") {
+        match n.kind {
+            Kind::Int(i) if (0..=65535).contains(&i) => c.max_external_ports = i as u32,
+            Kind::Int(i) => cx.err(
+                n.span.clone(),
+                format!("`max_external_ports` must be 0-65535, found {i}"),
+            ),
+            _ => cx.mismatch(n, "max_external_ports", "a whole number"),
+        }
+    }
+    if let Some(n) = f.get("ledger_retention_days") {
+        if let Some(d) = cx.positive(n, "ledger_retention_days") {
+            c.ledger_retention_days = d;
+        }
+    }
+    for (key, slot) in [
+        ("require_tls", &mut c.require_tls),
+        ("forbid", &mut c.forbid),
+    ] {
+        if let Some(n) = f.get(key) {
+            if let Some(list) = cx.string_list(n, key) {
+                *slot = list
+                    .into_iter()
+                    .filter_map(|(name, span)| cx.catalog_name(&name, span))
+                    .collect();
+            }
+        }
+    }
+    for name in c.require_tls.clone() {
+        if let Some(e) = cx.catalog.get(&name) {
+            if !e.tls.can_encrypt() {
+                let span = f.get("require_tls").map_or(0..0, |n| n.span.clone());
+                cx.err(
+                    span,
+                    format!("`require_tls` lists `{name}`, which has no encryption to require"),
+                );
+            }
+        }
+    }
+    if let Some(n) = f.get("protocols") {
+        if let Some(p) = cx.protocols(n, "protocols") {
+            c.protocols = p;
+        }
+    }
+    if let Some(n) = f.get("pool_utilisation_alert") {
+        let v = match n.kind {
+            Kind::Float(x) => Some(x),
+            Kind::Int(i) => Some(i as f64),
+            _ => {
+                cx.mismatch(n, "pool_utilisation_alert", "a fraction like 0.70");
+                None
+            }
+        };
+        if let Some(v) = v {
+            if v > 0.0 && v <= 1.0 {
+                c.pool_utilisation_alert = v;
+            } else {
+                cx.err_help(
+                    n.span.clone(),
+                    format!("`pool_utilisation_alert` must be above 0 and at most 1, found {v}"),
+                    "write a fraction: 0.70 means 70 %",
+                );
+            }
+        }
+    }
+    c
+}
+
+fn read_firewall(cx: &mut Cx<'_>, node: &Node) -> Firewall {
+    let mut fw = Firewall::default();
+    let Some(f) = cx.fields(node, "[firewall]", FIREWALL_KEYS) else {
+        return fw;
+    };
+    if let Some(n) = f.get("mode") {
+        if let Some(m) = cx.choice(
+            n,
+            "mode",
+            &[
+                ("enforce", FirewallMode::Enforce),
+                ("monitor", FirewallMode::Monitor),
+            ],
+        ) {
+            fw.mode = m;
+        }
+    }
+    if let Some(n) = f.get("icmp") {
+        if let Some(m) = cx.choice(
+            n,
+            "icmp",
+            &[
+                ("essential", IcmpPolicy::Essential),
+                ("allow", IcmpPolicy::Allow),
+                ("deny", IcmpPolicy::Deny),
+            ],
+        ) {
+            fw.icmp = m;
+        }
+    }
+    if let Some(n) = f.get("scan_guard") {
+        if let Some(g) = cx.fields(n, "scan_guard", GUARD_KEYS) {
+            let threshold = g.get("threshold").and_then(|n| cx.positive(n, "threshold"));
+            let window = g.get("window").and_then(|n| cx.duration(n, "window", true));
+            let block = g.get("block").and_then(|n| cx.duration(n, "block", true));
+            match (threshold, window, block) {
+                (Some(threshold), Some(window), Some(block)) => {
+                    fw.scan_guard = Some(ScanGuard {
+                        threshold,
+                        window,
+                        block,
+                    })
+                }
+                _ => {
+                    for k in ["threshold", "window", "block"] {
+                        if g.get(k).is_none() {
+                            cx.err(g.span.clone(), format!("`scan_guard` needs `{k}`"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    fw
+}
+
+fn read_pool(cx: &mut Cx<'_>, node: &Node) -> Option<(Pool, PoolSpans)> {
+    let f = cx.fields(node, "[[pool]]", POOL_KEYS)?;
+    let name_node = f.get("name");
+    let name = match name_node {
+        Some(n) => cx.nonempty_string(n, "name"),
+        None => {
+            cx.err(f.span.clone(), "a pool needs a `name`");
+            None
+        }
+    };
+    let range_node = f.get("range");
+    let range = match range_node {
+        Some(n) => cx.port_range(n, "range"),
+        None => {
+            cx.err(
+                f.span.clone(),
+                "a pool needs a `range`, e.g. \"20000-29999\"",
+            );
+            None
+        }
+    };
+    let protocol = match f.get("protocol") {
+        Some(n) => cx.protocol(n, "protocol"),
+        None => Some(Protocol::Tcp),
+    };
+    let static_band = match f.get("static") {
+        Some(n) => match cx.port_range(n, "static") {
+            Some(s) => {
+                if let Some(r) = range {
+                    if !r.covers(s) {
+                        cx.err(
+                            n.span.clone(),
+                            format!("static band {s} lies outside the pool range {r}"),
+                        );
+                    } else if s == r {
+                        cx.err_help(
+                            n.span.clone(),
+                            format!("static band {s} is the whole pool: no dynamic ports remain"),
+                            "keep part of the range for automatic allocation",
+                        );
+                    }
+                }
+                Some(Some(s))
+            }
+            None => None,
+        },
+        None => Some(None),
+    };
+    let lease_ttl = match f.get("lease_ttl") {
+        Some(n) => cx.duration(n, "lease_ttl", true),
+        None => Some(HumanDuration(std::time::Duration::from_secs(86_400))),
+    };
+    let reclaim_idle = match f.get("reclaim_idle") {
+        Some(n) => cx.duration(n, "reclaim_idle", true).map(Some),
+        None => Some(None),
+    };
+    let allow_ephemeral = match f.get("allow_ephemeral") {
+        Some(n) => cx.boolean(n, "allow_ephemeral"),
+        None => Some(false),
+    };
+    let spans = PoolSpans {
+        name: name_node.map_or(f.span.clone(), |n| n.span.clone()),
+        range: range_node.map_or(f.span.clone(), |n| n.span.clone()),
+    };
+    Some((
+        Pool {
+            name: name?,
+            range: range?,
+            protocol: protocol?,
+            static_band: static_band?,
+            lease_ttl: lease_ttl?,
+            reclaim_idle: reclaim_idle?,
+            allow_ephemeral: allow_ephemeral?,
+            span: f.span.clone(),
+        },
+        spans,
+    ))
+}
+
+fn read_service(
+    cx: &mut Cx<'_>,
+    node: &Node,
+    pools: &[(Pool, PoolSpans)],
+) -> Option<(Service, ServiceSpans)> {
+    let f = cx.fields(node, "[[service]]", SERVICE_KEYS)?;
+    let name_node = f.get("name");
+    let name = match name_node {
+        Some(n) => cx.nonempty_string(n, "name"),
+        None => {
+            cx.err(f.span.clone(), "a service needs a `name`");
+            None
+        }
+    };
+    let catalog_node = f.get("catalog");
+    let entry = catalog_node.and_then(|n| {
+        let s = cx.string(n, "catalog")?;
+        let canonical = cx.catalog_name(s, n.span.clone())?;
+        cx.catalog.get(&canonical)
+    });
+    let catalog_failed = catalog_node.is_some() && entry.is_none();
+
+    let explicit_protocols = optional(f.get("protocol"), |n| cx.protocols(n, "protocol"));
+    let port_node = f.get("port");
+    let pool_node = f.get("pool");
+    let port = optional(port_node, |n| cx.port_range(n, "port"));
+    let placement = match (port, explicit_protocols.clone()) {
+        (Some(port), Some(explicit_protocols)) => placement(
+            cx,
+            &f,
+            port,
+            explicit_protocols,
+            entry,
+            catalog_failed,
+            pools,
+            name.as_deref(),
+        ),
+        _ => None,
+    };
+    let protocols = match placement.as_ref() {
+        None => Vec::new(),
+        Some(Placement::Fixed(specs)) => {
+            let mut v: Vec<Protocol> = specs.iter().map(|s| s.protocol).collect();
+            v.sort();
+            v.dedup();
+            v
+        }
+        Some(Placement::Pool(pname)) => {
+            let pool_proto = pools
+                .iter()
+                .find(|(p, _)| &p.name == pname)
+                .map_or(Protocol::Tcp, |(p, _)| p.protocol);
+            if let Some(Some(ps)) = &explicit_protocols {
+                if ps.iter().any(|&p| p != pool_proto) {
+                    cx.err(
+                        f.get("protocol").map_or(f.span.clone(), |n| n.span.clone()),
+                        format!("pool `{pname}` hands out {pool_proto} ports only"),
+                    );
+                }
+            }
+            vec![pool_proto]
+        }
+    };
+
+    let zone_node = f.get("zone");
+    let zone = match zone_node {
+        Some(n) => cx.choice(
+            n,
+            "zone",
+            &[
+                ("external", ZoneKind::External),
+                ("internal", ZoneKind::Internal),
+                ("localhost", ZoneKind::Localhost),
+            ],
+        ),
+        None => {
+            cx.err_help(
+                name_node.map_or(f.span.clone(), |n| n.span.clone()),
+                format!(
+                    "service `{}` needs a `zone`",
+                    name.as_deref().unwrap_or("?")
+                ),
+                "zone = \"external\", \"internal\" or \"localhost\"",
+            );
+            None
+        }
+    };
+    let allow_from = optional(f.get("allow_from"), |n| cx.addr_set(n, "allow_from"));
+    let tls_node = f.get("tls");
+    let tls = match tls_node {
+        Some(n) => cx.choice(
+            n,
+            "tls",
+            &[
+                ("required", TlsRequirement::Required),
+                ("optional", TlsRequirement::Optional),
+                ("none", TlsRequirement::None),
+            ],
+        ),
+        None => Some(match entry {
+            Some(e) if e.tls.can_encrypt() => TlsRequirement::Optional,
+            _ => TlsRequirement::None,
+        }),
+    };
+    if let (Some(TlsRequirement::Required), Some(e), Some(n)) = (tls, entry, tls_node) {
+        if !e.tls.can_encrypt() {
+            cx.err_help(
+                n.span.clone(),
+                format!(
+                    "`tls = \"required\"` but catalog service `{}` cannot do TLS",
+                    e.name
+                ),
+                format!(
+                    "{}: {}; tunnel it (stunnel, ssh) as a separate service",
+                    e.name, e.note
+                ),
+            );
+        }
+    }
+    let max_conn_per_source = optional(f.get("max_conn_per_source"), |n| {
+        cx.positive(n, "max_conn_per_source")
+    });
+    let sensitivity = match f.get("sensitivity") {
+        Some(n) => cx.choice(
+            n,
+            "sensitivity",
+            &[
+                ("low", Sensitivity::Low),
+                ("medium", Sensitivity::Medium),
+                ("high", Sensitivity::High),
+            ],
+        ),
+        None => Some(entry.map_or(Sensitivity::Medium, |e| e.sensitivity)),
+    };
+    let process = optional(f.get("process"), |n| cx.nonempty_string(n, "process"));
+    let owner = optional(f.get("owner"), |n| cx.nonempty_string(n, "owner"));
+    let spans = ServiceSpans {
+        name: name_node.map_or(f.span.clone(), |n| n.span.clone()),
+        header: f.span.clone(),
+        port: port_node.map(|n| n.span.clone()),
+        pool: pool_node.map(|n| n.span.clone()),
+        catalog: catalog_node.map(|n| n.span.clone()),
+        tls: tls_node.map(|n| n.span.clone()),
+        zone: zone_node.map_or(f.span.clone(), |n| n.span.clone()),
+    };
+    Some((
+        Service {
+            name: name?,
+            catalog: entry.map(|e| e.name.clone()),
+            placement: placement?,
+            protocols,
+            zone: zone?,
+            allow_from: allow_from?,
+            tls: tls?,
+            max_conn_per_source: max_conn_per_source?,
+            sensitivity: sensitivity?,
+            process: process?,
+            owner: owner?,
+            span: f.span.clone(),
+        },
+        spans,
+    ))
+}
+
+/// Reads an optional key: `Some(None)` when absent, `None` when present but invalid.
+fn optional<T>(node: Option<&Node>, read: impl FnOnce(&Node) -> Option<T>) -> Option<Option<T>> {
+    match node {
+        None => Some(None),
+        Some(n) => read(n).map(Some),
+    }
+}
+
+/// Where a service's ports come from: a fixed port, a pool, or its catalog entry.
+#[allow(clippy::too_many_arguments)]
+fn placement(
+    cx: &mut Cx<'_>,
+    f: &Fields<'_>,
+    port: Option<PortRange>,
+    explicit_protocols: Option<Vec<Protocol>>,
+    entry: Option<&crate::catalog::CatalogEntry>,
+    catalog_failed: bool,
+    pools: &[(Pool, PoolSpans)],
+    name: Option<&str>,
+) -> Option<Placement> {
+    let name_span = f.get("name").map_or(f.span.clone(), |n| n.span.clone());
+    match (port, f.get("pool")) {
+        (Some(_), Some(p)) => {
+            cx.err_help(
+                p.span.clone(),
+                "`port` and `pool` are exclusive",
+                "a service either has a fixed port or gets one from a pool",
+            );
+            None
+        }
+        (Some(range), None) => {
+            let protocols = explicit_protocols
+                .or_else(|| entry.map(|e| e.protocols()))
+                .unwrap_or_else(|| vec![Protocol::Tcp]);
+            Some(Placement::Fixed(
+                protocols
+                    .into_iter()
+                    .map(|protocol| PortSpec { range, protocol })
+                    .collect(),
+            ))
+        }
+        (None, Some(p)) => {
+            let pname = cx.string(p, "pool")?;
+            if pools.iter().any(|(pool, _)| pool.name == pname) {
+                return Some(Placement::Pool(pname.to_string()));
+            }
+            let msg = format!("service refers to unknown pool `{pname}`");
+            match closest(pname, pools.iter().map(|(p, _)| p.name.as_str())) {
+                Some(s) => cx.err_help(p.span.clone(), msg, format!("did you mean `{s}`?")),
+                None => cx.err_help(p.span.clone(), msg, "declare it with a [[pool]] table"),
+            }
+            None
+        }
+        (None, None) => match entry {
+            Some(e) => {
+                let specs: Vec<PortSpec> = e
+                    .ports
+                    .iter()
+                    .filter(|s| {
+                        explicit_protocols
+                            .as_ref()
+                            .is_none_or(|ps| ps.contains(&s.protocol))
+                    })
+                    .copied()
+                    .collect();
+                if specs.is_empty() {
+                    cx.err(
+                        f.get("protocol").map_or(f.span.clone(), |n| n.span.clone()),
+                        format!(
+                            "catalog service `{}` has no port with that protocol",
+                            e.name
+                        ),
+                    );
+                    return None;
+                }
+                Some(Placement::Fixed(specs))
+            }
+            None if catalog_failed => None,
+            None => {
+                cx.err_help(
+                    name_span,
+                    format!("service `{}` has no port", name.unwrap_or("?")),
+                    "set `port`, `pool`, or a `catalog` entry whose default ports apply",
+                );
+                None
+            }
+        },
+    }
+}
+
+fn read_balance(cx: &mut Cx<'_>, node: &Node) -> Option<(Balance, Span)> {
+    let f = cx.fields(node, "[[balance]]", BALANCE_KEYS)?;
+    let name_node = f.get("name");
+    let name = match name_node {
+        Some(n) => cx.nonempty_string(n, "name"),
+        None => {
+            cx.err(f.span.clone(), "a balance group needs a `name`");
+            None
+        }
+    };
+    let listen_node = f.get("listen");
+    let listen = match listen_node {
+        Some(n) => cx.socket_addr(n, "listen"),
+        None => {
+            cx.err(
+                f.span.clone(),
+                "a balance group needs `listen`, e.g. \"0.0.0.0:8873\"",
+            );
+            None
+        }
+    };
+    let algorithm = match f.get("algorithm") {
+        Some(n) => cx.choice(
+            n,
+            "algorithm",
+            &[
+                ("round-robin", Algorithm::RoundRobin),
+                ("least-conn", Algorithm::LeastConn),
+                ("source-hash", Algorithm::SourceHash),
+            ],
+        ),
+        None => Some(Algorithm::RoundRobin),
+    };
+    let mut addrs = |key: &str, required: bool| -> Option<Vec<SocketAddr>> {
+        match f.get(key) {
+            Some(n) => {
+                let items = cx.array(n, key)?;
+                if required && items.is_empty() {
+                    cx.err(
+                        n.span.clone(),
+                        format!("`{key}` must list at least one node"),
+                    );
+                    return None;
+                }
+                let mut v = Vec::new();
+                for it in items {
+                    v.push(cx.socket_addr(it, key)?);
+                }
+                Some(v)
+            }
+            None if required => {
+                cx.err(f.span.clone(), format!("a balance group needs `{key}`"));
+                None
+            }
+            None => Some(Vec::new()),
+        }
+    };
+    let backends = addrs("backends", true);
+    let backup = addrs("backup", false);
+    let health = match f.get("health") {
+        Some(n) => read_health(cx, n),
+        None => Some(HealthCheck::default()),
+    };
+    let max_conn_per_source = match f.get("max_conn_per_source") {
+        Some(n) => Some(cx.positive(n, "max_conn_per_source")?),
+        None => None,
+    };
+    let span = listen_node.map_or(f.span.clone(), |n| n.span.clone());
+    Some((
+        Balance {
+            name: name?,
+            listen: listen?,
+            algorithm: algorithm?,
+            backends: backends?,
+            backup: backup?,
+            health: health?,
+            max_conn_per_source,
+        },
+        span,
+    ))
+}
+
+fn read_health(cx: &mut Cx<'_>, node: &Node) -> Option<HealthCheck> {
+    let f = cx.fields(node, "health", HEALTH_KEYS)?;
+    let mut h = HealthCheck::default();
+    let mut ok = true;
+    if let Some(n) = f.get("interval") {
+        match cx.duration(n, "interval", true) {
+            Some(d) => h.interval = d,
+            None => ok = false,
+        }
+    }
+    if let Some(n) = f.get("timeout") {
+        match cx.duration(n, "timeout", true) {
+            Some(d) => h.timeout = d,
+            None => ok = false,
+        }
+    }
+    for (key, slot) in [("fall", &mut h.fall), ("rise", &mut h.rise)] {
+        if let Some(n) = f.get(key) {
+            match cx.positive(n, key) {
+                Some(v) => *slot = v,
+                None => ok = false,
+            }
+        }
+    }
+    if let Some(n) = f.get("expect") {
+        match cx.nonempty_string(n, "expect") {
+            Some(s) => h.expect = Some(s),
+            None => ok = false,
+        }
+    }
+    if ok && h.timeout > h.interval {
+        let span = f.get("timeout").map_or(f.span.clone(), |n| n.span.clone());
+        cx.err(
+            span,
+            format!(
+                "health `timeout` ({}) is longer than `interval` ({})",
+                h.timeout, h.interval
+            ),
+        );
+        ok = false;
+    }
+    ok.then_some(h)
+}
+
+fn cross_check(
+    cx: &mut Cx<'_>,
+    pools: &[(Pool, PoolSpans)],
+    services: &[(Service, ServiceSpans)],
+    balance: &[(Balance, Span)],
+    compliance: &Compliance,
+    zones: &BTreeMap<ZoneKind, Zone>,
+) {
+    // Unique names.
+    for (i, (p, ps)) in pools.iter().enumerate() {
+        if pools[..i].iter().any(|(q, _)| q.name == p.name) {
+            cx.err(
+                ps.name.clone(),
+                format!("pool `{}` is declared twice", p.name),
+            );
+        }
+    }
+    for (i, (s, ss)) in services.iter().enumerate() {
+        if services[..i].iter().any(|(t, _)| t.name == s.name) {
+            cx.err(
+                ss.name.clone(),
+                format!("service `{}` is declared twice", s.name),
+            );
+        }
+    }
+    for (i, (b, span)) in balance.iter().enumerate() {
+        if balance[..i].iter().any(|(c, _)| c.name == b.name) {
+            cx.err(
+                span.clone(),
+                format!("balance group `{}` is declared twice", b.name),
+            );
+        }
+    }
+
+    // Pools must not overlap within a protocol.
+    for (i, (p, ps)) in pools.iter().enumerate() {
+        for (q, _) in &pools[..i] {
+            if p.protocol == q.protocol && p.range.overlaps(q.range) {
+                cx.err(
+                    ps.range.clone(),
+                    format!(
+                        "pool `{}` ({}/{}) overlaps pool `{}` ({}/{})",
+                        p.name, p.range, p.protocol, q.name, q.range, q.protocol
+                    ),
+                );
+            }
+        }
+    }
+
+    // Fixed ports: one owner each, and never inside a pool's dynamic band.
+    for (i, (s, ss)) in services.iter().enumerate() {
+        let at = ss
+            .port
+            .clone()
+            .or(ss.catalog.clone())
+            .unwrap_or(ss.header.clone());
+        for spec in s.fixed_ports() {
+            if let Some((t, _)) = services[..i]
+                .iter()
+                .find(|(t, _)| t.fixed_ports().iter().any(|o| o.overlaps(*spec)))
+            {
+                cx.err_help(
+                    at.clone(),
+                    format!("port {spec} is already claimed by service `{}`", t.name),
+                    "two services cannot own the same port and protocol",
+                );
+            }
+            for (p, _) in pools {
+                if p.protocol != spec.protocol || !p.range.overlaps(spec.range) {
+                    continue;
+                }
+                let pinned = p.static_band.is_some_and(|b| b.covers(spec.range));
+                if !pinned {
+                    let help = match p.static_band {
+                        Some(b) => format!(
+                            "move it out of {}, or into the pool's static band {b}",
+                            p.range
+                        ),
+                        None => format!(
+                            "move it out of {}, or give the pool a `static` band",
+                            p.range
+                        ),
+                    };
+                    cx.err_help(
+                        at.clone(),
+                        format!(
+                            "fixed port {spec} of service `{}` lies inside pool `{}`",
+                            s.name, p.name
+                        ),
+                        help,
+                    );
+                }
+            }
+        }
+    }
+
+    // Balancer listeners are ports too.
+    for (b, span) in balance {
+        let Some(port) = Port::new(b.listen.port()) else {
+            continue;
+        };
+        let spec = PortSpec {
+            range: PortRange::single(port),
+            protocol: Protocol::Tcp,
+        };
+        if let Some((s, _)) = services
+            .iter()
+            .find(|(s, _)| s.fixed_ports().iter().any(|o| o.overlaps(spec)))
+        {
+            cx.err(
+                span.clone(),
+                format!(
+                    "balance group `{}` listens on {spec}, already claimed by service `{}`",
+                    b.name, s.name
+                ),
+            );
+        }
+    }
+
+    // Compliance settings against the services.
+    for (s, ss) in services {
+        let Some(cat) = &s.catalog else { continue };
+        let at = ss.catalog.clone().unwrap_or(ss.header.clone());
+        if compliance.forbid.contains(cat) {
+            cx.err_help(
+                at.clone(),
+                format!(
+                    "service `{}` is `{cat}`, which [compliance] forbid lists",
+                    s.name
+                ),
+                "remove the service or take it out of `forbid`",
+            );
+        }
+        if compliance.require_tls.contains(cat) && s.tls != TlsRequirement::Required {
+            cx.err_help(
+                ss.tls.clone().unwrap_or(at),
+                format!(
+                    "service `{}` is `{cat}`, which [compliance] require_tls lists, but its tls is \"{}\"",
+                    s.name,
+                    s.tls.as_str()
+                ),
+                "set tls = \"required\"",
+            );
+        }
+    }
+    for (s, ss) in services {
+        for p in &s.protocols {
+            if !compliance.protocols.contains(p) {
+                cx.err(
+                    ss.port
+                        .clone()
+                        .or(ss.pool.clone())
+                        .unwrap_or(ss.header.clone()),
+                    format!(
+                        "service `{}` uses {p}, which [compliance] protocols does not allow",
+                        s.name
+                    ),
+                );
+            }
+        }
+        if s.zone == ZoneKind::Internal && !zones.contains_key(&ZoneKind::Internal) {
+            cx.err_help(
+                ss.zone.clone(),
+                format!("service `{}` is in zone `internal`, which [zones] does not define", s.name),
+                "add `internal = { interfaces = [\"eth1\"], cidrs = [\"10.0.0.0/8\"] }` under [zones]",
+            );
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! The `portwarden` binary: parses flags, wires the libraries together and prints.
+//! No domain logic lives here.
+
+mod cli;
+mod cmd;
+mod output;
+
+use std::io;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// Exit status: 0 ok, 1 a negative answer, 2 usage or runtime error (as grep and ripgrep).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Success.
+    Ok,
+    /// A negative answer: findings, port busy, nothing found.
+    Negative,
+    /// Usage or runtime error.
+    Error,
+}
+
+impl From<Status> for ExitCode {
+    fn from(s: Status) -> ExitCode {
+        match s {
+            Status::Ok => ExitCode::from(0),
+            Status::Negative => ExitCode::from(1),
+            Status::Error => ExitCode::from(2),
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cmd::run(cli) {
+        Ok(status) => status.into(),
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(0),
+        Err(e) => {
+            output::error(&e);
+            Status::Error.into()
+        }
+    }
+}

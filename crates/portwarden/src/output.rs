@@ -1,0 +1,175 @@
+//! Everything the binary prints: tables, `--json` documents and error messages. Only this
+//! module writes to stdout or stderr.
+
+use std::io::{self, Write};
+
+use portwarden_core::catalog::CatalogEntry;
+use portwarden_core::diag::SourceErrors;
+use portwarden_core::findings::{Finding, Severity};
+use serde::Serialize;
+
+/// Prints an error chain as `portwarden: error: outer: inner`, or policy diagnostics as
+/// they are.
+pub fn error(e: &anyhow::Error) {
+    let mut err = io::stderr().lock();
+    if let Some(diags) = e.downcast_ref::<SourceErrors>() {
+        let _ = writeln!(err, "{diags}");
+        let n = diags.errors.len();
+        let _ = writeln!(
+            err,
+            "portwarden: error: policy has {n} error{}",
+            if n == 1 { "" } else { "s" }
+        );
+        return;
+    }
+    let _ = writeln!(err, "portwarden: error: {e:#}");
+}
+
+/// Prints a note on stderr unless quiet.
+pub fn note(quiet: bool, msg: &str) {
+    if !quiet {
+        let _ = writeln!(io::stderr().lock(), "portwarden: {msg}");
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn json<T: Serialize>(value: &T) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value).map_err(io::Error::from)?;
+    writeln!(out)
+}
+
+/// Prints raw text on stdout.
+pub fn text(s: &str) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(s.as_bytes())?;
+    out.flush()
+}
+
+/// Left-aligned columns separated by two spaces; the last column is not padded.
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with a header row.
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            rows: vec![header.iter().map(|s| s.to_string()).collect()],
+        }
+    }
+
+    /// Adds a row.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// Renders the table.
+    pub fn render(&self) -> String {
+        let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..cols)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut s = String::new();
+        for r in &self.rows {
+            let mut line = String::new();
+            for (c, cell) in r.iter().enumerate() {
+                if c + 1 == r.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    line.push_str(&" ".repeat(widths[c] - cell.chars().count() + 2));
+                }
+            }
+            s.push_str(line.trim_end());
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// The `check` report as a table grouped by severity, with why and remedy.
+pub fn findings(findings: &[Finding], policy_name: &str, fail_on: Severity) -> io::Result<()> {
+    let mut s = String::new();
+    if findings.is_empty() {
+        s.push_str(&format!("no findings against {policy_name}\n"));
+        return text(&s);
+    }
+    for sev in Severity::ALL.iter().rev() {
+        let group: Vec<&Finding> = findings.iter().filter(|f| f.severity == *sev).collect();
+        if group.is_empty() {
+            continue;
+        }
+        s.push_str(&format!(
+            "{} ({})\n",
+            sev.as_str().to_uppercase(),
+            group.len()
+        ));
+        for f in group {
+            s.push_str(&format!("  {}  {}\n", f.id.as_str(), f.subject));
+            s.push_str(&format!("    seen: {}\n", f.evidence));
+            s.push_str(&format!("    why:  {}\n", f.why));
+            s.push_str(&format!("    fix:  {}\n", f.remedy));
+        }
+        s.push('\n');
+    }
+    let failing = findings.iter().filter(|f| f.severity >= fail_on).count();
+    s.push_str(&format!(
+        "{} finding{} against {policy_name}; {failing} at or above {fail_on}\n",
+        findings.len(),
+        if findings.len() == 1 { "" } else { "s" },
+    ));
+    text(&s)
+}
+
+/// The catalog as a table.
+pub fn catalog_list(entries: &[CatalogEntry]) -> io::Result<()> {
+    let mut t = Table::new(&["NAME", "PORTS", "TLS", "SENSITIVITY", "RISK", "TITLE"]);
+    for e in entries {
+        t.row(vec![
+            e.name.clone(),
+            ports(e),
+            e.tls.to_string(),
+            e.sensitivity.to_string(),
+            if e.high_risk { "high" } else { "-" }.to_string(),
+            e.title.clone(),
+        ]);
+    }
+    text(&t.render())
+}
+
+fn ports(e: &CatalogEntry) -> String {
+    e.ports
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One catalog entry in full.
+pub fn catalog_entry(e: &CatalogEntry) -> io::Result<()> {
+    let mut s = format!("{} — {}\n", e.name, e.title);
+    if !e.aliases.is_empty() {
+        s.push_str(&format!("  aliases:     {}\n", e.aliases.join(", ")));
+    }
+    s.push_str(&format!("  ports:       {}\n", ports(e)));
+    s.push_str(&format!("  tls:         {}\n", e.tls));
+    s.push_str(&format!("  sensitivity: {}\n", e.sensitivity));
+    s.push_str(&format!(
+        "  risk:        {}\n",
+        if e.high_risk {
+            "high — flagged when exposed"
+        } else {
+            "normal"
+        }
+    ));
+    s.push_str(&format!("  note:        {}\n", e.note));
+    text(&s)
+}

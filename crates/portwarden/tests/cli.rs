@@ -1,0 +1,249 @@
+//! CLI integration tests: spawn the built binary, assert on `--json` output and exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_portwarden"));
+    c.env_remove("PORTWARDEN_POLICY")
+        .env_remove("PORTWARDEN_STATE");
+    c
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("spawn portwarden")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited normally")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pw-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn check_runs_against_the_baseline() {
+    let o = run(&["check", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["policy"], "the built-in baseline policy");
+    let ids: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"management-open-to-all"), "{ids:?}");
+    // --fail-on low turns the low finding into a negative answer.
+    let o = run(&["check", "--fail-on", "low", "-q"]);
+    assert_eq!(code(&o), 1);
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn check_exits_1_on_high_findings() {
+    let dir = tempdir("high");
+    let p = dir.join("p.toml");
+    std::fs::write(
+        &p,
+        "version = 1\n[[service]]\nname = \"db\"\ncatalog = \"redis\"\nzone = \"external\"\nmax_conn_per_source = 5\n",
+    )
+    .unwrap();
+    let o = run(&["--policy", p.to_str().unwrap(), "check", "--json"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let high: Vec<&Value> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] == "high")
+        .collect();
+    assert!(high.iter().any(|f| f["id"] == "high-risk-exposed"), "{v}");
+}
+
+#[test]
+fn check_stops_on_an_invalid_policy() {
+    let p = root().join("tests/data/bad-policies/01-port-out-of-range.toml");
+    let o = run(&["--policy", p.to_str().unwrap(), "check"]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains(":5:8: port 70000 is out of range 1-65535"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn policy_check_accepts_examples_and_the_starter() {
+    let mut files: Vec<String> = std::fs::read_dir(root().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 2);
+    let mut args = vec!["policy", "check"];
+    args.extend(files.iter().map(String::as_str));
+    let o = run(&args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+
+    let dir = tempdir("starter");
+    let p = dir.join("policy.toml");
+    let o = run(&["policy", "init", "-o", p.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = run(&["policy", "check", p.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+#[test]
+fn every_bad_policy_exits_2_with_its_diagnostic() {
+    let dir = root().join("tests/data/bad-policies");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let src = std::fs::read_to_string(&path).unwrap();
+        let first = src
+            .lines()
+            .next()
+            .unwrap()
+            .trim_start_matches("# expect: ")
+            .split(" ;; ")
+            .next()
+            .unwrap()
+            .trim_end_matches('*')
+            .to_string();
+        let o = run(&["policy", "check", path.to_str().unwrap()]);
+        assert_eq!(code(&o), 2, "{}", path.display());
+        let want = format!("{}:{first}", path.display());
+        assert!(
+            stderr(&o).contains(&want),
+            "{}: want {want}\n{}",
+            path.display(),
+            stderr(&o)
+        );
+        // The caret snippet follows the location line.
+        assert!(stderr(&o).contains(" | "), "{}", stderr(&o));
+        n += 1;
+    }
+    assert!(n >= 30);
+}
+
+#[test]
+fn policy_check_json_lists_every_error() {
+    let p = root().join("tests/data/bad-policies/37-many-errors.toml");
+    let o = run(&["policy", "check", "--json", p.to_str().unwrap()]);
+    assert_eq!(code(&o), 2);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["valid"], false);
+    assert_eq!(v[0]["errors"].as_array().unwrap().len(), 4);
+    assert_eq!(v[0]["errors"][0]["line"], 5);
+    assert_eq!(v[0]["errors"][0]["col"], 8);
+}
+
+#[test]
+fn policy_init_never_clobbers_without_force() {
+    let dir = tempdir("init");
+    let p = dir.join("policy.toml");
+    std::fs::write(&p, "# mine\n").unwrap();
+    let o = run(&["policy", "init", "-o", p.to_str().unwrap()]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("already exists: pass --force"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&p).unwrap(), "# mine\n");
+    let o = run(&["policy", "init", "-o", p.to_str().unwrap(), "--force"]);
+    assert_eq!(code(&o), 0);
+    assert!(
+        std::fs::read_to_string(&p)
+            .unwrap()
+            .starts_with("# portwarden policy")
+    );
+    // To stdout, the starter is printed whole.
+    let o = run(&["policy", "init"]);
+    assert_eq!(code(&o), 0);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("version = 1"));
+}
+
+#[test]
+fn catalog_lists_and_shows() {
+    let o = run(&["catalog", "--json"]);
+    assert_eq!(code(&o), 0);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v.as_array().unwrap().len() >= 60);
+    let o = run(&["catalog", "mariadb", "--json"]);
+    assert_eq!(code(&o), 0);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["name"], "mysql");
+    assert_eq!(v["tls"], "in-protocol");
+    assert_eq!(v["ports"][0], "3306/tcp");
+    let o = run(&["catalog", "postgress"]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("did you mean `postgres`?"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["--bogus"][..],
+        &["check", "--fail-on", "severe"],
+        &["policy", "check"],
+        &["frobnicate"],
+        &["completions", "tcsh"],
+    ] {
+        let o = run(args);
+        assert_eq!(code(&o), 2, "{args:?}");
+    }
+    let o = run(&["--policy", "/nonexistent/p.toml", "check"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("cannot read policy /nonexistent/p.toml"));
+}
+
+#[test]
+fn completions_and_man_render() {
+    let o = run(&["completions", "bash"]);
+    assert_eq!(code(&o), 0);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("portwarden"));
+    let o = run(&["man"]);
+    assert_eq!(code(&o), 0);
+    assert!(String::from_utf8_lossy(&o.stdout).contains(".TH portwarden"));
+}
+
+#[test]
+fn broken_pipe_exits_0_quietly() {
+    let mut child = bin()
+        .args(["catalog"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the child writes: its first write meets EPIPE.
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(o.stderr.is_empty(), "{}", stderr(&o));
+}
+
+#[test]
+fn examples_dir_exists() {
+    assert!(Path::new(&root().join("examples/mirror-01.toml")).exists());
+}

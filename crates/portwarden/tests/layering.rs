@@ -1,0 +1,156 @@
+//! Architecture invariant check: reads `cargo metadata` and fails when a dependency edge
+//! breaks the layering described in ARCHITECTURE.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+use serde_json::Value;
+
+const CORE: &str = "portwarden-core";
+const ADAPTERS: &[&str] = &[
+    "portwarden-nft",
+    "portwarden-os",
+    "portwarden-store",
+    "portwarden-net",
+];
+const SERVER: &str = "portwarden-server";
+const BINARY: &str = "portwarden";
+
+fn metadata() -> Value {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--filter-platform",
+            env!("TARGET_TRIPLE"),
+            "--offline",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("metadata is JSON")
+}
+
+/// Internal crate → the internal crates it names in any dependency table.
+fn internal_edges(meta: &Value) -> BTreeMap<String, BTreeSet<String>> {
+    let members: BTreeSet<&str> = meta["workspace_members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mut edges = BTreeMap::new();
+    for p in meta["packages"].as_array().unwrap() {
+        if !members.contains(p["id"].as_str().unwrap()) {
+            continue;
+        }
+        let name = p["name"].as_str().unwrap().to_string();
+        let deps: BTreeSet<String> = p["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["name"].as_str().unwrap().to_string())
+            .filter(|n| n.starts_with("portwarden"))
+            .collect();
+        edges.insert(name, deps);
+    }
+    edges
+}
+
+/// Every package reachable from `root` through normal (non-dev) dependencies.
+fn normal_closure(meta: &Value, root: &str) -> BTreeSet<String> {
+    let nodes = meta["resolve"]["nodes"].as_array().unwrap();
+    let id_of_name: BTreeMap<&str, &str> = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap(), p["name"].as_str().unwrap()))
+        .collect();
+    let by_id: BTreeMap<&str, &Value> = nodes
+        .iter()
+        .map(|n| (n["id"].as_str().unwrap(), n))
+        .collect();
+    let root_id = id_of_name
+        .iter()
+        .find(|(_, n)| **n == root)
+        .map(|(id, _)| *id)
+        .unwrap();
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![root_id];
+    while let Some(id) = stack.pop() {
+        for d in by_id[id]["deps"].as_array().unwrap() {
+            let normal = d["dep_kinds"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k["kind"].is_null());
+            let pkg = d["pkg"].as_str().unwrap();
+            if normal && seen.insert(id_of_name[pkg].to_string()) {
+                stack.push(pkg);
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn dependencies_point_down() {
+    let meta = metadata();
+    let edges = internal_edges(&meta);
+    let mut broken = Vec::new();
+    for (krate, deps) in &edges {
+        for d in deps {
+            let ok = match krate.as_str() {
+                CORE => false,
+                k if ADAPTERS.contains(&k) => d == CORE,
+                SERVER => d == CORE || ADAPTERS.contains(&d.as_str()),
+                BINARY => d != BINARY,
+                other => panic!("unknown workspace crate {other}: place it in the layering"),
+            };
+            if !ok {
+                broken.push(format!("{krate} -> {d}"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "layering broken by: {broken:?}");
+    for expected in [CORE, SERVER, BINARY].iter().chain(ADAPTERS) {
+        assert!(edges.contains_key(*expected), "crate {expected} is missing");
+    }
+}
+
+#[test]
+fn core_does_no_async_io() {
+    let meta = metadata();
+    let closure = normal_closure(&meta, CORE);
+    for banned in [
+        "tokio", "mio", "rusqlite", "libc", "nix", "reqwest", "hyper",
+    ] {
+        assert!(
+            !closure.contains(banned),
+            "portwarden-core must not depend on {banned} (found in its dependency tree)"
+        );
+    }
+}
+
+#[test]
+fn architecture_md_names_every_crate() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ARCHITECTURE.md");
+    let doc = std::fs::read_to_string(path).expect("ARCHITECTURE.md exists");
+    for c in [CORE, SERVER, BINARY].iter().chain(ADAPTERS) {
+        assert!(
+            doc.contains(&format!("`{c}`")),
+            "ARCHITECTURE.md does not name `{c}`"
+        );
+    }
+    assert!(doc.contains("**Architecture Invariant:**"));
+    assert!(
+        doc.lines().count() < 150,
+        "ARCHITECTURE.md should stay under 150 lines"
+    );
+}
