@@ -9,6 +9,7 @@
 pub mod addr;
 pub mod catalog;
 pub mod diag;
+pub mod facts;
 pub mod findings;
 pub mod policy;
 pub mod port;

@@ -1,8 +1,18 @@
-//! Linux facts and effects: sockets via netlink sock_diag, inode→process maps from `/proc`,
-//! sysctls, bind probes, and running `nft`. Gathers facts; never decides policy.
+//! Linux facts and effects: sockets via netlink sock_diag (with a `/proc/net` fallback),
+//! inode→process maps from `/proc`, sysctls, and (later) bind probes and running `nft`.
+//! Gathers facts; never decides policy.
 #![deny(missing_docs)]
 
+pub mod inventory;
+mod netlink;
+pub mod owners;
+pub mod procnet;
+pub mod sysctl;
+
 use std::io;
+
+pub use inventory::{Inventory, Query, Source, attach_owners, sockets};
+pub use owners::Walk;
 
 /// The machine's host name, from `/proc/sys/kernel/hostname`.
 pub fn hostname() -> io::Result<String> {

@@ -39,6 +39,10 @@ pub struct Global {
 pub enum Command {
     /// Check this host against the policy; exit 1 if findings at or above --fail-on exist.
     Check(CheckArgs),
+    /// List sockets with their state and, with -p, their owning processes (like ss -tulnp).
+    Ls(LsArgs),
+    /// Show the processes holding a port; exit 1 if nothing holds it.
+    Who(WhoArgs),
     /// Draft or validate policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -92,4 +96,48 @@ pub enum PolicyCommand {
 pub struct CatalogArgs {
     /// A catalog name or alias to show in full.
     pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only listening sockets (TCP LISTEN, unconnected UDP).
+    #[arg(short, long)]
+    pub listen: bool,
+    /// Only TCP.
+    #[arg(short, long)]
+    pub tcp: bool,
+    /// Only UDP.
+    #[arg(short, long)]
+    pub udp: bool,
+    /// Only IPv4.
+    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Only IPv6.
+    #[arg(short = '6', long = "ipv6")]
+    pub ipv6: bool,
+    /// Only sockets whose local port is N or lies in FIRST-LAST.
+    #[arg(long, value_name = "N|RANGE")]
+    pub port: Option<String>,
+    /// Only sockets in this state (estab, listen, time-wait, unconn, ...); repeatable.
+    #[arg(long, value_name = "STATE")]
+    pub state: Vec<String>,
+    /// Only sockets held by this process id (implies -p).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Only sockets held by a process with this name or executable (implies -p).
+    #[arg(long, value_name = "NAME")]
+    pub process: Option<String>,
+    /// Show the owning processes.
+    #[arg(short = 'p', long)]
+    pub processes: bool,
+    /// One row per listening port with its connections counted per state.
+    #[arg(long)]
+    pub summary: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WhoArgs {
+    /// PORT or PORT/PROTO (tcp, udp); without a protocol both are searched.
+    #[arg(value_name = "PORT[/PROTO]")]
+    pub port: String,
 }

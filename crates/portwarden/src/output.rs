@@ -5,6 +5,7 @@ use std::io::{self, Write};
 
 use portwarden_core::catalog::CatalogEntry;
 use portwarden_core::diag::SourceErrors;
+use portwarden_core::facts::{PortSummary, Socket, SocketState};
 use portwarden_core::findings::{Finding, Severity};
 use serde::Serialize;
 
@@ -172,4 +173,198 @@ pub fn catalog_entry(e: &CatalogEntry) -> io::Result<()> {
     ));
     s.push_str(&format!("  note:        {}\n", e.note));
     text(&s)
+}
+
+/// Prints a warning on stderr unless quiet.
+pub fn warn(quiet: bool, msg: &str) {
+    if !quiet {
+        let _ = writeln!(io::stderr().lock(), "portwarden: warning: {msg}");
+    }
+}
+
+fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
+    let p = if port == 0 {
+        "*".to_string()
+    } else {
+        port.to_string()
+    };
+    match addr {
+        std::net::IpAddr::V4(a) => format!("{a}:{p}"),
+        std::net::IpAddr::V6(a) => format!("[{a}]:{p}"),
+    }
+}
+
+fn owners_cell(s: &Socket) -> String {
+    match s.owners.as_deref() {
+        None | Some([]) => "-".to_string(),
+        Some(o) => o
+            .iter()
+            .map(|o| format!("{}/{}", o.comm, o.pid))
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+}
+
+/// The socket table, like `ss -tanu` (`-p` adds the process column).
+pub fn sockets(socks: &[Socket], with_owners: bool) -> io::Result<()> {
+    let locals: Vec<String> = socks
+        .iter()
+        .map(|s| endpoint(s.local_addr, s.local_port))
+        .collect();
+    let peers: Vec<String> = socks
+        .iter()
+        .map(|s| endpoint(s.remote_addr, s.remote_port))
+        .collect();
+    let wl = locals.iter().map(String::len).max().unwrap_or(0).max(5);
+    let wp = peers.iter().map(String::len).max().unwrap_or(0).max(4);
+    let out = io::stdout().lock();
+    let mut w = io::BufWriter::with_capacity(1 << 16, out);
+    write!(
+        w,
+        "{:<5} {:<10} {:>6} {:>6} {:<wl$} {:<wp$}",
+        "NETID", "STATE", "RECV-Q", "SEND-Q", "LOCAL", "PEER"
+    )?;
+    if with_owners {
+        write!(w, " PROCESS")?;
+    }
+    writeln!(w)?;
+    for (i, s) in socks.iter().enumerate() {
+        write!(
+            w,
+            "{:<5} {:<10} {:>6} {:>6} {:<wl$} {:<wp$}",
+            s.protocol.as_str(),
+            s.state.as_str(),
+            s.recv_q,
+            s.send_q,
+            locals[i],
+            peers[i]
+        )?;
+        if with_owners {
+            write!(w, " {}", owners_cell(s))?;
+        }
+        writeln!(w)?;
+    }
+    w.flush()
+}
+
+/// One row per listening port with its connections per state.
+pub fn port_summary(rows: &[PortSummary], with_owners: bool) -> io::Result<()> {
+    let mut t = Table::new(&[
+        "PORT",
+        "PROTO",
+        "ADDRESSES",
+        "BACKLOG",
+        "ESTAB",
+        "SYN-RECV",
+        "TIME-WAIT",
+        "CLOSE-WAIT",
+        "OTHER",
+        "PROCESS",
+    ]);
+    for r in rows {
+        let count = |st: SocketState| r.states.get(&st).copied().unwrap_or(0);
+        let named = [
+            SocketState::Established,
+            SocketState::SynRecv,
+            SocketState::TimeWait,
+            SocketState::CloseWait,
+        ];
+        let other: u32 = r
+            .states
+            .iter()
+            .filter(|(k, _)| !named.contains(k))
+            .map(|(_, v)| v)
+            .sum();
+        let backlog = if r.protocol == portwarden_core::Protocol::Tcp {
+            format!("{}/{}", r.accept_queue, r.backlog)
+        } else {
+            "-".to_string()
+        };
+        let procs = if !with_owners || r.owners.is_empty() {
+            "-".to_string()
+        } else {
+            r.owners
+                .iter()
+                .map(|(pid, c)| format!("{c}/{pid}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        t.row(vec![
+            r.port.to_string(),
+            r.protocol.to_string(),
+            r.addresses
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            backlog,
+            count(SocketState::Established).to_string(),
+            count(SocketState::SynRecv).to_string(),
+            count(SocketState::TimeWait).to_string(),
+            count(SocketState::CloseWait).to_string(),
+            other.to_string(),
+            procs,
+        ]);
+    }
+    text(&t.render())
+}
+
+/// The holders of one port, one row per (protocol, state, local address, owner) with a
+/// count, so thousands of accepted connections fold into one line.
+pub fn who(socks: &[Socket]) -> io::Result<()> {
+    use std::collections::BTreeMap;
+    /// (protocol, state, local, pid, uid, comm, exe)
+    type Key = (String, String, String, u32, String, String, String);
+    let mut rows: BTreeMap<Key, u32> = BTreeMap::new();
+    for s in socks {
+        let local = endpoint(s.local_addr, s.local_port);
+        let owners = s.owners.clone().unwrap_or_default();
+        if owners.is_empty() {
+            *rows
+                .entry((
+                    s.protocol.to_string(),
+                    s.state.to_string(),
+                    local,
+                    0,
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ))
+                .or_default() += 1;
+            continue;
+        }
+        for o in owners {
+            *rows
+                .entry((
+                    s.protocol.to_string(),
+                    s.state.to_string(),
+                    local.clone(),
+                    o.pid,
+                    o.uid.to_string(),
+                    o.comm.clone(),
+                    o.exe.clone().unwrap_or_else(|| "-".into()),
+                ))
+                .or_default() += 1;
+        }
+    }
+    let mut t = Table::new(&[
+        "PROTO", "STATE", "LOCAL", "COUNT", "PID", "UID", "PROCESS", "EXE",
+    ]);
+    for ((proto, state, local, pid, uid, comm, exe), n) in rows {
+        t.row(vec![
+            proto,
+            state,
+            local,
+            n.to_string(),
+            if pid == 0 {
+                "-".into()
+            } else {
+                pid.to_string()
+            },
+            uid,
+            comm,
+            exe,
+        ]);
+    }
+    text(&t.render())
 }

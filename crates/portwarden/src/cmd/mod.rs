@@ -3,6 +3,7 @@
 
 mod catalog;
 mod check;
+mod ls;
 mod meta;
 mod policy;
 
@@ -19,6 +20,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
     let g = &cli.global;
     match &cli.command {
         Command::Check(a) => check::run(g, a),
+        Command::Ls(a) => ls::ls(g, a),
+        Command::Who(a) => ls::who(g, a),
         Command::Policy(p) => policy::run(g, p),
         Command::Catalog(a) => catalog::run(g, a),
         Command::Completions { shell } => meta::completions(*shell),
