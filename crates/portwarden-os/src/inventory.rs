@@ -158,9 +158,16 @@ pub fn attach_owners(inv: &mut Inventory, walk: Walk) -> io::Result<()> {
         }
         s.owners = Some(owners);
     }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
     if map.unreadable > 0 && missing > 0 {
+        let how = if root {
+            "ptrace access to them is denied even to root here (a security module, or a process of another user namespace)"
+        } else {
+            "run as root (or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH) to see them"
+        };
         inv.warnings.push(format!(
-            "{missing} sockets have an unknown owner: the descriptors of {} processes could not be read; run as root (or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH) to see them",
+            "{missing} sockets have an unknown owner: the descriptors of {} processes could not be read; {how}",
             map.unreadable
         ));
     } else if missing > 0 {

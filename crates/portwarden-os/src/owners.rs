@@ -93,6 +93,14 @@ fn each_socket_fd(pid: u32, mut hit: impl FnMut(u32, u64) -> bool) -> io::Result
         // SAFETY: `dfd` stays valid while `dir` is open; `buf` is writable for its length.
         let n = unsafe { libc::readlinkat(dfd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         if n <= 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                // The directory lists, but links may not be read (ptrace access denied):
+                // the whole process is unreadable.
+                // SAFETY: `dir` came from fdopendir and is closed once.
+                unsafe { libc::closedir(dir) };
+                return Err(e);
+            }
             continue;
         }
         if let Some(inode) = socket_inode(&buf[..n as usize]) {

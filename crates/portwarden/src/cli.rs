@@ -21,9 +21,14 @@ pub struct Global {
     #[arg(long, global = true, value_name = "FILE", env = "PORTWARDEN_POLICY")]
     pub policy: Option<PathBuf>,
     /// State directory for the embedded store [default: /var/lib/portwarden as root,
-    /// else $XDG_STATE_HOME/portwarden].
-    #[arg(long, global = true, value_name = "DIR", env = "PORTWARDEN_STATE")]
-    pub state: Option<PathBuf>,
+    /// else $XDG_STATE_HOME/portwarden]. (`--state` is `ls`'s socket-state filter.)
+    #[arg(
+        long = "state-dir",
+        global = true,
+        value_name = "DIR",
+        env = "PORTWARDEN_STATE"
+    )]
+    pub state_dir: Option<PathBuf>,
     /// Print machine-readable JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
