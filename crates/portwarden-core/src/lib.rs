@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod addr;
+pub mod alloc;
 pub mod catalog;
 pub mod diag;
 pub mod facts;

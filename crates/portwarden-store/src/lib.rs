@@ -1,11 +1,228 @@
-//! The `Store` trait and its implementations: SQLite (default) and etcd (feature `etcd`);
-//! leases, the hash-chained ledger, firewall transactions. Knows no policy rules.
+//! The `Store` trait and its implementations: SQLite (the embedded default) and, later,
+//! etcd (feature `etcd`). Leases, the hash-chained ledger and (later) firewall
+//! transactions. Knows no policy rules: callers pass decisions in as closures.
 #![deny(missing_docs)]
+
+pub mod ledger;
+mod sqlite;
 
 use std::path::PathBuf;
 
-/// Where the embedded store lives when `--state` is not given: `/var/lib/portwarden` for
-/// root, else `$XDG_STATE_HOME/portwarden` (or `~/.local/state/portwarden`).
+use portwarden_core::alloc::{AllocError, LeaseState, LeaseView, ReclaimAction};
+use portwarden_core::{Port, Protocol};
+use serde::Serialize;
+
+pub use ledger::{Change, Entry, Verification};
+pub use sqlite::SqliteStore;
+
+/// A port lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lease {
+    /// Unique id.
+    pub id: i64,
+    /// Allocation scope: this host, or a fleet scope.
+    pub scope: String,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Port.
+    pub port: Port,
+    /// Service it serves.
+    pub service: String,
+    /// Pool it came from.
+    pub pool: Option<String>,
+    /// Who holds it (release and renew check this).
+    pub owner: String,
+    /// Executable expected to listen on it.
+    pub process: Option<String>,
+    /// Lifecycle state.
+    pub state: LeaseState,
+    /// Creation, unix seconds.
+    pub created_at: i64,
+    /// Expiry, unix seconds.
+    pub expires_at: i64,
+    /// Last time a listener was seen on the port.
+    pub last_seen_listening: Option<i64>,
+    /// Consecutive observations without a listener.
+    pub missed: u32,
+}
+
+impl Lease {
+    /// The parts the lifecycle rules read.
+    pub fn view(&self) -> LeaseView {
+        LeaseView {
+            id: self.id,
+            pool: self.pool.clone(),
+            state: self.state,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            last_seen_listening: self.last_seen_listening,
+            missed: self.missed,
+        }
+    }
+}
+
+/// A lease to create.
+#[derive(Debug, Clone)]
+pub struct NewLease {
+    /// Scope.
+    pub scope: String,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Port.
+    pub port: Port,
+    /// Service.
+    pub service: String,
+    /// Pool.
+    pub pool: Option<String>,
+    /// Owner.
+    pub owner: String,
+    /// Expected executable.
+    pub process: Option<String>,
+    /// Expiry, unix seconds.
+    pub expires_at: i64,
+}
+
+/// Lets an allocation decision ask whether a port is already leased, inside the store's
+/// transaction.
+pub trait LeaseProbe {
+    /// Whether (scope, protocol, port) is leased.
+    fn is_leased(&mut self, protocol: Protocol, port: Port) -> bool;
+}
+
+/// Store failures. None of them leaves partial state behind.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No lease with that id.
+    #[error("no lease with id {0}")]
+    NotFound(i64),
+    /// The caller does not own the lease.
+    #[error("lease {id} belongs to `{owner}`, not `{caller}`")]
+    NotOwner {
+        /// Lease id.
+        id: i64,
+        /// Its owner.
+        owner: String,
+        /// Who asked.
+        caller: String,
+    },
+    /// The allocation decision refused.
+    #[error(transparent)]
+    Refused(#[from] AllocError),
+    /// The database file belongs to something else.
+    #[error("{path} is not a portwarden store (application id {app_id:#x}); refusing to touch it")]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// Its SQLite application id.
+        app_id: i64,
+    },
+    /// The database file is damaged or not a database.
+    #[error("{path} is not a usable database: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What SQLite said.
+        reason: String,
+    },
+    /// A newer portwarden wrote this store.
+    #[error(
+        "{path} has schema version {found}, newer than this portwarden understands ({supported})"
+    )]
+    TooNew {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        supported: i64,
+    },
+    /// The store does not exist yet.
+    #[error("no store at {0} yet")]
+    Missing(PathBuf),
+    /// File system trouble.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database engine failed.
+    #[error("store: {0}")]
+    Backend(String),
+}
+
+/// What reclaim did (or, in a dry run, would do) to one lease.
+#[derive(Debug, Clone, Serialize)]
+pub struct Reclaimed {
+    /// The lease before.
+    pub lease: Lease,
+    /// The action.
+    pub action: ReclaimAction,
+}
+
+/// Where leases and the ledger live.
+pub trait Store {
+    /// Creates a lease chosen by `decide`, which may probe existing leases; the lease and
+    /// its ledger record are written in one transaction, or nothing is.
+    fn allocate(
+        &mut self,
+        now: i64,
+        actor: &str,
+        decide: &mut dyn FnMut(&mut dyn LeaseProbe) -> Result<NewLease, AllocError>,
+    ) -> Result<Lease, StoreError>;
+
+    /// Every lease, by port.
+    fn leases(&self) -> Result<Vec<Lease>, StoreError>;
+
+    /// Extends a lease the caller owns.
+    fn renew(
+        &mut self,
+        id: i64,
+        caller: &str,
+        expires_at: i64,
+        now: i64,
+        actor: &str,
+    ) -> Result<Lease, StoreError>;
+
+    /// Deletes a lease the caller owns.
+    fn release(
+        &mut self,
+        id: i64,
+        caller: &str,
+        now: i64,
+        actor: &str,
+    ) -> Result<Lease, StoreError>;
+
+    /// Records one inventory observation per lease (`listening` says whether its port has
+    /// a listener), then applies what `decide` returns for each observed lease, in one
+    /// transaction. With `dry_run` nothing is written.
+    fn reclaim(
+        &mut self,
+        now: i64,
+        actor: &str,
+        listening: &dyn Fn(&Lease) -> bool,
+        decide: &dyn Fn(&Lease, bool) -> Option<ReclaimAction>,
+        dry_run: bool,
+    ) -> Result<Vec<Reclaimed>, StoreError>;
+
+    /// Appends a record to the ledger (for changes made elsewhere: firewall, policy).
+    fn record(&mut self, now: i64, change: Change) -> Result<Entry, StoreError>;
+
+    /// Ledger records with `ts >= since`, oldest first.
+    fn ledger(&self, since: Option<i64>) -> Result<Vec<Entry>, StoreError>;
+
+    /// Walks the whole chain.
+    fn verify_ledger(&self) -> Result<Verification, StoreError>;
+
+    /// Deletes records older than `cutoff` after writing a checkpoint the chain verifies
+    /// through; returns how many were deleted.
+    fn prune_ledger(&mut self, cutoff: i64, now: i64, actor: &str) -> Result<i64, StoreError>;
+}
+
+/// Where the embedded store lives when `--state-dir` is not given: `/var/lib/portwarden`
+/// for root, else `$XDG_STATE_HOME/portwarden` (or `~/.local/state/portwarden`).
 pub fn default_state_dir(
     is_root: bool,
     xdg_state_home: Option<&str>,

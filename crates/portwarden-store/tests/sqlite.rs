@@ -1,0 +1,305 @@
+//! The SQLite store against a real database file: leases, owner checks, the ledger chain,
+//! its triggers, tampering, retention, and refusing foreign or corrupt files.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use portwarden_core::alloc::{AllocError, ReclaimAction, ReclaimReason};
+use portwarden_core::{Port, Protocol};
+use portwarden_store::{NewLease, SqliteStore, Store, StoreError};
+use proptest::prelude::*;
+
+fn tempdir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "pw-store-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn lease_for(port: u16, owner: &str) -> NewLease {
+    NewLease {
+        scope: "local".into(),
+        protocol: Protocol::Tcp,
+        port: Port::new(port).unwrap(),
+        service: "svc".into(),
+        pool: Some("p".into()),
+        owner: owner.into(),
+        process: None,
+        expires_at: 10_000,
+    }
+}
+
+/// Allocates the first free port of 20000..20000+size.
+fn alloc(s: &mut SqliteStore, size: u16, owner: &str, now: i64) -> Result<u16, StoreError> {
+    let l = s.allocate(now, "test", &mut |probe| {
+        for p in 20000..20000 + size {
+            if !probe.is_leased(Protocol::Tcp, Port::new(p).unwrap()) {
+                return Ok(lease_for(p, owner));
+            }
+        }
+        Err(AllocError::NoSource)
+    })?;
+    Ok(l.port.get())
+}
+
+#[test]
+fn release_and_renew_are_owner_checked() {
+    let d = tempdir("owner");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    let p = alloc(&mut s, 10, "alice", 100).unwrap();
+    let id = s.leases().unwrap()[0].id;
+    assert!(matches!(
+        s.release(id, "mallory", 101, "mallory"),
+        Err(StoreError::NotOwner { .. })
+    ));
+    assert!(matches!(
+        s.renew(id, "mallory", 99_999, 101, "mallory"),
+        Err(StoreError::NotOwner { .. })
+    ));
+    assert_eq!(s.leases().unwrap().len(), 1);
+    let r = s.renew(id, "alice", 20_000, 102, "alice").unwrap();
+    assert_eq!(r.expires_at, 20_000);
+    assert_eq!(s.release(id, "alice", 103, "alice").unwrap().port.get(), p);
+    assert!(s.leases().unwrap().is_empty());
+    assert!(matches!(
+        s.release(id, "alice", 104, "alice"),
+        Err(StoreError::NotFound(_))
+    ));
+    let actions: Vec<String> = s
+        .ledger(None)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["lease.alloc", "lease.renew", "lease.release"]);
+    assert_eq!(s.verify_ledger().unwrap().broken, None);
+}
+
+#[test]
+fn a_double_claim_fails_and_writes_nothing() {
+    let d = tempdir("double");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    s.allocate(1, "t", &mut |_| Ok(lease_for(20001, "a")))
+        .unwrap();
+    let before = s.ledger(None).unwrap().len();
+    assert!(
+        s.allocate(2, "t", &mut |_| Ok(lease_for(20001, "b")))
+            .is_err()
+    );
+    assert_eq!(s.leases().unwrap().len(), 1);
+    assert_eq!(s.ledger(None).unwrap().len(), before);
+    // A refused decision writes nothing either.
+    assert!(matches!(
+        s.allocate(3, "t", &mut |_| Err(AllocError::NoSource)),
+        Err(StoreError::Refused(_))
+    ));
+    assert_eq!(s.ledger(None).unwrap().len(), before);
+}
+
+#[test]
+fn ledger_triggers_refuse_update_and_delete() {
+    let d = tempdir("triggers");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    alloc(&mut s, 5, "a", 1).unwrap();
+    let c = rusqlite::Connection::open(s.path()).unwrap();
+    assert!(c.execute("UPDATE ledger SET actor = 'x'", []).is_err());
+    assert!(c.execute("DELETE FROM ledger", []).is_err());
+    assert_eq!(s.ledger(None).unwrap().len(), 1);
+}
+
+#[test]
+fn any_changed_byte_is_reported_at_its_seq() {
+    let d = tempdir("tamper");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    for i in 0..8 {
+        alloc(&mut s, 50, &format!("o{i}"), 100 + i).unwrap();
+    }
+    let path = s.path().to_path_buf();
+    drop(s);
+    let cols = [
+        "ts",
+        "actor",
+        "action",
+        "subject",
+        "after",
+        "prev_hash",
+        "hash",
+    ];
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute_batch("DROP TRIGGER ledger_no_update; DROP TRIGGER ledger_no_delete;")
+        .unwrap();
+    for seq in 1..=8i64 {
+        for col in cols {
+            let original: rusqlite::types::Value = c
+                .query_row(
+                    &format!("SELECT {col} FROM ledger WHERE seq = ?1"),
+                    [seq],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            let changed = match &original {
+                rusqlite::types::Value::Integer(i) => rusqlite::types::Value::Integer(i ^ 1),
+                rusqlite::types::Value::Text(t) => {
+                    let mut b = t.clone().into_bytes();
+                    let k = (seq as usize * 7) % b.len();
+                    b[k] = if b[k] == b'0' { b'1' } else { b'0' };
+                    rusqlite::types::Value::Text(String::from_utf8(b).unwrap())
+                }
+                other => panic!("unexpected {other:?}"),
+            };
+            c.execute(
+                &format!("UPDATE ledger SET {col} = ?1 WHERE seq = ?2"),
+                rusqlite::params![changed, seq],
+            )
+            .unwrap();
+            let s = SqliteStore::open(&d, "local", false).unwrap();
+            let v = s.verify_ledger().unwrap();
+            assert_eq!(
+                v.broken.as_ref().map(|b| b.0),
+                Some(seq),
+                "{col} at seq {seq}: {v:?}"
+            );
+            drop(s);
+            c.execute(
+                &format!("UPDATE ledger SET {col} = ?1 WHERE seq = ?2"),
+                rusqlite::params![original, seq],
+            )
+            .unwrap();
+        }
+    }
+    let s = SqliteStore::open(&d, "local", false).unwrap();
+    assert_eq!(s.verify_ledger().unwrap().broken, None);
+}
+
+#[test]
+fn retention_prunes_through_a_checkpoint() {
+    let d = tempdir("retention");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    for i in 0..6 {
+        alloc(&mut s, 50, "a", 1000 * (i + 1)).unwrap();
+    }
+    let deleted = s.prune_ledger(3500, 7000, "portwarden").unwrap();
+    assert_eq!(deleted, 3);
+    let l = s.ledger(None).unwrap();
+    assert_eq!(l.first().unwrap().seq, 4);
+    assert_eq!(l.last().unwrap().action, "ledger.checkpoint");
+    assert_eq!(s.verify_ledger().unwrap().broken, None);
+    // Deleting behind a checkpoint's back is still caught.
+    drop(s);
+    let c = rusqlite::Connection::open(d.join("portwarden.db")).unwrap();
+    c.execute_batch("DROP TRIGGER ledger_no_delete; DELETE FROM ledger WHERE seq = 4;")
+        .unwrap();
+    let s = SqliteStore::open(&d, "local", false).unwrap();
+    assert!(s.verify_ledger().unwrap().broken.is_some());
+}
+
+#[test]
+fn reclaim_retires_and_drains_with_dry_run() {
+    let d = tempdir("reclaim");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    alloc(&mut s, 5, "a", 1).unwrap();
+    alloc(&mut s, 5, "b", 1).unwrap();
+    let listening = |l: &portwarden_store::Lease| l.owner == "b";
+    let decide = |l: &portwarden_store::Lease, heard: bool| {
+        portwarden_core::alloc::reclaim_decision(&l.view(), heard, None, 20_000)
+    };
+    let dry = s.reclaim(20_000, "t", &listening, &decide, true).unwrap();
+    assert_eq!(dry.len(), 2);
+    assert_eq!(s.leases().unwrap().len(), 2, "dry run writes nothing");
+    let done = s.reclaim(20_000, "t", &listening, &decide, false).unwrap();
+    let acts: HashSet<String> = done
+        .iter()
+        .map(|r| format!("{}:{:?}", r.lease.owner, r.action))
+        .collect();
+    assert!(acts.contains(&format!(
+        "a:{:?}",
+        ReclaimAction::Retire(ReclaimReason::Expired)
+    )));
+    assert!(acts.contains(&format!("b:{:?}", ReclaimAction::Drain)));
+    let left = s.leases().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].owner, "b");
+    assert_eq!(s.verify_ledger().unwrap().broken, None);
+}
+
+#[test]
+fn foreign_and_corrupt_files_are_refused_untouched() {
+    let d = tempdir("foreign");
+    let path = d.join("portwarden.db");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch("CREATE TABLE customers (id INTEGER); INSERT INTO customers VALUES (1);")
+            .unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    assert!(matches!(
+        SqliteStore::open(&d, "local", true),
+        Err(StoreError::Foreign { .. })
+    ));
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+
+    let d = tempdir("corrupt");
+    let path = d.join("portwarden.db");
+    let junk: Vec<u8> = (0..8192u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, &junk).unwrap();
+    let e = SqliteStore::open(&d, "local", true).err().expect("refused");
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), junk);
+    assert!(!d.join("portwarden.db-wal").exists());
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Alloc(u8),
+    Release(u8, u8),
+    Renew(u8, u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..3).prop_map(Op::Alloc),
+        (0u8..3, 0u8..16).prop_map(|(o, k)| Op::Release(o, k)),
+        (0u8..3, 0u8..16).prop_map(|(o, k)| Op::Renew(o, k)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn leases_stay_unique_owners_hold_and_the_chain_verifies(ops in prop::collection::vec(op(), 1..60)) {
+        let d = tempdir("prop");
+        let mut s = SqliteStore::open(&d, "local", true).unwrap();
+        let owners = ["alice", "bob", "carol"];
+        for (t, o) in ops.iter().enumerate() {
+            let now = t as i64;
+            match o {
+                Op::Alloc(who) => { let _ = alloc(&mut s, 8, owners[*who as usize], now); }
+                Op::Release(who, k) | Op::Renew(who, k) => {
+                    let leases = s.leases().unwrap();
+                    if leases.is_empty() { continue; }
+                    let l = &leases[*k as usize % leases.len()];
+                    let caller = owners[*who as usize];
+                    let r = match o {
+                        Op::Release(..) => s.release(l.id, caller, now, caller).map(|_| ()),
+                        _ => s.renew(l.id, caller, now + 100, now, caller).map(|_| ()),
+                    };
+                    prop_assert_eq!(r.is_ok(), l.owner == caller, "owner check for {:?}", o);
+                }
+            }
+            let leases = s.leases().unwrap();
+            let ports: HashSet<u16> = leases.iter().map(|l| l.port.get()).collect();
+            prop_assert_eq!(ports.len(), leases.len(), "a port leased twice");
+        }
+        prop_assert_eq!(s.verify_ledger().unwrap().broken, None);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
