@@ -621,3 +621,142 @@ zone = "localhost"
         );
     }
 }
+
+/// A lease as the rules see it (the store's type lives in an adapter).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseFact {
+    /// Lease id.
+    pub id: i64,
+    /// Port.
+    pub port: Port,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Service.
+    pub service: String,
+    /// Pool.
+    pub pool: Option<String>,
+    /// Owner.
+    pub owner: String,
+    /// Executable expected to listen.
+    pub process: Option<String>,
+    /// Expiry, unix seconds.
+    pub expires_at: i64,
+}
+
+/// One pool's occupation: the `pools` row and the utilisation rule's input.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolUsage {
+    /// Pool name.
+    pub name: String,
+    /// Range.
+    pub range: PortRange,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Ports in the pool.
+    pub size: u32,
+    /// Ports leased.
+    pub leased: u32,
+    /// Ports neither leased nor otherwise unusable.
+    pub free: u32,
+    /// leased / size.
+    pub utilisation: f64,
+    /// Ports inside the kernel's ephemeral range and not reserved.
+    pub ephemeral_overlap: u32,
+}
+
+/// Counts each pool's leased, free and ephemeral-overlapping ports.
+pub fn pool_usage(policy: &Policy, leases: &[LeaseFact], sysctls: &Sysctls) -> Vec<PoolUsage> {
+    policy
+        .pools
+        .iter()
+        .map(|p| {
+            let leased = leases
+                .iter()
+                .filter(|l| l.protocol == p.protocol && p.range.contains(l.port))
+                .count() as u32;
+            let ephemeral = p
+                .range
+                .iter()
+                .filter(|&port| sysctls.is_ephemeral(port))
+                .count() as u32;
+            let unusable_eph = if p.allow_ephemeral { 0 } else { ephemeral };
+            let size = p.range.len();
+            PoolUsage {
+                name: p.name.clone(),
+                range: p.range,
+                protocol: p.protocol,
+                size,
+                leased,
+                free: size.saturating_sub(leased).saturating_sub(unusable_eph),
+                utilisation: f64::from(leased) / f64::from(size),
+                ephemeral_overlap: ephemeral,
+            }
+        })
+        .collect()
+}
+
+/// `ip_local_reserved_ports` with every pool range added, keeping what is there; ranges
+/// merged and sorted. `None` when nothing would change.
+pub fn reserved_with_pools(policy: &Policy, current: &[PortRange]) -> Option<Vec<PortRange>> {
+    let mut all: Vec<(u16, u16)> = current
+        .iter()
+        .chain(policy.pools.iter().map(|p| &p.range))
+        .map(|r| (r.start().get(), r.end().get()))
+        .collect();
+    all.sort_unstable();
+    let mut merged: Vec<(u16, u16)> = Vec::new();
+    for (a, b) in all {
+        match merged.last_mut() {
+            Some((_, e)) if u32::from(a) <= u32::from(*e) + 1 => *e = (*e).max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    let out: Vec<PortRange> = merged
+        .into_iter()
+        .filter_map(|(a, b)| PortRange::new(Port::new(a)?, Port::new(b)?))
+        .collect();
+    let mut cur = current.to_vec();
+    cur.sort();
+    (out != cur).then_some(out)
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+    use crate::catalog::Catalog;
+
+    #[test]
+    fn usage_and_reservation() {
+        let p = Policy::parse(
+            "t.toml",
+            "version = 1\n[[pool]]\nname = \"a\"\nrange = \"32000-32999\"\n[[pool]]\nname = \"b\"\nrange = \"40000-40009\"\n",
+            Catalog::builtin(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let sys = Sysctls {
+            ip_local_port_range: Some("32768-60999".parse().unwrap()),
+            ip_local_reserved_ports: vec!["40000-40004".parse().unwrap()],
+            ..Sysctls::default()
+        };
+        let l = |port| LeaseFact {
+            id: 1,
+            port: Port::new(port).unwrap(),
+            protocol: Protocol::Tcp,
+            service: "s".into(),
+            pool: Some("b".into()),
+            owner: "o".into(),
+            process: None,
+            expires_at: 0,
+        };
+        let u = pool_usage(&p, &[l(40001), l(40002)], &sys);
+        assert_eq!(u[0].ephemeral_overlap, 232);
+        assert_eq!(u[0].free, 768);
+        assert_eq!((u[1].leased, u[1].ephemeral_overlap, u[1].free), (2, 5, 3));
+        assert!((u[1].utilisation - 0.2).abs() < 1e-9);
+        let r = reserved_with_pools(&p, &sys.ip_local_reserved_ports).unwrap();
+        let s: Vec<String> = r.iter().map(|r| r.to_string()).collect();
+        assert_eq!(s, ["32000-32999", "40000-40009"]);
+        let again = reserved_with_pools(&p, &r);
+        assert_eq!(again, None);
+    }
+}

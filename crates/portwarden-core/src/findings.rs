@@ -75,6 +75,16 @@ pub enum RuleId {
     ManagementOpenToAll,
     /// The firewall only monitors.
     FirewallMonitorOnly,
+    /// A pool is nearly full.
+    PoolUtilisation,
+    /// The policy keeps the ledger for less than the 180-day minimum.
+    RetentionBelowMinimum,
+    /// The ledger's hash chain does not verify.
+    LedgerBroken,
+    /// A leased port is held by another executable than the lease expects.
+    LeaseHeldByOther,
+    /// A lease is past its expiry and has not been reclaimed.
+    ExpiredLease,
 }
 
 impl RuleId {
@@ -88,6 +98,11 @@ impl RuleId {
             RuleId::NoConnectionLimit => "no-connection-limit",
             RuleId::ManagementOpenToAll => "management-open-to-all",
             RuleId::FirewallMonitorOnly => "firewall-monitor-only",
+            RuleId::PoolUtilisation => "pool-utilisation",
+            RuleId::RetentionBelowMinimum => "retention-below-minimum",
+            RuleId::LedgerBroken => "ledger-broken",
+            RuleId::LeaseHeldByOther => "lease-held-by-other",
+            RuleId::ExpiredLease => "expired-lease",
         }
     }
 }
@@ -206,13 +221,131 @@ pub fn policy_findings(policy: &Policy, catalog: &Catalog) -> Vec<Finding> {
             remedy: "set mode = \"enforce\" once the policy lists every service".into(),
         });
     }
-    out.sort_by(|a, b| {
+    sort(&mut out);
+    out
+}
+
+/// The ledger retention the compliance profile requires at least (the seed's 180 days).
+pub const MIN_LEDGER_RETENTION_DAYS: u32 = 180;
+
+/// What the store and the host say, for the lease and ledger rules.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreFacts<'a> {
+    /// Now, unix seconds.
+    pub now: i64,
+    /// Every lease.
+    pub leases: &'a [crate::alloc::LeaseFact],
+    /// Listening sockets with owners resolved.
+    pub listeners: &'a [crate::facts::Socket],
+    /// Kernel settings.
+    pub sysctls: &'a crate::facts::Sysctls,
+    /// The first broken ledger link, if the chain does not verify.
+    pub ledger_broken: Option<(i64, &'a str)>,
+}
+
+/// Rules over leases, pools and the ledger.
+pub fn store_findings(policy: &Policy, f: &StoreFacts<'_>) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let alert = policy.compliance.pool_utilisation_alert;
+    for u in crate::alloc::pool_usage(policy, f.leases, f.sysctls) {
+        if u.utilisation >= alert {
+            out.push(Finding {
+                id: RuleId::PoolUtilisation,
+                severity: if u.utilisation >= 0.95 {
+                    Severity::High
+                } else {
+                    Severity::Medium
+                },
+                subject: format!("pool {}", u.name),
+                evidence: format!(
+                    "{} of {} ports leased ({:.0} %), alert at {:.0} %",
+                    u.leased,
+                    u.size,
+                    u.utilisation * 100.0,
+                    alert * 100.0
+                ),
+                why: "an exhausted pool refuses new mirror services and replicas".into(),
+                remedy: "run `portwarden reclaim`, release unused leases, or widen the pool range"
+                    .into(),
+            });
+        }
+    }
+    let days = policy.compliance.ledger_retention_days;
+    if days < MIN_LEDGER_RETENTION_DAYS {
+        out.push(Finding {
+            id: RuleId::RetentionBelowMinimum,
+            severity: Severity::Medium,
+            subject: "ledger".into(),
+            evidence: format!("ledger_retention_days = {days}"),
+            why: format!("the compliance baseline keeps port changes for at least {MIN_LEDGER_RETENTION_DAYS} days"),
+            remedy: format!("set [compliance] ledger_retention_days to {MIN_LEDGER_RETENTION_DAYS} or more"),
+        });
+    }
+    if let Some((seq, why)) = f.ledger_broken {
+        out.push(Finding {
+            id: RuleId::LedgerBroken,
+            severity: Severity::Critical,
+            subject: "ledger".into(),
+            evidence: format!("chain broken at seq {seq}: {why}"),
+            why: "the change record can no longer prove what happened: it was edited, truncated or damaged".into(),
+            remedy: "compare with an exported copy (`portwarden log export`) and investigate who had write access to the store".into(),
+        });
+    }
+    for l in f.leases {
+        if l.expires_at <= f.now {
+            out.push(Finding {
+                id: RuleId::ExpiredLease,
+                severity: Severity::Low,
+                subject: format!("lease {} ({}/{})", l.id, l.port, l.protocol),
+                evidence: format!(
+                    "service {} expired {} s ago",
+                    l.service,
+                    f.now - l.expires_at
+                ),
+                why: "expired leases keep ports out of the pool".into(),
+                remedy: "run `portwarden reclaim`, or `portwarden renew` if it is still needed"
+                    .into(),
+            });
+        }
+        let Some(expected) = &l.process else { continue };
+        let holders: Vec<&crate::facts::Owner> = f
+            .listeners
+            .iter()
+            .filter(|s| s.protocol == l.protocol && s.local_port == l.port.get())
+            .flat_map(|s| s.owners.iter().flatten())
+            .collect();
+        let matches = |o: &crate::facts::Owner| {
+            o.comm == *expected
+                || o.exe.as_deref().is_some_and(|e| {
+                    e == expected.as_str() || e.rsplit('/').next() == Some(expected.as_str())
+                })
+        };
+        if !holders.is_empty() && !holders.iter().any(|o| matches(o)) {
+            let who: Vec<String> = holders
+                .iter()
+                .map(|o| format!("{}/{}", o.comm, o.pid))
+                .collect();
+            out.push(Finding {
+                id: RuleId::LeaseHeldByOther,
+                severity: Severity::High,
+                subject: format!("lease {} ({}/{})", l.id, l.port, l.protocol),
+                evidence: format!("service {} expects {expected}, held by {}", l.service, who.join(", ")),
+                why: "another program on a leased port can intercept the mirror's traffic (port hijack)".into(),
+                remedy: "stop the foreign listener, or release the lease and allocate the service anew".into(),
+            });
+        }
+    }
+    out
+}
+
+/// Sorts findings most severe first, then by rule and subject.
+pub fn sort(findings: &mut [Finding]) {
+    findings.sort_by(|a, b| {
         b.severity
             .cmp(&a.severity)
             .then(a.id.cmp(&b.id))
             .then(a.subject.cmp(&b.subject))
     });
-    out
 }
 
 fn external_port_budget(policy: &Policy, out: &mut Vec<Finding>) {

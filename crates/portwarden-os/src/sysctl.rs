@@ -56,6 +56,11 @@ pub fn read_host() -> Sysctls {
     read_from(Path::new("/proc/sys"))
 }
 
+/// Writes `net.ipv4.ip_local_reserved_ports` (of the current network namespace).
+pub fn write_reserved_ports(value: &str) -> std::io::Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/ip_local_reserved_ports", value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,20 @@ pub enum Command {
     Ls(LsArgs),
     /// Show the processes holding a port; exit 1 if nothing holds it.
     Who(WhoArgs),
+    /// Lease a port for a service: its standard port if free, else one from its pool.
+    Alloc(AllocArgs),
+    /// Extend a lease you own.
+    Renew(RenewArgs),
+    /// Give back a lease you own.
+    Release(ReleaseArgs),
+    /// List the leases.
+    Leases,
+    /// Retire expired and idle leases (after observing which ports have listeners).
+    Reclaim(ReclaimArgs),
+    /// The change ledger: list, verify, export, head.
+    Log(LogArgs),
+    /// Pool occupation; `pools reserve` keeps the kernel's ephemeral picks out of pools.
+    Pools(PoolsArgs),
     /// Draft or validate policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -145,4 +159,110 @@ pub struct WhoArgs {
     /// PORT or PORT/PROTO (tcp, udp); without a protocol both are searched.
     #[arg(value_name = "PORT[/PROTO]")]
     pub port: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AllocArgs {
+    /// The service (declared in the policy).
+    pub service: String,
+    /// Allocate from this pool instead of the service's own.
+    #[arg(long, value_name = "POOL")]
+    pub pool: Option<String>,
+    /// Ask for this exact port.
+    #[arg(long, value_name = "N")]
+    pub port: Option<u16>,
+    /// Lease lifetime [default: the pool's lease_ttl, else 24h].
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// Lease owner [default: the invoking user].
+    #[arg(long, value_name = "OWNER")]
+    pub owner: Option<String>,
+    /// Allocate this many leases (each in its own transaction).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub count: u32,
+    /// Seed for the random start of the pool scan (reproducible picks).
+    #[arg(long, value_name = "SEED")]
+    pub seed: Option<u64>,
+    /// Skip the bind probe that double-checks a chosen port is free.
+    #[arg(long)]
+    pub no_probe: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    /// Lease id.
+    pub id: i64,
+    /// New lifetime from now [default: the pool's lease_ttl, else 24h].
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// Who you are [default: the invoking user].
+    #[arg(long, value_name = "OWNER")]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// Lease id.
+    pub id: i64,
+    /// Who you are [default: the invoking user].
+    #[arg(long, value_name = "OWNER")]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReclaimArgs {
+    /// Show what would be reclaimed without changing anything.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogArgs {
+    #[command(subcommand)]
+    pub command: Option<LogCommand>,
+    /// Only records from the last DURATION (e.g. 24h, 7d).
+    #[arg(long, value_name = "DURATION")]
+    pub since: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Walk every link of the hash chain; exit 1 naming the first bad record.
+    Verify,
+    /// Print the head (last sequence number and hash) for an outside copy.
+    Head,
+    /// Export every record.
+    Export {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+    },
+    /// Delete records older than the policy's retention, through a checkpoint record.
+    Prune {
+        /// Show what would go without deleting.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line.
+    Jsonl,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolsArgs {
+    #[command(subcommand)]
+    pub command: Option<PoolsCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolsCommand {
+    /// Add the pools' ranges to net.ipv4.ip_local_reserved_ports, keeping what is there.
+    Reserve {
+        /// Print the new value without writing it.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }

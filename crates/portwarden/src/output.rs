@@ -368,3 +368,179 @@ pub fn who(socks: &[Socket]) -> io::Result<()> {
     }
     text(&t.render())
 }
+
+/// A negative answer (port busy, pool exhausted): one line on stderr.
+pub fn refusal(msg: &str) {
+    let _ = writeln!(io::stderr().lock(), "portwarden: {msg}");
+}
+
+/// Unix seconds as `2026-11-28T18:24:47Z`.
+pub fn utc(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn ago(secs: i64) -> String {
+    let s = secs.unsigned_abs();
+    let t = portwarden_core::units::HumanDuration(std::time::Duration::from_secs(s)).to_string();
+    if secs < 0 {
+        format!("in {t}")
+    } else {
+        format!("{t} ago")
+    }
+}
+
+/// The lease table.
+pub fn leases(leases: &[portwarden_store::Lease], now: i64) -> io::Result<()> {
+    if leases.is_empty() {
+        return text("no leases\n");
+    }
+    let mut t = Table::new(&[
+        "ID",
+        "PORT",
+        "PROTO",
+        "SERVICE",
+        "POOL",
+        "OWNER",
+        "STATE",
+        "EXPIRES",
+        "LAST-SEEN",
+    ]);
+    for l in leases {
+        t.row(vec![
+            l.id.to_string(),
+            l.port.to_string(),
+            l.protocol.to_string(),
+            l.service.clone(),
+            l.pool.clone().unwrap_or_else(|| "-".into()),
+            l.owner.clone(),
+            l.state.as_str().to_string(),
+            ago(now - l.expires_at),
+            l.last_seen_listening
+                .map_or("never".to_string(), |t| ago(now - t)),
+        ]);
+    }
+    text(&t.render())
+}
+
+/// What reclaim did.
+pub fn reclaimed(done: &[portwarden_store::Reclaimed], dry_run: bool) -> io::Result<()> {
+    if done.is_empty() {
+        return text("nothing to reclaim\n");
+    }
+    let mut s = String::new();
+    for r in done {
+        let what = match r.action {
+            portwarden_core::alloc::ReclaimAction::Retire(why) => format!(
+                "retire ({})",
+                match why {
+                    portwarden_core::alloc::ReclaimReason::Expired => "expired",
+                    portwarden_core::alloc::ReclaimReason::Idle => "idle",
+                }
+            ),
+            portwarden_core::alloc::ReclaimAction::Drain => {
+                "drain (expired, still listened on)".to_string()
+            }
+        };
+        s.push_str(&format!(
+            "{}lease {} {}/{} ({}, {}): {what}\n",
+            if dry_run { "would " } else { "" },
+            r.lease.id,
+            r.lease.port,
+            r.lease.protocol,
+            r.lease.service,
+            r.lease.owner
+        ));
+    }
+    text(&s)
+}
+
+/// Pool occupation.
+pub fn pools(usage: &[portwarden_core::alloc::PoolUsage]) -> io::Result<()> {
+    if usage.is_empty() {
+        return text("the policy declares no pools\n");
+    }
+    let mut t = Table::new(&[
+        "POOL",
+        "RANGE",
+        "PROTO",
+        "SIZE",
+        "LEASED",
+        "FREE",
+        "USED",
+        "EPHEMERAL-OVERLAP",
+    ]);
+    for u in usage {
+        t.row(vec![
+            u.name.clone(),
+            u.range.to_string(),
+            u.protocol.to_string(),
+            u.size.to_string(),
+            u.leased.to_string(),
+            u.free.to_string(),
+            format!("{:.1}%", u.utilisation * 100.0),
+            u.ephemeral_overlap.to_string(),
+        ]);
+    }
+    text(&t.render())
+}
+
+/// Ledger records as a table.
+pub fn ledger(entries: &[portwarden_store::Entry]) -> io::Result<()> {
+    if entries.is_empty() {
+        return text("the ledger is empty\n");
+    }
+    let mut t = Table::new(&["SEQ", "TIME", "ACTOR", "ACTION", "SUBJECT", "REASON"]);
+    for e in entries {
+        t.row(vec![
+            e.seq.to_string(),
+            utc(e.ts),
+            e.actor.clone(),
+            e.action.clone(),
+            e.subject.clone(),
+            e.reason.clone().unwrap_or_default(),
+        ]);
+    }
+    text(&t.render())
+}
+
+/// One JSON object per line.
+pub fn jsonl<T: Serialize>(items: &[T]) -> io::Result<()> {
+    let out = io::stdout().lock();
+    let mut w = io::BufWriter::new(out);
+    for i in items {
+        serde_json::to_writer(&mut w, i).map_err(io::Error::from)?;
+        writeln!(w)?;
+    }
+    w.flush()
+}
+
+/// The result of `log verify`.
+pub fn verification(v: &portwarden_store::Verification) -> io::Result<()> {
+    match (&v.broken, &v.head) {
+        (Some((seq, why)), _) => text(&format!("ledger broken at seq {seq}: {why}\n")),
+        (None, None) => text("ledger ok: empty\n"),
+        (None, Some((seq, hash))) => text(&format!(
+            "ledger ok: {} records, seq {}..{seq}, head {hash}\n",
+            v.records,
+            v.first_seq.unwrap_or(*seq)
+        )),
+    }
+}

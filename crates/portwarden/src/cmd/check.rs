@@ -2,6 +2,7 @@
 
 use portwarden_core::Catalog;
 use portwarden_core::findings::{Finding, Severity, policy_findings};
+use portwarden_store::Store;
 use serde::Serialize;
 
 use crate::cli::{CheckArgs, Global, SeverityArg};
@@ -25,10 +26,52 @@ pub fn severity(s: SeverityArg) -> Severity {
     }
 }
 
+/// Lease, pool and ledger rules, over the embedded store when it exists.
+fn store_rules(g: &Global, policy: &portwarden_core::Policy) -> anyhow::Result<Vec<Finding>> {
+    let (leases, broken) = match super::open_store(g, false) {
+        Ok(s) => {
+            let v = s.verify_ledger()?;
+            (s.leases()?, v.broken)
+        }
+        Err(portwarden_store::StoreError::Missing(_)) => (Vec::new(), None),
+        Err(e) => return Err(e.into()),
+    };
+    let facts = super::lease::lease_facts(&leases);
+    let listeners = if leases.iter().any(|l| l.process.is_some()) {
+        let mut inv = portwarden_os::sockets(&portwarden_os::Query {
+            states: Some(vec![
+                portwarden_core::facts::SocketState::Listen,
+                portwarden_core::facts::SocketState::Unconn,
+            ]),
+            ..portwarden_os::Query::default()
+        })?;
+        portwarden_os::attach_owners(&mut inv, portwarden_os::Walk::AllOwners)?;
+        for w in &inv.warnings {
+            output::warn(g.quiet, w);
+        }
+        inv.sockets
+    } else {
+        Vec::new()
+    };
+    let sysctls = portwarden_os::sysctl::read_host();
+    Ok(portwarden_core::findings::store_findings(
+        policy,
+        &portwarden_core::findings::StoreFacts {
+            now: super::now(),
+            leases: &facts,
+            listeners: &listeners,
+            sysctls: &sysctls,
+            ledger_broken: broken.as_ref().map(|(s, w)| (*s, w.as_str())),
+        },
+    ))
+}
+
 pub fn run(g: &Global, a: &CheckArgs) -> anyhow::Result<Status> {
     let loaded = super::load_policy(g.policy.as_deref())?;
     let fail_on = severity(a.fail_on);
-    let findings = policy_findings(&loaded.policy, Catalog::builtin());
+    let mut findings = policy_findings(&loaded.policy, Catalog::builtin());
+    findings.extend(store_rules(g, &loaded.policy)?);
+    portwarden_core::findings::sort(&mut findings);
     let host = loaded
         .policy
         .host

@@ -3,6 +3,8 @@
 
 mod catalog;
 mod check;
+mod lease;
+mod log;
 mod ls;
 mod meta;
 mod policy;
@@ -22,6 +24,13 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Check(a) => check::run(g, a),
         Command::Ls(a) => ls::ls(g, a),
         Command::Who(a) => ls::who(g, a),
+        Command::Alloc(a) => lease::alloc(g, a),
+        Command::Renew(a) => lease::renew(g, a),
+        Command::Release(a) => lease::release(g, a),
+        Command::Leases => lease::list(g),
+        Command::Reclaim(a) => lease::reclaim(g, a),
+        Command::Pools(a) => lease::pools(g, a),
+        Command::Log(a) => log::run(g, a),
         Command::Policy(p) => policy::run(g, p),
         Command::Catalog(a) => catalog::run(g, a),
         Command::Completions { shell } => meta::completions(*shell),
@@ -58,4 +67,46 @@ pub fn load_policy(path: Option<&Path>) -> anyhow::Result<LoadedPolicy> {
             policy: Policy::baseline(),
         }),
     }
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The invoking user, for lease owners and ledger actors.
+pub fn user() -> String {
+    for k in ["SUDO_USER", "USER", "LOGNAME"] {
+        if let Ok(v) = std::env::var(k) {
+            if !v.is_empty() {
+                return v;
+            }
+        }
+    }
+    // SAFETY: getuid has no preconditions.
+    format!("uid:{}", unsafe { libc::getuid() })
+}
+
+/// The state directory: `--state-dir`, or the default for this user.
+pub fn state_dir(g: &crate::cli::Global) -> std::path::PathBuf {
+    if let Some(d) = &g.state_dir {
+        return d.clone();
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    portwarden_store::default_state_dir(
+        root,
+        std::env::var("XDG_STATE_HOME").ok().as_deref(),
+        std::env::var("HOME").ok().as_deref(),
+    )
+}
+
+/// Opens the embedded store; `create` makes it when missing.
+pub fn open_store(
+    g: &crate::cli::Global,
+    create: bool,
+) -> Result<portwarden_store::SqliteStore, portwarden_store::StoreError> {
+    portwarden_store::SqliteStore::open(&state_dir(g), "local", create)
 }

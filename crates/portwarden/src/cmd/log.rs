@@ -1,0 +1,108 @@
+//! `portwarden log [verify|head|export|prune]`: the change ledger.
+
+use anyhow::Context;
+use portwarden_core::units::HumanDuration;
+use portwarden_store::{Store, StoreError};
+
+use crate::cli::{ExportFormat, Global, LogArgs, LogCommand};
+use crate::{Status, output};
+
+pub fn run(g: &Global, a: &LogArgs) -> anyhow::Result<Status> {
+    let store = match super::open_store(g, false) {
+        Ok(s) => Some(s),
+        Err(StoreError::Missing(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    match &a.command {
+        None => {
+            let since = match &a.since {
+                None => None,
+                Some(s) => {
+                    let d: HumanDuration = s
+                        .parse()
+                        .with_context(|| format!("invalid --since `{s}`"))?;
+                    Some(super::now() - d.get().as_secs() as i64)
+                }
+            };
+            let entries = match &store {
+                Some(s) => s.ledger(since)?,
+                None => Vec::new(),
+            };
+            if g.json {
+                output::json(&entries)?;
+            } else {
+                output::ledger(&entries)?;
+            }
+            Ok(Status::Ok)
+        }
+        Some(LogCommand::Verify) => {
+            let v = match &store {
+                Some(s) => s.verify_ledger()?,
+                None => portwarden_store::ledger::verify(&[]),
+            };
+            if g.json {
+                output::json(&v)?;
+            } else if !g.quiet {
+                output::verification(&v)?;
+            }
+            Ok(if v.broken.is_some() {
+                Status::Negative
+            } else {
+                Status::Ok
+            })
+        }
+        Some(LogCommand::Head) => {
+            let head = match &store {
+                Some(s) => s.ledger(None)?.last().map(|e| (e.seq, e.hash.clone())),
+                None => None,
+            };
+            if g.json {
+                output::json(&serde_json::json!({
+                    "seq": head.as_ref().map(|h| h.0),
+                    "hash": head.as_ref().map(|h| h.1.clone()),
+                }))?;
+            } else {
+                match head {
+                    Some((seq, hash)) => output::text(&format!("{seq} {hash}\n"))?,
+                    None => output::text("0 (empty ledger)\n")?,
+                }
+            }
+            Ok(Status::Ok)
+        }
+        Some(LogCommand::Export { format }) => {
+            let entries = match &store {
+                Some(s) => s.ledger(None)?,
+                None => Vec::new(),
+            };
+            match format {
+                ExportFormat::Jsonl => output::jsonl(&entries)?,
+            }
+            Ok(Status::Ok)
+        }
+        Some(LogCommand::Prune { dry_run }) => {
+            let loaded = super::load_policy(g.policy.as_deref())?;
+            let days = i64::from(loaded.policy.compliance.ledger_retention_days);
+            let now = super::now();
+            let cutoff = now - days * 86_400;
+            let Some(mut store) = store else {
+                output::text("empty ledger: nothing to prune\n")?;
+                return Ok(Status::Ok);
+            };
+            if *dry_run {
+                let n = store.ledger(None)?.iter().filter(|e| e.ts < cutoff).count();
+                output::text(&format!(
+                    "would delete {n} records older than {days} days (before {})\n",
+                    output::utc(cutoff)
+                ))?;
+                return Ok(Status::Ok);
+            }
+            let n = store.prune_ledger(cutoff, now, &super::user())?;
+            if !g.quiet {
+                output::text(&format!(
+                    "deleted {n} records older than {days} days through a checkpoint\n"
+                ))?;
+            }
+            Ok(Status::Ok)
+        }
+    }
+}
