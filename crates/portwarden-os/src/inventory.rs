@@ -93,7 +93,15 @@ pub fn sockets(q: &Query) -> io::Result<Inventory> {
     let mut used_netlink = false;
     let mut used_proc = false;
     let mask = q.kernel_mask();
-    let mut diag = match DiagSocket::open() {
+    // PORTWARDEN_FORCE_PROCNET=1 takes the fallback path on purpose (tests, and hosts
+    // where netlink misbehaves).
+    let forced = std::env::var_os("PORTWARDEN_FORCE_PROCNET").is_some_and(|v| v == "1");
+    let opened = if forced {
+        Err(io::Error::from_raw_os_error(libc::EPERM))
+    } else {
+        DiagSocket::open()
+    };
+    let mut diag = match opened {
         Ok(d) => Some(d),
         Err(e) if fallback_worthy(&e) => {
             warnings.push(format!(

@@ -842,3 +842,45 @@ mod netns {
         assert_eq!(v[0]["before"], "8080");
     }
 }
+
+#[test]
+fn r3_proc_net_fallback_reports_the_same_sockets_with_a_warning() {
+    use std::net::TcpListener;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port().to_string();
+    let me = std::process::id().to_string();
+    let netlink = run(&["ls", "--json", "--pid", &me]);
+    let fallback = bin()
+        .args(["ls", "--json", "--pid", &me])
+        .env("PORTWARDEN_FORCE_PROCNET", "1")
+        .output()
+        .unwrap();
+    assert_eq!(code(&fallback), 0);
+    assert!(
+        stderr(&fallback).contains("reading /proc/net instead"),
+        "{}",
+        stderr(&fallback)
+    );
+    let key = |o: &Output| {
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let mut k: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {} {}:{}",
+                    s["protocol"], s["state"], s["local_addr"], s["local_port"]
+                )
+            })
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(key(&netlink), key(&fallback));
+    assert!(
+        key(&fallback)
+            .iter()
+            .any(|k| k.ends_with(&format!(":{port}")))
+    );
+}
