@@ -1,5 +1,8 @@
-//! tokio engines that touch the network: the scanner, protocol-aware probes, the balancer,
-//! health checks and the throughput benchmark. Never prints, never reads config files.
-//!
-//! Empty until the check and scan issues land.
+//! tokio engines that touch the network: protocol-aware probes (used by `check`, and by
+//! the scanner to come), later the balancer, health checks and the benchmark. Never
+//! prints, never reads config files.
 #![deny(missing_docs)]
+
+pub mod probe;
+
+pub use probe::{ProbeKind, ProbeResult, TlsVerdict, probe};

@@ -1,0 +1,446 @@
+//! Protocol-aware probes of one TCP listener: what speaks there, and whether it offers or
+//! requires encryption. MySQL and PostgreSQL negotiate TLS inside their own protocols, so
+//! a bare TLS ClientHello would call them plaintext; each protocol gets its own question.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// Which question to ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProbeKind {
+    /// A TLS ClientHello (HTTPS, LDAPS, implicit-TLS anything).
+    Tls,
+    /// Read MySQL's greeting and its `CLIENT_SSL` capability.
+    Mysql,
+    /// Send PostgreSQL's `SSLRequest`.
+    Postgres,
+    /// SMTP greeting, `EHLO`, look for `STARTTLS`.
+    Smtp,
+    /// FTP greeting, `FEAT`, look for `AUTH TLS`.
+    Ftp,
+    /// IMAP greeting, `CAPABILITY`, look for `STARTTLS`.
+    Imap,
+    /// Read an SSH banner.
+    Ssh,
+    /// Send `HEAD /`.
+    Http,
+    /// Send `PING`.
+    Redis,
+    /// Read whatever the server says first, then try TLS.
+    Banner,
+}
+
+/// What the probe learned about encryption on the port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsVerdict {
+    /// Only TLS is spoken (implicit TLS answered a ClientHello).
+    Required,
+    /// The protocol's own encryption (SSH).
+    Native,
+    /// Offered (STARTTLS, `CLIENT_SSL`, `S`), but plaintext is still possible.
+    Offered,
+    /// Plaintext only.
+    None,
+    /// The probe could not tell.
+    Unknown,
+}
+
+/// The outcome of one probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProbeResult {
+    /// The probe asked.
+    pub kind: ProbeKind,
+    /// Whether a connection was made.
+    pub connected: bool,
+    /// The service it looks like (catalog name), when recognised.
+    pub identified: Option<String>,
+    /// Encryption verdict.
+    pub tls: TlsVerdict,
+    /// The first line the server sent, sanitised and cut short.
+    pub banner: Option<String>,
+    /// The server accepted the connection but said nothing in time.
+    pub stalled: bool,
+}
+
+impl ProbeResult {
+    fn new(kind: ProbeKind) -> ProbeResult {
+        ProbeResult {
+            kind,
+            connected: false,
+            identified: None,
+            tls: TlsVerdict::Unknown,
+            banner: None,
+            stalled: false,
+        }
+    }
+}
+
+/// The probe for a catalog service name, falling back to the banner grab.
+pub fn kind_for(catalog: Option<&str>, tls_implicit: bool) -> ProbeKind {
+    match catalog {
+        Some("mysql" | "mysqlx" | "mysql-group-replication") => ProbeKind::Mysql,
+        Some("postgresql" | "pgbouncer" | "cockroachdb") => ProbeKind::Postgres,
+        Some("smtp" | "submission") => ProbeKind::Smtp,
+        Some("ftp") => ProbeKind::Ftp,
+        Some("imap") => ProbeKind::Imap,
+        Some("ssh") => ProbeKind::Ssh,
+        Some("http" | "http-alt" | "apt-cacher-ng" | "squid") => ProbeKind::Http,
+        Some("redis" | "redis-sentinel") => ProbeKind::Redis,
+        _ if tls_implicit => ProbeKind::Tls,
+        _ => ProbeKind::Banner,
+    }
+}
+
+/// A TLS 1.2/1.3 ClientHello that common servers answer with a ServerHello.
+pub fn client_hello() -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&[0x03, 0x03]); // legacy version TLS 1.2
+    body.extend((0..32u8).map(|i| i.wrapping_mul(73).wrapping_add(11))); // random
+    body.push(32); // legacy session id, for middlebox compatibility
+    body.extend((0..32u8).map(|i| i.wrapping_mul(29).wrapping_add(5)));
+    let suites: [u16; 13] = [
+        0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8, 0x009c, 0x009d,
+        0x002f, 0x0035,
+    ];
+    body.extend_from_slice(&((suites.len() * 2) as u16).to_be_bytes());
+    for s in suites {
+        body.extend_from_slice(&s.to_be_bytes());
+    }
+    body.extend_from_slice(&[0x01, 0x00]); // compression: null
+    let mut ext = Vec::new();
+    let mut add = |typ: u16, data: &[u8]| {
+        ext.extend_from_slice(&typ.to_be_bytes());
+        ext.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        ext.extend_from_slice(data);
+    };
+    add(0x002b, &[0x04, 0x03, 0x04, 0x03, 0x03]); // supported_versions: 1.3, 1.2
+    add(0x000a, &[0x00, 0x06, 0x00, 0x1d, 0x00, 0x17, 0x00, 0x18]); // groups
+    add(
+        0x000d,
+        &[
+            0x00, 0x12, 0x04, 0x03, 0x05, 0x03, 0x06, 0x03, 0x08, 0x04, 0x08, 0x05, 0x08, 0x06,
+            0x04, 0x01, 0x05, 0x01, 0x06, 0x01,
+        ],
+    ); // signature_algorithms
+    add(0x000b, &[0x01, 0x00]); // ec_point_formats
+    let mut ks = vec![0x00, 0x24, 0x00, 0x1d, 0x00, 0x20];
+    ks.extend((0..32u8).map(|i| i.wrapping_mul(101).wrapping_add(9)));
+    add(0x0033, &ks); // key_share: x25519
+    add(0xff01, &[0x00]); // renegotiation_info
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![0x01];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+/// Whether the first bytes of an answer are a TLS handshake or alert record.
+pub fn is_tls_answer(b: &[u8]) -> bool {
+    b.len() >= 5 && matches!(b[0], 0x15 | 0x16) && b[1] == 0x03 && b[2] <= 0x04
+}
+
+/// MySQL's `CLIENT_SSL` capability bit.
+pub const CLIENT_SSL: u16 = 0x0800;
+
+/// Reads a MySQL initial handshake packet: (server version, capability flags low word).
+pub fn parse_mysql_greeting(b: &[u8]) -> Option<(String, u16)> {
+    if b.len() < 5 {
+        return None;
+    }
+    let len = usize::from(b[0]) | usize::from(b[1]) << 8 | usize::from(b[2]) << 16;
+    let p = b.get(4..4 + len.min(b.len() - 4))?;
+    if p.first() != Some(&10) {
+        return None; // protocol version 10, or an error packet (0xff)
+    }
+    let nul = p[1..].iter().position(|&c| c == 0)? + 1;
+    let version = String::from_utf8_lossy(&p[1..nul]).into_owned();
+    // thread id (4), auth-plugin-data-part-1 (8), filler (1), capability flags (2).
+    let at = nul + 1 + 4 + 8 + 1;
+    let caps = u16::from_le_bytes([*p.get(at)?, *p.get(at + 1)?]);
+    Some((version, caps))
+}
+
+fn sanitize(b: &[u8]) -> String {
+    let line = b.split(|&c| c == b'\n').next().unwrap_or(b);
+    let s: String = String::from_utf8_lossy(line)
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(120)
+        .collect();
+    s.trim().to_string()
+}
+
+async fn read_some(s: &mut TcpStream, t: Duration, buf: &mut Vec<u8>) -> Option<usize> {
+    let mut chunk = [0u8; 4096];
+    match timeout(t, s.read(&mut chunk)).await {
+        Ok(Ok(n)) if n > 0 => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(n)
+        }
+        _ => None,
+    }
+}
+
+/// Reads until `done(buf)` or the time runs out.
+async fn read_until(s: &mut TcpStream, t: Duration, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + t;
+    while !done(&buf) && buf.len() < 64 * 1024 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() || read_some(s, left, &mut buf).await.is_none() {
+            break;
+        }
+    }
+    buf
+}
+
+fn line_complete(code: &str) -> impl Fn(&[u8]) -> bool + '_ {
+    move |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .lines()
+            .any(|l| l.starts_with(code) && l.as_bytes().get(code.len()) == Some(&b' '))
+    }
+}
+
+/// Probes one listener with the given question; never takes much longer than `t` per
+/// exchange.
+pub async fn probe(addr: SocketAddr, kind: ProbeKind, t: Duration) -> ProbeResult {
+    let mut r = ProbeResult::new(kind);
+    let Ok(Ok(mut s)) = timeout(t, TcpStream::connect(addr)).await else {
+        return r;
+    };
+    r.connected = true;
+    match kind {
+        ProbeKind::Tls => tls(&mut s, t, &mut r).await,
+        ProbeKind::Mysql => {
+            let b = read_until(&mut s, t, |b| {
+                b.len() >= 4 && b.len() >= 4 + usize::from(b[0])
+            })
+            .await;
+            match parse_mysql_greeting(&b) {
+                Some((version, caps)) => {
+                    r.identified = Some("mysql".into());
+                    r.banner = Some(sanitize(version.as_bytes()));
+                    r.tls = if caps & CLIENT_SSL != 0 {
+                        TlsVerdict::Offered
+                    } else {
+                        TlsVerdict::None
+                    };
+                }
+                None => r.stalled = b.is_empty(),
+            }
+        }
+        ProbeKind::Postgres => {
+            let req = [0u8, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]; // length 8, code 80877103
+            if s.write_all(&req).await.is_ok() {
+                let mut b = Vec::new();
+                if read_some(&mut s, t, &mut b).await.is_some() {
+                    match b[0] {
+                        b'S' => {
+                            r.identified = Some("postgresql".into());
+                            r.tls = TlsVerdict::Offered;
+                        }
+                        b'N' => {
+                            r.identified = Some("postgresql".into());
+                            r.tls = TlsVerdict::None;
+                        }
+                        _ => r.banner = Some(sanitize(&b)),
+                    }
+                } else {
+                    r.stalled = true;
+                }
+            }
+        }
+        ProbeKind::Smtp | ProbeKind::Ftp | ProbeKind::Imap => {
+            starttls(&mut s, kind, t, &mut r).await
+        }
+        ProbeKind::Ssh => {
+            let b = read_until(&mut s, t, |b| b.contains(&b'\n')).await;
+            if b.starts_with(b"SSH-") {
+                r.identified = Some("ssh".into());
+                r.tls = TlsVerdict::Native;
+                r.banner = Some(sanitize(&b));
+            } else {
+                r.stalled = b.is_empty();
+                r.banner = (!b.is_empty()).then(|| sanitize(&b));
+            }
+        }
+        ProbeKind::Http => {
+            let _ = s
+                .write_all(b"HEAD / HTTP/1.0\r\nUser-Agent: portwarden\r\n\r\n")
+                .await;
+            let b = read_until(&mut s, t, |b| b.windows(4).any(|w| w == b"\r\n\r\n")).await;
+            classify_http(&b, &mut r);
+        }
+        ProbeKind::Redis => {
+            let _ = s.write_all(b"PING\r\n").await;
+            let b = read_until(&mut s, t, |b| b.contains(&b'\n')).await;
+            if b.starts_with(b"+PONG") || b.starts_with(b"-NOAUTH") || b.starts_with(b"-ERR") {
+                r.identified = Some("redis".into());
+                r.tls = TlsVerdict::None;
+                r.banner = Some(sanitize(&b));
+            } else if is_tls_answer(&b) {
+                r.tls = TlsVerdict::Required;
+            } else {
+                r.stalled = b.is_empty();
+            }
+        }
+        ProbeKind::Banner => {
+            let b = read_until(&mut s, t, |b| b.contains(&b'\n')).await;
+            if b.is_empty() {
+                // Silent: it may wait for a ClientHello.
+                drop(s);
+                if let Ok(Ok(mut s2)) = timeout(t, TcpStream::connect(addr)).await {
+                    tls(&mut s2, t, &mut r).await;
+                }
+                if r.tls == TlsVerdict::Unknown {
+                    r.stalled = true;
+                }
+            } else {
+                identify_banner(&b, &mut r);
+            }
+        }
+    }
+    r
+}
+
+async fn tls(s: &mut TcpStream, t: Duration, r: &mut ProbeResult) {
+    if s.write_all(&client_hello()).await.is_err() {
+        return;
+    }
+    let b = read_until(s, t, |b| b.len() >= 5).await;
+    if is_tls_answer(&b) {
+        r.tls = TlsVerdict::Required;
+    } else if b.starts_with(b"HTTP/") {
+        classify_http(&b, r);
+    } else if b.is_empty() {
+        r.stalled = true;
+    } else {
+        r.tls = TlsVerdict::None;
+        r.banner = Some(sanitize(&b));
+    }
+}
+
+fn classify_http(b: &[u8], r: &mut ProbeResult) {
+    if b.starts_with(b"HTTP/") {
+        r.identified = Some("http".into());
+        r.tls = TlsVerdict::None;
+        r.banner = Some(sanitize(b));
+    } else if b.is_empty() {
+        r.stalled = true;
+    } else if is_tls_answer(b) {
+        r.tls = TlsVerdict::Required;
+    }
+}
+
+fn identify_banner(b: &[u8], r: &mut ProbeResult) {
+    r.banner = Some(sanitize(b));
+    let text = String::from_utf8_lossy(b);
+    let (id, tls) = if text.starts_with("SSH-") {
+        ("ssh", TlsVerdict::Native)
+    } else if text.starts_with("@RSYNCD") {
+        ("rsync", TlsVerdict::None)
+    } else if text.starts_with("220") && text.to_ascii_lowercase().contains("ftp") {
+        ("ftp", TlsVerdict::Unknown)
+    } else if text.starts_with("220") {
+        ("smtp", TlsVerdict::Unknown)
+    } else if text.starts_with("* OK") {
+        ("imap", TlsVerdict::Unknown)
+    } else if parse_mysql_greeting(b).is_some() {
+        ("mysql", TlsVerdict::Unknown)
+    } else {
+        return;
+    };
+    r.identified = Some(id.into());
+    r.tls = tls;
+}
+
+async fn starttls(s: &mut TcpStream, kind: ProbeKind, t: Duration, r: &mut ProbeResult) {
+    let (greet_ok, cmd, done_code, marker, id): (&[u8], &[u8], &str, &str, &str) = match kind {
+        ProbeKind::Smtp => (
+            b"220",
+            b"EHLO portwarden.invalid\r\n",
+            "250",
+            "STARTTLS",
+            "smtp",
+        ),
+        ProbeKind::Ftp => (b"220", b"FEAT\r\n", "211", "AUTH TLS", "ftp"),
+        _ => (b"* OK", b"a1 CAPABILITY\r\n", "a1", "STARTTLS", "imap"),
+    };
+    let greeting = read_until(s, t, |b| b.contains(&b'\n')).await;
+    if greeting.is_empty() {
+        r.stalled = true;
+        return;
+    }
+    r.banner = Some(sanitize(&greeting));
+    if !greeting.starts_with(greet_ok) {
+        return;
+    }
+    r.identified = Some(id.into());
+    if kind == ProbeKind::Imap && String::from_utf8_lossy(&greeting).contains(marker) {
+        r.tls = TlsVerdict::Offered;
+        return;
+    }
+    if s.write_all(cmd).await.is_err() {
+        return;
+    }
+    let b = read_until(s, t, line_complete(done_code)).await;
+    let text = String::from_utf8_lossy(&b).to_ascii_uppercase();
+    r.tls = if text.contains(marker) {
+        TlsVerdict::Offered
+    } else if b.is_empty() {
+        TlsVerdict::Unknown
+    } else {
+        TlsVerdict::None
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_hello_is_well_formed() {
+        let h = client_hello();
+        assert_eq!(h[0], 0x16);
+        let rec_len = usize::from(u16::from_be_bytes([h[3], h[4]]));
+        assert_eq!(rec_len + 5, h.len());
+        assert_eq!(h[5], 0x01);
+        let hs_len = usize::from(h[6]) << 16 | usize::from(h[7]) << 8 | usize::from(h[8]);
+        assert_eq!(hs_len + 4, rec_len);
+    }
+
+    #[test]
+    fn mysql_greetings_parse() {
+        let mut p = vec![10u8];
+        p.extend_from_slice(b"10.11.6-MariaDB\0");
+        p.extend_from_slice(&[1, 0, 0, 0]);
+        p.extend_from_slice(b"abcdefgh");
+        p.push(0);
+        p.extend_from_slice(&(0xf7ffu16 | CLIENT_SSL).to_le_bytes());
+        let mut pkt = vec![p.len() as u8, 0, 0, 0];
+        pkt.extend_from_slice(&p);
+        let (v, caps) = parse_mysql_greeting(&pkt).unwrap();
+        assert_eq!(v, "10.11.6-MariaDB");
+        assert_ne!(caps & CLIENT_SSL, 0);
+        assert!(parse_mysql_greeting(b"\x05\0\0\0\xffhello").is_none());
+    }
+
+    #[test]
+    fn tls_answers_are_recognised() {
+        assert!(is_tls_answer(&[0x16, 0x03, 0x03, 0x00, 0x5a]));
+        assert!(is_tls_answer(&[0x15, 0x03, 0x01, 0x00, 0x02]));
+        assert!(!is_tls_answer(b"HTTP/1.1 400"));
+    }
+}
