@@ -213,6 +213,35 @@ pub struct Owner {
     pub uid: u32,
 }
 
+/// Which executable a process runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExeIdentity {
+    /// Executable path.
+    pub path: String,
+    /// SHA-256 of the running image, when it could be read.
+    pub sha256: Option<String>,
+    /// The process's user id.
+    pub uid: u32,
+}
+
+/// A network interface and its addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Interface {
+    /// Name (`eth0`).
+    pub name: String,
+    /// Addresses.
+    pub addrs: Vec<IpAddr>,
+}
+
+/// What the host's firewall looks like from portwarden's side.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct FirewallFacts {
+    /// Whether `table inet portwarden` exists (`None`: nft is not installed).
+    pub our_table: Option<bool>,
+    /// Other managers active: firewalld, ufw, docker.
+    pub managers: Vec<String>,
+}
+
 /// Kernel settings that decide port allocation and transfer performance.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Sysctls {

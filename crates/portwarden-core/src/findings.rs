@@ -85,6 +85,26 @@ pub enum RuleId {
     LeaseHeldByOther,
     /// A lease is past its expiry and has not been reclaimed.
     ExpiredLease,
+    /// A listener reachable from the network that the policy does not declare.
+    UnmanagedListener,
+    /// A declared service with no listener.
+    ServiceNotListening,
+    /// A managed port held by another executable than declared.
+    ListenerIdentityChanged,
+    /// A listener that accepted but did not answer the probe.
+    StalledService,
+    /// TLS offered but not provably required.
+    TlsNotRequired,
+    /// A socket of the other protocol on a declared port.
+    ProtocolMixing,
+    /// A pool overlapping the unreserved ephemeral range.
+    PoolInEphemeralRange,
+    /// TCP settings unfit for the declared mirror links.
+    TcpSettings,
+    /// Accept queues overflowed.
+    ListenOverflow,
+    /// Other firewall managers are active.
+    OtherFirewallManager,
 }
 
 impl RuleId {
@@ -103,6 +123,16 @@ impl RuleId {
             RuleId::LedgerBroken => "ledger-broken",
             RuleId::LeaseHeldByOther => "lease-held-by-other",
             RuleId::ExpiredLease => "expired-lease",
+            RuleId::UnmanagedListener => "unmanaged-listener",
+            RuleId::ServiceNotListening => "service-not-listening",
+            RuleId::ListenerIdentityChanged => "listener-identity-changed",
+            RuleId::StalledService => "stalled-service",
+            RuleId::TlsNotRequired => "tls-not-required",
+            RuleId::ProtocolMixing => "protocol-mixing",
+            RuleId::PoolInEphemeralRange => "pool-in-ephemeral-range",
+            RuleId::TcpSettings => "tcp-settings",
+            RuleId::ListenOverflow => "listen-overflow",
+            RuleId::OtherFirewallManager => "other-firewall-manager",
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod diag;
 pub mod facts;
 pub mod findings;
+pub mod hostcheck;
 pub mod policy;
 pub mod port;
 pub mod units;

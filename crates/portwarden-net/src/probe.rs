@@ -181,28 +181,54 @@ fn sanitize(b: &[u8]) -> String {
     s.trim().to_string()
 }
 
-async fn read_some(s: &mut TcpStream, t: Duration, buf: &mut Vec<u8>) -> Option<usize> {
+/// One read: `Ok(n)` bytes appended (0 at end of stream), `Err(())` when time ran out.
+async fn read_once(s: &mut TcpStream, t: Duration, buf: &mut Vec<u8>) -> Result<usize, ()> {
     let mut chunk = [0u8; 4096];
     match timeout(t, s.read(&mut chunk)).await {
-        Ok(Ok(n)) if n > 0 => {
+        Ok(Ok(n)) => {
             buf.extend_from_slice(&chunk[..n]);
-            Some(n)
+            Ok(n)
         }
-        _ => None,
+        Ok(Err(_)) => Ok(0),
+        Err(_) => Err(()),
     }
 }
 
-/// Reads until `done(buf)` or the time runs out.
-async fn read_until(s: &mut TcpStream, t: Duration, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+async fn read_some(s: &mut TcpStream, t: Duration, buf: &mut Vec<u8>) -> Option<usize> {
+    read_once(s, t, buf).await.ok().filter(|&n| n > 0)
+}
+
+/// What a read loop ended with.
+struct Read {
+    buf: Vec<u8>,
+    timed_out: bool,
+}
+
+/// Reads until `done(buf)`, the end of the stream, or the time runs out.
+async fn read_until_t(s: &mut TcpStream, t: Duration, done: impl Fn(&[u8]) -> bool) -> Read {
     let mut buf = Vec::new();
     let deadline = tokio::time::Instant::now() + t;
+    let mut timed_out = false;
     while !done(&buf) && buf.len() < 64 * 1024 {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() || read_some(s, left, &mut buf).await.is_none() {
+        if left.is_zero() {
+            timed_out = true;
             break;
         }
+        match read_once(s, left, &mut buf).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(()) => {
+                timed_out = true;
+                break;
+            }
+        }
     }
-    buf
+    Read { buf, timed_out }
+}
+
+async fn read_until(s: &mut TcpStream, t: Duration, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    read_until_t(s, t, done).await.buf
 }
 
 fn line_complete(code: &str) -> impl Fn(&[u8]) -> bool + '_ {
@@ -297,18 +323,29 @@ pub async fn probe(addr: SocketAddr, kind: ProbeKind, t: Duration) -> ProbeResul
             }
         }
         ProbeKind::Banner => {
-            let b = read_until(&mut s, t, |b| b.contains(&b'\n')).await;
-            if b.is_empty() {
-                // Silent: it may wait for a ClientHello.
-                drop(s);
+            // Ask both questions at once so a silent service costs one timeout, not two:
+            // read what the server says first, and send a ClientHello on a second
+            // connection in case it waits for one.
+            let second = async {
+                let mut t2 = ProbeResult::new(ProbeKind::Tls);
                 if let Ok(Ok(mut s2)) = timeout(t, TcpStream::connect(addr)).await {
-                    tls(&mut s2, t, &mut r).await;
+                    tls(&mut s2, t, &mut t2).await;
                 }
-                if r.tls == TlsVerdict::Unknown {
-                    r.stalled = true;
-                }
-            } else {
+                t2
+            };
+            let (first, t2) = tokio::join!(read_until_t(&mut s, t, |b| b.contains(&b'\n')), second);
+            let b = first.buf;
+            if !b.is_empty() {
                 identify_banner(&b, &mut r);
+            } else if t2.tls == TlsVerdict::Required {
+                r.tls = TlsVerdict::Required;
+            } else if t2.identified.is_some() {
+                r.identified = t2.identified;
+                r.tls = t2.tls;
+                r.banner = t2.banner;
+            } else {
+                // Silent until the timeout: stalled. Closed at once: it refuses to talk.
+                r.stalled = first.timed_out && t2.stalled;
             }
         }
     }
@@ -319,13 +356,14 @@ async fn tls(s: &mut TcpStream, t: Duration, r: &mut ProbeResult) {
     if s.write_all(&client_hello()).await.is_err() {
         return;
     }
-    let b = read_until(s, t, |b| b.len() >= 5).await;
+    let read = read_until_t(s, t, |b| b.len() >= 5).await;
+    let b = read.buf;
     if is_tls_answer(&b) {
         r.tls = TlsVerdict::Required;
     } else if b.starts_with(b"HTTP/") {
         classify_http(&b, r);
     } else if b.is_empty() {
-        r.stalled = true;
+        r.stalled = read.timed_out;
     } else {
         r.tls = TlsVerdict::None;
         r.banner = Some(sanitize(&b));

@@ -3,6 +3,7 @@
 //! Gathers facts; never decides policy.
 #![deny(missing_docs)]
 
+pub mod host;
 pub mod inventory;
 mod netlink;
 pub mod owners;

@@ -13,6 +13,8 @@ struct Report<'a> {
     policy: &'a str,
     host: String,
     fail_on: Severity,
+    exposure_total: f64,
+    exposure: &'a [portwarden_core::hostcheck::Exposure],
     findings: &'a [Finding],
 }
 
@@ -27,7 +29,14 @@ pub fn severity(s: SeverityArg) -> Severity {
 }
 
 /// Lease, pool and ledger rules, over the embedded store when it exists.
-fn store_rules(g: &Global, policy: &portwarden_core::Policy) -> anyhow::Result<Vec<Finding>> {
+#[allow(clippy::type_complexity)]
+fn store_rules(
+    g: &Global,
+    policy: &portwarden_core::Policy,
+) -> anyhow::Result<(
+    Vec<Finding>,
+    std::collections::BTreeSet<(portwarden_core::Protocol, u16)>,
+)> {
     let (leases, broken) = match super::open_store(g, false) {
         Ok(s) => {
             let v = s.verify_ledger()?;
@@ -54,15 +63,19 @@ fn store_rules(g: &Global, policy: &portwarden_core::Policy) -> anyhow::Result<V
         Vec::new()
     };
     let sysctls = portwarden_os::sysctl::read_host();
-    Ok(portwarden_core::findings::store_findings(
-        policy,
-        &portwarden_core::findings::StoreFacts {
-            now: super::now(),
-            leases: &facts,
-            listeners: &listeners,
-            sysctls: &sysctls,
-            ledger_broken: broken.as_ref().map(|(s, w)| (*s, w.as_str())),
-        },
+    let leased = leases.iter().map(|l| (l.protocol, l.port.get())).collect();
+    Ok((
+        portwarden_core::findings::store_findings(
+            policy,
+            &portwarden_core::findings::StoreFacts {
+                now: super::now(),
+                leases: &facts,
+                listeners: &listeners,
+                sysctls: &sysctls,
+                ledger_broken: broken.as_ref().map(|(s, w)| (*s, w.as_str())),
+            },
+        ),
+        leased,
     ))
 }
 
@@ -70,7 +83,16 @@ pub fn run(g: &Global, a: &CheckArgs) -> anyhow::Result<Status> {
     let loaded = super::load_policy(g.policy.as_deref())?;
     let fail_on = severity(a.fail_on);
     let mut findings = policy_findings(&loaded.policy, Catalog::builtin());
-    findings.extend(store_rules(g, &loaded.policy)?);
+    let (store_findings, leased) = store_rules(g, &loaded.policy)?;
+    findings.extend(store_findings);
+    let facts = super::facts::gather(&loaded.policy, leased, |w| output::warn(g.quiet, w))?;
+    findings.extend(portwarden_core::hostcheck::host_findings(
+        &loaded.policy,
+        Catalog::builtin(),
+        &facts,
+    ));
+    let (exposure, exposure_total) =
+        portwarden_core::hostcheck::exposure(&loaded.policy, Catalog::builtin(), &facts);
     portwarden_core::findings::sort(&mut findings);
     let host = loaded
         .policy
@@ -84,10 +106,16 @@ pub fn run(g: &Global, a: &CheckArgs) -> anyhow::Result<Status> {
             policy: &loaded.name,
             host,
             fail_on,
+            exposure_total,
+            exposure: &exposure,
             findings: &findings,
         })?;
     } else if !g.quiet {
         output::findings(&findings, &loaded.name, fail_on)?;
+        output::text(&format!(
+            "exposure score {exposure_total} over {} listening ports (docs/exposure.md)\n",
+            exposure.len()
+        ))?;
     }
     Ok(if findings.iter().any(|f| f.severity >= fail_on) {
         Status::Negative

@@ -3,6 +3,7 @@
 
 mod catalog;
 mod check;
+mod facts;
 mod lease;
 mod log;
 mod ls;
