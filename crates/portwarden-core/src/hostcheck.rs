@@ -135,7 +135,7 @@ pub fn visibility(policy: &Policy, interfaces: &[Interface], l: &Listener) -> Vi
 }
 
 /// The declared service owning a port, if any.
-pub fn service_for<'a>(policy: &'a Policy, proto: Protocol, port: u16) -> Option<&'a Service> {
+pub fn service_for(policy: &Policy, proto: Protocol, port: u16) -> Option<&Service> {
     let p = Port::new(port)?;
     policy.services.iter().find(|s| {
         s.fixed_ports()
