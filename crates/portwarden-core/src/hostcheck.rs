@@ -637,3 +637,389 @@ pub fn exposure(policy: &Policy, catalog: &Catalog, f: &HostFacts) -> (Vec<Expos
     let total = (rows.iter().map(|r| r.score).sum::<f64>() * 10.0).round() / 10.0;
     (rows, total)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::{Family, Owner};
+    use std::net::Ipv4Addr;
+
+    const POLICY: &str = r#"
+version = 1
+[zones]
+internal = { interfaces = ["eth1"], cidrs = ["10.0.0.0/8"] }
+[transfer]
+bandwidth = "10Gbit"
+rtt = "40ms"
+[[pool]]
+name = "dyn"
+range = "32000-32999"
+[[service]]
+name = "db"
+catalog = "mysql"
+zone = "internal"
+tls = "required"
+process = "mariadbd"
+[[service]]
+name = "mirror"
+catalog = "rsync"
+zone = "external"
+[[service]]
+name = "dns"
+catalog = "dns"
+protocol = "udp"
+zone = "internal"
+"#;
+
+    fn policy() -> Policy {
+        Policy::parse("t.toml", POLICY, Catalog::builtin()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn listener(
+        proto: Protocol,
+        addr: &str,
+        port: u16,
+        comm: &str,
+        probe: Option<(TlsFact, Option<&str>)>,
+    ) -> Listener {
+        let local_addr: IpAddr = addr.parse().unwrap();
+        Listener {
+            socket: Socket {
+                protocol: proto,
+                family: if local_addr.is_ipv4() {
+                    Family::Inet
+                } else {
+                    Family::Inet6
+                },
+                state: if proto == Protocol::Tcp {
+                    SocketState::Listen
+                } else {
+                    SocketState::Unconn
+                },
+                local_addr,
+                local_port: port,
+                remote_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                remote_port: 0,
+                interface: 0,
+                recv_q: 0,
+                send_q: 128,
+                uid: 0,
+                inode: u64::from(port),
+                owners: Some(vec![Owner {
+                    pid: 100 + u32::from(port % 100),
+                    fd: 3,
+                    comm: comm.into(),
+                    exe: Some(format!("/usr/sbin/{comm}")),
+                    cmdline: None,
+                    uid: 0,
+                }]),
+            },
+            identities: vec![],
+            probe: probe.map(|(tls, id)| ProbeFact {
+                identified: id.map(String::from),
+                tls,
+                stalled: false,
+                banner: None,
+            }),
+        }
+    }
+
+    fn facts(listeners: Vec<Listener>) -> HostFacts {
+        HostFacts {
+            listeners,
+            interfaces: vec![
+                Interface {
+                    name: "lo".into(),
+                    addrs: vec!["127.0.0.1".parse().unwrap()],
+                },
+                Interface {
+                    name: "eth0".into(),
+                    addrs: vec!["192.0.2.10".parse().unwrap()],
+                },
+                Interface {
+                    name: "eth1".into(),
+                    addrs: vec!["10.0.0.5".parse().unwrap()],
+                },
+            ],
+            sysctls: Sysctls {
+                ip_local_port_range: Some("32768-60999".parse().unwrap()),
+                tcp_window_scaling: Some(true),
+                rmem_max: Some(212_992),
+                wmem_max: Some(212_992),
+                tcp_rmem: Some([4096, 131_072, 6_291_456]),
+                tcp_wmem: Some([4096, 16_384, 4_194_304]),
+                somaxconn: Some(4096),
+                tcp_keepalive_time: Some(7200),
+                ..Sysctls::default()
+            },
+            overflows: Some(((0, 0), (0, 0))),
+            firewall: FirewallFacts::default(),
+            leased: BTreeSet::new(),
+        }
+    }
+
+    /// The healthy host: every declared service up, right owner, TLS as declared.
+    fn healthy() -> Vec<Listener> {
+        vec![
+            listener(
+                Protocol::Tcp,
+                "10.0.0.5",
+                3306,
+                "mariadbd",
+                Some((TlsFact::Required, Some("mysql"))),
+            ),
+            listener(
+                Protocol::Tcp,
+                "0.0.0.0",
+                873,
+                "rsync",
+                Some((TlsFact::None, Some("rsync"))),
+            ),
+            listener(Protocol::Udp, "10.0.0.5", 53, "named", None),
+            listener(
+                Protocol::Tcp,
+                "0.0.0.0",
+                22,
+                "sshd",
+                Some((TlsFact::Native, Some("ssh"))),
+            ),
+            listener(
+                Protocol::Tcp,
+                "127.0.0.1",
+                6379,
+                "redis-server",
+                Some((TlsFact::None, Some("redis"))),
+            ),
+        ]
+    }
+
+    fn ids(f: &HostFacts) -> Vec<(RuleId, String)> {
+        let mut v: Vec<(RuleId, String)> = host_findings(&policy(), Catalog::builtin(), f)
+            .into_iter()
+            .map(|f| (f.id, f.subject))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Findings that every scenario shares (the TCP buffers are below the 50 MB BDP and
+    /// keepalive is 2 h on the test host).
+    fn baseline_noise() -> Vec<(RuleId, String)> {
+        ids(&facts(healthy()))
+    }
+
+    #[test]
+    fn the_healthy_host_only_has_its_tcp_advice() {
+        let got = baseline_noise();
+        let rules: BTreeSet<RuleId> = got.iter().map(|(r, _)| *r).collect();
+        assert_eq!(
+            rules,
+            [RuleId::TcpSettings, RuleId::PoolInEphemeralRange].into(),
+            "{got:?}"
+        );
+    }
+
+    fn extra(mutate: impl FnOnce(&mut HostFacts)) -> Vec<(RuleId, String)> {
+        let mut f = facts(healthy());
+        mutate(&mut f);
+        let base: BTreeSet<_> = baseline_noise().into_iter().collect();
+        ids(&f).into_iter().filter(|x| !base.contains(x)).collect()
+    }
+
+    #[test]
+    fn each_rule_fires_exactly_when_it_should() {
+        type Case = (
+            &'static str,
+            Box<dyn FnOnce(&mut HostFacts)>,
+            Vec<(RuleId, &'static str)>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "unmanaged external listener",
+                Box::new(|f: &mut HostFacts| {
+                    f.listeners.push(listener(
+                        Protocol::Tcp,
+                        "0.0.0.0",
+                        8080,
+                        "python3",
+                        Some((TlsFact::None, Some("http"))),
+                    ))
+                }),
+                vec![(RuleId::UnmanagedListener, "8080/tcp")],
+            ),
+            (
+                "loopback listener is not unmanaged",
+                Box::new(|f: &mut HostFacts| {
+                    f.listeners
+                        .push(listener(Protocol::Tcp, "127.0.0.1", 8081, "python3", None))
+                }),
+                vec![],
+            ),
+            (
+                "leased port is managed",
+                Box::new(|f: &mut HostFacts| {
+                    f.leased.insert((Protocol::Tcp, 32001));
+                    f.listeners
+                        .push(listener(Protocol::Tcp, "10.0.0.5", 32001, "cache", None));
+                }),
+                vec![],
+            ),
+            (
+                "declared service down",
+                Box::new(|f: &mut HostFacts| f.listeners.retain(|l| l.socket.local_port != 873)),
+                vec![(RuleId::ServiceNotListening, "service mirror")],
+            ),
+            (
+                "hijacked port",
+                Box::new(|f: &mut HostFacts| {
+                    f.listeners[0] = listener(
+                        Protocol::Tcp,
+                        "10.0.0.5",
+                        3306,
+                        "nc",
+                        Some((TlsFact::Required, None)),
+                    );
+                }),
+                vec![(RuleId::ListenerIdentityChanged, "service db (3306/tcp)")],
+            ),
+            (
+                "high-risk service exposed",
+                Box::new(|f: &mut HostFacts| {
+                    f.listeners
+                        .push(listener(Protocol::Tcp, "0.0.0.0", 23, "telnetd", None))
+                }),
+                vec![
+                    (RuleId::HighRiskExposed, "23/tcp"),
+                    (RuleId::UnmanagedListener, "23/tcp"),
+                ],
+            ),
+            (
+                "plaintext mysql where TLS is required",
+                Box::new(|f: &mut HostFacts| {
+                    f.listeners[0].probe = Some(ProbeFact {
+                        identified: Some("mysql".into()),
+                        tls: TlsFact::None,
+                        stalled: false,
+                        banner: None,
+                    })
+                }),
+                vec![(RuleId::SensitiveWithoutTls, "service db (3306/tcp)")],
+            ),
+            (
+                "mysql offers TLS but may not require it",
+                Box::new(|f: &mut HostFacts| {
+                    f.listeners[0].probe = Some(ProbeFact {
+                        identified: Some("mysql".into()),
+                        tls: TlsFact::Offered,
+                        stalled: false,
+                        banner: None,
+                    })
+                }),
+                vec![(RuleId::TlsNotRequired, "service db (3306/tcp)")],
+            ),
+            (
+                "udp on a tcp-only port",
+                Box::new(|f: &mut HostFacts| {
+                    f.listeners
+                        .push(listener(Protocol::Udp, "10.0.0.5", 873, "rsync", None))
+                }),
+                vec![
+                    (RuleId::ProtocolMixing, "873/udp"),
+                    (RuleId::UnmanagedListener, "873/udp"),
+                ],
+            ),
+            (
+                "window scaling off",
+                Box::new(|f: &mut HostFacts| f.sysctls.tcp_window_scaling = Some(false)),
+                vec![(RuleId::TcpSettings, "net.ipv4.tcp_window_scaling")],
+            ),
+            (
+                "overflows rising",
+                Box::new(|f: &mut HostFacts| f.overflows = Some(((5, 5), (9, 9)))),
+                vec![(RuleId::ListenOverflow, "host")],
+            ),
+            (
+                "stalled service",
+                Box::new(|f: &mut HostFacts| f.listeners[1].probe.as_mut().unwrap().stalled = true),
+                vec![(RuleId::StalledService, "873/tcp")],
+            ),
+            (
+                "other firewall manager",
+                Box::new(|f: &mut HostFacts| f.firewall.managers = vec!["docker".into()]),
+                vec![(RuleId::OtherFirewallManager, "firewall")],
+            ),
+        ];
+        for (name, mutate, want) in cases {
+            let got = extra(mutate);
+            let mut want: Vec<(RuleId, String)> =
+                want.into_iter().map(|(r, s)| (r, s.to_string())).collect();
+            want.sort();
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn too_many_external_ports_counts_what_is_reachable() {
+        let mut f = facts(healthy());
+        for p in 0..10 {
+            f.listeners
+                .push(listener(Protocol::Tcp, "0.0.0.0", 9000 + p, "x", None));
+        }
+        let got = ids(&f);
+        assert!(
+            got.contains(&(RuleId::TooManyExternalPorts, "host".into())),
+            "{got:?}"
+        );
+        // Internal binds do not count.
+        let mut f = facts(healthy());
+        for p in 0..10 {
+            f.listeners
+                .push(listener(Protocol::Tcp, "10.0.0.5", 9000 + p, "x", None));
+        }
+        assert!(
+            !ids(&f)
+                .iter()
+                .any(|(r, _)| *r == RuleId::TooManyExternalPorts)
+        );
+    }
+
+    #[test]
+    fn visibility_follows_bind_address_and_zones() {
+        let p = policy();
+        let f = facts(vec![]);
+        let v = |addr: &str| {
+            visibility(
+                &p,
+                &f.interfaces,
+                &listener(Protocol::Tcp, addr, 1, "x", None),
+            )
+        };
+        assert_eq!(v("127.0.0.1"), Visibility::Loopback);
+        assert_eq!(v("::1"), Visibility::Loopback);
+        assert_eq!(v("10.0.0.5"), Visibility::Internal);
+        assert_eq!(v("192.0.2.10"), Visibility::External);
+        assert_eq!(v("0.0.0.0"), Visibility::External, "eth0 is not internal");
+        let mut docker = listener(Protocol::Tcp, "10.0.0.5", 8080, "docker-proxy", None);
+        docker.socket.owners.as_mut().unwrap()[0].comm = "docker-proxy".into();
+        assert_eq!(visibility(&p, &f.interfaces, &docker), Visibility::External);
+    }
+
+    #[test]
+    fn exposure_score_follows_the_formula() {
+        let p = policy();
+        let f = facts(healthy());
+        let (rows, total) = exposure(&p, Catalog::builtin(), &f);
+        let score = |port: u16| rows.iter().find(|r| r.port == port).unwrap().score;
+        // rsync: external 3 × tcp 1 × (risk 1 + low 1) × plaintext 1 = 6
+        assert_eq!(score(873), 6.0);
+        // mysql: internal 1 × tcp 1 × (1 + high 3) × required 0.5 = 2
+        assert_eq!(score(3306), 2.0);
+        // dns: internal 1 × udp 1.5 × (1 + low 1) × unprobed 1 = 3
+        assert_eq!(score(53), 3.0);
+        // redis on loopback: 0
+        assert_eq!(score(6379), 0.0);
+        // ssh: external 3 × 1 × (1 + 3) × native 0.5 = 6
+        assert_eq!(score(22), 6.0);
+        assert_eq!(total, 17.0);
+    }
+}
