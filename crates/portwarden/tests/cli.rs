@@ -884,3 +884,163 @@ fn r3_proc_net_fallback_reports_the_same_sockets_with_a_warning() {
             .any(|k| k.ends_with(&format!(":{port}")))
     );
 }
+
+mod check_host {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+
+    const POLICY: &str = r#"
+version = 1
+[host]
+management = { ports = ["22/tcp"], from = ["10.0.0.0/8"] }
+[zones]
+internal = { cidrs = ["10.203.0.0/24"] }
+[[service]]
+name = "db"
+catalog = "mysql"
+zone = "internal"
+tls = "required"
+process = "mariadbd"
+[[service]]
+name = "pg"
+catalog = "postgresql"
+zone = "internal"
+tls = "optional"
+process = "python3"
+[[service]]
+name = "mirror"
+catalog = "rsync"
+zone = "internal"
+[[service]]
+name = "web"
+catalog = "http"
+port = 8080
+zone = "localhost"
+"#;
+
+    fn sh(ns: &str, cmd: &[&str]) {
+        let st = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(cmd)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{cmd:?}");
+    }
+
+    /// Golden JSON of (id, severity, subject), updated with UPDATE_GOLDEN=1.
+    fn golden(name: &str, got: &Value) {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
+        let text = serde_json::to_string_pretty(got).unwrap() + "\n";
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(
+            text, want,
+            "golden {name} differs (UPDATE_GOLDEN=1 rewrites it)"
+        );
+    }
+
+    #[test]
+    fn r4_check_judges_real_listeners_in_a_namespace() {
+        let ns = format!("pw-check-{}", std::process::id());
+        if !Command::new("ip")
+            .args(["netns", "add", &ns])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            eprintln!("SKIP: cannot create a network namespace (needs root and iproute2)");
+            return;
+        }
+        struct Cleanup(String, Option<std::process::Child>);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                if let Some(c) = self.1.as_mut() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+            }
+        }
+        let mut guard = Cleanup(ns.clone(), None);
+        sh(&ns, &["ip", "link", "set", "lo", "up"]);
+        // No IPv6 link-local addresses appearing at random moments.
+        sh(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        sh(
+            &ns,
+            &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"],
+        );
+        // A veth pair with both ends inside the namespace gives it a non-loopback address.
+        sh(
+            &ns,
+            &[
+                "ip", "link", "add", "pw0", "type", "veth", "peer", "name", "pw1",
+            ],
+        );
+        sh(&ns, &["ip", "addr", "add", "10.203.0.1/24", "dev", "pw0"]);
+        sh(&ns, &["ip", "link", "set", "pw0", "up"]);
+        // pw1 is the "outside": an address outside the internal zone.
+        sh(&ns, &["ip", "addr", "add", "198.51.100.1/24", "dev", "pw1"]);
+        sh(&ns, &["ip", "link", "set", "pw1", "up"]);
+        let helper =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/fake_servers.py");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", helper.to_str().unwrap()])
+            .args([
+                "mysql-ssl@10.203.0.1:3306",
+                "pg-n@10.203.0.1:5432",
+                "udp@10.203.0.1:5432",
+                "banner@0.0.0.0:23",
+                "http@127.0.0.1:8080",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready");
+        guard.1 = Some(child);
+
+        let dir = tempdir("checkns");
+        let p = dir.join("policy.toml");
+        std::fs::write(&p, POLICY).unwrap();
+        let o = Command::new("ip")
+            .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_portwarden")])
+            .args([
+                "--policy",
+                p.to_str().unwrap(),
+                "--state-dir",
+                dir.join("s").to_str().unwrap(),
+            ])
+            .args(["check", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 1, "high findings exit 1: {}", stderr(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let mut rows: Vec<Value> = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["id"] != "tcp-settings" && f["id"] != "other-firewall-manager")
+            .map(|f| serde_json::json!({"id": f["id"], "severity": f["severity"], "subject": f["subject"]}))
+            .collect();
+        rows.sort_by_key(|r| r.to_string());
+        golden("check-netns.json", &Value::Array(rows));
+        // The hijack names the foreign executable.
+        let hijack = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["id"] == "listener-identity-changed")
+            .unwrap();
+        assert!(
+            hijack["evidence"].as_str().unwrap().contains("python3"),
+            "{hijack}"
+        );
+        assert!(v["exposure_total"].as_f64().unwrap() > 0.0);
+    }
+}
