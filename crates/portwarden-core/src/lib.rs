@@ -15,6 +15,9 @@ pub mod findings;
 pub mod hostcheck;
 pub mod policy;
 pub mod port;
+pub mod report;
+#[cfg(test)]
+mod testkit;
 pub mod units;
 
 pub use addr::{AddrSet, Cidr};

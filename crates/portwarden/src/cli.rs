@@ -62,6 +62,8 @@ pub enum Command {
     Log(LogArgs),
     /// Pool occupation; `pools reserve` keeps the kernel's ephemeral picks out of pools.
     Pools(PoolsArgs),
+    /// The compliance report: host summary, exposure score, audit table, findings.
+    Report(ReportArgs),
     /// Draft or validate policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -265,4 +267,26 @@ pub enum PoolsCommand {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
+    pub format: ReportFormat,
+    /// Write to FILE instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    /// Markdown.
+    Md,
+    /// One self-contained HTML page.
+    Html,
+    /// JSON.
+    Json,
+    /// CSV of the audit table.
+    Csv,
 }

@@ -29,17 +29,21 @@ pub fn severity(s: SeverityArg) -> Severity {
 }
 
 /// Lease, pool and ledger rules, over the embedded store when it exists.
-#[allow(clippy::type_complexity)]
+type Leased = std::collections::BTreeSet<(portwarden_core::Protocol, u16)>;
+type LastChange = std::collections::BTreeMap<String, i64>;
+
 fn store_rules(
     g: &Global,
     policy: &portwarden_core::Policy,
-) -> anyhow::Result<(
-    Vec<Finding>,
-    std::collections::BTreeSet<(portwarden_core::Protocol, u16)>,
-)> {
+) -> anyhow::Result<(Vec<Finding>, Leased, LastChange)> {
+    let mut last_change = LastChange::new();
     let (leases, broken) = match super::open_store(g, false) {
         Ok(s) => {
-            let v = s.verify_ledger()?;
+            let entries = s.ledger(None)?;
+            let v = portwarden_store::ledger::verify(&entries);
+            for e in entries {
+                last_change.insert(e.subject, e.ts);
+            }
             (s.leases()?, v.broken)
         }
         Err(portwarden_store::StoreError::Missing(_)) => (Vec::new(), None),
@@ -76,14 +80,27 @@ fn store_rules(
             },
         ),
         leased,
+        last_change,
     ))
 }
 
-pub fn run(g: &Global, a: &CheckArgs) -> anyhow::Result<Status> {
+/// Everything `check` and `report` compute.
+pub struct Evaluation {
+    pub loaded: super::LoadedPolicy,
+    pub host: String,
+    pub facts: portwarden_core::hostcheck::HostFacts,
+    pub findings: Vec<Finding>,
+    pub exposure: Vec<portwarden_core::hostcheck::Exposure>,
+    pub exposure_total: f64,
+    pub last_change: std::collections::BTreeMap<String, i64>,
+}
+
+/// Loads the policy (stopping on its errors before any probe), gathers the facts and runs
+/// every rule.
+pub fn evaluate(g: &Global) -> anyhow::Result<Evaluation> {
     let loaded = super::load_policy(g.policy.as_deref())?;
-    let fail_on = severity(a.fail_on);
     let mut findings = policy_findings(&loaded.policy, Catalog::builtin());
-    let (store_findings, leased) = store_rules(g, &loaded.policy)?;
+    let (store_findings, leased, last_change) = store_rules(g, &loaded.policy)?;
     findings.extend(store_findings);
     let facts = super::facts::gather(&loaded.policy, leased, |w| output::warn(g.quiet, w))?;
     findings.extend(portwarden_core::hostcheck::host_findings(
@@ -91,9 +108,9 @@ pub fn run(g: &Global, a: &CheckArgs) -> anyhow::Result<Status> {
         Catalog::builtin(),
         &facts,
     ));
+    portwarden_core::findings::sort(&mut findings);
     let (exposure, exposure_total) =
         portwarden_core::hostcheck::exposure(&loaded.policy, Catalog::builtin(), &facts);
-    portwarden_core::findings::sort(&mut findings);
     let host = loaded
         .policy
         .host
@@ -101,23 +118,38 @@ pub fn run(g: &Global, a: &CheckArgs) -> anyhow::Result<Status> {
         .clone()
         .or_else(|| portwarden_os::hostname().ok())
         .unwrap_or_else(|| "unknown".to_string());
+    Ok(Evaluation {
+        loaded,
+        host,
+        facts,
+        findings,
+        exposure,
+        exposure_total,
+        last_change,
+    })
+}
+
+pub fn run(g: &Global, a: &CheckArgs) -> anyhow::Result<Status> {
+    let fail_on = severity(a.fail_on);
+    let e = evaluate(g)?;
     if g.json {
         output::json(&Report {
-            policy: &loaded.name,
-            host,
+            policy: &e.loaded.name,
+            host: e.host.clone(),
             fail_on,
-            exposure_total,
-            exposure: &exposure,
-            findings: &findings,
+            exposure_total: e.exposure_total,
+            exposure: &e.exposure,
+            findings: &e.findings,
         })?;
     } else if !g.quiet {
-        output::findings(&findings, &loaded.name, fail_on)?;
+        output::findings(&e.findings, &e.loaded.name, fail_on)?;
         output::text(&format!(
-            "exposure score {exposure_total} over {} listening ports (docs/exposure.md)\n",
-            exposure.len()
+            "exposure score {} over {} listening ports (docs/exposure.md)\n",
+            e.exposure_total,
+            e.exposure.len()
         ))?;
     }
-    Ok(if findings.iter().any(|f| f.severity >= fail_on) {
+    Ok(if e.findings.iter().any(|f| f.severity >= fail_on) {
         Status::Negative
     } else {
         Status::Ok

@@ -9,6 +9,7 @@ mod log;
 mod ls;
 mod meta;
 mod policy;
+mod report;
 
 use std::path::Path;
 
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Reclaim(a) => lease::reclaim(g, a),
         Command::Pools(a) => lease::pools(g, a),
         Command::Log(a) => log::run(g, a),
+        Command::Report(a) => report::run(g, a),
         Command::Policy(p) => policy::run(g, p),
         Command::Catalog(a) => catalog::run(g, a),
         Command::Completions { shell } => meta::completions(*shell),
@@ -110,4 +112,29 @@ pub fn open_store(
     create: bool,
 ) -> Result<portwarden_store::SqliteStore, portwarden_store::StoreError> {
     portwarden_store::SqliteStore::open(&state_dir(g), "local", create)
+}
+
+/// Writes beside the target and renames, so a failure never leaves half a file.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map_or("out".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
 }

@@ -1,6 +1,5 @@
 //! `portwarden policy check|init`.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -90,27 +89,8 @@ fn init(g: &Global, path: Option<&Path>, force: bool) -> anyhow::Result<Status> 
             path.display()
         );
     }
-    // Write beside the target and rename, so a failure never leaves half a policy.
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map_or("policy".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(STARTER_TOML.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    if let Err(e) = write() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
+    super::write_atomically(path, STARTER_TOML.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     output::note(
         g.quiet,
         &format!("wrote starter policy to {}", path.display()),

@@ -1,0 +1,37 @@
+//! `portwarden report`: the compliance report in md, html, json or csv.
+
+use anyhow::Context;
+use portwarden_core::Catalog;
+use portwarden_core::report::{Input, build, to_csv, to_html, to_markdown};
+
+use crate::cli::{Global, ReportArgs, ReportFormat};
+use crate::{Status, output};
+
+pub fn run(g: &Global, a: &ReportArgs) -> anyhow::Result<Status> {
+    let e = super::check::evaluate(g)?;
+    let r = build(&Input {
+        policy: &e.loaded.policy,
+        policy_name: &e.loaded.name,
+        host: &e.host,
+        catalog: Catalog::builtin(),
+        facts: &e.facts,
+        findings: &e.findings,
+        last_change: &e.last_change,
+        now: super::now(),
+    });
+    let text = match a.format {
+        ReportFormat::Md => to_markdown(&r),
+        ReportFormat::Html => to_html(&r),
+        ReportFormat::Csv => to_csv(&r),
+        ReportFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
+    };
+    match &a.output {
+        None => output::text(&text)?,
+        Some(path) => {
+            super::write_atomically(path, text.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            output::note(g.quiet, &format!("wrote {}", path.display()));
+        }
+    }
+    Ok(Status::Ok)
+}
