@@ -507,14 +507,16 @@ fn tcp_settings(policy: &Policy, f: &HostFacts, out: &mut Vec<Finding>) {
     }
     let Some(t) = policy.transfer else { return };
     let bdp = t.bandwidth.bdp_bytes(t.rtt.get());
-    for (name, max, auto) in [
+    for (name, key, max, auto) in [
         (
             "net.core.rmem_max / net.ipv4.tcp_rmem",
+            "tcp_rmem",
             s.rmem_max,
             s.tcp_rmem.map(|v| v[2]),
         ),
         (
             "net.core.wmem_max / net.ipv4.tcp_wmem",
+            "tcp_wmem",
             s.wmem_max,
             s.tcp_wmem.map(|v| v[2]),
         ),
@@ -531,7 +533,7 @@ fn tcp_settings(policy: &Policy, f: &HostFacts, out: &mut Vec<Finding>) {
                 ),
                 "a buffer smaller than the BDP caps every transfer below the link speed",
                 format!(
-                    "raise the max to at least {bdp} (e.g. sysctl -w net.ipv4.tcp_rmem='4096 131072 {bdp}')"
+                    "raise the max to at least {bdp} (e.g. sysctl -w net.ipv4.{key}='4096 131072 {bdp}')"
                 ),
             );
         }
