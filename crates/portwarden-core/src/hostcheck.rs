@@ -875,3 +875,79 @@ mod tests {
         assert_eq!(total, 17.0);
     }
 }
+
+/// The executable now owning a managed port, as recorded between checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortIdentity {
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Port.
+    pub port: u16,
+    /// Executable path.
+    pub exe: String,
+    /// SHA-256 of the executable.
+    pub sha256: Option<String>,
+}
+
+/// The identities to record: the first owner of every managed (declared or leased) port.
+pub fn managed_identities(policy: &Policy, f: &HostFacts) -> Vec<PortIdentity> {
+    let mut out: Vec<PortIdentity> = Vec::new();
+    for l in &f.listeners {
+        let s = &l.socket;
+        let managed = service_for(policy, s.protocol, s.local_port).is_some()
+            || f.leased.contains(&(s.protocol, s.local_port));
+        if !managed
+            || out
+                .iter()
+                .any(|i| i.protocol == s.protocol && i.port == s.local_port)
+        {
+            continue;
+        }
+        if let Some(id) = l.identities.first() {
+            out.push(PortIdentity {
+                protocol: s.protocol,
+                port: s.local_port,
+                exe: id.path.clone(),
+                sha256: id.sha256.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Findings for managed ports whose executable changed since it was last recorded.
+pub fn identity_change_findings(
+    policy: &Policy,
+    changes: &[(PortIdentity, PortIdentity)],
+) -> Vec<Finding> {
+    let short = |h: &Option<String>| {
+        h.as_deref()
+            .map_or("?".to_string(), |h| h[..12.min(h.len())].to_string())
+    };
+    changes
+        .iter()
+        .map(|(old, new)| {
+            let svc = service_for(policy, new.protocol, new.port)
+                .map_or(String::new(), |s| format!("service {} ", s.name));
+            let what = if old.exe == new.exe {
+                "the same path with a different digest (replaced binary)"
+            } else {
+                "a different executable"
+            };
+            Finding {
+                id: RuleId::ListenerIdentityChanged,
+                severity: Severity::High,
+                subject: format!("{svc}({}/{})", new.port, new.protocol),
+                evidence: format!(
+                    "{what}: was {} sha256:{}, now {} sha256:{}",
+                    old.exe,
+                    short(&old.sha256),
+                    new.exe,
+                    short(&new.sha256)
+                ),
+                why: "the program answering on a managed port changed since the last check: an upgrade, or a hijack".into(),
+                remedy: "confirm the change was a planned upgrade (the ledger records it); otherwise stop the listener and investigate".into(),
+            }
+        })
+        .collect()
+}

@@ -162,8 +162,37 @@ pub struct Reclaimed {
     pub action: ReclaimAction,
 }
 
+/// The executable last seen listening on a managed port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Port.
+    pub port: Port,
+    /// Executable path.
+    pub exe: String,
+    /// SHA-256 of the executable.
+    pub sha256: Option<String>,
+    /// First seen with this identity, unix seconds.
+    pub first_seen: i64,
+    /// Last seen, unix seconds.
+    pub last_seen: i64,
+}
+
 /// Where leases and the ledger live.
 pub trait Store {
+    /// The recorded identities of managed ports.
+    fn identities(&self) -> Result<Vec<Identity>, StoreError>;
+
+    /// Records what owns each managed port now; a different executable or digest than
+    /// recorded is written to the ledger (`identity.changed`) and returned as (old, new).
+    fn record_identities(
+        &mut self,
+        seen: &[Identity],
+        now: i64,
+        actor: &str,
+    ) -> Result<Vec<(Identity, Identity)>, StoreError>;
+
     /// Creates a lease chosen by `decide`, which may probe existing leases; the lease and
     /// its ledger record are written in one transaction, or nothing is.
     fn allocate(

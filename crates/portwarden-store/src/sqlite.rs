@@ -10,12 +10,12 @@ use portwarden_core::{Port, Protocol};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::ledger::{self, CHECKPOINT, Change, Checkpoint, Entry, Verification};
-use crate::{Lease, LeaseProbe, NewLease, Reclaimed, Store, StoreError};
+use crate::{Identity, Lease, LeaseProbe, NewLease, Reclaimed, Store, StoreError};
 
 /// SQLite `application_id` of a portwarden store: "PWRD".
 pub const APPLICATION_ID: i64 = 0x5057_5244;
 /// Current schema version (`user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// File name inside the state directory.
 pub const DB_FILE: &str = "portwarden.db";
 
@@ -56,6 +56,19 @@ BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
 WHEN (SELECT open FROM ledger_gate WHERE id = 1) = 0
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+"#;
+
+/// Version 2: the last executable seen on each managed port, for hijack detection.
+const SCHEMA_V2: &str = r#"
+CREATE TABLE identities (
+    protocol TEXT NOT NULL CHECK (protocol IN ('tcp', 'udp')),
+    port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    exe TEXT NOT NULL,
+    sha256 TEXT,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    PRIMARY KEY (protocol, port)
+);
 "#;
 
 /// The SQLite store.
@@ -157,6 +170,11 @@ impl SqliteStore {
                 tx.execute_batch(SCHEMA_V1).map_err(backend)?;
                 tx.pragma_update(None, "application_id", APPLICATION_ID)
                     .map_err(backend)?;
+            }
+            if ver < 2 {
+                tx.execute_batch(SCHEMA_V2).map_err(backend)?;
+            }
+            if ver < SCHEMA_VERSION {
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(backend)?;
             }
@@ -291,7 +309,114 @@ impl LeaseProbe for Probe<'_, '_> {
     }
 }
 
+fn identity_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Identity> {
+    let proto: String = r.get(0)?;
+    let port: i64 = r.get(1)?;
+    Ok(Identity {
+        protocol: proto.parse::<Protocol>().map_err(|_| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                "bad protocol in identity row".into(),
+            )
+        })?,
+        port: Port::from_i64(port).map_err(|_| {
+            rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Integer,
+                "bad port in identity row".into(),
+            )
+        })?,
+        exe: r.get(2)?,
+        sha256: r.get(3)?,
+        first_seen: r.get(4)?,
+        last_seen: r.get(5)?,
+    })
+}
+
 impl Store for SqliteStore {
+    fn identities(&self) -> Result<Vec<Identity>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT protocol, port, exe, sha256, first_seen, last_seen FROM identities \
+                 ORDER BY port, protocol",
+            )
+            .map_err(backend)?;
+        let rows = st.query_map([], identity_row).map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn record_identities(
+        &mut self,
+        seen: &[Identity],
+        now: i64,
+        actor: &str,
+    ) -> Result<Vec<(Identity, Identity)>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(backend)?;
+        let mut changed = Vec::new();
+        for id in seen {
+            let old: Option<Identity> = tx
+                .query_row(
+                    "SELECT protocol, port, exe, sha256, first_seen, last_seen FROM identities \
+                     WHERE protocol = ?1 AND port = ?2",
+                    params![id.protocol.as_str(), id.port.get()],
+                    identity_row,
+                )
+                .optional()
+                .map_err(backend)?;
+            match old {
+                Some(o) if o.exe == id.exe && o.sha256 == id.sha256 => {
+                    tx.execute(
+                        "UPDATE identities SET last_seen = ?3 WHERE protocol = ?1 AND port = ?2",
+                        params![id.protocol.as_str(), id.port.get(), now],
+                    )
+                    .map_err(backend)?;
+                }
+                old => {
+                    tx.execute(
+                        "INSERT INTO identities (protocol, port, exe, sha256, first_seen, last_seen) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (protocol, port) DO UPDATE SET \
+                         exe = excluded.exe, sha256 = excluded.sha256, first_seen = excluded.first_seen, \
+                         last_seen = excluded.last_seen",
+                        params![id.protocol.as_str(), id.port.get(), id.exe, id.sha256, now],
+                    )
+                    .map_err(backend)?;
+                    let new = Identity {
+                        first_seen: now,
+                        last_seen: now,
+                        ..id.clone()
+                    };
+                    append(
+                        &tx,
+                        now,
+                        Change {
+                            actor: actor.to_string(),
+                            action: if old.is_some() {
+                                "identity.changed".into()
+                            } else {
+                                "identity.first-seen".into()
+                            },
+                            subject: format!("{}/{}", id.port, id.protocol),
+                            before: old.as_ref().and_then(json),
+                            after: json(&new),
+                            reason: None,
+                        },
+                    )
+                    .map_err(backend)?;
+                    if let Some(o) = old {
+                        changed.push((o, new));
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(backend)?;
+        Ok(changed)
+    }
+
     fn allocate(
         &mut self,
         now: i64,

@@ -1044,3 +1044,86 @@ zone = "localhost"
         assert!(v["exposure_total"].as_f64().unwrap() > 0.0);
     }
 }
+
+#[test]
+fn r4_identity_change_between_checks_is_a_finding_and_in_the_ledger() {
+    use std::io::{BufRead, BufReader};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let dir = tempdir("identity");
+    let p = dir.join("p.toml");
+    std::fs::write(
+        &p,
+        format!("version = 1\n[[service]]\nname = \"svc\"\nport = {port}\nzone = \"localhost\"\n"),
+    )
+    .unwrap();
+    let state = dir.join("state");
+    let check = || {
+        bin()
+            .args([
+                "--policy",
+                p.to_str().unwrap(),
+                "--state-dir",
+                state.to_str().unwrap(),
+            ])
+            .args(["check", "--json", "--fail-on", "critical"])
+            .output()
+            .unwrap()
+    };
+    let ids = |o: &Output| -> Vec<String> {
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // First check: the test binary owns the port; recorded, no change.
+    let o = check();
+    assert!(
+        !ids(&o).contains(&"listener-identity-changed".to_string()),
+        "{:?}",
+        ids(&o)
+    );
+    drop(l);
+    // Another executable takes the port over.
+    let mut py = Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); \
+             s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(); print('ready', flush=True); time.sleep(30)",
+            &port.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(py.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let o = check();
+    let _ = py.kill();
+    let _ = py.wait();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let f = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "listener-identity-changed")
+        .unwrap_or_else(|| panic!("no identity change in {v}"));
+    assert!(f["evidence"].as_str().unwrap().contains("python"), "{f}");
+    let o = bin()
+        .args(["--state-dir", state.to_str().unwrap(), "log", "--json"])
+        .output()
+        .unwrap();
+    let log: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let actions: Vec<&str> = log
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["identity.first-seen", "identity.changed"]);
+}

@@ -84,6 +84,45 @@ fn store_rules(
     ))
 }
 
+/// Records who owns each managed port and reports changes since the last check.
+fn record_identities(
+    g: &Global,
+    policy: &portwarden_core::Policy,
+    facts: &portwarden_core::hostcheck::HostFacts,
+) -> anyhow::Result<Vec<Finding>> {
+    use portwarden_core::hostcheck::{PortIdentity, identity_change_findings, managed_identities};
+    let seen = managed_identities(policy, facts);
+    if seen.is_empty() {
+        return Ok(Vec::new());
+    }
+    let records: Vec<portwarden_store::Identity> = seen
+        .iter()
+        .filter_map(|i| {
+            Some(portwarden_store::Identity {
+                protocol: i.protocol,
+                port: portwarden_core::Port::new(i.port)?,
+                exe: i.exe.clone(),
+                sha256: i.sha256.clone(),
+                first_seen: 0,
+                last_seen: 0,
+            })
+        })
+        .collect();
+    let mut store = super::open_store(g, true)?;
+    let changes = store.record_identities(&records, super::now(), &super::user())?;
+    let as_fact = |i: &portwarden_store::Identity| PortIdentity {
+        protocol: i.protocol,
+        port: i.port.get(),
+        exe: i.exe.clone(),
+        sha256: i.sha256.clone(),
+    };
+    let changes: Vec<(PortIdentity, PortIdentity)> = changes
+        .iter()
+        .map(|(o, n)| (as_fact(o), as_fact(n)))
+        .collect();
+    Ok(identity_change_findings(policy, &changes))
+}
+
 /// Everything `check` and `report` compute.
 pub struct Evaluation {
     pub loaded: super::LoadedPolicy,
@@ -108,6 +147,7 @@ pub fn evaluate(g: &Global) -> anyhow::Result<Evaluation> {
         Catalog::builtin(),
         &facts,
     ));
+    findings.extend(record_identities(g, &loaded.policy, &facts)?);
     portwarden_core::findings::sort(&mut findings);
     let (exposure, exposure_total) =
         portwarden_core::hostcheck::exposure(&loaded.policy, Catalog::builtin(), &facts);
