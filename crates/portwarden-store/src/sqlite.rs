@@ -781,3 +781,36 @@ impl Store for SqliteStore {
         Ok(deleted)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_store_migrates_and_keeps_its_data() {
+        let dir = std::env::temp_dir().join(format!("pw-migrate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let c = Connection::open(dir.join(DB_FILE)).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.pragma_update(None, "application_id", APPLICATION_ID).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            c.execute(
+                "INSERT INTO leases (scope, protocol, port, service, owner, state, created_at, expires_at) \
+                 VALUES ('local', 'tcp', 20001, 'svc', 'alice', 'planned', 1, 2)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(&dir, "local", false).unwrap();
+        let ver: i64 = s
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ver, SCHEMA_VERSION);
+        assert_eq!(s.leases().unwrap().len(), 1);
+        assert!(s.identities().unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
