@@ -43,6 +43,65 @@ pub struct AuditRow {
     pub last_updated: String,
 }
 
+/// The audit table's columns, in the order every format prints them.
+pub const COLUMNS: [&str; 11] = [
+    "port",
+    "protocol",
+    "service",
+    "zone",
+    "allowed_sources",
+    "tls",
+    "owner",
+    "security_policy",
+    "listening",
+    "exposure",
+    "last_updated",
+];
+
+impl AuditRow {
+    /// The row's cells, in `COLUMNS` order.
+    pub fn cells(&self) -> [String; 11] {
+        [
+            self.port.to_string(),
+            self.protocol.to_string(),
+            self.service.clone(),
+            self.zone.clone(),
+            self.allowed_sources.clone(),
+            self.tls.clone(),
+            self.owner.clone(),
+            self.security_policy.clone(),
+            self.listening.to_string(),
+            self.exposure.to_string(),
+            self.last_updated.clone(),
+        ]
+    }
+}
+
+/// A column name as a table heading: `allowed_sources` → `Allowed sources`.
+fn heading(c: &str) -> String {
+    if c == "tls" {
+        return "TLS".into();
+    }
+    let t = c.replace('_', " ");
+    let mut ch = t.chars();
+    ch.next().map_or(String::new(), |f| {
+        f.to_uppercase().collect::<String>() + ch.as_str()
+    })
+}
+
+fn numeric(c: &str) -> bool {
+    matches!(c, "port" | "exposure")
+}
+
+fn severity_counts(r: &Report) -> String {
+    Severity::ALL
+        .iter()
+        .rev()
+        .map(|sev| format!("{} {}", r.summary.get(sev).copied().unwrap_or(0), sev))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The whole report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -272,33 +331,18 @@ pub fn to_markdown(r: &Report) -> String {
     let _ = writeln!(s, "- Policy: {}", r.policy);
     let _ = writeln!(s, "- Generated: {}", r.generated);
     let _ = writeln!(s, "- Exposure score: {}", r.exposure_total);
-    let counts: Vec<String> = Severity::ALL
-        .iter()
-        .rev()
-        .map(|sev| format!("{} {}", r.summary.get(sev).copied().unwrap_or(0), sev))
-        .collect();
-    let _ = writeln!(s, "- Findings: {}\n", counts.join(", "));
+    let _ = writeln!(s, "- Findings: {}\n", severity_counts(r));
     let _ = writeln!(s, "## Ports\n");
-    let _ = writeln!(
-        s,
-        "| Port | Protocol | Service | Zone | Allowed sources | TLS | Owner | Security policy | Exposure | Last updated |"
-    );
-    let _ = writeln!(s, "|---:|---|---|---|---|---|---|---|---:|---|");
+    let heads: Vec<String> = COLUMNS.iter().map(|c| heading(c)).collect();
+    let _ = writeln!(s, "| {} |", heads.join(" | "));
+    let aligns: Vec<&str> = COLUMNS
+        .iter()
+        .map(|c| if numeric(c) { "---:" } else { "---" })
+        .collect();
+    let _ = writeln!(s, "|{}|", aligns.join("|"));
     for p in &r.ports {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            p.port,
-            p.protocol,
-            md_cell(&p.service),
-            md_cell(&p.zone),
-            md_cell(&p.allowed_sources),
-            md_cell(&p.tls),
-            md_cell(&p.owner),
-            md_cell(&p.security_policy),
-            p.exposure,
-            p.last_updated
-        );
+        let cells: Vec<String> = p.cells().iter().map(|c| md_cell(c)).collect();
+        let _ = writeln!(s, "| {} |", cells.join(" | "));
     }
     let _ = writeln!(s, "\n## Findings\n");
     if r.findings.is_empty() {
@@ -329,24 +373,10 @@ fn csv_field(s: &str) -> String {
 
 /// CSV of the audit table (one row per port).
 pub fn to_csv(r: &Report) -> String {
-    let mut s = String::from(
-        "port,protocol,service,zone,allowed_sources,tls,owner,security_policy,listening,exposure,last_updated\n",
-    );
+    let mut s = COLUMNS.join(",");
+    s.push('\n');
     for p in &r.ports {
-        let fields = [
-            p.port.to_string(),
-            p.protocol.to_string(),
-            p.service.clone(),
-            p.zone.clone(),
-            p.allowed_sources.clone(),
-            p.tls.clone(),
-            p.owner.clone(),
-            p.security_policy.clone(),
-            p.listening.to_string(),
-            p.exposure.to_string(),
-            p.last_updated.clone(),
-        ];
-        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        let line: Vec<String> = p.cells().iter().map(|f| csv_field(f)).collect();
         s.push_str(&line.join(","));
         s.push('\n');
     }
@@ -387,35 +417,30 @@ dl{{display:grid;grid-template-columns:max-content auto;gap:2px 12px}} dt{{font-
         gen = esc(&r.generated),
         total = r.exposure_total
     );
-    let counts: Vec<String> = Severity::ALL
-        .iter()
-        .rev()
-        .map(|sev| format!("{} {}", r.summary.get(sev).copied().unwrap_or(0), sev))
-        .collect();
     let _ = writeln!(
         s,
         "<dt>Findings</dt><dd>{}</dd></dl>",
-        esc(&counts.join(", "))
+        esc(&severity_counts(r))
     );
+    let heads: String = COLUMNS
+        .iter()
+        .map(|c| format!("<th>{}</th>", heading(c)))
+        .collect();
     let _ = writeln!(
         s,
-        "<h2>Ports</h2>\n<table><thead><tr><th>Port</th><th>Protocol</th><th>Service</th><th>Zone</th><th>Allowed sources</th><th>TLS</th><th>Owner</th><th>Security policy</th><th>Exposure</th><th>Last updated</th></tr></thead><tbody>"
+        "<h2>Ports</h2>\n<table><thead><tr>{heads}</tr></thead><tbody>"
     );
     for p in &r.ports {
-        let _ = writeln!(
-            s,
-            "<tr><td class=\"num\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
-            p.port,
-            p.protocol,
-            esc(&p.service),
-            esc(&p.zone),
-            esc(&p.allowed_sources),
-            esc(&p.tls),
-            esc(&p.owner),
-            esc(&p.security_policy),
-            p.exposure,
-            esc(&p.last_updated)
-        );
+        let cells: String = p
+            .cells()
+            .iter()
+            .zip(COLUMNS)
+            .map(|(v, c)| {
+                let class = if numeric(c) { " class=\"num\"" } else { "" };
+                format!("<td{class}>{}</td>", esc(v))
+            })
+            .collect();
+        let _ = writeln!(s, "<tr>{cells}</tr>");
     }
     let _ = writeln!(s, "</tbody></table>\n<h2>Findings</h2>");
     if r.findings.is_empty() {

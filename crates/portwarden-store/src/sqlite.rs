@@ -794,7 +794,8 @@ mod tests {
         {
             let c = Connection::open(dir.join(DB_FILE)).unwrap();
             c.execute_batch(SCHEMA_V1).unwrap();
-            c.pragma_update(None, "application_id", APPLICATION_ID).unwrap();
+            c.pragma_update(None, "application_id", APPLICATION_ID)
+                .unwrap();
             c.pragma_update(None, "user_version", 1).unwrap();
             c.execute(
                 "INSERT INTO leases (scope, protocol, port, service, owner, state, created_at, expires_at) \
