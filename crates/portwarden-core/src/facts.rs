@@ -242,6 +242,18 @@ pub struct FirewallFacts {
     pub managers: Vec<String>,
 }
 
+impl Owner {
+    /// Whether the process runs `name`: its command name, executable path, or the file
+    /// name of its executable.
+    pub fn runs(&self, name: &str) -> bool {
+        self.comm == name
+            || self
+                .exe
+                .as_deref()
+                .is_some_and(|e| e == name || e.rsplit('/').next() == Some(name))
+    }
+}
+
 /// Kernel settings that decide port allocation and transfer performance.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Sysctls {
@@ -368,14 +380,9 @@ impl SocketFilter {
                     .is_some_and(|o| o.iter().any(|o| o.pid == pid))
             })
             && self.process.as_ref().is_none_or(|name| {
-                s.owners.as_ref().is_some_and(|o| {
-                    o.iter().any(|o| {
-                        o.comm == *name
-                            || o.exe.as_deref().is_some_and(|e| {
-                                e == name || e.rsplit('/').next() == Some(name.as_str())
-                            })
-                    })
-                })
+                s.owners
+                    .as_ref()
+                    .is_some_and(|o| o.iter().any(|o| o.runs(name)))
             })
     }
 }

@@ -344,13 +344,7 @@ pub fn store_findings(policy: &Policy, f: &StoreFacts<'_>) -> Vec<Finding> {
             .filter(|s| s.protocol == l.protocol && s.local_port == l.port.get())
             .flat_map(|s| s.owners.iter().flatten())
             .collect();
-        let matches = |o: &crate::facts::Owner| {
-            o.comm == *expected
-                || o.exe.as_deref().is_some_and(|e| {
-                    e == expected.as_str() || e.rsplit('/').next() == Some(expected.as_str())
-                })
-        };
-        if !holders.is_empty() && !holders.iter().any(|o| matches(o)) {
+        if !holders.is_empty() && !holders.iter().any(|o| o.runs(expected)) {
             let who: Vec<String> = holders
                 .iter()
                 .map(|o| format!("{}/{}", o.comm, o.pid))

@@ -184,12 +184,7 @@ fn subject(l: &Listener) -> String {
 }
 
 fn owner_matches(expected: &str, l: &Listener) -> bool {
-    l.socket.owners.iter().flatten().any(|o| {
-        o.comm == expected
-            || o.exe
-                .as_deref()
-                .is_some_and(|e| e == expected || e.rsplit('/').next() == Some(expected))
-    })
+    l.socket.owners.iter().flatten().any(|o| o.runs(expected))
 }
 
 /// Every host rule, over the gathered facts.

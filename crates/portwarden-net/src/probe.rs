@@ -36,21 +36,9 @@ pub enum ProbeKind {
     Banner,
 }
 
-/// What the probe learned about encryption on the port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum TlsVerdict {
-    /// Only TLS is spoken (implicit TLS answered a ClientHello).
-    Required,
-    /// The protocol's own encryption (SSH).
-    Native,
-    /// Offered (STARTTLS, `CLIENT_SSL`, `S`), but plaintext is still possible.
-    Offered,
-    /// Plaintext only.
-    None,
-    /// The probe could not tell.
-    Unknown,
-}
+/// What the probe learned about encryption on the port: core's fact type, so the rules
+/// read probe results directly.
+pub use portwarden_core::hostcheck::TlsFact as TlsVerdict;
 
 /// The outcome of one probe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

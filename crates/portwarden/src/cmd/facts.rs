@@ -8,23 +8,13 @@ use std::time::Duration;
 use anyhow::Context;
 use portwarden_core::catalog::TlsStyle;
 use portwarden_core::facts::SocketState;
-use portwarden_core::hostcheck::{HostFacts, Listener, ProbeFact, TlsFact, catalog_for};
+use portwarden_core::hostcheck::{HostFacts, Listener, ProbeFact, catalog_for};
 use portwarden_core::{Catalog, Policy, Protocol};
-use portwarden_net::{ProbeKind, TlsVerdict};
+use portwarden_net::ProbeKind;
 use portwarden_os::{Query, Walk};
 
 /// How long one probe exchange may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
-
-fn tls_fact(v: TlsVerdict) -> TlsFact {
-    match v {
-        TlsVerdict::Required => TlsFact::Required,
-        TlsVerdict::Native => TlsFact::Native,
-        TlsVerdict::Offered => TlsFact::Offered,
-        TlsVerdict::None => TlsFact::None,
-        TlsVerdict::Unknown => TlsFact::Unknown,
-    }
-}
 
 /// Where to connect for a listener: its own address, or loopback for a wildcard bind.
 fn probe_addr(addr: IpAddr, port: u16) -> SocketAddr {
@@ -110,7 +100,7 @@ pub fn gather(
     for (i, r) in results {
         let fact = ProbeFact {
             identified: r.identified,
-            tls: tls_fact(r.tls),
+            tls: r.tls,
             stalled: r.stalled,
             banner: r.banner,
         };
