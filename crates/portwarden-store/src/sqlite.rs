@@ -284,6 +284,26 @@ fn get_lease(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<Lease, StoreErro
     .ok_or(StoreError::NotFound(id))
 }
 
+/// A `BEGIN IMMEDIATE` transaction: the write lock is taken up front, so two writers
+/// never both read and then fail to upgrade.
+fn immediate(conn: &mut Connection) -> Result<rusqlite::Transaction<'_>, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(backend)
+}
+
+/// The lease, if `caller` owns it (Kubernetes' #64466 came from releasing without this).
+fn owned_lease(tx: &rusqlite::Transaction<'_>, id: i64, caller: &str) -> Result<Lease, StoreError> {
+    let l = get_lease(tx, id)?;
+    if l.owner != caller {
+        return Err(StoreError::NotOwner {
+            id,
+            owner: l.owner,
+            caller: caller.to_string(),
+        });
+    }
+    Ok(l)
+}
+
 struct Probe<'a, 'b> {
     stmt: rusqlite::CachedStatement<'a>,
     scope: &'b str,
@@ -353,10 +373,7 @@ impl Store for SqliteStore {
         now: i64,
         actor: &str,
     ) -> Result<Vec<(Identity, Identity)>, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend)?;
+        let tx = immediate(&mut self.conn)?;
         let mut changed = Vec::new();
         for id in seen {
             let old: Option<Identity> = tx
@@ -424,10 +441,7 @@ impl Store for SqliteStore {
         decide: &mut dyn FnMut(&mut dyn LeaseProbe) -> Result<NewLease, AllocError>,
     ) -> Result<Lease, StoreError> {
         let scope = self.scope.clone();
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend)?;
+        let tx = immediate(&mut self.conn)?;
         let new = {
             let mut probe = Probe {
                 stmt: tx
@@ -517,18 +531,8 @@ impl Store for SqliteStore {
         now: i64,
         actor: &str,
     ) -> Result<Lease, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend)?;
-        let before = get_lease(&tx, id)?;
-        if before.owner != caller {
-            return Err(StoreError::NotOwner {
-                id,
-                owner: before.owner,
-                caller: caller.to_string(),
-            });
-        }
+        let tx = immediate(&mut self.conn)?;
+        let before = owned_lease(&tx, id, caller)?;
         tx.execute(
             "UPDATE leases SET expires_at = ?2 WHERE id = ?1",
             params![id, expires_at],
@@ -562,18 +566,8 @@ impl Store for SqliteStore {
         now: i64,
         actor: &str,
     ) -> Result<Lease, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend)?;
-        let before = get_lease(&tx, id)?;
-        if before.owner != caller {
-            return Err(StoreError::NotOwner {
-                id,
-                owner: before.owner,
-                caller: caller.to_string(),
-            });
-        }
+        let tx = immediate(&mut self.conn)?;
+        let before = owned_lease(&tx, id, caller)?;
         tx.execute("DELETE FROM leases WHERE id = ?1", [id])
             .map_err(backend)?;
         append(
@@ -601,10 +595,7 @@ impl Store for SqliteStore {
         decide: &dyn Fn(&Lease, bool) -> Option<ReclaimAction>,
         dry_run: bool,
     ) -> Result<Vec<Reclaimed>, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend)?;
+        let tx = immediate(&mut self.conn)?;
         let leases: Vec<Lease> = {
             let mut st = tx
                 .prepare(&format!("SELECT {LEASE_COLS} FROM leases ORDER BY id"))
@@ -704,10 +695,7 @@ impl Store for SqliteStore {
     }
 
     fn record(&mut self, now: i64, change: Change) -> Result<Entry, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend)?;
+        let tx = immediate(&mut self.conn)?;
         let e = append(&tx, now, change).map_err(backend)?;
         tx.commit().map_err(backend)?;
         Ok(e)
@@ -731,10 +719,7 @@ impl Store for SqliteStore {
     }
 
     fn prune_ledger(&mut self, cutoff: i64, now: i64, actor: &str) -> Result<i64, StoreError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(backend)?;
+        let tx = immediate(&mut self.conn)?;
         let last: Option<(i64, String)> = tx
             .query_row(
                 "SELECT seq, hash FROM ledger WHERE ts < ?1 ORDER BY seq DESC LIMIT 1",
