@@ -16,6 +16,7 @@ pub mod hostcheck;
 pub mod policy;
 pub mod port;
 pub mod report;
+pub mod targets;
 #[cfg(test)]
 mod testkit;
 pub mod units;

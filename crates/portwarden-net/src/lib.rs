@@ -3,6 +3,8 @@
 //! prints, never reads config files.
 #![deny(missing_docs)]
 
+pub mod connect;
 pub mod probe;
+pub mod scan;
 
 pub use probe::{ProbeKind, ProbeResult, TlsVerdict, probe};

@@ -432,6 +432,27 @@ async fn starttls(s: &mut TcpStream, kind: ProbeKind, t: Duration, r: &mut Probe
     };
 }
 
+/// Identifies a service on an unknown port: the banner grab (raced against a
+/// ClientHello), HTTP, Redis and PostgreSQL questions, all at once on separate
+/// connections, so a silent service costs one timeout instead of one per question.
+pub async fn identify(addr: SocketAddr, t: Duration) -> ProbeResult {
+    let (banner, http, redis, pg) = tokio::join!(
+        probe(addr, ProbeKind::Banner, t),
+        probe(addr, ProbeKind::Http, t),
+        probe(addr, ProbeKind::Redis, t),
+        probe(addr, ProbeKind::Postgres, t),
+    );
+    if banner.identified.is_some() || banner.tls == TlsVerdict::Required {
+        return banner;
+    }
+    for r in [http, redis, pg] {
+        if r.identified.is_some() {
+            return r;
+        }
+    }
+    banner
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

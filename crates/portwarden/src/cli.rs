@@ -62,6 +62,8 @@ pub enum Command {
     Log(LogArgs),
     /// Pool occupation; `pools reserve` keeps the kernel's ephemeral picks out of pools.
     Pools(PoolsArgs),
+    /// Scan hosts for open ports (TCP connect or UDP), with service and TLS detection.
+    Scan(ScanArgs),
     /// The compliance report: host summary, exposure score, audit table, findings.
     Report(ReportArgs),
     /// Draft or validate policy files.
@@ -289,4 +291,49 @@ pub enum ReportFormat {
     Json,
     /// CSV of the audit table.
     Csv,
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Host names, addresses or CIDR blocks.
+    #[arg(required = true, value_name = "TARGET")]
+    pub targets: Vec<String>,
+    /// Ports: `22,80,1000-2000`, or `-` for all (`-p-`).
+    #[arg(
+        short = 'p',
+        long = "ports",
+        value_name = "SPEC",
+        allow_hyphen_values = true
+    )]
+    pub ports: Option<String>,
+    /// The N most frequent ports of the catalog (default 1000 when -p is not given).
+    #[arg(long, value_name = "N", conflicts_with = "ports")]
+    pub top: Option<usize>,
+    /// Ports to leave out.
+    #[arg(long, value_name = "SPEC")]
+    pub exclude_ports: Option<String>,
+    /// UDP scan instead of TCP.
+    #[arg(short = 'u', long)]
+    pub udp: bool,
+    /// Detect services and TLS on open ports.
+    #[arg(short = 's', long = "service")]
+    pub service: bool,
+    /// Largest per-probe timeout (the timeout adapts to the measured RTT below it).
+    #[arg(long, value_name = "DURATION", default_value = "1s")]
+    pub timeout: String,
+    /// Retries for unanswered probes.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub retries: u32,
+    /// Refuse CIDR blocks larger than this many addresses.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub max_hosts: u64,
+    /// Show what changed since a previous `scan --json` output.
+    #[arg(long, value_name = "OLD.json")]
+    pub diff: Option<PathBuf>,
+    /// Also write nmap's greppable format (`-oG FILE` works too).
+    #[arg(long = "oG", value_name = "FILE")]
+    pub grepable: Option<PathBuf>,
+    /// Also write nmap's XML format (`-oX FILE` works too).
+    #[arg(long = "oX", value_name = "FILE")]
+    pub xml: Option<PathBuf>,
 }

@@ -2,7 +2,7 @@
 //! No domain logic lives here.
 
 mod cli;
-mod cmd;
+pub mod cmd;
 mod output;
 
 use std::io;
@@ -39,7 +39,13 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    // nmap spells its output options -oG/-oX; clap's short options are one letter.
+    let args = std::env::args_os().map(|a| match a.to_str() {
+        Some("-oG") => "--oG".into(),
+        Some("-oX") => "--oX".into(),
+        _ => a,
+    });
+    let cli = cli::Cli::parse_from(args);
     match cmd::run(cli) {
         Ok(status) => status.into(),
         Err(e) if is_broken_pipe(&e) => ExitCode::from(0),

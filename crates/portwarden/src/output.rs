@@ -526,3 +526,245 @@ pub fn verification(v: &portwarden_store::Verification) -> io::Result<()> {
         )),
     }
 }
+
+fn stderr_is_tty() -> bool {
+    // SAFETY: isatty has no preconditions.
+    unsafe { libc::isatty(2) == 1 }
+}
+
+/// A progress bar on stderr, only when stderr is a terminal.
+pub struct Progress {
+    on: bool,
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    /// A bar, silent when `quiet` or when stderr is not a terminal.
+    pub fn new(quiet: bool) -> Progress {
+        Progress {
+            on: !quiet && stderr_is_tty(),
+            last: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Redraws at most once per percent.
+    pub fn update(&self, done: u64, total: u64) {
+        if !self.on || total == 0 {
+            return;
+        }
+        let pct = done * 100 / total;
+        if self.last.swap(pct, std::sync::atomic::Ordering::Relaxed) == pct {
+            return;
+        }
+        let filled = (pct / 4) as usize;
+        let _ = write!(
+            io::stderr().lock(),
+            "\r[{}{}] {pct:3}% {done}/{total}",
+            "#".repeat(filled),
+            ".".repeat(25 - filled)
+        );
+    }
+}
+
+/// Clears the progress line.
+pub fn progress_done(quiet: bool) {
+    if !quiet && stderr_is_tty() {
+        let _ = write!(io::stderr().lock(), "\r{}\r", " ".repeat(60));
+    }
+}
+
+/// Open (and filtered) ports as a table, then a summary line and any diff.
+pub fn scan_table(d: &crate::cmd::scan::ScanDoc) -> io::Result<()> {
+    let mut s = String::new();
+    let multi = d.hosts.len() > 1;
+    let mut t = Table::new(&["HOST", "PORT", "STATE", "SERVICE", "TLS", "DETAIL"]);
+    for p in &d.ports {
+        t.row(vec![
+            p.addr.to_string(),
+            format!("{}/{}", p.port, p.protocol),
+            p.state.clone(),
+            match (&p.service, p.method.as_str()) {
+                (Some(n), "table") => format!("{n}?"),
+                (Some(n), _) => n.clone(),
+                (None, _) => "-".into(),
+            },
+            p.tls.clone().unwrap_or_else(|| "-".into()),
+            p.banner.clone().unwrap_or_default(),
+        ]);
+    }
+    if !d.ports.is_empty() {
+        let rendered = t.render();
+        if multi {
+            s.push_str(&rendered);
+        } else {
+            // One host: drop the HOST column.
+            for line in rendered.lines() {
+                let cut = line.find("  ").map_or(line, |i| line[i..].trim_start());
+                s.push_str(cut);
+                s.push('\n');
+            }
+        }
+    }
+    let open = d.ports.iter().filter(|p| p.state == "open").count();
+    s.push_str(&format!(
+        "scanned {} {} ports on {} host{} in {:.2} s: {open} open, {} closed, {} filtered{}\n",
+        d.ports_scanned,
+        d.protocol,
+        d.hosts.len(),
+        if d.hosts.len() == 1 { "" } else { "s" },
+        d.elapsed_ms as f64 / 1000.0,
+        d.closed,
+        d.ports.len() - open,
+        if d.self_connects > 0 {
+            format!(" ({} self-connects discarded)", d.self_connects)
+        } else {
+            String::new()
+        }
+    ));
+    if let Some(diff) = &d.diff {
+        for p in &diff.added {
+            s.push_str(&format!(
+                "+ {} {}/{} {}\n",
+                p.addr,
+                p.port,
+                p.protocol,
+                p.service.clone().unwrap_or_default()
+            ));
+        }
+        for p in &diff.removed {
+            s.push_str(&format!(
+                "- {} {}/{} {}\n",
+                p.addr,
+                p.port,
+                p.protocol,
+                p.service.clone().unwrap_or_default()
+            ));
+        }
+        if diff.added.is_empty() && diff.removed.is_empty() {
+            s.push_str("no change in open ports since the previous scan\n");
+        }
+    }
+    text(&s)
+}
+
+/// nmap's greppable output (`-oG`).
+pub fn scan_grepable(d: &crate::cmd::scan::ScanDoc) -> String {
+    let mut s = format!(
+        "# portwarden {} scan initiated {} as: portwarden {}\n",
+        env!("CARGO_PKG_VERSION"),
+        utc(d.started),
+        d.args
+    );
+    for h in &d.hosts {
+        s.push_str(&format!("Host: {h} ()\tStatus: Up\n"));
+        let ports: Vec<String> = d
+            .ports
+            .iter()
+            .filter(|p| p.addr == *h)
+            .map(|p| {
+                format!(
+                    "{}/{}/{}//{}//{}/",
+                    p.port,
+                    p.state,
+                    p.protocol,
+                    p.service.clone().unwrap_or_default(),
+                    p.banner
+                        .clone()
+                        .unwrap_or_default()
+                        .replace(['/', ','], " ")
+                )
+            })
+            .collect();
+        let closed =
+            d.ports_scanned as u64 - d.ports.iter().filter(|p| p.addr == *h).count() as u64;
+        s.push_str(&format!(
+            "Host: {h} ()\tPorts: {}\tIgnored State: closed ({closed})\n",
+            ports.join(", ")
+        ));
+    }
+    s.push_str(&format!(
+        "# portwarden done at {} -- {} IP address{} ({} host{} up) scanned in {:.2} seconds\n",
+        utc(d.started + (d.elapsed_ms / 1000) as i64),
+        d.hosts.len(),
+        if d.hosts.len() == 1 { "" } else { "es" },
+        d.hosts.len(),
+        if d.hosts.len() == 1 { "" } else { "s" },
+        d.elapsed_ms as f64 / 1000.0
+    ));
+    s
+}
+
+fn xml_esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// nmap's XML output (`-oX`), the subset tools read: hosts, ports, states, services.
+pub fn scan_xml(d: &crate::cmd::scan::ScanDoc) -> String {
+    let kind = if d.protocol == "udp" {
+        "udp"
+    } else {
+        "connect"
+    };
+    let mut s = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<nmaprun scanner=\"portwarden\" args=\"portwarden {}\" start=\"{}\" version=\"{}\" xmloutputversion=\"1.05\">\n<scaninfo type=\"{kind}\" protocol=\"{}\" numservices=\"{}\"/>\n",
+        xml_esc(&d.args),
+        d.started,
+        env!("CARGO_PKG_VERSION"),
+        d.protocol,
+        d.ports_scanned
+    );
+    for h in &d.hosts {
+        let fam = if h.is_ipv4() { "ipv4" } else { "ipv6" };
+        s.push_str(&format!(
+            "<host><status state=\"up\" reason=\"user-set\"/>\n<address addr=\"{h}\" addrtype=\"{fam}\"/>\n<ports>"
+        ));
+        let mine: Vec<&crate::cmd::scan::ScannedPort> =
+            d.ports.iter().filter(|p| p.addr == *h).collect();
+        let closed = d.ports_scanned - mine.len();
+        s.push_str(&format!(
+            "<extraports state=\"closed\" count=\"{closed}\"/>\n"
+        ));
+        for p in mine {
+            s.push_str(&format!(
+                "<port protocol=\"{}\" portid=\"{}\"><state state=\"{}\" reason=\"{}\"/>",
+                p.protocol,
+                p.port,
+                p.state,
+                if p.state == "open" {
+                    "syn-ack"
+                } else {
+                    "no-response"
+                }
+            ));
+            if let Some(name) = &p.service {
+                let tunnel = if p.tls.as_deref() == Some("required") {
+                    " tunnel=\"ssl\""
+                } else {
+                    ""
+                };
+                s.push_str(&format!(
+                    "<service name=\"{}\"{tunnel} method=\"{}\" conf=\"{}\"{}/>",
+                    xml_esc(name),
+                    p.method,
+                    if p.method == "probed" { 10 } else { 3 },
+                    p.banner
+                        .as_deref()
+                        .map_or(String::new(), |b| format!(" extrainfo=\"{}\"", xml_esc(b)))
+                ));
+            }
+            s.push_str("</port>\n");
+        }
+        s.push_str("</ports></host>\n");
+    }
+    s.push_str(&format!(
+        "<runstats><finished time=\"{}\" elapsed=\"{:.2}\"/><hosts up=\"{}\" down=\"0\" total=\"{}\"/></runstats>\n</nmaprun>\n",
+        d.started + (d.elapsed_ms / 1000) as i64,
+        d.elapsed_ms as f64 / 1000.0,
+        d.hosts.len(),
+        d.hosts.len()
+    ));
+    s
+}

@@ -3,13 +3,14 @@
 
 mod catalog;
 mod check;
-mod facts;
+pub mod facts;
 mod lease;
 mod log;
 mod ls;
 mod meta;
 mod policy;
 mod report;
+pub mod scan;
 
 use std::path::Path;
 
@@ -34,6 +35,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Pools(a) => lease::pools(g, a),
         Command::Log(a) => log::run(g, a),
         Command::Report(a) => report::run(g, a),
+        Command::Scan(a) => scan::run(g, a),
         Command::Policy(p) => policy::run(g, p),
         Command::Catalog(a) => catalog::run(g, a),
         Command::Completions { shell } => meta::completions(*shell),

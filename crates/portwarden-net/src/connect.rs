@@ -1,0 +1,464 @@
+//! The TCP connect-scan engine: one hand-rolled loop per core over raw non-blocking
+//! sockets and epoll, measurably faster than a task per probe (BENCHMARKS.md).
+//!
+//! On loopback the kernel answers a SYN synchronously, so a second `connect()` right after
+//! `EINPROGRESS` already reports the outcome: `ECONNREFUSED` (closed — and the socket is
+//! reset by the kernel and reused for the next port, saving `socket()`/`close()`), `0`
+//! (open), or `EALREADY` (still in flight: handed to epoll with a deadline). Remote
+//! targets therefore take the epoll path, loopback ones mostly never touch it.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use portwarden_core::Protocol;
+
+use crate::scan::{PortResult, PortState, ScanConfig, ScanOutcome, Timing, loopback_source};
+
+/// A raw socket closed on drop (with a reset when it was connected).
+struct Sock(libc::c_int);
+
+impl Drop for Sock {
+    fn drop(&mut self) {
+        // SAFETY: the descriptor is owned by this value and closed once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// A `sockaddr_storage` for an address, and its length.
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; zero is a valid bit pattern.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
+            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_addr.s6_addr = v6.ip().octets();
+            sin6.sin6_scope_id = v6.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+fn setsockopt_int(fd: libc::c_int, level: libc::c_int, name: libc::c_int, v: libc::c_int) {
+    // SAFETY: a valid descriptor and a pointer to a c_int of the stated size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+fn linger_zero(fd: libc::c_int) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid descriptor and a pointer to a linger struct of the stated size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// A fresh non-blocking socket for `dst`, bound to `src` (port chosen at connect time).
+fn new_socket(dst: SocketAddr, src: Option<IpAddr>) -> Result<Sock, i32> {
+    let fam = if dst.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2).
+    let fd = unsafe {
+        libc::socket(
+            fam,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(errno());
+    }
+    let s = Sock(fd);
+    if let Some(src) = src {
+        setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
+        let (ss, len) = sockaddr(SocketAddr::new(src, 0));
+        // SAFETY: `ss` holds a valid sockaddr of `len` bytes.
+        if unsafe { libc::bind(fd, (&ss as *const libc::sockaddr_storage).cast(), len) } != 0 {
+            return Err(errno());
+        }
+    }
+    Ok(s)
+}
+
+fn connect(fd: libc::c_int, dst: SocketAddr) -> i32 {
+    let (ss, len) = sockaddr(dst);
+    // SAFETY: `ss` holds a valid sockaddr of `len` bytes.
+    let r = unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) };
+    if r == 0 { 0 } else { errno() }
+}
+
+fn so_error(fd: libc::c_int) -> i32 {
+    let mut e: libc::c_int = 0;
+    let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid descriptor and a writable c_int with its length.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut e as *mut libc::c_int).cast(),
+            &mut l,
+        )
+    };
+    e
+}
+
+/// Whether a connected socket connected to itself (local address == remote address).
+fn self_connected(fd: libc::c_int, dst: SocketAddr) -> bool {
+    // SAFETY: zeroed sockaddr_storage is valid; getsockname writes at most `len` bytes.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: as above.
+    if unsafe {
+        libc::getsockname(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    } != 0
+    {
+        return false;
+    }
+    sockaddr(dst).0.ss_family == ss.ss_family && {
+        let (want, wl) = sockaddr(dst);
+        // SAFETY: both are valid byte ranges of their stated lengths.
+        let a = unsafe {
+            std::slice::from_raw_parts(
+                (&ss as *const libc::sockaddr_storage).cast::<u8>(),
+                len as usize,
+            )
+        };
+        let b = unsafe {
+            std::slice::from_raw_parts(
+                (&want as *const libc::sockaddr_storage).cast::<u8>(),
+                wl as usize,
+            )
+        };
+        a == b
+    }
+}
+
+enum Outcome {
+    Open,
+    Closed,
+    SelfConnect,
+    Retry,
+    Filtered,
+}
+
+struct InFlight {
+    sock: Sock,
+    dst: SocketAddr,
+    tries: u32,
+    started: Instant,
+    deadline: Instant,
+}
+
+/// Shared between the workers.
+struct Shared {
+    cfg: ScanConfig,
+    timing: Mutex<Timing>,
+    done: AtomicU64,
+    total: u64,
+    progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+}
+
+fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared) -> ScanOutcome {
+    let mut out = ScanOutcome::default();
+    // SAFETY: epoll_create1 with a valid flag.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    let ep = Sock(ep);
+    let mut queue: std::collections::VecDeque<(SocketAddr, u32)> =
+        jobs.into_iter().map(|d| (d, 0)).collect();
+    let mut inflight: HashMap<libc::c_int, InFlight> = HashMap::new();
+    let mut spare: HashMap<(bool, Option<IpAddr>), Sock> = HashMap::new();
+    let mut cwnd = window.clamp(1, 64);
+    let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut since_progress = 0u64;
+
+    let mut finish = |out: &mut ScanOutcome,
+                      dst: SocketAddr,
+                      o: Outcome,
+                      queue: &mut std::collections::VecDeque<(SocketAddr, u32)>,
+                      tries: u32|
+     -> bool {
+        out.probes += 1;
+        let state = match o {
+            Outcome::Open => PortState::Open,
+            Outcome::Closed => PortState::Closed,
+            Outcome::SelfConnect => {
+                out.self_connects += 1;
+                PortState::Closed
+            }
+            Outcome::Retry => {
+                queue.push_back((dst, tries + 1));
+                return false;
+            }
+            Outcome::Filtered => PortState::Filtered,
+        };
+        if state == PortState::Closed {
+            out.closed += 1;
+        } else {
+            out.ports.push(PortResult {
+                addr: dst.ip(),
+                port: dst.port(),
+                protocol: Protocol::Tcp,
+                state,
+            });
+        }
+        since_progress += 1;
+        if since_progress >= 512 {
+            let n = sh.done.fetch_add(since_progress, Ordering::Relaxed) + since_progress;
+            since_progress = 0;
+            (sh.progress)(n, sh.total);
+        }
+        true
+    };
+
+    loop {
+        // Start probes while the window allows.
+        while inflight.len() < cwnd {
+            let Some((dst, tries)) = queue.pop_front() else {
+                break;
+            };
+            let src = loopback_source(dst.ip());
+            let key = (dst.is_ipv4(), src);
+            let sock = match spare.remove(&key) {
+                Some(s) => s,
+                None => match new_socket(dst, src) {
+                    Ok(s) => s,
+                    Err(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        // Out of descriptors: back-pressure, never a panic.
+                        out.emfile += 1;
+                        queue.push_front((dst, tries));
+                        cwnd = (inflight.len() / 2).max(1);
+                        break;
+                    }
+                    Err(_) => {
+                        finish(&mut out, dst, Outcome::Filtered, &mut queue, tries);
+                        continue;
+                    }
+                },
+            };
+            let started = Instant::now();
+            let mut r = connect(sock.0, dst);
+            if r == libc::EINPROGRESS {
+                r = connect(sock.0, dst);
+            }
+            match r {
+                0 => {
+                    let o = if self_connected(sock.0, dst) {
+                        Outcome::SelfConnect
+                    } else {
+                        Outcome::Open
+                    };
+                    linger_zero(sock.0);
+                    drop(sock);
+                    finish(&mut out, dst, o, &mut queue, tries);
+                }
+                libc::ECONNREFUSED => {
+                    // The kernel reset the socket: reuse it for the next port.
+                    spare.insert(key, sock);
+                    finish(&mut out, dst, Outcome::Closed, &mut queue, tries);
+                }
+                libc::EALREADY | libc::EINPROGRESS => {
+                    let mut ev = libc::epoll_event {
+                        events: (libc::EPOLLOUT | libc::EPOLLERR | libc::EPOLLHUP) as u32,
+                        u64: sock.0 as u64,
+                    };
+                    // SAFETY: valid epoll and socket descriptors, a valid event.
+                    unsafe { libc::epoll_ctl(ep.0, libc::EPOLL_CTL_ADD, sock.0, &mut ev) };
+                    let t = sh
+                        .timing
+                        .lock()
+                        .map(|t| t.timeout(&sh.cfg))
+                        .unwrap_or(sh.cfg.initial_timeout);
+                    inflight.insert(
+                        sock.0,
+                        InFlight {
+                            sock,
+                            dst,
+                            tries,
+                            started,
+                            deadline: started + t,
+                        },
+                    );
+                }
+                libc::EADDRNOTAVAIL | libc::EAGAIN => {
+                    // Ephemeral ports exhausted for now: wait for in-flight probes.
+                    queue.push_front((dst, tries));
+                    cwnd = inflight.len().max(1);
+                    break;
+                }
+                libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH => {
+                    let o = if tries < sh.cfg.retries {
+                        Outcome::Retry
+                    } else {
+                        Outcome::Filtered
+                    };
+                    finish(&mut out, dst, o, &mut queue, tries);
+                }
+                _ => {
+                    finish(&mut out, dst, Outcome::Filtered, &mut queue, tries);
+                }
+            }
+        }
+        if inflight.is_empty() {
+            if queue.is_empty() {
+                break;
+            }
+            cwnd = cwnd.max(1);
+            continue;
+        }
+        // Wait for answers, at most until the earliest deadline.
+        let now = Instant::now();
+        let next = inflight.values().map(|f| f.deadline).min().unwrap_or(now);
+        let wait_ms = next.saturating_duration_since(now).as_millis().min(1000) as i32;
+        // SAFETY: `events` is a writable buffer of its length.
+        let n =
+            unsafe { libc::epoll_wait(ep.0, events.as_mut_ptr(), events.len() as i32, wait_ms) };
+        for ev in events.iter().take(n.max(0) as usize) {
+            let fd = ev.u64 as libc::c_int;
+            let Some(f) = inflight.remove(&fd) else {
+                continue;
+            };
+            let err = so_error(fd);
+            let o = match err {
+                0 if self_connected(fd, f.dst) => Outcome::SelfConnect,
+                0 => Outcome::Open,
+                libc::ECONNREFUSED => Outcome::Closed,
+                _ if f.tries < sh.cfg.retries => Outcome::Retry,
+                _ => Outcome::Filtered,
+            };
+            if matches!(o, Outcome::Open | Outcome::Closed) {
+                if let Ok(mut t) = sh.timing.lock() {
+                    t.sample(f.started.elapsed());
+                }
+                cwnd = (cwnd + 1).min(window);
+            }
+            linger_zero(fd);
+            drop(f.sock);
+            finish(&mut out, f.dst, o, &mut queue, f.tries);
+        }
+        // Unanswered past their deadline: retry or give up; shrink the window.
+        let now = Instant::now();
+        let expired: Vec<libc::c_int> = inflight
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(fd, _)| *fd)
+            .collect();
+        if !expired.is_empty() {
+            cwnd = (cwnd / 2).max(1);
+        }
+        for fd in expired {
+            if let Some(f) = inflight.remove(&fd) {
+                let o = if f.tries < sh.cfg.retries {
+                    Outcome::Retry
+                } else {
+                    Outcome::Filtered
+                };
+                drop(f.sock);
+                finish(&mut out, f.dst, o, &mut queue, f.tries);
+            }
+        }
+    }
+    if since_progress > 0 {
+        let n = sh.done.fetch_add(since_progress, Ordering::Relaxed) + since_progress;
+        (sh.progress)(n, sh.total);
+    }
+    out
+}
+
+/// Connect-scans every (address, port), one worker per core.
+pub fn scan_tcp(
+    targets: &[IpAddr],
+    ports: &[u16],
+    cfg: &ScanConfig,
+    progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+) -> ScanOutcome {
+    let limit = crate::scan::raise_nofile();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
+    let window = cfg
+        .max_window
+        .min((limit.saturating_sub(64) as usize / threads).max(4));
+    let total = ports.len() * targets.len();
+    let mut shares: Vec<Vec<SocketAddr>> = (0..threads)
+        .map(|_| Vec::with_capacity(total / threads + 1))
+        .collect();
+    // Interleave ports across workers, and targets within a port, to spread load.
+    let jobs = ports
+        .iter()
+        .flat_map(|&p| targets.iter().map(move |&a| SocketAddr::new(a, p)));
+    for (i, j) in jobs.enumerate() {
+        shares[i % threads].push(j);
+    }
+    let sh = Shared {
+        cfg: cfg.clone(),
+        timing: Mutex::new(Timing::new()),
+        done: AtomicU64::new(0),
+        total: total as u64,
+        progress,
+    };
+    let mut all = ScanOutcome::default();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = shares
+            .into_iter()
+            .map(|share| {
+                let sh = &sh;
+                s.spawn(move || worker(share, window, sh))
+            })
+            .collect();
+        for h in hs {
+            if let Ok(o) = h.join() {
+                all.ports.extend(o.ports);
+                all.closed += o.closed;
+                all.probes += o.probes;
+                all.self_connects += o.self_connects;
+                all.emfile += o.emfile;
+            }
+        }
+    });
+    all.ports.sort_by_key(|r| (r.addr, r.port));
+    all.srtt_us = sh.timing.lock().map(|t| t.srtt_us()).unwrap_or_default();
+    all
+}

@@ -1,0 +1,463 @@
+//! The port scanner: a TCP connect scan and a UDP scan on tokio, with an in-flight window
+//! bounded by the descriptor limit, nmap-like adaptive timeouts and retries, resets
+//! instead of TIME-WAIT, and no phantom self-connects on loopback.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use portwarden_core::Protocol;
+use serde::Serialize;
+use tokio::net::{TcpSocket, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+
+/// What a port answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortState {
+    /// Connected (TCP) or answered (UDP).
+    Open,
+    /// Refused: RST, or ICMP port unreachable.
+    Closed,
+    /// No answer after every retry (TCP).
+    Filtered,
+    /// No answer (UDP): open and silent, or filtered.
+    OpenFiltered,
+}
+
+impl PortState {
+    /// nmap's name for the state.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortState::Open => "open",
+            PortState::Closed => "closed",
+            PortState::Filtered => "filtered",
+            PortState::OpenFiltered => "open|filtered",
+        }
+    }
+}
+
+/// How to scan.
+#[derive(Debug, Clone)]
+pub struct ScanConfig {
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Timeout of the first probe, before any RTT was measured.
+    pub initial_timeout: Duration,
+    /// Lower bound of the adaptive timeout.
+    pub min_timeout: Duration,
+    /// Upper bound of the adaptive timeout.
+    pub max_timeout: Duration,
+    /// Retries for unanswered probes.
+    pub retries: u32,
+    /// Largest in-flight window (further bounded by the descriptor limit).
+    pub max_window: usize,
+}
+
+impl Default for ScanConfig {
+    fn default() -> ScanConfig {
+        ScanConfig {
+            protocol: Protocol::Tcp,
+            initial_timeout: Duration::from_millis(500),
+            min_timeout: Duration::from_millis(50),
+            max_timeout: Duration::from_millis(1000),
+            retries: 2,
+            max_window: 1024,
+        }
+    }
+}
+
+/// One port that did not answer "closed".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortResult {
+    /// Target address.
+    pub addr: IpAddr,
+    /// Port.
+    pub port: u16,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// State.
+    pub state: PortState,
+}
+
+/// The outcome of a scan.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ScanOutcome {
+    /// Open and filtered ports, sorted.
+    pub ports: Vec<PortResult>,
+    /// Closed ports counted, not listed.
+    pub closed: u64,
+    /// Probes sent, retries included.
+    pub probes: u64,
+    /// Self-connects detected and discarded (never reported as open).
+    pub self_connects: u64,
+    /// Times the descriptor limit was hit and the window shrank.
+    pub emfile: u64,
+    /// The smoothed RTT at the end, microseconds.
+    pub srtt_us: u64,
+}
+
+/// Raises the soft descriptor limit to the hard one; returns the soft limit now in force.
+pub fn raise_nofile() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return 1024;
+        }
+        if r.rlim_cur < r.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: r.rlim_max,
+                rlim_max: r.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                r.rlim_cur = r.rlim_max;
+            }
+        }
+    }
+    r.rlim_cur
+}
+
+/// RTT estimator and timeout, like TCP's (and nmap's): srtt + 4 × rttvar, clamped.
+pub(crate) struct Timing {
+    srtt: f64,
+    rttvar: f64,
+    measured: bool,
+}
+
+impl Timing {
+    pub(crate) fn new() -> Timing {
+        Timing {
+            srtt: 0.0,
+            rttvar: 0.0,
+            measured: false,
+        }
+    }
+
+    pub(crate) fn srtt_us(&self) -> u64 {
+        (self.srtt * 1e6) as u64
+    }
+
+    pub(crate) fn timeout(&self, c: &ScanConfig) -> Duration {
+        if !self.measured {
+            return c.initial_timeout;
+        }
+        let t = Duration::from_secs_f64((self.srtt + 4.0 * self.rttvar).max(0.0));
+        t.clamp(c.min_timeout, c.max_timeout)
+    }
+
+    pub(crate) fn sample(&mut self, rtt: Duration) {
+        let r = rtt.as_secs_f64();
+        if !self.measured {
+            self.srtt = r;
+            self.rttvar = r / 2.0;
+            self.measured = true;
+        } else {
+            self.rttvar = 0.75 * self.rttvar + 0.25 * (self.srtt - r).abs();
+            self.srtt = 0.875 * self.srtt + 0.125 * r;
+        }
+    }
+}
+
+/// For a 127.0.0.0/8 target, a different loopback source address makes a self-connect
+/// (source == destination) impossible.
+pub(crate) fn loopback_source(target: IpAddr) -> Option<IpAddr> {
+    match target {
+        IpAddr::V4(a) if a.is_loopback() => {
+            let alt = if a == Ipv4Addr::new(127, 0, 0, 2) {
+                Ipv4Addr::new(127, 0, 0, 3)
+            } else {
+                Ipv4Addr::new(127, 0, 0, 2)
+            };
+            Some(IpAddr::V4(alt))
+        }
+        _ => None,
+    }
+}
+
+enum Attempt {
+    Open,
+    Closed,
+    NoAnswer,
+    SelfConnect,
+    OutOfDescriptors,
+    Unreachable,
+}
+
+fn set_bind_no_port(s: &TcpSocket) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on a valid socket with a pointer to a c_int; failure only means
+    // the port is chosen at bind time instead of connect time.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// `SO_LINGER {on, 0}`: close sends a reset and never blocks (tokio deprecates its own
+/// setter because a non-zero linger blocks on drop; zero does not).
+fn set_linger_zero(s: &TcpSocket) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a valid socket with a pointer to a linger struct of that size.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+fn is_emfile(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS)
+    )
+}
+
+async fn tcp_attempt(dst: SocketAddr, src: Option<IpAddr>, t: Duration) -> Attempt {
+    let sock = match if dst.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    } {
+        Ok(s) => s,
+        Err(e) if is_emfile(&e) => return Attempt::OutOfDescriptors,
+        Err(_) => return Attempt::Unreachable,
+    };
+    // Close with a reset: no TIME-WAIT left behind by tens of thousands of probes.
+    set_linger_zero(&sock);
+    if let Some(src) = src {
+        set_bind_no_port(&sock);
+        if sock.bind(SocketAddr::new(src, 0)).is_err() {
+            return Attempt::Unreachable;
+        }
+    }
+    match timeout(t, sock.connect(dst)).await {
+        Ok(Ok(stream)) => {
+            let me = stream.local_addr().ok();
+            if me == Some(dst) {
+                Attempt::SelfConnect
+            } else {
+                Attempt::Open
+            }
+        }
+        Ok(Err(e)) => match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) => Attempt::Closed,
+            _ if is_emfile(&e) => Attempt::OutOfDescriptors,
+            Some(libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH) => Attempt::NoAnswer,
+            _ => Attempt::Unreachable,
+        },
+        Err(_) => Attempt::NoAnswer,
+    }
+}
+
+/// A payload that makes a common UDP service answer.
+pub fn udp_payload(port: u16) -> &'static [u8] {
+    match port {
+        // DNS: a query for the root's NS records.
+        53 | 5353 => &[
+            0x12, 0x34, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x02, 0x00, 0x01,
+        ],
+        // NTP: a version-3 client request.
+        123 => &[
+            0x1b, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ],
+        // SNMP v2c GetRequest for sysDescr.0 with community "public".
+        161 => &[
+            0x30, 0x29, 0x02, 0x01, 0x01, 0x04, 0x06, b'p', b'u', b'b', b'l', b'i', b'c', 0xa0,
+            0x1c, 0x02, 0x04, 0x12, 0x34, 0x56, 0x78, 0x02, 0x01, 0x00, 0x02, 0x01, 0x00, 0x30,
+            0x0e, 0x30, 0x0c, 0x06, 0x08, 0x2b, 0x06, 0x01, 0x02, 0x01, 0x01, 0x01, 0x00, 0x05,
+            0x00,
+        ],
+        // memcached: "stats" with the UDP frame header.
+        11211 => b"\x00\x01\x00\x00\x00\x01\x00\x00stats\r\n",
+        _ => b"",
+    }
+}
+
+async fn udp_attempt(dst: SocketAddr, t: Duration) -> Attempt {
+    let bind: SocketAddr = if dst.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let sock = match UdpSocket::bind(bind).await {
+        Ok(s) => s,
+        Err(e) if is_emfile(&e) => return Attempt::OutOfDescriptors,
+        Err(_) => return Attempt::Unreachable,
+    };
+    // A connected socket receives ICMP port-unreachable as ECONNREFUSED.
+    if sock.connect(dst).await.is_err() {
+        return Attempt::Unreachable;
+    }
+    if sock.send(udp_payload(dst.port())).await.is_err() {
+        return Attempt::Closed;
+    }
+    let mut buf = [0u8; 1500];
+    match timeout(t, sock.recv(&mut buf)).await {
+        Ok(Ok(_)) => Attempt::Open,
+        Ok(Err(e)) if e.raw_os_error() == Some(libc::ECONNREFUSED) => Attempt::Closed,
+        Ok(Err(_)) => Attempt::Unreachable,
+        Err(_) => Attempt::NoAnswer,
+    }
+}
+
+/// Scans every (address, port) pair; `progress(done, total)` is called as ports finish.
+pub async fn scan(
+    targets: &[IpAddr],
+    ports: &[u16],
+    cfg: &ScanConfig,
+    progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+) -> ScanOutcome {
+    let limit = raise_nofile();
+    // Keep headroom for the process's own descriptors.
+    let by_fd = (limit.saturating_sub(64) as usize).max(8);
+    let window = cfg.max_window.min(by_fd).max(1);
+    let sem = Arc::new(Semaphore::new(window));
+    let shrink = Arc::new(AtomicUsize::new(0));
+    let timing = Arc::new(Mutex::new(Timing {
+        srtt: 0.0,
+        rttvar: 0.0,
+        measured: false,
+    }));
+    let out = Arc::new(Mutex::new(ScanOutcome::default()));
+    let done = Arc::new(AtomicU64::new(0));
+    let total = (targets.len() * ports.len()) as u64;
+    let cfg = Arc::new(cfg.clone());
+
+    let mut queue: VecDeque<(SocketAddr, u32)> = targets
+        .iter()
+        .flat_map(|&a| ports.iter().map(move |&p| (SocketAddr::new(a, p), 0u32)))
+        .collect();
+    let (retry_tx, mut retry_rx) = tokio::sync::mpsc::unbounded_channel::<(SocketAddr, u32)>();
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        while let Ok(r) = retry_rx.try_recv() {
+            queue.push_back(r);
+        }
+        let Some((dst, tries)) = queue.pop_front() else {
+            // Wait for in-flight probes; they may queue retries.
+            match tasks.join_next().await {
+                Some(_) => continue,
+                None => {
+                    if let Ok(r) = retry_rx.try_recv() {
+                        queue.push_back(r);
+                        continue;
+                    }
+                    break;
+                }
+            }
+        };
+        // Out of descriptors earlier: give back permits to shrink the window.
+        while shrink.load(Ordering::Relaxed) > 0 && sem.available_permits() > 0 {
+            if let Ok(p) = sem.clone().try_acquire_owned() {
+                p.forget();
+                shrink.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let permit = match sem.clone().acquire_owned().await {
+            Ok(p) => p,
+            Err(_) => break,
+        };
+        while tasks.try_join_next().is_some() {}
+        let (cfg, timing, out, done, progress, retry_tx, shrink) = (
+            cfg.clone(),
+            timing.clone(),
+            out.clone(),
+            done.clone(),
+            progress.clone(),
+            retry_tx.clone(),
+            shrink.clone(),
+        );
+        tasks.spawn(async move {
+            let t = timing
+                .lock()
+                .map(|t| t.timeout(&cfg))
+                .unwrap_or(cfg.initial_timeout);
+            let started = Instant::now();
+            let attempt = match cfg.protocol {
+                Protocol::Tcp => tcp_attempt(dst, loopback_source(dst.ip()), t).await,
+                Protocol::Udp => udp_attempt(dst, t).await,
+            };
+            drop(permit);
+            let mut o = match out.lock() {
+                Ok(o) => o,
+                Err(p) => p.into_inner(),
+            };
+            o.probes += 1;
+            let state = match attempt {
+                Attempt::Open => Some(PortState::Open),
+                Attempt::Closed | Attempt::SelfConnect => {
+                    if matches!(attempt, Attempt::SelfConnect) {
+                        o.self_connects += 1;
+                    }
+                    Some(PortState::Closed)
+                }
+                Attempt::OutOfDescriptors => {
+                    o.emfile += 1;
+                    shrink.fetch_add(1, Ordering::Relaxed);
+                    let _ = retry_tx.send((dst, tries));
+                    return;
+                }
+                Attempt::NoAnswer if tries < cfg.retries => {
+                    let _ = retry_tx.send((dst, tries + 1));
+                    return;
+                }
+                Attempt::NoAnswer => Some(match cfg.protocol {
+                    Protocol::Tcp => PortState::Filtered,
+                    Protocol::Udp => PortState::OpenFiltered,
+                }),
+                Attempt::Unreachable => Some(PortState::Filtered),
+            };
+            if matches!(state, Some(PortState::Open | PortState::Closed)) {
+                if let Ok(mut tm) = timing.lock() {
+                    tm.sample(started.elapsed());
+                }
+            }
+            match state {
+                Some(PortState::Closed) => o.closed += 1,
+                Some(s) => o.ports.push(PortResult {
+                    addr: dst.ip(),
+                    port: dst.port(),
+                    protocol: cfg.protocol,
+                    state: s,
+                }),
+                None => {}
+            }
+            drop(o);
+            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+            progress(n, total);
+        });
+    }
+    let mut o = match Arc::try_unwrap(out) {
+        Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
+        Err(arc) => arc.lock().map(|o| o.clone()).unwrap_or_default(),
+    };
+    o.ports.sort_by_key(|r| (r.addr, r.port));
+    o.srtt_us = timing
+        .lock()
+        .map(|t| (t.srtt * 1e6) as u64)
+        .unwrap_or_default();
+    o
+}

@@ -1,0 +1,306 @@
+//! `portwarden scan`: targets and ports like nmap, the connect/UDP scanner, service and TLS
+//! detection, and nmap's output formats.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use portwarden_core::catalog::TlsStyle;
+use portwarden_core::targets::{Target, expand, parse_ports, parse_target, top_ports};
+use portwarden_core::units::HumanDuration;
+use portwarden_core::{Catalog, Port, Protocol};
+use portwarden_net::scan::{PortState, ScanConfig, scan};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{Global, ScanArgs};
+use crate::{Status, output};
+
+/// One reported port.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScannedPort {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub protocol: String,
+    pub state: String,
+    pub service: Option<String>,
+    /// Whether the service name comes from a probe (`probed`) or the port number (`table`).
+    pub method: String,
+    pub tls: Option<String>,
+    pub banner: Option<String>,
+}
+
+/// The `--json` document (also what `--diff` reads back).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScanDoc {
+    pub args: String,
+    pub protocol: String,
+    pub started: i64,
+    pub elapsed_ms: u64,
+    pub hosts: Vec<IpAddr>,
+    pub ports_scanned: usize,
+    pub ports: Vec<ScannedPort>,
+    pub closed: u64,
+    pub probes: u64,
+    pub self_connects: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<Diff>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct Diff {
+    pub added: Vec<ScannedPort>,
+    pub removed: Vec<ScannedPort>,
+}
+
+/// Resolves targets to addresses, refusing oversized blocks and unknown names.
+fn resolve(targets: &[String], max_hosts: u64) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for t in targets {
+        match parse_target(t) {
+            Target::Addr(a) => out.push(a),
+            Target::Block(c) => out.extend(expand(c, max_hosts)?),
+            Target::Name(n) => {
+                let addrs: Vec<IpAddr> = (n.as_str(), 0)
+                    .to_socket_addrs()
+                    .with_context(|| format!("cannot resolve `{n}`"))?
+                    .map(|a| a.ip())
+                    .collect();
+                // Like nmap: the first address of a name (prefer IPv4).
+                let pick = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first());
+                match pick {
+                    Some(a) => out.push(*a),
+                    None => bail!("cannot resolve `{n}`: no addresses"),
+                }
+            }
+        }
+    }
+    let mut seen = BTreeSet::new();
+    out.retain(|a| seen.insert(*a));
+    if out.len() as u64 > max_hosts {
+        bail!("{} targets, more than --max-hosts {max_hosts}", out.len());
+    }
+    Ok(out)
+}
+
+pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
+    let protocol = if a.udp { Protocol::Udp } else { Protocol::Tcp };
+    let mut ports = match (&a.ports, a.top) {
+        (Some(spec), _) => parse_ports(spec)?,
+        (None, n) => top_ports(Catalog::builtin(), protocol, n.unwrap_or(1000)),
+    };
+    if let Some(ex) = &a.exclude_ports {
+        for p in parse_ports(ex)? {
+            ports.remove(&p);
+        }
+    }
+    if ports.is_empty() {
+        bail!("no ports left to scan after --exclude-ports");
+    }
+    let max: HumanDuration = a
+        .timeout
+        .parse()
+        .with_context(|| format!("invalid --timeout `{}`", a.timeout))?;
+    if max.get().is_zero() {
+        bail!("invalid --timeout `{}`: must be above zero", a.timeout);
+    }
+    let old: Option<ScanDoc> = match &a.diff {
+        None => None,
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            Some(serde_json::from_str(&text).with_context(|| {
+                format!("{} is not a `portwarden scan --json` output", p.display())
+            })?)
+        }
+    };
+    let hosts = resolve(&a.targets, a.max_hosts)?;
+    let ports: Vec<u16> = ports.into_iter().collect();
+    let mut cfg = ScanConfig {
+        protocol,
+        retries: a.retries,
+        ..ScanConfig::default()
+    };
+    cfg.max_timeout = max.get();
+    cfg.initial_timeout = cfg.initial_timeout.min(cfg.max_timeout);
+    cfg.min_timeout = cfg.min_timeout.min(cfg.max_timeout);
+
+    // The TCP engine runs its own threads; tokio serves UDP probes and service detection.
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(
+                std::thread::available_parallelism()
+                    .map_or(2, |n| n.get())
+                    .min(4),
+            )
+            .enable_all()
+            .build()
+            .context("cannot start the scan runtime")
+    };
+    let started = super::now();
+    let t0 = Instant::now();
+    let progress = output::Progress::new(g.quiet || g.json);
+    let progress: Arc<dyn Fn(u64, u64) + Send + Sync> = Arc::new(move |d, t| progress.update(d, t));
+    let outcome = match protocol {
+        Protocol::Tcp => portwarden_net::connect::scan_tcp(&hosts, &ports, &cfg, progress),
+        Protocol::Udp => runtime()?.block_on(scan(&hosts, &ports, &cfg, progress)),
+    };
+    output::progress_done(g.quiet || g.json);
+
+    let catalog = Catalog::builtin();
+    let mut found: Vec<ScannedPort> = outcome
+        .ports
+        .iter()
+        .map(|p| ScannedPort {
+            addr: p.addr,
+            port: p.port,
+            protocol: p.protocol.to_string(),
+            state: p.state.as_str().to_string(),
+            service: Port::new(p.port)
+                .and_then(|port| catalog.by_port(port, p.protocol))
+                .map(|e| e.name.clone()),
+            method: "table".into(),
+            tls: None,
+            banner: None,
+        })
+        .collect();
+    if a.service && protocol == Protocol::Tcp {
+        detect(&runtime()?, &outcome.ports, &mut found);
+    }
+    let elapsed_ms = t0.elapsed().as_millis() as u64;
+    let mut doc = ScanDoc {
+        args: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        protocol: protocol.to_string(),
+        started,
+        elapsed_ms,
+        hosts: hosts.clone(),
+        ports_scanned: ports.len(),
+        ports: found,
+        closed: outcome.closed,
+        probes: outcome.probes,
+        self_connects: outcome.self_connects,
+        diff: None,
+    };
+    if let Some(old) = &old {
+        doc.diff = Some(diff(old, &doc));
+    }
+    if let Some(p) = &a.grepable {
+        super::write_atomically(p, output::scan_grepable(&doc).as_bytes())
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if let Some(p) = &a.xml {
+        super::write_atomically(p, output::scan_xml(&doc).as_bytes())
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    if g.json {
+        output::json(&doc)?;
+    } else if !g.quiet {
+        output::scan_table(&doc)?;
+    }
+    let any_open = doc.ports.iter().any(|p| p.state == "open");
+    Ok(if any_open {
+        Status::Ok
+    } else {
+        Status::Negative
+    })
+}
+
+/// Service and TLS detection on open TCP ports: the likely probe for each port, all at
+/// once, with short timeouts.
+fn detect(
+    rt: &tokio::runtime::Runtime,
+    open: &[portwarden_net::scan::PortResult],
+    found: &mut [ScannedPort],
+) {
+    let catalog = Catalog::builtin();
+    let jobs: Vec<(usize, SocketAddr, portwarden_net::ProbeKind)> = open
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.state == PortState::Open)
+        .map(|(i, p)| {
+            let entry = Port::new(p.port).and_then(|port| catalog.by_port(port, Protocol::Tcp));
+            let kind = portwarden_net::probe::kind_for(
+                entry.map(|e| e.name.as_str()),
+                entry.is_some_and(|e| e.tls == TlsStyle::Implicit),
+            );
+            (i, SocketAddr::new(p.addr, p.port), kind)
+        })
+        .collect();
+    let results = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, addr, kind) in jobs {
+            set.spawn(async move {
+                let t = super::facts::PROBE_TIMEOUT;
+                // The likely question for the port first; when it does not identify the
+                // service (or the port is unknown), every question at once.
+                let r = if kind == portwarden_net::ProbeKind::Banner {
+                    portwarden_net::probe::identify(addr, t).await
+                } else {
+                    let r = portwarden_net::probe(addr, kind, t).await;
+                    if r.identified.is_some() || r.tls == portwarden_net::TlsVerdict::Required {
+                        r
+                    } else {
+                        portwarden_net::probe::identify(addr, t).await
+                    }
+                };
+                (i, r)
+            });
+        }
+        let mut out = BTreeMap::new();
+        while let Some(Ok((i, r))) = set.join_next().await {
+            out.insert(i, r);
+        }
+        out
+    });
+    for (i, r) in results {
+        let f = &mut found[i];
+        if let Some(id) = r.identified {
+            f.service = Some(id);
+            f.method = "probed".into();
+        } else if r.tls == portwarden_net::TlsVerdict::Required {
+            f.service = Some(match f.service.as_deref() {
+                Some("https") | None => "tls".into(),
+                Some(other) => format!("{other} (tls)"),
+            });
+            f.method = "probed".into();
+        } else if r.stalled {
+            f.banner = Some("(silent)".into());
+        }
+        if f.banner.is_none() {
+            f.banner = r.banner;
+        }
+        let tls = serde_json::to_value(r.tls)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from));
+        f.tls = tls.filter(|t| t != "unknown");
+    }
+}
+
+fn key(p: &ScannedPort) -> (IpAddr, u16, String) {
+    (p.addr, p.port, p.protocol.clone())
+}
+
+/// Open ports added and removed since an earlier scan.
+fn diff(old: &ScanDoc, new: &ScanDoc) -> Diff {
+    let open = |d: &ScanDoc| -> BTreeMap<(IpAddr, u16, String), ScannedPort> {
+        d.ports
+            .iter()
+            .filter(|p| p.state == "open")
+            .map(|p| (key(p), p.clone()))
+            .collect()
+    };
+    let (a, b) = (open(old), open(new));
+    Diff {
+        added: b
+            .iter()
+            .filter(|(k, _)| !a.contains_key(*k))
+            .map(|(_, v)| v.clone())
+            .collect(),
+        removed: a
+            .iter()
+            .filter(|(k, _)| !b.contains_key(*k))
+            .map(|(_, v)| v.clone())
+            .collect(),
+    }
+}
