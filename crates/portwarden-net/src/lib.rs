@@ -3,6 +3,7 @@
 //! prints, never reads config files.
 #![deny(missing_docs)]
 
+pub mod cert;
 pub mod connect;
 pub mod probe;
 pub mod scan;

@@ -112,6 +112,16 @@ async fn a_real_tls_listener_answers_the_client_hello() {
     // The banner grab on a silent TLS port falls back to a ClientHello.
     let r = probe(addr, ProbeKind::Banner, Duration::from_millis(300)).await;
     assert_eq!(r.tls, TlsVerdict::Required, "{r:?}");
+    // The certificate's subject and expiry, read through a full handshake.
+    let c = portwarden_net::cert::certificate(addr, T)
+        .await
+        .expect("certificate");
+    assert_eq!(c.subject, "CN=rcgen self signed cert");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(c.not_after > now, "{c:?}");
 }
 
 #[tokio::test]

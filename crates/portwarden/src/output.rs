@@ -589,7 +589,10 @@ pub fn scan_table(d: &crate::cmd::scan::ScanDoc) -> io::Result<()> {
                 (None, _) => "-".into(),
             },
             p.tls.clone().unwrap_or_else(|| "-".into()),
-            p.banner.clone().unwrap_or_default(),
+            match (&p.cert_subject, &p.cert_expires) {
+                (Some(s), Some(e)) => format!("cert {s}, expires {e}"),
+                _ => p.banner.clone().unwrap_or_default(),
+            },
         ]);
     }
     if !d.ports.is_empty() {

@@ -1401,3 +1401,37 @@ mod scan {
         assert_eq!(code(&o), 1);
     }
 }
+
+#[test]
+fn r5_udp_scan_tells_open_from_closed() {
+    use std::net::UdpSocket;
+    let srv = UdpSocket::bind("127.0.0.9:0").unwrap();
+    let open = srv.local_addr().unwrap().port();
+    let closed = {
+        let t = UdpSocket::bind("127.0.0.9:0").unwrap();
+        t.local_addr().unwrap().port()
+    };
+    std::thread::spawn(move || {
+        let mut b = [0u8; 512];
+        for _ in 0..8 {
+            if let Ok((_, from)) = srv.recv_from(&mut b) {
+                let _ = srv.send_to(b"pong", from);
+            }
+        }
+    });
+    let o = run(&[
+        "scan",
+        "127.0.0.9",
+        "-u",
+        "-p",
+        &format!("{open},{closed}"),
+        "--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ports = v["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 1, "{v}");
+    assert_eq!(ports[0]["port"], open);
+    assert_eq!(ports[0]["state"], "open");
+    assert_eq!(v["closed"], 1);
+}

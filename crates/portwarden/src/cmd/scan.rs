@@ -29,6 +29,12 @@ pub struct ScannedPort {
     pub method: String,
     pub tls: Option<String>,
     pub banner: Option<String>,
+    /// Certificate subject, where TLS was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_subject: Option<String>,
+    /// Certificate expiry (UTC), where TLS was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_expires: Option<String>,
 }
 
 /// The `--json` document (also what `--diff` reads back).
@@ -163,6 +169,8 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
             method: "table".into(),
             tls: None,
             banner: None,
+            cert_subject: None,
+            cert_expires: None,
         })
         .collect();
     if a.service && protocol == Protocol::Tcp {
@@ -244,7 +252,12 @@ fn detect(
                         portwarden_net::probe::identify(addr, t).await
                     }
                 };
-                (i, r)
+                let cert = if r.tls == portwarden_net::TlsVerdict::Required {
+                    portwarden_net::cert::certificate(addr, t * 2).await
+                } else {
+                    None
+                };
+                (i, (r, cert))
             });
         }
         let mut out = BTreeMap::new();
@@ -253,8 +266,12 @@ fn detect(
         }
         out
     });
-    for (i, r) in results {
+    for (i, (r, cert)) in results {
         let f = &mut found[i];
+        if let Some(c) = cert {
+            f.cert_subject = Some(c.subject);
+            f.cert_expires = Some(portwarden_core::report::utc(c.not_after));
+        }
         if let Some(id) = r.identified {
             f.service = Some(id);
             f.method = "probed".into();
