@@ -1435,3 +1435,38 @@ fn r5_udp_scan_tells_open_from_closed() {
     assert_eq!(ports[0]["state"], "open");
     assert_eq!(v["closed"], 1);
 }
+
+#[test]
+fn r5_a_tiny_descriptor_limit_is_back_pressure_not_a_panic() {
+    use std::os::unix::process::CommandExt;
+    let l = std::net::TcpListener::bind("127.0.0.10:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let mut c = bin();
+    c.args(["scan", "127.0.0.10", "-p", "1-20000", "--json"]);
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        c.pre_exec(|| {
+            let r = libc::rlimit {
+                rlim_cur: 24,
+                rlim_max: 24,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = c.output().unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let open: Vec<u64> = v["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    if port <= 20000 {
+        assert!(open.contains(&u64::from(port)), "{v}");
+    }
+    assert_eq!(v["ports_scanned"], 20000);
+}
