@@ -304,6 +304,25 @@ fn owned_lease(tx: &rusqlite::Transaction<'_>, id: i64, caller: &str) -> Result<
     Ok(l)
 }
 
+/// A ledger change about one lease.
+fn lease_change(
+    actor: &str,
+    action: &str,
+    l: &Lease,
+    before: Option<String>,
+    after: Option<String>,
+    reason: Option<String>,
+) -> Change {
+    Change {
+        actor: actor.to_string(),
+        action: action.to_string(),
+        subject: format!("{}/{}", l.port, l.protocol),
+        before,
+        after,
+        reason,
+    }
+}
+
 struct Probe<'a, 'b> {
     stmt: rusqlite::CachedStatement<'a>,
     scope: &'b str,
@@ -498,14 +517,7 @@ impl Store for SqliteStore {
         append(
             &tx,
             now,
-            Change {
-                actor: actor.to_string(),
-                action: "lease.alloc".into(),
-                subject: format!("{}/{}", lease.port, lease.protocol),
-                before: None,
-                after: json(&lease),
-                reason: None,
-            },
+            lease_change(actor, "lease.alloc", &lease, None, json(&lease), None),
         )
         .map_err(backend)?;
         tx.commit().map_err(backend)?;
@@ -545,14 +557,14 @@ impl Store for SqliteStore {
         append(
             &tx,
             now,
-            Change {
-                actor: actor.to_string(),
-                action: "lease.renew".into(),
-                subject: format!("{}/{}", after.port, after.protocol),
-                before: json(&before),
-                after: json(&after),
-                reason: None,
-            },
+            lease_change(
+                actor,
+                "lease.renew",
+                &after,
+                json(&before),
+                json(&after),
+                None,
+            ),
         )
         .map_err(backend)?;
         tx.commit().map_err(backend)?;
@@ -573,14 +585,7 @@ impl Store for SqliteStore {
         append(
             &tx,
             now,
-            Change {
-                actor: actor.to_string(),
-                action: "lease.release".into(),
-                subject: format!("{}/{}", before.port, before.protocol),
-                before: json(&before),
-                after: None,
-                reason: None,
-            },
+            lease_change(actor, "lease.release", &before, json(&before), None, None),
         )
         .map_err(backend)?;
         tx.commit().map_err(backend)?;
@@ -627,14 +632,14 @@ impl Store for SqliteStore {
                 append(
                     &tx,
                     now,
-                    Change {
-                        actor: actor.to_string(),
-                        action: "lease.active".into(),
-                        subject: format!("{}/{}", l.port, l.protocol),
-                        before: json(&l),
-                        after: json(&observed),
-                        reason: Some("listener seen".into()),
-                    },
+                    lease_change(
+                        actor,
+                        "lease.active",
+                        &l,
+                        json(&l),
+                        json(&observed),
+                        Some("listener seen".into()),
+                    ),
                 )
                 .map_err(backend)?;
             }
@@ -648,14 +653,14 @@ impl Store for SqliteStore {
                     append(
                         &tx,
                         now,
-                        Change {
-                            actor: actor.to_string(),
-                            action: "lease.reclaim".into(),
-                            subject: format!("{}/{}", l.port, l.protocol),
-                            before: json(&observed),
-                            after: None,
-                            reason: json(&reason).map(|s| s.trim_matches('"').to_string()),
-                        },
+                        lease_change(
+                            actor,
+                            "lease.reclaim",
+                            &l,
+                            json(&observed),
+                            None,
+                            json(&reason).map(|s| s.trim_matches('"').to_string()),
+                        ),
                     )
                     .map_err(backend)?;
                 }
@@ -669,14 +674,14 @@ impl Store for SqliteStore {
                     append(
                         &tx,
                         now,
-                        Change {
-                            actor: actor.to_string(),
-                            action: "lease.drain".into(),
-                            subject: format!("{}/{}", l.port, l.protocol),
-                            before: json(&observed),
-                            after: json(&after),
-                            reason: Some("expired while still listened on".into()),
-                        },
+                        lease_change(
+                            actor,
+                            "lease.drain",
+                            &l,
+                            json(&observed),
+                            json(&after),
+                            Some("expired while still listened on".into()),
+                        ),
                     )
                     .map_err(backend)?;
                 }
