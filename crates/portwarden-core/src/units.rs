@@ -45,6 +45,9 @@ impl FromStr for HumanDuration {
         if t.is_empty() {
             return Err(bad());
         }
+        if t == "0" {
+            return Ok(HumanDuration(Duration::ZERO)); // zero needs no unit
+        }
         let mut total: u128 = 0; // nanoseconds
         let mut rest = t;
         while !rest.is_empty() {
@@ -239,7 +242,7 @@ mod tests {
             assert_eq!(d.get(), want, "{s}");
             assert_eq!(d.to_string().parse::<HumanDuration>().unwrap(), d);
         }
-        for bad in ["", "10", "ms", "3 parsecs", "1.5h", "10x"] {
+        for bad in ["", "10", "ms", "3 parsecs", "1.5h", "10x", "00"] {
             assert!(bad.parse::<HumanDuration>().is_err(), "{bad}");
         }
         assert_eq!(

@@ -6,6 +6,7 @@
 pub mod host;
 pub mod inventory;
 mod netlink;
+pub mod nft;
 pub mod owners;
 pub mod procnet;
 pub mod sysctl;

@@ -136,6 +136,11 @@ pub enum StoreError {
         /// Ours.
         supported: i64,
     },
+    /// A firewall transaction is still pending.
+    #[error(
+        "firewall transaction {0} is pending: `portwarden fw confirm` or `portwarden fw rollback` first"
+    )]
+    Pending(i64),
     /// The store does not exist yet.
     #[error("no store at {0} yet")]
     Missing(PathBuf),
@@ -179,8 +184,71 @@ pub struct Identity {
     pub last_seen: i64,
 }
 
+/// Where a firewall transaction stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FwState {
+    /// Applied, waiting for `fw confirm` before its deadline.
+    Pending,
+    /// Confirmed (or applied without confirmation).
+    Confirmed,
+    /// Rolled back to the snapshot.
+    RolledBack,
+}
+
+/// One `fw apply`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FwTxn {
+    /// Id.
+    pub id: i64,
+    /// When applied, unix seconds.
+    pub created: i64,
+    /// Rollback deadline, unix seconds (`None`: no confirmation needed).
+    pub deadline: Option<i64>,
+    /// State.
+    pub state: FwState,
+    /// The table before (nft's listing), `None` when there was none.
+    pub snapshot: Option<String>,
+    /// The ruleset applied.
+    pub ruleset: String,
+    /// nft's listing right after applying, for drift detection.
+    pub listing: Option<String>,
+    /// Who applied it.
+    pub actor: String,
+}
+
 /// Where leases and the ledger live.
 pub trait Store {
+    /// Records a firewall apply (pending when it has a deadline); refuses while another is
+    /// pending.
+    fn fw_begin(
+        &mut self,
+        now: i64,
+        actor: &str,
+        deadline: Option<i64>,
+        snapshot: Option<String>,
+        ruleset: &str,
+    ) -> Result<FwTxn, StoreError>;
+
+    /// Stores nft's listing of the table right after an apply.
+    fn fw_set_listing(&mut self, id: i64, listing: &str) -> Result<(), StoreError>;
+
+    /// Every firewall transaction, oldest first.
+    fn fw_txns(&self) -> Result<Vec<FwTxn>, StoreError>;
+
+    /// Moves a pending transaction to `to`; `false` when it was no longer pending.
+    fn fw_finish(
+        &mut self,
+        id: i64,
+        to: FwState,
+        now: i64,
+        actor: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Appends several ledger records in one transaction.
+    fn record_batch(&mut self, now: i64, changes: Vec<Change>) -> Result<usize, StoreError>;
+
     /// The recorded identities of managed ports.
     fn identities(&self) -> Result<Vec<Identity>, StoreError>;
 

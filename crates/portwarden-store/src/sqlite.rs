@@ -10,12 +10,12 @@ use portwarden_core::{Port, Protocol};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::ledger::{self, CHECKPOINT, Change, Checkpoint, Entry, Verification};
-use crate::{Identity, Lease, LeaseProbe, NewLease, Reclaimed, Store, StoreError};
+use crate::{FwState, FwTxn, Identity, Lease, LeaseProbe, NewLease, Reclaimed, Store, StoreError};
 
 /// SQLite `application_id` of a portwarden store: "PWRD".
 pub const APPLICATION_ID: i64 = 0x5057_5244;
 /// Current schema version (`user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// File name inside the state directory.
 pub const DB_FILE: &str = "portwarden.db";
 
@@ -68,6 +68,20 @@ CREATE TABLE identities (
     first_seen INTEGER NOT NULL,
     last_seen INTEGER NOT NULL,
     PRIMARY KEY (protocol, port)
+);
+"#;
+
+/// Version 3: firewall transactions (commit-confirm).
+const SCHEMA_V3: &str = r#"
+CREATE TABLE fw_txn (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created INTEGER NOT NULL,
+    deadline INTEGER,
+    state TEXT NOT NULL CHECK (state IN ('pending', 'confirmed', 'rolled-back')),
+    snapshot TEXT,
+    ruleset TEXT NOT NULL,
+    listing TEXT,
+    actor TEXT NOT NULL
 );
 "#;
 
@@ -173,6 +187,9 @@ impl SqliteStore {
             }
             if ver < 2 {
                 tx.execute_batch(SCHEMA_V2).map_err(backend)?;
+            }
+            if ver < 3 {
+                tx.execute_batch(SCHEMA_V3).map_err(backend)?;
             }
             if ver < SCHEMA_VERSION {
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -373,7 +390,157 @@ fn identity_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Identity> {
     })
 }
 
+fn txn_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FwTxn> {
+    let state: String = r.get(3)?;
+    Ok(FwTxn {
+        id: r.get(0)?,
+        created: r.get(1)?,
+        deadline: r.get(2)?,
+        state: match state.as_str() {
+            "pending" => FwState::Pending,
+            "confirmed" => FwState::Confirmed,
+            _ => FwState::RolledBack,
+        },
+        snapshot: r.get(4)?,
+        ruleset: r.get(5)?,
+        listing: r.get(6)?,
+        actor: r.get(7)?,
+    })
+}
+
+const TXN_COLS: &str = "id, created, deadline, state, snapshot, ruleset, listing, actor";
+
 impl Store for SqliteStore {
+    fn fw_begin(
+        &mut self,
+        now: i64,
+        actor: &str,
+        deadline: Option<i64>,
+        snapshot: Option<String>,
+        ruleset: &str,
+    ) -> Result<FwTxn, StoreError> {
+        let tx = immediate(&mut self.conn)?;
+        let pending: Option<i64> = tx
+            .query_row("SELECT id FROM fw_txn WHERE state = 'pending'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(backend)?;
+        if let Some(id) = pending {
+            return Err(StoreError::Pending(id));
+        }
+        let state = if deadline.is_some() {
+            "pending"
+        } else {
+            "confirmed"
+        };
+        let id: i64 = tx
+            .query_row(
+                "INSERT INTO fw_txn (created, deadline, state, snapshot, ruleset, actor) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+                params![now, deadline, state, snapshot, ruleset, actor],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        let t = tx
+            .query_row(
+                &format!("SELECT {TXN_COLS} FROM fw_txn WHERE id = ?1"),
+                [id],
+                txn_row,
+            )
+            .map_err(backend)?;
+        append(
+            &tx,
+            now,
+            Change {
+                actor: actor.to_string(),
+                action: "fw.apply".into(),
+                subject: format!("fw txn {id}"),
+                before: snapshot.clone(),
+                after: Some(ruleset.to_string()),
+                reason: Some(match deadline {
+                    Some(d) => format!("pending, rolls back at {d} unless confirmed"),
+                    None => "applied without confirmation".into(),
+                }),
+            },
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        Ok(t)
+    }
+
+    fn fw_set_listing(&mut self, id: i64, listing: &str) -> Result<(), StoreError> {
+        let tx = immediate(&mut self.conn)?;
+        tx.execute(
+            "UPDATE fw_txn SET listing = ?2 WHERE id = ?1",
+            params![id, listing],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)
+    }
+
+    fn fw_txns(&self) -> Result<Vec<FwTxn>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {TXN_COLS} FROM fw_txn ORDER BY id"))
+            .map_err(backend)?;
+        let rows = st.query_map([], txn_row).map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn fw_finish(
+        &mut self,
+        id: i64,
+        to: FwState,
+        now: i64,
+        actor: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let tx = immediate(&mut self.conn)?;
+        let state = match to {
+            FwState::Confirmed => "confirmed",
+            FwState::RolledBack => "rolled-back",
+            FwState::Pending => "pending",
+        };
+        let n = tx
+            .execute(
+                "UPDATE fw_txn SET state = ?2 WHERE id = ?1 AND state = 'pending'",
+                params![id, state],
+            )
+            .map_err(backend)?;
+        if n == 1 {
+            append(
+                &tx,
+                now,
+                Change {
+                    actor: actor.to_string(),
+                    action: if to == FwState::Confirmed {
+                        "fw.confirm".into()
+                    } else {
+                        "fw.rollback".into()
+                    },
+                    subject: format!("fw txn {id}"),
+                    before: None,
+                    after: None,
+                    reason: Some(reason.to_string()),
+                },
+            )
+            .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)?;
+        Ok(n == 1)
+    }
+
+    fn record_batch(&mut self, now: i64, changes: Vec<Change>) -> Result<usize, StoreError> {
+        let tx = immediate(&mut self.conn)?;
+        let n = changes.len();
+        for c in changes {
+            append(&tx, now, c).map_err(backend)?;
+        }
+        tx.commit().map_err(backend)?;
+        Ok(n)
+    }
+
     fn identities(&self) -> Result<Vec<Identity>, StoreError> {
         let mut st = self
             .conn

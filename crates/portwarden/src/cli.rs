@@ -64,6 +64,13 @@ pub enum Command {
     Pools(PoolsArgs),
     /// Scan hosts for open ports (TCP connect or UDP), with service and TLS detection.
     Scan(ScanArgs),
+    /// The nftables firewall: plan, diff, apply with commit-confirm, confirm, rollback.
+    #[command(subcommand)]
+    Fw(FwCommand),
+    /// Open a port to one source for a while (a set element with a timeout).
+    Grant(GrantArgs),
+    /// Take a grant back before it expires.
+    Revoke(RevokeArgs),
     /// The compliance report: host summary, exposure score, audit table, findings.
     Report(ReportArgs),
     /// Draft or validate policy files.
@@ -336,4 +343,65 @@ pub struct ScanArgs {
     /// Also write nmap's XML format (`-oX FILE` works too).
     #[arg(long = "oX", value_name = "FILE")]
     pub xml: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FwCommand {
+    /// Print the ruleset the policy renders to.
+    Plan,
+    /// Compare the rendered ruleset with the last applied one, and the live table with
+    /// what nft listed after that apply.
+    Diff,
+    /// Check, snapshot and apply atomically; roll back unless confirmed in time.
+    Apply {
+        /// Deadline for `fw confirm` (0: no confirmation needed).
+        #[arg(long, value_name = "DURATION", default_value = "60s")]
+        confirm_within: String,
+    },
+    /// Keep the pending apply (run it from a new connection, to prove you still get in).
+    Confirm,
+    /// Restore the table as it was before the pending apply.
+    Rollback,
+    /// The live table and any pending apply.
+    Status,
+    /// Waits for a pending apply's deadline and rolls it back (started by `apply`).
+    #[command(hide = true)]
+    Watch {
+        /// Transaction id.
+        #[arg(long)]
+        txn: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct GrantArgs {
+    /// PORT or PORT/PROTO (tcp by default).
+    #[arg(value_name = "PORT[/PROTO]", required_unless_present = "file")]
+    pub port: Option<String>,
+    /// The source address to admit.
+    #[arg(long = "from", value_name = "ADDR", required_unless_present = "file")]
+    pub from: Option<String>,
+    /// How long the grant lasts.
+    #[arg(
+        long = "for",
+        value_name = "DURATION",
+        required_unless_present = "file"
+    )]
+    pub duration: Option<String>,
+    /// Grants in batch, one `PORT[/PROTO] ADDR DURATION` per line (`-`: stdin).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["port", "from", "duration"])]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// PORT or PORT/PROTO (tcp by default).
+    #[arg(value_name = "PORT[/PROTO]", required_unless_present = "file")]
+    pub port: Option<String>,
+    /// The source address.
+    #[arg(long = "from", value_name = "ADDR", required_unless_present = "file")]
+    pub from: Option<String>,
+    /// Revocations in batch, one `PORT[/PROTO] ADDR` per line (`-`: stdin).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["port", "from"])]
+    pub file: Option<PathBuf>,
 }

@@ -771,3 +771,18 @@ pub fn scan_xml(d: &crate::cmd::scan::ScanDoc) -> String {
     ));
     s
 }
+
+/// Lines only in `new` with `+`, only in `old` with `-` (a set difference that keeps
+/// order; rulesets have no meaningful repeated lines).
+pub fn line_diff(old: &str, new: &str) -> String {
+    let o: std::collections::BTreeSet<&str> = old.lines().collect();
+    let n: std::collections::BTreeSet<&str> = new.lines().collect();
+    let mut s = String::new();
+    for l in old.lines().filter(|l| !n.contains(l)) {
+        s.push_str(&format!("- {l}\n"));
+    }
+    for l in new.lines().filter(|l| !o.contains(l)) {
+        s.push_str(&format!("+ {l}\n"));
+    }
+    s
+}

@@ -1470,3 +1470,387 @@ fn r5_a_tiny_descriptor_limit_is_back_pressure_not_a_panic() {
     }
     assert_eq!(v["ports_scanned"], 20000);
 }
+
+mod firewall {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+
+    /// Two namespaces joined by a veth pair: the server (10.99.0.1, fd99::1) and a client
+    /// with two addresses (10.99.0.2 and .3, fd99::2). Removed on drop.
+    struct Lab {
+        server: String,
+        client: String,
+        servers: Vec<std::process::Child>,
+        dir: PathBuf,
+    }
+
+    impl Drop for Lab {
+        fn drop(&mut self) {
+            for c in &mut self.servers {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            for ns in [&self.server, &self.client] {
+                let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            }
+        }
+    }
+
+    fn ip(args: &[&str]) -> bool {
+        Command::new("ip")
+            .args(args)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn helper(name: &str) -> String {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/helpers")
+            .join(name)
+            .display()
+            .to_string()
+    }
+
+    impl Lab {
+        fn new(tag: &str) -> Option<Lab> {
+            let id = std::process::id() % 100_000;
+            let (s, c) = (format!("pw-{tag}-s-{id}"), format!("pw-{tag}-c-{id}"));
+            if !ip(&["netns", "add", &s]) {
+                eprintln!("SKIP: cannot create a network namespace (needs root and iproute2)");
+                return None;
+            }
+            if Command::new("nft").arg("--version").output().is_err() {
+                let _ = ip(&["netns", "del", &s]);
+                eprintln!("SKIP: nft is not installed");
+                return None;
+            }
+            let lab = Lab {
+                server: s.clone(),
+                client: c.clone(),
+                servers: Vec::new(),
+                dir: tempdir(&format!("fw-{tag}")),
+            };
+            assert!(ip(&["netns", "add", &c]));
+            let (vs, vc) = (format!("pws{id}"), format!("pwc{id}"));
+            assert!(ip(&[
+                "link", "add", &vs, "netns", &s, "type", "veth", "peer", "name", &vc, "netns", &c
+            ]));
+            for (ns, dev, addrs) in [
+                (&s, &vs, vec!["10.99.0.1/24", "fd99::1/64"]),
+                (&c, &vc, vec!["10.99.0.2/24", "10.99.0.3/24", "fd99::2/64"]),
+            ] {
+                assert!(ip(&["-n", ns, "link", "set", "lo", "up"]));
+                for a in addrs {
+                    let mut args = vec!["-n", ns.as_str(), "addr", "add", a, "dev", dev.as_str()];
+                    if a.contains(':') {
+                        args.push("nodad");
+                    }
+                    assert!(ip(&args));
+                }
+                assert!(ip(&["-n", ns, "link", "set", dev, "up"]));
+            }
+            Some(lab)
+        }
+
+        fn serve(&mut self, specs: &[&str]) {
+            let mut child = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.server,
+                    "python3",
+                    &helper("fake_servers.py"),
+                ])
+                .args(specs)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            assert_eq!(line.trim(), "ready");
+            self.servers.push(child);
+        }
+
+        fn client(&self, args: &[&str]) -> bool {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.client,
+                    "python3",
+                    &helper("net_client.py"),
+                ])
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        }
+
+        fn pw(&self, policy: &str, args: &[&str]) -> Output {
+            let p = self.dir.join("policy.toml");
+            std::fs::write(&p, policy).unwrap();
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.server,
+                    env!("CARGO_BIN_EXE_portwarden"),
+                ])
+                .args([
+                    "--policy",
+                    p.to_str().unwrap(),
+                    "--state-dir",
+                    self.dir.join("state").to_str().unwrap(),
+                ])
+                .args(args)
+                .env_remove("SSH_CONNECTION")
+                .output()
+                .unwrap()
+        }
+
+        /// The live table, counters left out (traffic changes them).
+        fn table(&self) -> String {
+            let o = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.server,
+                    "nft",
+                    "list",
+                    "table",
+                    "inet",
+                    "portwarden",
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .split("counter packets ")
+                .enumerate()
+                .map(|(i, part)| {
+                    if i == 0 {
+                        part.to_string()
+                    } else {
+                        // Drop "N bytes M" after each "counter packets".
+                        part.splitn(4, ' ').nth(3).unwrap_or("").to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("counter ")
+        }
+    }
+
+    const POLICY: &str = r#"
+version = 1
+[host]
+management = { ports = ["22/tcp"], from = ["10.99.0.2/32"] }
+[[service]]
+name = "mirror"
+catalog = "rsync"
+zone = "external"
+allow_from = ["0.0.0.0/0", "::/0"]
+[[service]]
+name = "db"
+catalog = "mysql"
+zone = "external"
+allow_from = ["10.99.0.2/32"]
+tls = "required"
+[[service]]
+name = "limited"
+port = 4000
+zone = "external"
+allow_from = ["0.0.0.0/0"]
+max_conn_per_source = 3
+"#;
+
+    #[test]
+    fn r7_whitelist_limits_grants_and_ipv6_in_namespaces() {
+        let Some(mut lab) = Lab::new("wl") else {
+            return;
+        };
+        lab.serve(&[
+            "hold@10.99.0.1:873",
+            "hold@[fd99::1]:873",
+            "udpecho@10.99.0.1:873",
+            "hold@10.99.0.1:3306",
+            "hold@10.99.0.1:4000",
+            "hold@10.99.0.1:9000",
+            "hold@10.99.0.1:22",
+        ]);
+        // Before the firewall everything answers.
+        assert!(lab.client(&["connect", "10.99.0.3", "10.99.0.1", "9000"]));
+        assert!(lab.client(&["udp", "10.99.0.2", "10.99.0.1", "873"]));
+
+        let o = lab.pw(POLICY, &["fw", "apply", "--confirm-within", "0"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(lab.table().contains("chain input"));
+        // Allowed port from an allowed source; the same port from another source; an
+        // undeclared port; UDP to a TCP-only service.
+        assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "873"]));
+        assert!(lab.client(&["connect", "10.99.0.3", "10.99.0.1", "873"]));
+        assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "3306"]));
+        assert!(!lab.client(&["connect", "10.99.0.3", "10.99.0.1", "3306"]));
+        assert!(!lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
+        assert!(!lab.client(&["udp", "10.99.0.2", "10.99.0.1", "873"]));
+        // Management only from its source.
+        assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "22"]));
+        assert!(!lab.client(&["connect", "10.99.0.3", "10.99.0.1", "22"]));
+        // IPv6 across the veth: neighbour discovery still works.
+        assert!(lab.client(&["connect", "fd99::2", "fd99::1", "873"]));
+
+        // Per-source connection limit: 3 admitted, the 4th refused.
+        let mut hold = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.client,
+                "python3",
+                &helper("net_client.py"),
+                "hold",
+                "10.99.0.2",
+                "10.99.0.1",
+                "4000",
+                "4",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(hold.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "3",
+            "connections admitted under max_conn_per_source = 3"
+        );
+        // Another source still gets in while the first is at its limit.
+        assert!(lab.client(&["connect", "10.99.0.3", "10.99.0.1", "4000"]));
+        drop(hold.stdin.take());
+        let _ = hold.wait();
+
+        // A grant opens 9000 to one source, and closes by itself.
+        let o = lab.pw(
+            POLICY,
+            &["grant", "9000/tcp", "--from", "10.99.0.2", "--for", "2s"],
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
+        assert!(!lab.client(&["connect", "10.99.0.3", "10.99.0.1", "9000"]));
+        let until = Instant::now() + Duration::from_secs(6);
+        let mut closed = false;
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(500));
+            if !lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]) {
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "the grant did not expire");
+        // Nothing pending: confirm and rollback say so.
+        assert_eq!(code(&lab.pw(POLICY, &["fw", "confirm"])), 1);
+        assert_eq!(code(&lab.pw(POLICY, &["fw", "rollback"])), 1);
+        let log = lab.pw(POLICY, &["log", "--json"]);
+        let v: Value = serde_json::from_slice(&log.stdout).unwrap();
+        let actions: Vec<&str> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert!(
+            actions.contains(&"fw.apply") && actions.contains(&"fw.grant"),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn r7_unconfirmed_applies_roll_back_and_confirmed_ones_stay() {
+        let Some(mut lab) = Lab::new("cc") else {
+            return;
+        };
+        lab.serve(&["hold@10.99.0.1:873", "hold@10.99.0.1:9000"]);
+        let first = POLICY;
+        let second = format!(
+            "{POLICY}\n[[service]]\nname = \"extra\"\nport = 9000\nzone = \"external\"\nallow_from = [\"0.0.0.0/0\"]\n"
+        );
+        assert_eq!(
+            code(&lab.pw(first, &["fw", "apply", "--confirm-within", "0"])),
+            0
+        );
+        let before = lab.table();
+        assert!(!lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
+
+        // Unconfirmed: the applying command has exited; the detached watcher rolls back.
+        let o = lab.pw(&second, &["fw", "apply", "--confirm-within", "2s"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
+        // A second apply while one is pending is refused.
+        assert_eq!(code(&lab.pw(&second, &["fw", "apply"])), 2);
+        let until = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < until && lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]) {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert!(
+            !lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]),
+            "not rolled back"
+        );
+        assert_eq!(lab.table(), before, "the previous table is back");
+
+        // Confirmed: stays past the deadline.
+        assert_eq!(
+            code(&lab.pw(&second, &["fw", "apply", "--confirm-within", "2s"])),
+            0
+        );
+        let o = lab.pw(&second, &["fw", "confirm"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
+
+        // A ruleset nft refuses is never applied; the rules stay as they were.
+        let applied = lab.table();
+        let fake = lab.dir.join("fake-nft");
+        std::fs::write(&fake, "#!/bin/sh\nfor a in \"$@\"; do [ \"$a\" = -c ] && { echo 'Error: syntax error' >&2; exit 1; }; done\nexec nft \"$@\"\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let p = lab.dir.join("policy.toml");
+        std::fs::write(&p, first).unwrap();
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.server,
+                env!("CARGO_BIN_EXE_portwarden"),
+            ])
+            .args([
+                "--policy",
+                p.to_str().unwrap(),
+                "--state-dir",
+                lab.dir.join("state").to_str().unwrap(),
+                "fw",
+                "apply",
+                "--confirm-within",
+                "0",
+            ])
+            .env("PORTWARDEN_NFT", &fake)
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 2);
+        assert!(stderr(&o).contains("failed `nft -c`"), "{}", stderr(&o));
+        assert_eq!(lab.table(), applied);
+        // A zone naming a missing interface cannot be rendered: exit 2, nothing applied.
+        let o = lab.pw(
+            &format!("{first}\n[zones]\ninternal = {{ interfaces = [\"nope0\"] }}\n"),
+            &["fw", "apply", "--confirm-within", "0"],
+        );
+        assert_eq!(code(&o), 2);
+        assert!(stderr(&o).contains("nope0"), "{}", stderr(&o));
+        assert_eq!(lab.table(), applied);
+        let _ = &lab.servers;
+    }
+}

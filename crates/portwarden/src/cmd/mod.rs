@@ -4,6 +4,7 @@
 mod catalog;
 mod check;
 pub mod facts;
+pub mod fw;
 mod lease;
 mod log;
 mod ls;
@@ -35,6 +36,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Pools(a) => lease::pools(g, a),
         Command::Log(a) => log::run(g, a),
         Command::Report(a) => report::run(g, a),
+        Command::Fw(c) => fw::run(g, c),
+        Command::Grant(a) => fw::grant(g, a),
+        Command::Revoke(a) => fw::revoke(g, a),
         Command::Scan(a) => scan::run(g, a),
         Command::Policy(p) => policy::run(g, p),
         Command::Catalog(a) => catalog::run(g, a),

@@ -4,7 +4,9 @@ test creates. Each argument is KIND@ADDR:PORT; prints "ready" once every socket 
 and serves until killed (by the test, by PID).
 
 KINDs: mysql-ssl, mysql-plain (greeting with/without CLIENT_SSL), pg-n, pg-s (SSLRequest
-answered N/S), banner (sends "login: "), http, silent, udp (a bound UDP socket).
+answered N/S), banner (sends "login: "), http, silent, hold (keeps connections open for
+30 s), udp (a bound UDP socket), udpecho (answers every datagram). ADDR may be IPv6 in
+brackets: hold@[fd99::1]:873.
 """
 import asyncio
 import socket
@@ -36,7 +38,7 @@ async def handle(kind, reader, writer):
             await asyncio.wait_for(reader.read(512), 2)
             writer.write(b"HTTP/1.0 200 OK\r\nServer: fake\r\n\r\n")
         await writer.drain()
-        await asyncio.sleep(1 if kind != "silent" else 3)
+        await asyncio.sleep({"silent": 3, "hold": 30}.get(kind, 1))
     except Exception:
         pass
     finally:
@@ -48,10 +50,15 @@ async def main(specs):
     for spec in specs:
         kind, addr = spec.split("@")
         host, port = addr.rsplit(":", 1)
-        if kind == "udp":
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        host = host.strip("[]")
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        if kind in ("udp", "udpecho"):
+            s = socket.socket(fam, socket.SOCK_DGRAM)
             s.bind((host, int(port)))
             keep.append(s)
+            if kind == "udpecho":
+                loop = asyncio.get_running_loop()
+                loop.add_reader(s.fileno(), lambda s=s: s.sendto(b"pong", s.recvfrom(512)[1]))
             continue
         srv = await asyncio.start_server(lambda r, w, k=kind: handle(k, r, w), host, int(port))
         keep.append(srv)

@@ -1,0 +1,103 @@
+//! Running `nft`: check a ruleset, apply it in one transaction, read our table back.
+//! The binary is `nft` from PATH, or `$PORTWARDEN_NFT`.
+
+use std::io::{self, Write};
+use std::process::{Command, Stdio};
+
+/// What went wrong running nft.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// nft is not installed.
+    #[error("`{0}` not found: install nftables (apt-get install nftables)")]
+    Missing(String),
+    /// nft refused the input or the operation.
+    #[error("nft {what} failed: {message}")]
+    Failed {
+        /// check, apply or list.
+        what: &'static str,
+        /// nft's own message, first lines.
+        message: String,
+    },
+    /// Starting or talking to nft failed.
+    #[error("running nft: {0}")]
+    Io(#[from] io::Error),
+}
+
+fn binary() -> String {
+    std::env::var("PORTWARDEN_NFT").unwrap_or_else(|_| "nft".to_string())
+}
+
+fn run(args: &[&str], input: Option<&str>, what: &'static str) -> Result<String, NftError> {
+    let bin = binary();
+    let mut cmd = Command::new(&bin);
+    cmd.args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => NftError::Missing(bin.clone()),
+        _ => NftError::Io(e),
+    })?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let mut message: String = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(4)
+        .collect::<Vec<_>>()
+        .join(" / ");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        message.push_str(" (changing the firewall needs CAP_NET_ADMIN: run as root)");
+    }
+    Err(NftError::Failed { what, message })
+}
+
+/// `nft -c -f -`: would the kernel accept this ruleset?
+pub fn check(ruleset: &str) -> Result<(), NftError> {
+    run(&["-c", "-f", "-"], Some(ruleset), "check").map(drop)
+}
+
+/// `nft -f -`: applies in one atomic transaction.
+pub fn apply(ruleset: &str) -> Result<(), NftError> {
+    run(&["-f", "-"], Some(ruleset), "apply").map(drop)
+}
+
+/// Whether `table inet portwarden` exists (from `nft -j list tables`).
+pub fn table_exists() -> Result<bool, NftError> {
+    let out = run(&["-j", "list", "tables"], None, "list")?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| NftError::Failed {
+        what: "list",
+        message: format!("unreadable JSON: {e}"),
+    })?;
+    Ok(v["nftables"].as_array().is_some_and(|items| {
+        items
+            .iter()
+            .any(|i| i["table"]["family"] == "inet" && i["table"]["name"] == "portwarden")
+    }))
+}
+
+/// The live table as nft prints it, or `None` when there is none.
+pub fn list_table() -> Result<Option<String>, NftError> {
+    if !table_exists()? {
+        return Ok(None);
+    }
+    run(&["list", "table", "inet", "portwarden"], None, "list").map(Some)
+}
+
+/// Removes our table (nothing else).
+pub fn delete_table() -> Result<(), NftError> {
+    if table_exists()? {
+        apply("delete table inet portwarden\n")?;
+    }
+    Ok(())
+}
