@@ -211,6 +211,16 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
                 bail!(portwarden_store::StoreError::Pending(t.id));
             }
             nft::check(&text).context("the ruleset failed `nft -c`; nothing was applied")?;
+            let managers = portwarden_os::host::firewall().managers;
+            if !managers.is_empty() {
+                output::warn(
+                    g.quiet,
+                    &format!(
+                        "{} active: an accept in table inet portwarden cannot override their drops, nor their accepts ours (Docker-published ports bypass INPUT)",
+                        managers.join(", ")
+                    ),
+                );
+            }
             let snapshot = nft::list_table()?;
             let now = super::now();
             let deadline =
