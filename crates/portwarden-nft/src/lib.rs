@@ -3,6 +3,8 @@
 //! golden-tested. Runs nothing.
 #![deny(missing_docs)]
 
+pub mod iptables;
+
 use std::fmt::Write as _;
 use std::net::IpAddr;
 

@@ -135,3 +135,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_iptables_rendering_matches_its_golden_and_names_its_limits() {
+    let p = policy(include_str!("../../../examples/mirror-01.toml"));
+    let r = iptables::render(
+        &p,
+        &Options {
+            ssh_peer: Some(("203.0.113.5".parse().unwrap(), 22)),
+            interfaces: None,
+        },
+    )
+    .unwrap();
+    golden("mirror-01.iptables", &r.v4);
+    golden("mirror-01.ip6tables", &r.v6);
+    assert!(r.v4.contains("-s 10.1.0.0/16 -p tcp --dport 3306"));
+    assert!(r.v4.contains("--connlimit-above 50"));
+    assert!(r.unsupported.iter().any(|u| u.contains("grants")));
+}

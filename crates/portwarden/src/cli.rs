@@ -348,7 +348,12 @@ pub struct ScanArgs {
 #[derive(Debug, Subcommand)]
 pub enum FwCommand {
     /// Print the ruleset the policy renders to.
-    Plan,
+    Plan {
+        /// nftables (`nft -f` input) or iptables (`iptables-restore --noflush` input for
+        /// IPv4 then IPv6, for hosts without nftables).
+        #[arg(long, value_enum, default_value_t = FwFormat::Nft)]
+        format: FwFormat,
+    },
     /// Compare the rendered ruleset with the last applied one, and the live table with
     /// what nft listed after that apply.
     Diff,
@@ -404,4 +409,12 @@ pub struct RevokeArgs {
     /// Revocations in batch, one `PORT[/PROTO] ADDR` per line (`-`: stdin).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["port", "from"])]
     pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FwFormat {
+    /// nftables.
+    Nft,
+    /// iptables-restore.
+    Iptables,
 }

@@ -13,7 +13,7 @@ use portwarden_nft::{Options, Ruleset};
 use portwarden_os::nft;
 use portwarden_store::{Change, FwState, FwTxn, SqliteStore, Store};
 
-use crate::cli::{FwCommand, Global, GrantArgs, RevokeArgs};
+use crate::cli::{FwCommand, FwFormat, Global, GrantArgs, RevokeArgs};
 use crate::{Status, output};
 
 /// The operator's SSH connection: (client address, server port).
@@ -150,13 +150,32 @@ fn arm_watcher(g: &Global, txn: i64) -> anyhow::Result<u32> {
 }
 
 pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
-    if !matches!(c, FwCommand::Watch { .. } | FwCommand::Plan) {
+    if !matches!(c, FwCommand::Watch { .. } | FwCommand::Plan { .. }) {
         recover_expired(g)?;
     }
     match c {
-        FwCommand::Plan => {
+        FwCommand::Plan {
+            format: FwFormat::Nft,
+        } => {
             let (_, text) = render(g)?;
             output::text(&text)?;
+            Ok(Status::Ok)
+        }
+        FwCommand::Plan {
+            format: FwFormat::Iptables,
+        } => {
+            let loaded = super::load_policy(g.policy.as_deref())?;
+            let ipt = portwarden_nft::iptables::render(
+                &loaded.policy,
+                &Options {
+                    ssh_peer: ssh_peer(),
+                    interfaces: None,
+                },
+            )?;
+            for u in &ipt.unsupported {
+                output::warn(g.quiet, &format!("iptables cannot express: {u}"));
+            }
+            output::text(&format!("{}{}", ipt.v4, ipt.v6))?;
             Ok(Status::Ok)
         }
         FwCommand::Diff => {
