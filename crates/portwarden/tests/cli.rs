@@ -1940,4 +1940,44 @@ max_conn_per_source = 3
         drop(hold.stdin.take());
         let _ = hold.wait();
     }
+    #[test]
+    fn r7_a_pending_apply_whose_watcher_died_rolls_back_on_the_next_start() {
+        let Some(mut lab) = Lab::new("rc") else {
+            return;
+        };
+        lab.serve(&["hold@10.99.0.1:9000"]);
+        assert_eq!(
+            code(&lab.pw(POLICY, &["fw", "apply", "--confirm-within", "0"])),
+            0
+        );
+        let before = lab.table();
+        let second = format!(
+            "{POLICY}\n[[service]]\nname = \"extra\"\nport = 9000\nzone = \"external\"\nallow_from = [\"0.0.0.0/0\"]\n"
+        );
+        let o = lab.pw(
+            &second,
+            &["fw", "apply", "--confirm-within", "1s", "--json"],
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let pid = v["watcher_pid"].as_u64().unwrap() as i32;
+        // Kill the watcher we started (as a reboot would), by its PID.
+        // SAFETY: kill(2) on a PID this test's command started and reported.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(
+            lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]),
+            "still applied: nobody rolled back yet"
+        );
+        // The next portwarden start notices the expired transaction.
+        let o = lab.pw(&second, &["fw", "status"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("rolled back unconfirmed firewall transaction"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(!lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
+        assert_eq!(lab.table(), before);
+    }
 }

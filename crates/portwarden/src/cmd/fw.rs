@@ -245,9 +245,10 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             let deadline =
                 (!within.get().is_zero()).then(|| now + within.get().as_secs().max(1) as i64);
             let t = s.fw_begin(now, &super::user(), deadline, snapshot, &text)?;
-            if deadline.is_some() {
-                arm_watcher(g, t.id)?;
-            }
+            let watcher = match deadline {
+                Some(_) => Some(arm_watcher(g, t.id)?),
+                None => None,
+            };
             if let Err(e) = nft::apply(&text) {
                 // The nft transaction is atomic: nothing changed. Close ours.
                 s.fw_finish(
@@ -262,7 +263,13 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             if let Some(listing) = nft::list_table()? {
                 s.fw_set_listing(t.id, &listing)?;
             }
-            if !g.quiet {
+            if g.json {
+                output::json(&serde_json::json!({
+                    "txn": t.id,
+                    "deadline": deadline,
+                    "watcher_pid": watcher,
+                }))?;
+            } else if !g.quiet {
                 match deadline {
                     Some(d) => output::text(&format!(
                         "applied firewall transaction {}; confirm before {} with `portwarden fw confirm` from a new connection, or it rolls back\n",
