@@ -1532,7 +1532,8 @@ mod firewall {
                 dir: tempdir(&format!("fw-{tag}")),
             };
             assert!(ip(&["netns", "add", &c]));
-            let (vs, vc) = (format!("pws{id}"), format!("pwc{id}"));
+            // Unique per test even when `cargo test` runs them as threads of one process.
+            let (vs, vc) = (format!("p{tag}s{id}"), format!("p{tag}c{id}"));
             assert!(ip(&[
                 "link", "add", &vs, "netns", &s, "type", "veth", "peer", "name", &vc, "netns", &c
             ]));
