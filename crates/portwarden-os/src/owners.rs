@@ -69,6 +69,32 @@ fn each_socket_fd(pid: u32, mut hit: impl FnMut(u32, u64) -> bool) -> io::Result
     if dfd < 0 {
         return Err(io::Error::last_os_error());
     }
+    // Fast path: on Linux 6.2+ the size of /proc/PID/fd is the number of open
+    // descriptors, so they can be read by number without listing the directory (procfs
+    // builds a dentry per entry when listing). Sparse tables fall back to the listing.
+    // SAFETY: zeroed stat is valid; fstat writes into it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `dfd` is valid; `st` is writable.
+    let count = if unsafe { libc::fstat(dfd, &mut st) } == 0 {
+        st.st_size.max(0) as u64
+    } else {
+        0
+    };
+    if count > 0 {
+        match by_number(dfd, count, &mut hit) {
+            Walked::Done => {
+                // SAFETY: `dfd` is ours and closed once.
+                unsafe { libc::close(dfd) };
+                return Ok(());
+            }
+            Walked::Denied(e) => {
+                // SAFETY: as above.
+                unsafe { libc::close(dfd) };
+                return Err(e);
+            }
+            Walked::Sparse => {} // list the directory instead
+        }
+    }
     // SAFETY: `dfd` is a valid directory descriptor; fdopendir takes ownership of it.
     let dir = unsafe { libc::fdopendir(dfd) };
     if dir.is_null() {
@@ -116,6 +142,66 @@ fn each_socket_fd(pid: u32, mut hit: impl FnMut(u32, u64) -> bool) -> io::Result
     // SAFETY: `dir` came from fdopendir and is closed once.
     unsafe { libc::closedir(dir) };
     Ok(())
+}
+
+enum Walked {
+    Done,
+    Denied(io::Error),
+    Sparse,
+}
+
+/// Reads descriptors 0, 1, 2, … until `count` were found (or `hit` says stop).
+fn by_number(dfd: libc::c_int, count: u64, hit: &mut impl FnMut(u32, u64) -> bool) -> Walked {
+    let mut found = 0u64;
+    let limit = count.saturating_mul(4) + 1024;
+    let mut name = [0u8; 16];
+    let mut buf = [0u8; 64];
+    let mut fd: u64 = 0;
+    while found < count {
+        if fd > limit {
+            return Walked::Sparse;
+        }
+        // Decimal digits of `fd`, NUL-terminated.
+        let mut digits = [0u8; 12];
+        let mut n = fd;
+        let mut len = 0;
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for i in 0..len {
+            name[i] = digits[len - 1 - i];
+        }
+        name[len] = 0;
+        // SAFETY: `name` is NUL-terminated; `buf` is writable for its length.
+        let r = unsafe {
+            libc::readlinkat(
+                dfd,
+                name.as_ptr().cast(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if r > 0 {
+            found += 1;
+            if let Some(inode) = socket_inode(&buf[..r as usize]) {
+                if !hit(fd as u32, inode) {
+                    return Walked::Done;
+                }
+            }
+        } else {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::PermissionDenied {
+                return Walked::Denied(e);
+            }
+        }
+        fd += 1;
+    }
+    Walked::Done
 }
 
 /// Facts about one process, read only for processes that own a wanted socket.
