@@ -337,6 +337,26 @@ mod tests {
     }
 
     #[test]
+    fn a_sparse_descriptor_table_falls_back_to_listing() {
+        use std::os::fd::AsRawFd;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // Park the socket far beyond the by-number scan's reach.
+        let high = 9000;
+        // SAFETY: dup2 onto an unused descriptor number of this test process.
+        assert_eq!(unsafe { libc::dup2(l.as_raw_fd(), high) }, high);
+        let mut seen = Vec::new();
+        each_socket_fd(std::process::id(), |fd, _| {
+            seen.push(fd);
+            true
+        })
+        .unwrap();
+        // SAFETY: closing the descriptor this test created.
+        unsafe { libc::close(high) };
+        assert!(seen.contains(&(high as u32)), "{seen:?}");
+        assert!(seen.contains(&(l.as_raw_fd() as u32)));
+    }
+
+    #[test]
     fn finds_our_own_listener() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
