@@ -287,6 +287,21 @@ fn service_sources(policy: &Policy, s: &Service) -> Option<AddrSet> {
     }
 }
 
+/// Sources as a rule sees them: any address of the family, or a named interval set
+/// `{prefix}_{v4|v6}` declared alongside (O(1) lookups however long the list).
+fn sources_for(sets: &mut Vec<Set>, prefix: &str, fam: Fam, cidrs: Vec<Cidr>) -> Sources {
+    if cidrs.iter().any(|c| c.is_any()) {
+        return Sources::Any;
+    }
+    let name = format!("{prefix}_{}", fam.suffix());
+    sets.push(Set {
+        name: name.clone(),
+        decl: format!("type {}; flags interval;", fam.addr_type()),
+        elements: cidrs.clone(),
+    });
+    Sources::Set(name, cidrs)
+}
+
 /// Renders the policy.
 pub fn render(policy: &Policy, opts: &Options) -> Result<Ruleset, RenderError> {
     if let Some(have) = &opts.interfaces {
@@ -315,18 +330,7 @@ pub fn render(policy: &Policy, opts: &Options) -> Result<Ruleset, RenderError> {
         if cidrs.is_empty() {
             continue;
         }
-        let any = cidrs.iter().any(|c| c.is_any());
-        let sources = if any {
-            Sources::Any
-        } else {
-            let name = format!("mgmt_{}", fam.suffix());
-            sets.push(Set {
-                name: name.clone(),
-                decl: format!("type {}; flags interval;", fam.addr_type()),
-                elements: cidrs.clone(),
-            });
-            Sources::Set(name, cidrs)
-        };
+        let sources = sources_for(&mut sets, "mgmt", fam, cidrs);
         for proto in Protocol::ALL {
             let ports: Vec<PortRange> = mgmt
                 .ports
@@ -488,17 +492,7 @@ pub fn render(policy: &Policy, opts: &Options) -> Result<Ruleset, RenderError> {
             if cidrs.is_empty() {
                 continue;
             }
-            let sources = if cidrs.iter().any(|c| c.is_any()) {
-                Sources::Any
-            } else {
-                let name = format!("svc_{id}_{}", fam.suffix());
-                sets.push(Set {
-                    name: name.clone(),
-                    decl: format!("type {}; flags interval;", fam.addr_type()),
-                    elements: cidrs.clone(),
-                });
-                Sources::Set(name, cidrs)
-            };
+            let sources = sources_for(&mut sets, &format!("svc_{id}"), fam, cidrs);
             for proto in Protocol::ALL {
                 let ports: Vec<PortRange> = e
                     .specs

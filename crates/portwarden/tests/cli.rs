@@ -1645,6 +1645,50 @@ mod firewall {
         }
     }
 
+    /// The checks both renderings must pass: allowed port from an allowed source, the
+    /// same port from another source, an undeclared port, UDP to a TCP-only service,
+    /// IPv6 across the veth.
+    fn assert_whitelist(lab: &Lab) {
+        assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "873"]));
+        assert!(lab.client(&["connect", "10.99.0.3", "10.99.0.1", "873"]));
+        assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "3306"]));
+        assert!(!lab.client(&["connect", "10.99.0.3", "10.99.0.1", "3306"]));
+        assert!(!lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
+        assert!(!lab.client(&["udp", "10.99.0.2", "10.99.0.1", "873"]));
+        assert!(lab.client(&["connect", "fd99::2", "fd99::1", "873"]));
+    }
+
+    /// How many of 4 connections from one source port 4000 admits.
+    fn admitted_of_four(lab: &Lab) -> String {
+        let mut hold = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.client,
+                "python3",
+                &helper("net_client.py"),
+                "hold",
+                "10.99.0.2",
+                "10.99.0.1",
+                "4000",
+                "4",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(hold.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        // Another source still gets in while the first is at its limit.
+        let other = lab.client(&["connect", "10.99.0.3", "10.99.0.1", "4000"]);
+        drop(hold.stdin.take());
+        let _ = hold.wait();
+        assert!(other, "another source was refused");
+        line.trim().to_string()
+    }
+
     const POLICY: &str = r#"
 version = 1
 [host]
@@ -1689,51 +1733,12 @@ max_conn_per_source = 3
         let o = lab.pw(POLICY, &["fw", "apply", "--confirm-within", "0"]);
         assert_eq!(code(&o), 0, "{}", stderr(&o));
         assert!(lab.table().contains("chain input"));
-        // Allowed port from an allowed source; the same port from another source; an
-        // undeclared port; UDP to a TCP-only service.
-        assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "873"]));
-        assert!(lab.client(&["connect", "10.99.0.3", "10.99.0.1", "873"]));
-        assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "3306"]));
-        assert!(!lab.client(&["connect", "10.99.0.3", "10.99.0.1", "3306"]));
-        assert!(!lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
-        assert!(!lab.client(&["udp", "10.99.0.2", "10.99.0.1", "873"]));
+        assert_whitelist(&lab);
         // Management only from its source.
         assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "22"]));
         assert!(!lab.client(&["connect", "10.99.0.3", "10.99.0.1", "22"]));
-        // IPv6 across the veth: neighbour discovery still works.
-        assert!(lab.client(&["connect", "fd99::2", "fd99::1", "873"]));
-
         // Per-source connection limit: 3 admitted, the 4th refused.
-        let mut hold = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.client,
-                "python3",
-                &helper("net_client.py"),
-                "hold",
-                "10.99.0.2",
-                "10.99.0.1",
-                "4000",
-                "4",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(hold.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(
-            line.trim(),
-            "3",
-            "connections admitted under max_conn_per_source = 3"
-        );
-        // Another source still gets in while the first is at its limit.
-        assert!(lab.client(&["connect", "10.99.0.3", "10.99.0.1", "4000"]));
-        drop(hold.stdin.take());
-        let _ = hold.wait();
+        assert_eq!(admitted_of_four(&lab), "3", "max_conn_per_source = 3");
 
         // A grant opens 9000 to one source, and closes by itself.
         let o = lab.pw(
@@ -1910,37 +1915,10 @@ max_conn_per_source = 3
                     .success()
             );
         }
-        assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "873"]));
-        assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "3306"]));
-        assert!(!lab.client(&["connect", "10.99.0.3", "10.99.0.1", "3306"]));
-        assert!(!lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
-        assert!(!lab.client(&["udp", "10.99.0.2", "10.99.0.1", "873"]));
-        assert!(lab.client(&["connect", "fd99::2", "fd99::1", "873"]));
-        let mut hold = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.client,
-                "python3",
-                &helper("net_client.py"),
-                "hold",
-                "10.99.0.2",
-                "10.99.0.1",
-                "4000",
-                "4",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(hold.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "3");
-        drop(hold.stdin.take());
-        let _ = hold.wait();
+        assert_whitelist(&lab);
+        assert_eq!(admitted_of_four(&lab), "3");
     }
+
     #[test]
     fn r7_a_pending_apply_whose_watcher_died_rolls_back_on_the_next_start() {
         let Some(mut lab) = Lab::new("rc") else {
