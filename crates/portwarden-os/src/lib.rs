@@ -5,6 +5,7 @@
 
 pub mod host;
 pub mod inventory;
+pub mod iptables;
 mod netlink;
 pub mod nft;
 pub mod owners;

@@ -362,6 +362,10 @@ pub enum FwCommand {
         /// Deadline for `fw confirm` (0: no confirmation needed).
         #[arg(long, value_name = "DURATION", default_value = "60s")]
         confirm_within: String,
+        /// nftables, or iptables-restore into our own chain for hosts without nftables
+        /// (auto: nftables when `nft` is installed).
+        #[arg(long, value_enum, default_value_t = FwBackend::Auto)]
+        backend: FwBackend,
     },
     /// Keep the pending apply (run it from a new connection, to prove you still get in).
     Confirm,
@@ -413,6 +417,16 @@ pub struct RevokeArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FwFormat {
+    /// nftables.
+    Nft,
+    /// iptables-restore.
+    Iptables,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FwBackend {
+    /// nftables when installed, else iptables.
+    Auto,
     /// nftables.
     Nft,
     /// iptables-restore.
