@@ -10,6 +10,7 @@ pub mod addr;
 pub mod alloc;
 pub mod catalog;
 pub mod diag;
+pub mod draft;
 pub mod facts;
 pub mod findings;
 pub mod hostcheck;

@@ -119,6 +119,9 @@ pub enum PolicyCommand {
         /// Overwrite an existing file.
         #[arg(long, requires = "output")]
         force: bool,
+        /// Draft the services from what listens on this host instead of the starter.
+        #[arg(long)]
+        from_host: bool,
     },
 }
 

@@ -885,6 +885,117 @@ fn r3_proc_net_fallback_reports_the_same_sockets_with_a_warning() {
     );
 }
 
+#[test]
+fn r2_policy_init_from_host_drafts_a_policy_that_manages_every_listener() {
+    let ns = format!("pw-draft-{}", std::process::id());
+    if !Command::new("ip")
+        .args(["netns", "add", &ns])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!("SKIP: cannot create a network namespace (needs root and iproute2)");
+        return;
+    }
+    struct Del(String, Option<std::process::Child>);
+    impl Drop for Del {
+        fn drop(&mut self) {
+            if let Some(c) = self.1.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let mut guard = Del(ns.clone(), None);
+    for args in [
+        &["link", "set", "lo", "up"][..],
+        &["link", "add", "pd0", "type", "veth", "peer", "name", "pd1"],
+        &["addr", "add", "10.204.0.1/24", "dev", "pd0"],
+        &["link", "set", "pd0", "up"],
+    ] {
+        assert!(
+            Command::new("ip")
+                .args(["-n", &ns])
+                .args(args)
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let helper = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/fake_servers.py");
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &ns, "python3", helper.to_str().unwrap()])
+        .args([
+            "mysql-ssl@10.204.0.1:3306",
+            "http@0.0.0.0:8080",
+            "udpecho@10.204.0.1:5353",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "ready");
+    guard.1 = Some(child);
+    let dir = tempdir("draft");
+    let draft = dir.join("draft.toml");
+    let pw = |args: &[&str]| {
+        Command::new("ip")
+            .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_portwarden")])
+            .args(["--state-dir", dir.join("s").to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = pw(&[
+        "policy",
+        "init",
+        "--from-host",
+        "-o",
+        draft.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let text = std::fs::read_to_string(&draft).unwrap();
+    assert!(
+        text.contains("name = \"mysql\"")
+            && text.contains("port = 8080")
+            && text.contains("port = 5353"),
+        "{text}"
+    );
+    assert_eq!(code(&pw(&["policy", "check", draft.to_str().unwrap()])), 0);
+    let o = pw(&[
+        "--policy",
+        draft.to_str().unwrap(),
+        "check",
+        "--json",
+        "--fail-on",
+        "critical",
+    ]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let unmanaged: Vec<&Value> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["id"] == "unmanaged-listener")
+        .collect();
+    assert!(unmanaged.is_empty(), "{unmanaged:?}");
+    // Drafting again refuses to clobber the file.
+    assert_eq!(
+        code(&pw(&[
+            "policy",
+            "init",
+            "--from-host",
+            "-o",
+            draft.to_str().unwrap()
+        ])),
+        2
+    );
+}
+
 mod check_host {
     use super::*;
     use std::io::{BufRead, BufReader};

@@ -20,7 +20,11 @@ struct FileResult {
 pub fn run(g: &Global, cmd: &PolicyCommand) -> anyhow::Result<Status> {
     match cmd {
         PolicyCommand::Check { files } => check(g, files),
-        PolicyCommand::Init { output, force } => init(g, output.as_deref(), *force),
+        PolicyCommand::Init {
+            output,
+            force,
+            from_host,
+        } => init(g, output.as_deref(), *force, *from_host),
     }
 }
 
@@ -78,9 +82,35 @@ fn check(g: &Global, files: &[std::path::PathBuf]) -> anyhow::Result<Status> {
     Ok(status)
 }
 
-fn init(g: &Global, path: Option<&Path>, force: bool) -> anyhow::Result<Status> {
+/// A draft from the host's listeners (owners resolved), or the commented starter.
+fn initial_text(g: &Global, from_host: bool) -> anyhow::Result<String> {
+    if !from_host {
+        return Ok(STARTER_TOML.to_string());
+    }
+    let mut inv = portwarden_os::sockets(&portwarden_os::Query {
+        states: Some(vec![
+            portwarden_core::facts::SocketState::Listen,
+            portwarden_core::facts::SocketState::Unconn,
+        ]),
+        ..portwarden_os::Query::default()
+    })
+    .context("cannot read the socket table")?;
+    portwarden_os::attach_owners(&mut inv, portwarden_os::Walk::FirstOwner)?;
+    for w in &inv.warnings {
+        output::warn(g.quiet, w);
+    }
+    let host = portwarden_os::hostname().unwrap_or_else(|_| "this-host".into());
+    Ok(portwarden_core::draft::draft(
+        &host,
+        &inv.sockets,
+        portwarden_core::Catalog::builtin(),
+    ))
+}
+
+fn init(g: &Global, path: Option<&Path>, force: bool, from_host: bool) -> anyhow::Result<Status> {
+    let text = initial_text(g, from_host)?;
     let Some(path) = path else {
-        output::text(STARTER_TOML)?;
+        output::text(&text)?;
         return Ok(Status::Ok);
     };
     if path.exists() && !force {
@@ -89,11 +119,8 @@ fn init(g: &Global, path: Option<&Path>, force: bool) -> anyhow::Result<Status> 
             path.display()
         );
     }
-    super::write_atomically(path, STARTER_TOML.as_bytes())
+    super::write_atomically(path, text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    output::note(
-        g.quiet,
-        &format!("wrote starter policy to {}", path.display()),
-    );
+    output::note(g.quiet, &format!("wrote {}", path.display()));
     Ok(Status::Ok)
 }
