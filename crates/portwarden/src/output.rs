@@ -26,6 +26,13 @@ pub fn error(e: &anyhow::Error) {
     let _ = writeln!(err, "portwarden: error: {e:#}");
 }
 
+/// Prints what is being done, on stderr, with `-v`.
+pub fn verbose(level: u8, msg: &str) {
+    if level > 0 {
+        let _ = writeln!(io::stderr().lock(), "portwarden: {msg}");
+    }
+}
+
 /// Prints a note on stderr unless quiet.
 pub fn note(quiet: bool, msg: &str) {
     if !quiet {

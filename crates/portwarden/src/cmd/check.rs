@@ -141,7 +141,25 @@ pub fn evaluate(g: &Global) -> anyhow::Result<Evaluation> {
     let mut findings = policy_findings(&loaded.policy, Catalog::builtin());
     let (store_findings, leased, last_change) = store_rules(g, &loaded.policy)?;
     findings.extend(store_findings);
+    output::verbose(
+        g.verbose,
+        &format!(
+            "policy: {}; store: {}",
+            loaded.name,
+            super::state_dir(g).display()
+        ),
+    );
+    let started = std::time::Instant::now();
     let facts = super::facts::gather(&loaded.policy, leased, |w| output::warn(g.quiet, w))?;
+    output::verbose(
+        g.verbose,
+        &format!(
+            "gathered {} listeners ({} probed) in {} ms",
+            facts.listeners.len(),
+            facts.listeners.iter().filter(|l| l.probe.is_some()).count(),
+            started.elapsed().as_millis()
+        ),
+    );
     findings.extend(portwarden_core::hostcheck::host_findings(
         &loaded.policy,
         Catalog::builtin(),

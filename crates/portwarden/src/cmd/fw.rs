@@ -274,6 +274,13 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
                     .output()
                     .is_err(),
             };
+            output::verbose(
+                g.verbose,
+                &format!(
+                    "backend: {}",
+                    if iptables { "iptables" } else { "nftables" }
+                ),
+            );
             if iptables {
                 return apply_iptables(g, within);
             }

@@ -69,10 +69,25 @@ fn plan(a: &LsArgs) -> anyhow::Result<(SocketFilter, Query, bool)> {
 
 pub fn ls(g: &Global, a: &LsArgs) -> anyhow::Result<Status> {
     let (filter, query, owners) = plan(a)?;
+    let t0 = std::time::Instant::now();
     let mut inv = portwarden_os::sockets(&query).context("cannot read the socket table")?;
+    output::verbose(
+        g.verbose,
+        &format!(
+            "read {} sockets via {:?} in {} µs",
+            inv.sockets.len(),
+            inv.source,
+            t0.elapsed().as_micros()
+        ),
+    );
     if owners {
+        let t1 = std::time::Instant::now();
         portwarden_os::attach_owners(&mut inv, Walk::FirstOwner)
             .context("cannot read process descriptors")?;
+        output::verbose(
+            g.verbose,
+            &format!("resolved owners in {} µs", t1.elapsed().as_micros()),
+        );
     }
     inv.sockets.retain(|s| filter.matches(s));
     for w in &inv.warnings {

@@ -154,6 +154,13 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
     };
     output::progress_done(g.quiet || g.json);
 
+    output::verbose(
+        g.verbose,
+        &format!(
+            "{} probes, srtt {} µs, {} self-connects discarded, {} descriptor shortages",
+            outcome.probes, outcome.srtt_us, outcome.self_connects, outcome.emfile
+        ),
+    );
     let catalog = Catalog::builtin();
     let mut found: Vec<ScannedPort> = outcome
         .ports
