@@ -2083,3 +2083,14 @@ max_conn_per_source = 3
         assert_eq!(lab.table(), before);
     }
 }
+
+#[test]
+fn verbose_says_what_is_done_and_quiet_says_nothing() {
+    let o = run(&["ls", "-v", "--port", "1"]);
+    assert_eq!(code(&o), 0);
+    assert!(stderr(&o).contains("sockets via Netlink"), "{}", stderr(&o));
+    let o = run(&["check", "-q"]);
+    assert!(o.stdout.is_empty());
+    let o = run(&["check", "-q", "-v"]);
+    assert_eq!(code(&o), 2, "-q and -v conflict");
+}
