@@ -2094,3 +2094,21 @@ fn verbose_says_what_is_done_and_quiet_says_nothing() {
     let o = run(&["check", "-q", "-v"]);
     assert_eq!(code(&o), 2, "-q and -v conflict");
 }
+
+#[test]
+fn r5_progress_bar_only_on_a_terminal() {
+    // `script` gives the scan a pseudo-terminal; a pipe gets no progress bar.
+    let exe = env!("CARGO_BIN_EXE_portwarden");
+    let cmd = format!("{exe} scan 127.0.0.11 -p 1-20000");
+    let Ok(o) = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+    else {
+        eprintln!("SKIP: script(1) is not installed");
+        return;
+    };
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(tty.contains("100% 20000/20000"), "{tty}");
+    let piped = run(&["scan", "127.0.0.11", "-p", "1-20000"]);
+    assert!(!stderr(&piped).contains('%'), "{}", stderr(&piped));
+}
