@@ -1,9 +1,6 @@
 //! Running iptables for hosts without nftables: our chain `PORTWARDEN-INPUT` only,
 //! loaded with `iptables-restore --noflush` (one commit per family), jumped to from INPUT.
 
-use std::io::{self, Write};
-use std::process::{Command, Stdio};
-
 use crate::nft::NftError;
 
 /// Our chain.
@@ -34,35 +31,7 @@ fn run(
     input: Option<&str>,
     what: &'static str,
 ) -> Result<String, NftError> {
-    let mut cmd = Command::new(prog);
-    cmd.args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => NftError::Missing(prog.to_string()),
-        _ => NftError::Io(e),
-    })?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(NftError::Failed {
-            what,
-            message: String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" / "),
-        })
-    }
+    crate::nft::run_tool(prog, args, input, what)
 }
 
 /// `iptables-restore --test --noflush`.

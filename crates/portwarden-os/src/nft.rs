@@ -28,8 +28,18 @@ fn binary() -> String {
 }
 
 fn run(args: &[&str], input: Option<&str>, what: &'static str) -> Result<String, NftError> {
-    let bin = binary();
-    let mut cmd = Command::new(&bin);
+    run_tool(&binary(), args, input, what)
+}
+
+/// Runs a firewall tool (nft, iptables-restore, …) with optional standard input; its
+/// stdout on success, its first error lines otherwise.
+pub(crate) fn run_tool(
+    bin: &str,
+    args: &[&str],
+    input: Option<&str>,
+    what: &'static str,
+) -> Result<String, NftError> {
+    let mut cmd = Command::new(bin);
     cmd.args(args)
         .stdin(if input.is_some() {
             Stdio::piped()
@@ -39,7 +49,7 @@ fn run(args: &[&str], input: Option<&str>, what: &'static str) -> Result<String,
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => NftError::Missing(bin.clone()),
+        io::ErrorKind::NotFound => NftError::Missing(bin.to_string()),
         _ => NftError::Io(e),
     })?;
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {

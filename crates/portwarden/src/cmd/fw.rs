@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use portwarden_core::units::HumanDuration;
 use portwarden_core::{PortProto, Protocol};
-use portwarden_nft::{Options, Ruleset};
+use portwarden_nft::Options;
+use portwarden_nft::iptables::Iptables;
 use portwarden_os::nft;
 use portwarden_store::{Change, FwState, FwTxn, SqliteStore, Store};
 
@@ -23,7 +24,8 @@ fn ssh_peer() -> Option<(IpAddr, u16)> {
     Some((f.first()?.parse().ok()?, f.get(3)?.parse().ok()?))
 }
 
-fn render(g: &Global) -> anyhow::Result<(Ruleset, String)> {
+/// The policy and its nftables text, after the lock-out guard on the rendered model.
+fn render(g: &Global) -> anyhow::Result<(portwarden_core::Policy, String)> {
     let loaded = super::load_policy(g.policy.as_deref())?;
     let interfaces = portwarden_os::host::interfaces()
         .into_iter()
@@ -55,7 +57,22 @@ fn render(g: &Global) -> anyhow::Result<(Ruleset, String)> {
         }
     }
     let text = rs.to_nft();
-    Ok((rs, text))
+    Ok((loaded.policy, text))
+}
+
+/// The iptables rendering of `policy`, saying on stderr what it cannot express.
+fn iptables_rules(g: &Global, policy: &portwarden_core::Policy) -> anyhow::Result<Iptables> {
+    let ipt = portwarden_nft::iptables::render(
+        policy,
+        &Options {
+            ssh_peer: ssh_peer(),
+            interfaces: None,
+        },
+    )?;
+    for u in &ipt.unsupported {
+        output::warn(g.quiet, &format!("iptables cannot express: {u}"));
+    }
+    Ok(ipt)
 }
 
 fn store(g: &Global) -> anyhow::Result<SqliteStore> {
@@ -204,16 +221,7 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             format: FwFormat::Iptables,
         } => {
             let loaded = super::load_policy(g.policy.as_deref())?;
-            let ipt = portwarden_nft::iptables::render(
-                &loaded.policy,
-                &Options {
-                    ssh_peer: ssh_peer(),
-                    interfaces: None,
-                },
-            )?;
-            for u in &ipt.unsupported {
-                output::warn(g.quiet, &format!("iptables cannot express: {u}"));
-            }
+            let ipt = iptables_rules(g, &loaded.policy)?;
             output::text(&format!("{}{}", ipt.v4, ipt.v6))?;
             Ok(Status::Ok)
         }
@@ -432,18 +440,8 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
 /// our chain, with the same commit-confirm.
 fn apply_iptables(g: &Global, within: HumanDuration) -> anyhow::Result<Status> {
     use portwarden_os::iptables::{Fam, apply, check};
-    render(g)?; // the lock-out guard on the model
-    let loaded = super::load_policy(g.policy.as_deref())?;
-    let ipt = portwarden_nft::iptables::render(
-        &loaded.policy,
-        &Options {
-            ssh_peer: ssh_peer(),
-            interfaces: None,
-        },
-    )?;
-    for u in &ipt.unsupported {
-        output::warn(g.quiet, &format!("iptables cannot express: {u}"));
-    }
+    let (policy, _) = render(g)?; // the lock-out guard on the model
+    let ipt = iptables_rules(g, &policy)?;
     let mut s = store(g)?;
     if let Some(t) = pending(&s)? {
         bail!(portwarden_store::StoreError::Pending(t.id));
