@@ -741,43 +741,94 @@ zone = "localhost"
     }
 }
 
+/// A network namespace a test creates: its helper processes are killed and it is deleted
+/// on drop.
+struct Netns {
+    name: String,
+    children: Vec<std::process::Child>,
+}
+
+impl Netns {
+    /// `pw-{tag}-{pid}`; `None`, with a visible SKIP line, when namespaces are unavailable.
+    fn new(tag: &str) -> Option<Netns> {
+        let name = format!("pw-{tag}-{}", std::process::id());
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            Some(Netns {
+                name,
+                children: Vec::new(),
+            })
+        } else {
+            eprintln!("SKIP: cannot create a network namespace (needs root and iproute2)");
+            None
+        }
+    }
+
+    /// Runs a command inside, without portwarden's environment.
+    fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .env_remove("PORTWARDEN_POLICY")
+            .env_remove("PORTWARDEN_STATE")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a set-up command inside; it must succeed.
+    fn run(&self, cmd: &[&str]) {
+        let st = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(cmd)
+            .status()
+            .unwrap();
+        assert!(st.success(), "{cmd:?}");
+    }
+
+    /// Starts `tests/helpers/fake_servers.py` inside and waits until it is ready.
+    fn serve(&mut self, specs: &[&str]) {
+        let helper =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/fake_servers.py");
+        let mut child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "python3",
+                helper.to_str().unwrap(),
+            ])
+            .args(specs)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready");
+        self.children.push(child);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
 mod netns {
     use super::*;
-
-    /// A network namespace this test creates and deletes.
-    struct Netns(String);
-
-    impl Netns {
-        fn new(tag: &str) -> Option<Netns> {
-            let name = format!("pw-{tag}-{}", std::process::id());
-            let ok = Command::new("ip")
-                .args(["netns", "add", &name])
-                .status()
-                .is_ok_and(|s| s.success());
-            if ok {
-                Some(Netns(name))
-            } else {
-                eprintln!("SKIP: cannot create a network namespace (needs root and iproute2)");
-                None
-            }
-        }
-
-        fn exec(&self, args: &[&str]) -> Output {
-            Command::new("ip")
-                .args(["netns", "exec", &self.0])
-                .args(args)
-                .env_remove("PORTWARDEN_POLICY")
-                .env_remove("PORTWARDEN_STATE")
-                .output()
-                .unwrap()
-        }
-    }
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
 
     #[test]
     fn pools_reserve_writes_the_namespace_sysctl_keeping_what_is_there() {
@@ -887,65 +938,29 @@ fn r3_proc_net_fallback_reports_the_same_sockets_with_a_warning() {
 
 #[test]
 fn r2_policy_init_from_host_drafts_a_policy_that_manages_every_listener() {
-    let ns = format!("pw-draft-{}", std::process::id());
-    if !Command::new("ip")
-        .args(["netns", "add", &ns])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        eprintln!("SKIP: cannot create a network namespace (needs root and iproute2)");
+    let Some(mut ns) = Netns::new("draft") else {
         return;
-    }
-    struct Del(String, Option<std::process::Child>);
-    impl Drop for Del {
-        fn drop(&mut self) {
-            if let Some(c) = self.1.as_mut() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-        }
-    }
-    let mut guard = Del(ns.clone(), None);
-    for args in [
-        &["link", "set", "lo", "up"][..],
-        &["link", "add", "pd0", "type", "veth", "peer", "name", "pd1"],
-        &["addr", "add", "10.204.0.1/24", "dev", "pd0"],
-        &["link", "set", "pd0", "up"],
+    };
+    for cmd in [
+        &["ip", "link", "set", "lo", "up"][..],
+        &[
+            "ip", "link", "add", "pd0", "type", "veth", "peer", "name", "pd1",
+        ],
+        &["ip", "addr", "add", "10.204.0.1/24", "dev", "pd0"],
+        &["ip", "link", "set", "pd0", "up"],
     ] {
-        assert!(
-            Command::new("ip")
-                .args(["-n", &ns])
-                .args(args)
-                .status()
-                .unwrap()
-                .success()
-        );
+        ns.run(cmd);
     }
-    let helper = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/fake_servers.py");
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &ns, "python3", helper.to_str().unwrap()])
-        .args([
-            "mysql-ssl@10.204.0.1:3306",
-            "http@0.0.0.0:8080",
-            "udpecho@10.204.0.1:5353",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "ready");
-    guard.1 = Some(child);
+    ns.serve(&[
+        "mysql-ssl@10.204.0.1:3306",
+        "http@0.0.0.0:8080",
+        "udpecho@10.204.0.1:5353",
+    ]);
     let dir = tempdir("draft");
     let draft = dir.join("draft.toml");
     let pw = |args: &[&str]| {
         Command::new("ip")
-            .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_portwarden")])
+            .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_portwarden")])
             .args(["--state-dir", dir.join("s").to_str().unwrap()])
             .args(args)
             .output()
@@ -998,7 +1013,6 @@ fn r2_policy_init_from_host_drafts_a_policy_that_manages_every_listener() {
 
 mod check_host {
     use super::*;
-    use std::io::{BufRead, BufReader};
 
     const POLICY: &str = r#"
 version = 1
@@ -1029,15 +1043,6 @@ port = 8080
 zone = "localhost"
 "#;
 
-    fn sh(ns: &str, cmd: &[&str]) {
-        let st = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .args(cmd)
-            .status()
-            .unwrap();
-        assert!(st.success(), "{cmd:?}");
-    }
-
     /// Golden JSON of (id, severity, subject), updated with UPDATE_GOLDEN=1.
     fn golden(name: &str, got: &Value) {
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -1056,71 +1061,35 @@ zone = "localhost"
 
     #[test]
     fn r4_check_judges_real_listeners_in_a_namespace() {
-        let ns = format!("pw-check-{}", std::process::id());
-        if !Command::new("ip")
-            .args(["netns", "add", &ns])
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            eprintln!("SKIP: cannot create a network namespace (needs root and iproute2)");
+        let Some(mut ns) = Netns::new("check") else {
             return;
-        }
-        struct Cleanup(String, Option<std::process::Child>);
-        impl Drop for Cleanup {
-            fn drop(&mut self) {
-                if let Some(c) = self.1.as_mut() {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                }
-                let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-            }
-        }
-        let mut guard = Cleanup(ns.clone(), None);
-        sh(&ns, &["ip", "link", "set", "lo", "up"]);
+        };
+        ns.run(&["ip", "link", "set", "lo", "up"]);
         // No IPv6 link-local addresses appearing at random moments.
-        sh(&ns, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-        sh(
-            &ns,
-            &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"],
-        );
+        ns.run(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+        ns.run(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
         // A veth pair with both ends inside the namespace gives it a non-loopback address.
-        sh(
-            &ns,
-            &[
-                "ip", "link", "add", "pw0", "type", "veth", "peer", "name", "pw1",
-            ],
-        );
-        sh(&ns, &["ip", "addr", "add", "10.203.0.1/24", "dev", "pw0"]);
-        sh(&ns, &["ip", "link", "set", "pw0", "up"]);
+        ns.run(&[
+            "ip", "link", "add", "pw0", "type", "veth", "peer", "name", "pw1",
+        ]);
+        ns.run(&["ip", "addr", "add", "10.203.0.1/24", "dev", "pw0"]);
+        ns.run(&["ip", "link", "set", "pw0", "up"]);
         // pw1 is the "outside": an address outside the internal zone.
-        sh(&ns, &["ip", "addr", "add", "198.51.100.1/24", "dev", "pw1"]);
-        sh(&ns, &["ip", "link", "set", "pw1", "up"]);
-        let helper =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/fake_servers.py");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &ns, "python3", helper.to_str().unwrap()])
-            .args([
-                "mysql-ssl@10.203.0.1:3306",
-                "pg-n@10.203.0.1:5432",
-                "udp@10.203.0.1:5432",
-                "banner@0.0.0.0:23",
-                "http@127.0.0.1:8080",
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready");
-        guard.1 = Some(child);
+        ns.run(&["ip", "addr", "add", "198.51.100.1/24", "dev", "pw1"]);
+        ns.run(&["ip", "link", "set", "pw1", "up"]);
+        ns.serve(&[
+            "mysql-ssl@10.203.0.1:3306",
+            "pg-n@10.203.0.1:5432",
+            "udp@10.203.0.1:5432",
+            "banner@0.0.0.0:23",
+            "http@127.0.0.1:8080",
+        ]);
 
         let dir = tempdir("checkns");
         let p = dir.join("policy.toml");
         std::fs::write(&p, POLICY).unwrap();
         let o = Command::new("ip")
-            .args(["netns", "exec", &ns, env!("CARGO_BIN_EXE_portwarden")])
+            .args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_portwarden")])
             .args([
                 "--policy",
                 p.to_str().unwrap(),
@@ -1590,22 +1559,9 @@ mod firewall {
     /// Two namespaces joined by a veth pair: the server (10.99.0.1, fd99::1) and a client
     /// with two addresses (10.99.0.2 and .3, fd99::2). Removed on drop.
     struct Lab {
-        server: String,
-        client: String,
-        servers: Vec<std::process::Child>,
+        server: Netns,
+        client: Netns,
         dir: PathBuf,
-    }
-
-    impl Drop for Lab {
-        fn drop(&mut self) {
-            for c in &mut self.servers {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-            for ns in [&self.server, &self.client] {
-                let _ = Command::new("ip").args(["netns", "del", ns]).status();
-            }
-        }
     }
 
     fn ip(args: &[&str]) -> bool {
@@ -1625,32 +1581,22 @@ mod firewall {
 
     impl Lab {
         fn new(tag: &str) -> Option<Lab> {
-            let id = std::process::id() % 100_000;
-            let (s, c) = (format!("pw-{tag}-s-{id}"), format!("pw-{tag}-c-{id}"));
-            if !ip(&["netns", "add", &s]) {
-                eprintln!("SKIP: cannot create a network namespace (needs root and iproute2)");
-                return None;
-            }
             if Command::new("nft").arg("--version").output().is_err() {
-                let _ = ip(&["netns", "del", &s]);
                 eprintln!("SKIP: nft is not installed");
                 return None;
             }
-            let lab = Lab {
-                server: s.clone(),
-                client: c.clone(),
-                servers: Vec::new(),
-                dir: tempdir(&format!("fw-{tag}")),
-            };
-            assert!(ip(&["netns", "add", &c]));
+            let server = Netns::new(&format!("{tag}-s"))?;
+            let client = Netns::new(&format!("{tag}-c"))?;
+            let id = std::process::id() % 100_000;
             // Unique per test even when `cargo test` runs them as threads of one process.
             let (vs, vc) = (format!("p{tag}s{id}"), format!("p{tag}c{id}"));
+            let (s, c) = (&server.name, &client.name);
             assert!(ip(&[
-                "link", "add", &vs, "netns", &s, "type", "veth", "peer", "name", &vc, "netns", &c
+                "link", "add", &vs, "netns", s, "type", "veth", "peer", "name", &vc, "netns", c
             ]));
             for (ns, dev, addrs) in [
-                (&s, &vs, vec!["10.99.0.1/24", "fd99::1/64"]),
-                (&c, &vc, vec!["10.99.0.2/24", "10.99.0.3/24", "fd99::2/64"]),
+                (s, &vs, vec!["10.99.0.1/24", "fd99::1/64"]),
+                (c, &vc, vec!["10.99.0.2/24", "10.99.0.3/24", "fd99::2/64"]),
             ] {
                 assert!(ip(&["-n", ns, "link", "set", "lo", "up"]));
                 for a in addrs {
@@ -1662,28 +1608,15 @@ mod firewall {
                 }
                 assert!(ip(&["-n", ns, "link", "set", dev, "up"]));
             }
-            Some(lab)
+            Some(Lab {
+                server,
+                client,
+                dir: tempdir(&format!("fw-{tag}")),
+            })
         }
 
         fn serve(&mut self, specs: &[&str]) {
-            let mut child = Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &self.server,
-                    "python3",
-                    &helper("fake_servers.py"),
-                ])
-                .args(specs)
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut line = String::new();
-            BufReader::new(child.stdout.take().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            assert_eq!(line.trim(), "ready");
-            self.servers.push(child);
+            self.server.serve(specs);
         }
 
         fn client(&self, args: &[&str]) -> bool {
@@ -1691,7 +1624,7 @@ mod firewall {
                 .args([
                     "netns",
                     "exec",
-                    &self.client,
+                    &self.client.name,
                     "python3",
                     &helper("net_client.py"),
                 ])
@@ -1707,7 +1640,7 @@ mod firewall {
                 .args([
                     "netns",
                     "exec",
-                    &self.server,
+                    &self.server.name,
                     env!("CARGO_BIN_EXE_portwarden"),
                 ])
                 .args([
@@ -1728,7 +1661,7 @@ mod firewall {
                 .args([
                     "netns",
                     "exec",
-                    &self.server,
+                    &self.server.name,
                     "nft",
                     "list",
                     "table",
@@ -1775,7 +1708,7 @@ mod firewall {
             .args([
                 "netns",
                 "exec",
-                &lab.client,
+                &lab.client.name,
                 "python3",
                 &helper("net_client.py"),
                 "hold",
@@ -1941,7 +1874,7 @@ max_conn_per_source = 3
             .args([
                 "netns",
                 "exec",
-                &lab.server,
+                &lab.server.name,
                 env!("CARGO_BIN_EXE_portwarden"),
             ])
             .args([
@@ -1968,7 +1901,6 @@ max_conn_per_source = 3
         assert_eq!(code(&o), 2);
         assert!(stderr(&o).contains("nope0"), "{}", stderr(&o));
         assert_eq!(lab.table(), applied);
-        let _ = &lab.servers;
     }
     #[test]
     fn r7_the_iptables_rendering_passes_the_same_subset() {
