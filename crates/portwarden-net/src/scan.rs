@@ -1,18 +1,18 @@
-//! The port scanner: a TCP connect scan and a UDP scan on tokio, with an in-flight window
-//! bounded by the descriptor limit, nmap-like adaptive timeouts and retries, resets
-//! instead of TIME-WAIT, and no phantom self-connects on loopback.
+//! What both scan engines share — port states, configuration, outcomes, the descriptor
+//! limit, RTT timing, the loopback source address — and the UDP scan on tokio, with an
+//! in-flight window bounded by the descriptor limit and nmap-like timeouts and retries.
+//! The TCP connect scan is `connect::scan_tcp`.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portwarden_core::Protocol;
 use serde::Serialize;
-use tokio::net::{TcpSocket, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
@@ -187,43 +187,8 @@ enum Attempt {
     Open,
     Closed,
     NoAnswer,
-    SelfConnect,
     OutOfDescriptors,
     Unreachable,
-}
-
-fn set_bind_no_port(s: &TcpSocket) {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt on a valid socket with a pointer to a c_int; failure only means
-    // the port is chosen at bind time instead of connect time.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-/// `SO_LINGER {on, 0}`: close sends a reset and never blocks (tokio deprecates its own
-/// setter because a non-zero linger blocks on drop; zero does not).
-fn set_linger_zero(s: &TcpSocket) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a valid socket with a pointer to a linger struct of that size.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
 }
 
 fn is_emfile(e: &io::Error) -> bool {
@@ -231,43 +196,6 @@ fn is_emfile(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS)
     )
-}
-
-async fn tcp_attempt(dst: SocketAddr, src: Option<IpAddr>, t: Duration) -> Attempt {
-    let sock = match if dst.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    } {
-        Ok(s) => s,
-        Err(e) if is_emfile(&e) => return Attempt::OutOfDescriptors,
-        Err(_) => return Attempt::Unreachable,
-    };
-    // Close with a reset: no TIME-WAIT left behind by tens of thousands of probes.
-    set_linger_zero(&sock);
-    if let Some(src) = src {
-        set_bind_no_port(&sock);
-        if sock.bind(SocketAddr::new(src, 0)).is_err() {
-            return Attempt::Unreachable;
-        }
-    }
-    match timeout(t, sock.connect(dst)).await {
-        Ok(Ok(stream)) => {
-            let me = stream.local_addr().ok();
-            if me == Some(dst) {
-                Attempt::SelfConnect
-            } else {
-                Attempt::Open
-            }
-        }
-        Ok(Err(e)) => match e.raw_os_error() {
-            Some(libc::ECONNREFUSED) => Attempt::Closed,
-            _ if is_emfile(&e) => Attempt::OutOfDescriptors,
-            Some(libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH) => Attempt::NoAnswer,
-            _ => Attempt::Unreachable,
-        },
-        Err(_) => Attempt::NoAnswer,
-    }
 }
 
 /// A payload that makes a common UDP service answer.
@@ -323,8 +251,10 @@ async fn udp_attempt(dst: SocketAddr, t: Duration) -> Attempt {
     }
 }
 
-/// Scans every (address, port) pair; `progress(done, total)` is called as ports finish.
-pub async fn scan(
+/// UDP-scans every (address, port) pair with a task per probe (UDP answers come slowly
+/// enough that this is not the bottleneck; TCP has `connect::scan_tcp`); `progress(done,
+/// total)` is called as ports finish.
+pub async fn scan_udp(
     targets: &[IpAddr],
     ports: &[u16],
     cfg: &ScanConfig,
@@ -336,11 +266,7 @@ pub async fn scan(
     let window = cfg.max_window.min(by_fd).max(1);
     let sem = Arc::new(Semaphore::new(window));
     let shrink = Arc::new(AtomicUsize::new(0));
-    let timing = Arc::new(Mutex::new(Timing {
-        srtt: 0.0,
-        rttvar: 0.0,
-        measured: false,
-    }));
+    let timing = Arc::new(Mutex::new(Timing::new()));
     let out = Arc::new(Mutex::new(ScanOutcome::default()));
     let done = Arc::new(AtomicU64::new(0));
     let total = (targets.len() * ports.len()) as u64;
@@ -396,10 +322,7 @@ pub async fn scan(
                 .map(|t| t.timeout(&cfg))
                 .unwrap_or(cfg.initial_timeout);
             let started = Instant::now();
-            let attempt = match cfg.protocol {
-                Protocol::Tcp => tcp_attempt(dst, loopback_source(dst.ip()), t).await,
-                Protocol::Udp => udp_attempt(dst, t).await,
-            };
+            let attempt = udp_attempt(dst, t).await;
             drop(permit);
             let mut o = match out.lock() {
                 Ok(o) => o,
@@ -408,12 +331,7 @@ pub async fn scan(
             o.probes += 1;
             let state = match attempt {
                 Attempt::Open => Some(PortState::Open),
-                Attempt::Closed | Attempt::SelfConnect => {
-                    if matches!(attempt, Attempt::SelfConnect) {
-                        o.self_connects += 1;
-                    }
-                    Some(PortState::Closed)
-                }
+                Attempt::Closed => Some(PortState::Closed),
                 Attempt::OutOfDescriptors => {
                     o.emfile += 1;
                     shrink.fetch_add(1, Ordering::Relaxed);
@@ -424,10 +342,7 @@ pub async fn scan(
                     let _ = retry_tx.send((dst, tries + 1));
                     return;
                 }
-                Attempt::NoAnswer => Some(match cfg.protocol {
-                    Protocol::Tcp => PortState::Filtered,
-                    Protocol::Udp => PortState::OpenFiltered,
-                }),
+                Attempt::NoAnswer => Some(PortState::OpenFiltered),
                 Attempt::Unreachable => Some(PortState::Filtered),
             };
             if matches!(state, Some(PortState::Open | PortState::Closed)) {
@@ -440,7 +355,7 @@ pub async fn scan(
                 Some(s) => o.ports.push(PortResult {
                     addr: dst.ip(),
                     port: dst.port(),
-                    protocol: cfg.protocol,
+                    protocol: Protocol::Udp,
                     state: s,
                 }),
                 None => {}
@@ -455,9 +370,6 @@ pub async fn scan(
         Err(arc) => arc.lock().map(|o| o.clone()).unwrap_or_default(),
     };
     o.ports.sort_by_key(|r| (r.addr, r.port));
-    o.srtt_us = timing
-        .lock()
-        .map(|t| (t.srtt * 1e6) as u64)
-        .unwrap_or_default();
+    o.srtt_us = timing.lock().map(|t| t.srtt_us()).unwrap_or_default();
     o
 }

@@ -28,60 +28,50 @@ pub fn severity(s: SeverityArg) -> Severity {
     }
 }
 
-/// Lease, pool and ledger rules, over the embedded store when it exists.
-type Leased = std::collections::BTreeSet<(portwarden_core::Protocol, u16)>;
-type LastChange = std::collections::BTreeMap<String, i64>;
+/// What the embedded store holds for the rules, when it exists.
+#[derive(Default)]
+struct StoreState {
+    leases: Vec<portwarden_store::Lease>,
+    broken: Option<(i64, String)>,
+    /// `PORT/PROTO` → the last ledger timestamp that touched it.
+    last_change: std::collections::BTreeMap<String, i64>,
+}
 
-fn store_rules(
-    g: &Global,
-    policy: &portwarden_core::Policy,
-) -> anyhow::Result<(Vec<Finding>, Leased, LastChange)> {
-    let mut last_change = LastChange::new();
-    let (leases, broken) = match super::open_store(g, false) {
-        Ok(s) => {
-            let entries = s.ledger(None)?;
-            let v = portwarden_store::ledger::verify(&entries);
-            for e in entries {
-                last_change.insert(e.subject, e.ts);
-            }
-            (s.leases()?, v.broken)
-        }
-        Err(portwarden_store::StoreError::Missing(_)) => (Vec::new(), None),
+fn read_store(g: &Global) -> anyhow::Result<StoreState> {
+    let s = match super::open_store(g, false) {
+        Ok(s) => s,
+        Err(portwarden_store::StoreError::Missing(_)) => return Ok(StoreState::default()),
         Err(e) => return Err(e.into()),
     };
-    let facts = super::lease::lease_facts(&leases);
-    let listeners = if leases.iter().any(|l| l.process.is_some()) {
-        let mut inv = portwarden_os::sockets(&portwarden_os::Query {
-            states: Some(vec![
-                portwarden_core::facts::SocketState::Listen,
-                portwarden_core::facts::SocketState::Unconn,
-            ]),
-            ..portwarden_os::Query::default()
-        })?;
-        portwarden_os::attach_owners(&mut inv, portwarden_os::Walk::AllOwners)?;
-        for w in &inv.warnings {
-            output::warn(g.quiet, w);
-        }
-        inv.sockets
-    } else {
-        Vec::new()
-    };
-    let sysctls = portwarden_os::sysctl::read_host();
-    let leased = leases.iter().map(|l| (l.protocol, l.port.get())).collect();
-    Ok((
-        portwarden_core::findings::store_findings(
-            policy,
-            &portwarden_core::findings::StoreFacts {
-                now: super::now(),
-                leases: &facts,
-                listeners: &listeners,
-                sysctls: &sysctls,
-                ledger_broken: broken.as_ref().map(|(s, w)| (*s, w.as_str())),
-            },
-        ),
-        leased,
+    let entries = s.ledger(None)?;
+    let broken = portwarden_store::ledger::verify(&entries).broken;
+    let last_change = entries.into_iter().map(|e| (e.subject, e.ts)).collect();
+    Ok(StoreState {
+        leases: s.leases()?,
+        broken,
         last_change,
-    ))
+    })
+}
+
+/// Lease, pool and ledger rules, over the store and the facts `check` gathered.
+fn store_rules(
+    policy: &portwarden_core::Policy,
+    st: &StoreState,
+    facts: &portwarden_core::hostcheck::HostFacts,
+) -> Vec<Finding> {
+    let leases = super::lease::lease_facts(&st.leases);
+    let listeners: Vec<portwarden_core::facts::Socket> =
+        facts.listeners.iter().map(|l| l.socket.clone()).collect();
+    portwarden_core::findings::store_findings(
+        policy,
+        &portwarden_core::findings::StoreFacts {
+            now: super::now(),
+            leases: &leases,
+            listeners: &listeners,
+            sysctls: &facts.sysctls,
+            ledger_broken: st.broken.as_ref().map(|(s, w)| (*s, w.as_str())),
+        },
+    )
 }
 
 /// Records who owns each managed port and reports changes since the last check.
@@ -139,8 +129,12 @@ pub struct Evaluation {
 pub fn evaluate(g: &Global) -> anyhow::Result<Evaluation> {
     let loaded = super::load_policy(g.policy.as_deref())?;
     let mut findings = policy_findings(&loaded.policy, Catalog::builtin());
-    let (store_findings, leased, last_change) = store_rules(g, &loaded.policy)?;
-    findings.extend(store_findings);
+    let st = read_store(g)?;
+    let leased = st
+        .leases
+        .iter()
+        .map(|l| (l.protocol, l.port.get()))
+        .collect();
     output::verbose(
         g.verbose,
         &format!(
@@ -160,6 +154,7 @@ pub fn evaluate(g: &Global) -> anyhow::Result<Evaluation> {
             started.elapsed().as_millis()
         ),
     );
+    findings.extend(store_rules(&loaded.policy, &st, &facts));
     findings.extend(portwarden_core::hostcheck::host_findings(
         &loaded.policy,
         Catalog::builtin(),
@@ -183,7 +178,7 @@ pub fn evaluate(g: &Global) -> anyhow::Result<Evaluation> {
         findings,
         exposure,
         exposure_total,
-        last_change,
+        last_change: st.last_change,
     })
 }
 

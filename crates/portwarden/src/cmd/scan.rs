@@ -11,7 +11,7 @@ use portwarden_core::catalog::TlsStyle;
 use portwarden_core::targets::{Target, expand, parse_ports, parse_target, top_ports};
 use portwarden_core::units::HumanDuration;
 use portwarden_core::{Catalog, Port, Protocol};
-use portwarden_net::scan::{PortState, ScanConfig, scan};
+use portwarden_net::scan::{PortState, ScanConfig, scan_udp};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{Global, ScanArgs};
@@ -150,7 +150,7 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
     let progress: Arc<dyn Fn(u64, u64) + Send + Sync> = Arc::new(move |d, t| progress.update(d, t));
     let outcome = match protocol {
         Protocol::Tcp => portwarden_net::connect::scan_tcp(&hosts, &ports, &cfg, progress),
-        Protocol::Udp => runtime()?.block_on(scan(&hosts, &ports, &cfg, progress)),
+        Protocol::Udp => runtime()?.block_on(scan_udp(&hosts, &ports, &cfg, progress)),
     };
     output::progress_done(g.quiet || g.json);
 
