@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use portwarden_core::policy::{FirewallMode, IcmpPolicy, Policy};
 use portwarden_core::{PortRange, Protocol};
 
-use crate::{Fam, Options, RenderError, Rule, Sources};
+use crate::{Fam, Options, RenderError, Rule, Sources, quote};
 
 /// Our chain; `INPUT` jumps to it.
 pub const CHAIN: &str = "PORTWARDEN-INPUT";
@@ -51,6 +51,16 @@ pub fn render(policy: &Policy, opts: &Options) -> Result<Iptables, RenderError> 
         "source sets: each allowed network is its own rule, so lookups grow with the list"
             .to_string(),
     ];
+    if model
+        .rules
+        .iter()
+        .any(|r| matches!(r, Rule::AcceptLeased { .. }))
+    {
+        unsupported.push(
+            "live lease updates: leased pool ports are admitted as of this apply; after `alloc` or `release`, apply again"
+                .to_string(),
+        );
+    }
     let mut files = Vec::new();
     for fam in [Fam::V4, Fam::V6] {
         let mut s = String::new();
@@ -142,61 +152,94 @@ pub fn render(policy: &Policy, opts: &Options) -> Result<Iptables, RenderError> 
                     );
                 }
             }
-            let Rule::Accept {
-                fam: f,
-                proto,
-                ports,
-                sources,
-                iifnames,
-                comment,
-            } = r
-            else {
-                continue;
+            // Leased pool ports: as plain accepts of the ports leased now.
+            let leased: Vec<(Protocol, Vec<PortRange>)>;
+            let (f, proto_ports, sources, iifnames, comment) = match r {
+                Rule::Accept {
+                    fam: f,
+                    proto,
+                    ports,
+                    sources,
+                    iifnames,
+                    comment,
+                } => (f, vec![(*proto, ports.clone())], sources, iifnames, comment),
+                Rule::AcceptLeased {
+                    fam: f,
+                    ports,
+                    sources,
+                    iifnames,
+                    comment,
+                    ..
+                } => {
+                    leased = Protocol::ALL
+                        .iter()
+                        .map(|p| {
+                            (
+                                *p,
+                                ports
+                                    .iter()
+                                    .filter(|(q, _)| q == p)
+                                    .map(|(_, n)| PortRange::single(*n))
+                                    .collect::<Vec<_>>(),
+                            )
+                        })
+                        .filter(|(_, v)| !v.is_empty())
+                        .collect();
+                    (f, leased, sources, iifnames, comment)
+                }
+                Rule::Raw(_) => continue,
             };
             if *f != fam {
                 continue;
             }
-            let p = match proto {
-                Protocol::Tcp => "tcp",
-                Protocol::Udp => "udp",
-            };
-            let ifaces: Vec<String> = if iifnames.is_empty() {
-                vec![String::new()]
-            } else {
-                iifnames.iter().map(|i| format!("-i {i} ")).collect()
-            };
-            let srcs: Vec<String> = match sources {
-                Sources::Any => vec![String::new()],
-                Sources::Addr(ip) => vec![format!("-s {ip} ")],
-                Sources::Set(_, cidrs) => cidrs.iter().map(|c| format!("-s {c} ")).collect(),
-            };
-            // Per-source connection limits go before the accepts of their ports.
-            if let Some(limit) = connlimit(policy, comment) {
-                if *proto == Protocol::Tcp {
-                    let mask = if fam == Fam::V4 { 32 } else { 128 };
-                    let verdict = if enforce {
-                        "REJECT --reject-with tcp-reset"
-                    } else {
-                        "LOG --log-prefix \"portwarden-monitor conn-limit \""
-                    };
-                    a(
-                        &mut s,
-                        &format!(
-                            "-p tcp {} -m conntrack --ctstate NEW -m connlimit --connlimit-above {limit} --connlimit-mask {mask} -j {verdict}",
-                            dports(ports)
-                        ),
-                    );
+            for (proto, ports) in &proto_ports {
+                let (proto, ports) = (proto, ports.as_slice());
+                let p = match proto {
+                    Protocol::Tcp => "tcp",
+                    Protocol::Udp => "udp",
+                };
+                let ifaces: Vec<String> = if iifnames.is_empty() {
+                    vec![String::new()]
+                } else {
+                    iifnames
+                        .iter()
+                        .map(|i| format!("-i {} ", quote(i)))
+                        .collect()
+                };
+                let srcs: Vec<String> = match sources {
+                    Sources::Any => vec![String::new()],
+                    Sources::Addr(ip) => vec![format!("-s {ip} ")],
+                    Sources::Set(_, cidrs) => cidrs.iter().map(|c| format!("-s {c} ")).collect(),
+                };
+                // Per-source connection limits go before the accepts of their ports.
+                if let Some(limit) = connlimit(policy, comment) {
+                    if *proto == Protocol::Tcp {
+                        let mask = if fam == Fam::V4 { 32 } else { 128 };
+                        let verdict = if enforce {
+                            "REJECT --reject-with tcp-reset"
+                        } else {
+                            "LOG --log-prefix \"portwarden-monitor conn-limit \""
+                        };
+                        a(
+                            &mut s,
+                            &format!(
+                                "-p tcp {} -m conntrack --ctstate NEW -m connlimit --connlimit-above {limit} --connlimit-mask {mask} -j {verdict}",
+                                dports(ports)
+                            ),
+                        );
+                    }
                 }
-            }
-            for i in &ifaces {
-                for src in &srcs {
-                    a(
-                        &mut s,
-                        &format!(
-                            "{i}{src}-p {p} {} -m comment --comment \"{comment}\" -j ACCEPT",
-                            dports(ports)
-                        ),
-                    );
+                for i in &ifaces {
+                    for src in &srcs {
+                        a(
+                            &mut s,
+                            &format!(
+                                "{i}{src}-p {p} {} -m comment --comment {} -j ACCEPT",
+                                dports(ports),
+                                quote(comment)
+                            ),
+                        );
+                    }
                 }
             }
         }
@@ -249,17 +292,19 @@ pub fn render(policy: &Policy, opts: &Options) -> Result<Iptables, RenderError> 
     })
 }
 
-fn connlimit(policy: &Policy, name: &str) -> Option<u32> {
+/// The per-source limit of the service or balance group a rule's comment names.
+fn connlimit(policy: &Policy, comment: &str) -> Option<u32> {
+    if let Some(name) = comment.strip_prefix("service ") {
+        return policy
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.max_conn_per_source);
+    }
+    let name = comment.strip_prefix("balance ")?;
     policy
-        .services
+        .balance
         .iter()
-        .find(|s| s.name == name)
-        .and_then(|s| s.max_conn_per_source)
-        .or_else(|| {
-            policy
-                .balance
-                .iter()
-                .find(|b| b.name == name)
-                .and_then(|b| b.max_conn_per_source)
-        })
+        .find(|b| b.name == name)
+        .and_then(|b| b.max_conn_per_source)
 }

@@ -7,10 +7,11 @@ pub mod iptables;
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use portwarden_core::addr::{AddrSet, Cidr};
-use portwarden_core::policy::{FirewallMode, IcmpPolicy, Policy, Service, ZoneKind};
-use portwarden_core::{PortRange, Protocol};
+use portwarden_core::policy::{FirewallMode, IcmpPolicy, Placement, Policy, ZoneKind};
+use portwarden_core::{Port, PortRange, Protocol};
 
 /// The one table portwarden owns; other managers' tables are never touched.
 pub const TABLE: &str = "inet portwarden";
@@ -23,6 +24,91 @@ pub struct Options {
     pub ssh_peer: Option<(IpAddr, u16)>,
     /// The host's interfaces; zone interfaces must be among them (`None`: not checked).
     pub interfaces: Option<Vec<String>>,
+    /// Unexpired grants, re-added inside the same transaction so an apply never changes
+    /// who is granted.
+    pub grants: Vec<Grant>,
+    /// Active leases of pool services: their ports are admitted for the service's sources.
+    pub leases: Vec<LeasedPort>,
+}
+
+/// A time-limited grant: `addr` may reach `port`/`protocol` for `left` more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// Source address (an IPv4-mapped IPv6 address is its IPv4 address).
+    pub addr: IpAddr,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Port.
+    pub port: Port,
+    /// Time left.
+    pub left: Duration,
+}
+
+/// A leased port of a pool service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasedPort {
+    /// The service the lease serves.
+    pub service: String,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Port.
+    pub port: Port,
+}
+
+/// The longest comment nft keeps.
+pub const COMMENT_MAX: usize = 128;
+
+/// The one way a string from a policy, a peer or the store enters nft or
+/// `iptables-restore` text: a double-quoted string whose bytes are only
+/// `[A-Za-z0-9 _.,:/@+=*-]`; every other byte becomes `%XX` (so `%`, `"`, `\`, `;`,
+/// `#`, newlines and control bytes can never end the string or start a statement), cut to
+/// [`COMMENT_MAX`] bytes inside the quotes.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for b in s.bytes() {
+        let piece = if b.is_ascii_alphanumeric() || b" _.,:/@+=*-".contains(&b) {
+            (b as char).to_string()
+        } else {
+            format!("%{b:02X}")
+        };
+        if out.len() - 1 + piece.len() > COMMENT_MAX {
+            break;
+        }
+        out.push_str(&piece);
+    }
+    out.push('"');
+    out
+}
+
+/// An injective map from policy names to nft identifier text (`[a-z0-9_]`): `_` becomes
+/// `__`, `-` `_d`, `.` `_p`, an upper-case letter `_u` and the letter, anything else
+/// `_x<hex>_`. Distinct names give distinct identifiers (`a-b`, `a_b`, `DB` and `db`
+/// included), and since no escape starts with `_v`, `_t` or `_l`, a suffix such as
+/// `_v4` can never be read as part of a name.
+pub fn ident(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        match c {
+            'a'..='z' | '0'..='9' => out.push(c),
+            'A'..='Z' => {
+                out.push_str("_u");
+                out.push(c.to_ascii_lowercase());
+            }
+            '_' => out.push_str("__"),
+            '-' => out.push_str("_d"),
+            '.' => out.push_str("_p"),
+            c => {
+                let _ = write!(out, "_x{:x}_", c as u32);
+            }
+        }
+    }
+    out
+}
+
+/// The name of the set holding a pool service's leased ports.
+pub fn lease_set(service: &str) -> String {
+    format!("lease_{}", ident(service))
 }
 
 /// Why a policy cannot be rendered.
@@ -84,8 +170,8 @@ pub struct Set {
     pub name: String,
     /// Its declaration body (type, flags, timeout).
     pub decl: String,
-    /// Static elements (CIDRs).
-    pub elements: Vec<Cidr>,
+    /// Elements, as nft text (CIDRs, grants, leased ports).
+    pub elements: Vec<String>,
 }
 
 /// Where a rule's sources come from.
@@ -111,6 +197,22 @@ pub enum Rule {
         proto: Protocol,
         /// Destination ports.
         ports: Vec<PortRange>,
+        /// Sources.
+        sources: Sources,
+        /// Input interfaces (empty: any).
+        iifnames: Vec<String>,
+        /// Comment.
+        comment: String,
+    },
+    /// Accept the (protocol, port) pairs of a named set (a pool service's leased ports,
+    /// changed live by `alloc`/`release`) from `sources` of `fam`.
+    AcceptLeased {
+        /// Family.
+        fam: Fam,
+        /// The set of `inet_proto . inet_service` pairs.
+        set: String,
+        /// Its elements at render time.
+        ports: Vec<(Protocol, Port)>,
         /// Sources.
         sources: Sources,
         /// Input interfaces (empty: any).
@@ -148,18 +250,6 @@ fn ports_text(ports: &[PortRange]) -> String {
     }
 }
 
-fn ident(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 fn by_family(set: &AddrSet, fam: Fam) -> Vec<Cidr> {
     set.cidrs()
         .iter()
@@ -176,7 +266,24 @@ impl Ruleset {
         if src.is_loopback() {
             return true;
         }
+        let from = |sources: &Sources| match sources {
+            Sources::Any => true,
+            Sources::Addr(a) => *a == src,
+            Sources::Set(_, cidrs) => cidrs.iter().any(|c| c.contains(src)),
+        };
         self.rules.iter().any(|r| match r {
+            Rule::AcceptLeased {
+                fam: f,
+                ports,
+                sources,
+                iifnames,
+                ..
+            } => {
+                *f == fam
+                    && iifnames.is_empty()
+                    && ports.iter().any(|(p, n)| *p == proto && n.get() == port)
+                    && from(sources)
+            }
             Rule::Accept {
                 fam: f,
                 proto: p,
@@ -191,11 +298,7 @@ impl Ruleset {
                     && ports
                         .iter()
                         .any(|r| portwarden_core::Port::new(port).is_some_and(|x| r.contains(x)))
-                    && match sources {
-                        Sources::Any => true,
-                        Sources::Addr(a) => *a == src,
-                        Sources::Set(_, cidrs) => cidrs.iter().any(|c| c.contains(src)),
-                    }
+                    && from(sources)
             }
             Rule::Raw(_) => false,
         })
@@ -215,8 +318,7 @@ impl Ruleset {
         for set in &self.sets {
             let _ = write!(s, "  set {} {{ {}", set.name, set.decl);
             if !set.elements.is_empty() {
-                let els: Vec<String> = set.elements.iter().map(|c| c.to_string()).collect();
-                let _ = write!(s, " elements = {{ {} }};", els.join(", "));
+                let _ = write!(s, " elements = {{ {} }};", set.elements.join(", "));
             }
             let _ = writeln!(s, " }}");
         }
@@ -239,29 +341,28 @@ impl Ruleset {
                     iifnames,
                     comment,
                 } => {
-                    let mut line = String::from("    ");
-                    if !iifnames.is_empty() {
-                        let names: Vec<String> =
-                            iifnames.iter().map(|n| format!("\"{n}\"")).collect();
-                        let _ = write!(line, "iifname {{ {} }} ", names.join(", "));
-                    }
-                    match sources {
-                        Sources::Any => {
-                            let _ = write!(line, "meta nfproto {} ", fam.nfproto());
-                        }
-                        Sources::Set(name, _) => {
-                            let _ = write!(line, "{} @{name} ", fam.saddr());
-                        }
-                        Sources::Addr(a) => {
-                            let _ = write!(line, "{} {a} ", fam.saddr());
-                        }
-                    }
-                    let _ = write!(
-                        line,
-                        "{proto} dport {} counter accept comment \"{comment}\"",
-                        ports_text(ports)
+                    let _ = writeln!(
+                        s,
+                        "    {}{proto} dport {} counter accept comment {}",
+                        match_prefix(*fam, sources, iifnames),
+                        ports_text(ports),
+                        quote(comment)
                     );
-                    let _ = writeln!(s, "{line}");
+                }
+                Rule::AcceptLeased {
+                    fam,
+                    set,
+                    sources,
+                    iifnames,
+                    comment,
+                    ..
+                } => {
+                    let _ = writeln!(
+                        s,
+                        "    {}meta l4proto . th dport @{set} counter accept comment {}",
+                        match_prefix(*fam, sources, iifnames),
+                        quote(comment)
+                    );
                 }
             }
         }
@@ -271,20 +372,25 @@ impl Ruleset {
     }
 }
 
-/// Sources a service admits: its `allow_from`, else its zone's networks, else anyone
-/// (external) or nobody beyond loopback (localhost).
-fn service_sources(policy: &Policy, s: &Service) -> Option<AddrSet> {
-    match (&s.allow_from, s.zone) {
-        (Some(set), _) => Some(set.clone()),
-        (None, ZoneKind::Localhost) => None,
-        (None, ZoneKind::Internal) => policy
-            .zones
-            .get(&ZoneKind::Internal)
-            .filter(|z| !z.cidrs.is_empty())
-            .map(|z| z.cidrs.clone())
-            .or_else(|| Some(AddrSet::any())),
-        (None, ZoneKind::External) => Some(AddrSet::any()),
+/// The interface and source matches that open an accept rule.
+fn match_prefix(fam: Fam, sources: &Sources, iifnames: &[String]) -> String {
+    let mut line = String::new();
+    if !iifnames.is_empty() {
+        let names: Vec<String> = iifnames.iter().map(|n| quote(n)).collect();
+        let _ = write!(line, "iifname {{ {} }} ", names.join(", "));
     }
+    match sources {
+        Sources::Any => {
+            let _ = write!(line, "meta nfproto {} ", fam.nfproto());
+        }
+        Sources::Set(name, _) => {
+            let _ = write!(line, "{} @{name} ", fam.saddr());
+        }
+        Sources::Addr(a) => {
+            let _ = write!(line, "{} {a} ", fam.saddr());
+        }
+    }
+    line
 }
 
 /// Sources as a rule sees them: any address of the family, or a named interval set
@@ -297,7 +403,7 @@ fn sources_for(sets: &mut Vec<Set>, prefix: &str, fam: Fam, cidrs: Vec<Cidr>) ->
     sets.push(Set {
         name: name.clone(),
         decl: format!("type {}; flags interval;", fam.addr_type()),
-        elements: cidrs.clone(),
+        elements: cidrs.iter().map(|c| c.to_string()).collect(),
     });
     Sources::Set(name, cidrs)
 }
@@ -420,13 +526,24 @@ pub fn render(policy: &Policy, opts: &Options) -> Result<Ruleset, RenderError> {
     }
     // Grants: per-element timeouts, changed without reloading the ruleset.
     for fam in [Fam::V4, Fam::V6] {
+        let mut elements: Vec<String> = opts
+            .grants
+            .iter()
+            .map(|g| (canonical(g.addr), g))
+            .filter(|(a, g)| {
+                (if a.is_ipv4() { Fam::V4 } else { Fam::V6 }) == fam && !g.left.is_zero()
+            })
+            .map(|(a, g)| grant_element(a, g.protocol, g.port.get(), g.left))
+            .collect();
+        elements.sort();
+        elements.dedup();
         sets.push(Set {
             name: format!("grants_{}", fam.suffix()),
             decl: format!(
                 "type {} . inet_proto . inet_service; flags timeout;",
                 fam.addr_type()
             ),
-            elements: vec![],
+            elements,
         });
         rules.push(Rule::Raw(format!(
             "{} . meta l4proto . th dport @grants_{} counter accept comment \"grants\"",
@@ -443,15 +560,19 @@ pub fn render(policy: &Policy, opts: &Options) -> Result<Ruleset, RenderError> {
             .unwrap_or_default()
     };
     struct Entry {
-        name: String,
+        /// `svc_<ident>` or `bal_<ident>`: services and balance groups never share sets.
+        id: String,
+        comment: String,
         specs: Vec<(Protocol, PortRange)>,
+        /// Pool services: the set of their leased ports.
+        leased: Option<(String, Vec<(Protocol, Port)>)>,
         sources: AddrSet,
         iifnames: Vec<String>,
         limit: Option<u32>,
     }
     let mut entries: Vec<Entry> = Vec::new();
     for s in &policy.services {
-        let Some(sources) = service_sources(policy, s) else {
+        let Some(sources) = portwarden_core::policy::service_sources(s, &policy.zones) else {
             continue;
         };
         let specs: Vec<(Protocol, PortRange)> = s
@@ -459,12 +580,22 @@ pub fn render(policy: &Policy, opts: &Options) -> Result<Ruleset, RenderError> {
             .iter()
             .map(|p| (p.protocol, p.range))
             .collect();
-        if specs.is_empty() {
-            continue; // pooled: admitted through grants or a later apply once leased
-        }
+        let leased = matches!(s.placement, Placement::Pool(_)).then(|| {
+            let mut ports: Vec<(Protocol, Port)> = opts
+                .leases
+                .iter()
+                .filter(|l| l.service == s.name)
+                .map(|l| (l.protocol, l.port))
+                .collect();
+            ports.sort();
+            ports.dedup();
+            (lease_set(&s.name), ports)
+        });
         entries.push(Entry {
-            name: s.name.clone(),
+            id: format!("svc_{}", ident(&s.name)),
+            comment: format!("service {}", s.name),
             specs,
+            leased,
             sources,
             iifnames: if s.allow_from.is_none() {
                 zone_ifaces(s.zone)
@@ -477,8 +608,10 @@ pub fn render(policy: &Policy, opts: &Options) -> Result<Ruleset, RenderError> {
     for b in &policy.balance {
         if let Some(p) = portwarden_core::Port::new(b.listen.port()) {
             entries.push(Entry {
-                name: b.name.clone(),
+                id: format!("bal_{}", ident(&b.name)),
+                comment: format!("balance {}", b.name),
                 specs: vec![(Protocol::Tcp, PortRange::single(p))],
+                leased: None,
                 sources: AddrSet::any(),
                 iifnames: vec![],
                 limit: b.max_conn_per_source,
@@ -486,13 +619,30 @@ pub fn render(policy: &Policy, opts: &Options) -> Result<Ruleset, RenderError> {
         }
     }
     for e in entries {
-        let id = ident(&e.name);
+        let id = &e.id;
+        if let Some((set, ports)) = &e.leased {
+            sets.push(Set {
+                name: set.clone(),
+                decl: "type inet_proto . inet_service;".into(),
+                elements: ports.iter().map(|(p, n)| format!("{p} . {n}")).collect(),
+            });
+        }
         for fam in [Fam::V4, Fam::V6] {
             let cidrs = by_family(&e.sources, fam);
             if cidrs.is_empty() {
                 continue;
             }
-            let sources = sources_for(&mut sets, &format!("svc_{id}"), fam, cidrs);
+            let sources = sources_for(&mut sets, id, fam, cidrs);
+            if let Some((set, ports)) = &e.leased {
+                rules.push(Rule::AcceptLeased {
+                    fam,
+                    set: set.clone(),
+                    ports: ports.clone(),
+                    sources: sources.clone(),
+                    iifnames: e.iifnames.clone(),
+                    comment: e.comment.clone(),
+                });
+            }
             for proto in Protocol::ALL {
                 let ports: Vec<PortRange> = e
                     .specs
@@ -528,7 +678,7 @@ pub fn render(policy: &Policy, opts: &Options) -> Result<Ruleset, RenderError> {
                     ports,
                     sources: sources.clone(),
                     iifnames: e.iifnames.clone(),
-                    comment: e.name.clone(),
+                    comment: e.comment.clone(),
                 });
             }
         }
@@ -582,29 +732,66 @@ fn nft_duration(d: std::time::Duration) -> String {
     }
 }
 
-/// `nft add element` lines for grants: (source, protocol, port, lifetime).
-pub fn grant_commands(grants: &[(IpAddr, Protocol, u16, std::time::Duration)]) -> String {
+/// An address as the firewall matches it: an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`)
+/// is the IPv4 address its packets carry.
+pub fn canonical(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn grant_element(a: IpAddr, p: Protocol, port: u16, left: Duration) -> String {
+    format!("{a} . {p} . {port} timeout {}", nft_duration(left))
+}
+
+fn fam_of(a: IpAddr) -> &'static str {
+    if a.is_ipv4() { "v4" } else { "v6" }
+}
+
+/// `nft add element` lines for grants, one transaction.
+pub fn grant_commands(grants: &[Grant]) -> String {
     let mut s = String::new();
-    for (a, p, port, d) in grants {
-        let fam = if a.is_ipv4() { "v4" } else { "v6" };
+    for g in grants {
+        let a = canonical(g.addr);
         let _ = writeln!(
             s,
-            "add element {TABLE} grants_{fam} {{ {a} . {p} . {port} timeout {} }}",
-            nft_duration(*d)
+            "add element {TABLE} grants_{} {{ {} }}",
+            fam_of(a),
+            grant_element(a, g.protocol, g.port.get(), g.left)
         );
     }
     s
 }
 
-/// `nft delete element` lines for revocations.
-pub fn revoke_commands(grants: &[(IpAddr, Protocol, u16)]) -> String {
+/// `nft delete element` lines for revocations: (source, protocol, port).
+pub fn revoke_commands(grants: &[(IpAddr, Protocol, Port)]) -> String {
     let mut s = String::new();
     for (a, p, port) in grants {
-        let fam = if a.is_ipv4() { "v4" } else { "v6" };
+        let a = canonical(*a);
         let _ = writeln!(
             s,
-            "delete element {TABLE} grants_{fam} {{ {a} . {p} . {port} }}"
+            "delete element {TABLE} grants_{} {{ {a} . {p} . {port} }}",
+            fam_of(a)
         );
+    }
+    s
+}
+
+/// One nft transaction that admits newly leased ports and stops admitting released ones:
+/// `add element` / `delete element` on the services' lease sets (no full re-apply).
+pub fn lease_commands(added: &[LeasedPort], removed: &[LeasedPort]) -> String {
+    let mut s = String::new();
+    for (verb, list) in [("add", added), ("delete", removed)] {
+        for l in list {
+            let _ = writeln!(
+                s,
+                "{verb} element {TABLE} {} {{ {} . {} }}",
+                lease_set(&l.service),
+                l.protocol,
+                l.port
+            );
+        }
     }
     s
 }

@@ -31,6 +31,7 @@ fn the_design_example_renders_as_its_golden() {
         &Options {
             ssh_peer: Some(("203.0.113.5".parse().unwrap(), 22)),
             interfaces: None,
+            ..Options::default()
         },
     )
     .unwrap();
@@ -68,6 +69,7 @@ fn unknown_zone_interfaces_are_refused() {
         &Options {
             ssh_peer: None,
             interfaces: Some(vec!["lo".into(), "eth0".into()]),
+            ..Options::default()
         },
     )
     .unwrap_err();
@@ -79,17 +81,21 @@ fn unknown_zone_interfaces_are_refused() {
 
 #[test]
 fn grants_render_as_set_elements() {
-    let g = grant_commands(&[(
-        "10.0.0.5".parse().unwrap(),
-        Protocol::Tcp,
-        8080,
-        std::time::Duration::from_secs(3600),
-    )]);
+    let g = grant_commands(&[Grant {
+        addr: "::ffff:10.0.0.5".parse().unwrap(),
+        protocol: Protocol::Tcp,
+        port: Port::new(8080).unwrap(),
+        left: std::time::Duration::from_secs(3600),
+    }]);
     assert_eq!(
         g,
         "add element inet portwarden grants_v4 { 10.0.0.5 . tcp . 8080 timeout 1h }\n"
     );
-    let r = revoke_commands(&[("::1".parse().unwrap(), Protocol::Udp, 53)]);
+    let r = revoke_commands(&[(
+        "::1".parse().unwrap(),
+        Protocol::Udp,
+        Port::new(53).unwrap(),
+    )]);
     assert_eq!(
         r,
         "delete element inet portwarden grants_v6 { ::1 . udp . 53 }\n"
@@ -128,7 +134,7 @@ proptest! {
         );
         let Ok(p) = Policy::parse("p.toml", &src, Catalog::builtin()) else { return Ok(()) };
         let peer_ip: IpAddr = format!("{}.{}.{}.{}", peer.0, peer.1, peer.2, peer.3).parse().unwrap();
-        let r = render(&p, &Options { ssh_peer: Some((peer_ip, port)), interfaces: None }).unwrap();
+        let r = render(&p, &Options { ssh_peer: Some((peer_ip, port)), ..Options::default() }).unwrap();
         prop_assert!(r.admits(peer_ip, Protocol::Tcp, port));
         for c in p.host.management.from.cidrs() {
             prop_assert!(r.admits(c.addr(), Protocol::Tcp, port), "{c}");
@@ -144,6 +150,7 @@ fn the_iptables_rendering_matches_its_golden_and_names_its_limits() {
         &Options {
             ssh_peer: Some(("203.0.113.5".parse().unwrap(), 22)),
             interfaces: None,
+            ..Options::default()
         },
     )
     .unwrap();
@@ -152,4 +159,247 @@ fn the_iptables_rendering_matches_its_golden_and_names_its_limits() {
     assert!(r.v4.contains("-s 10.1.0.0/16 -p tcp --dport 3306"));
     assert!(r.v4.contains("--connlimit-above 50"));
     assert!(r.unsupported.iter().any(|u| u.contains("grants")));
+}
+
+#[test]
+fn r_set_names_are_injective() {
+    let names = [
+        "a-b", "a_b", "a.b", "ab", "DB", "db", "dB", "a__b", "a_db", "x_v4",
+    ];
+    let ids: std::collections::BTreeSet<String> = names.iter().map(|n| ident(n)).collect();
+    assert_eq!(ids.len(), names.len(), "{ids:?}");
+    // With the family suffix too: `x_v4` + `_v6` never equals `x` + `_v4_v6`-like forms.
+    let p = policy(
+        "version = 1\n[zones]\ninternal = { interfaces = [\"eth1\"], cidrs = [\"10.0.0.0/8\"] }\n\
+         [[service]]\nname = \"a-b\"\nport = 1001\nzone = \"internal\"\nallow_from = [\"10.1.0.0/16\"]\n\
+         [[service]]\nname = \"a_b\"\nport = 1002\nzone = \"internal\"\nallow_from = [\"10.2.0.0/16\"]\n\
+         [[service]]\nname = \"DB\"\nport = 1003\nzone = \"internal\"\nallow_from = [\"10.3.0.0/16\"]\n\
+         [[service]]\nname = \"db\"\nport = 1004\nzone = \"internal\"\nallow_from = [\"10.4.0.0/16\"]\n",
+    );
+    let r = render(&p, &Options::default()).unwrap();
+    for (n, port) in [(1u8, 1001u16), (2, 1002), (3, 1003), (4, 1004)] {
+        let own: IpAddr = format!("10.{n}.0.1").parse().unwrap();
+        assert!(r.admits(own, Protocol::Tcp, port), "10.{n} -> {port}");
+        for (m, other) in [(1u8, 1001u16), (2, 1002), (3, 1003), (4, 1004)] {
+            if m != n {
+                assert!(
+                    !r.admits(own, Protocol::Tcp, other),
+                    "10.{n} must not reach {other}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn r_grants_survive_apply() {
+    let grants = vec![
+        Grant {
+            addr: "192.0.2.7".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port: Port::new(8443).unwrap(),
+            left: std::time::Duration::from_secs(600),
+        },
+        Grant {
+            addr: "::ffff:192.0.2.8".parse().unwrap(),
+            protocol: Protocol::Udp,
+            port: Port::new(53).unwrap(),
+            left: std::time::Duration::from_secs(90),
+        },
+    ];
+    let r = render(
+        &Policy::baseline(),
+        &Options {
+            grants,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let t = r.to_nft();
+    assert!(
+        t.contains("set grants_v4 { type ipv4_addr . inet_proto . inet_service; flags timeout; elements = { 192.0.2.7 . tcp . 8443 timeout 10m, 192.0.2.8 . udp . 53 timeout 90s }; }"),
+        "{t}"
+    );
+}
+
+#[test]
+fn r_leased_ports_are_admitted() {
+    let p = policy(
+        "version = 1\n[[pool]]\nname = \"dyn\"\nrange = \"20000-20099\"\n\
+         [[service]]\nname = \"cache\"\npool = \"dyn\"\nzone = \"external\"\nallow_from = [\"198.51.100.0/24\"]\n",
+    );
+    let leased = |port| LeasedPort {
+        service: "cache".into(),
+        protocol: Protocol::Tcp,
+        port: Port::new(port).unwrap(),
+    };
+    let r = render(
+        &p,
+        &Options {
+            leases: vec![leased(20007)],
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    assert!(r.admits("198.51.100.9".parse().unwrap(), Protocol::Tcp, 20007));
+    assert!(!r.admits("198.51.100.9".parse().unwrap(), Protocol::Tcp, 20008));
+    assert!(!r.admits("203.0.113.1".parse().unwrap(), Protocol::Tcp, 20007));
+    let t = r.to_nft();
+    assert!(
+        t.contains(
+            "set lease_cache { type inet_proto . inet_service; elements = { tcp . 20007 }; }"
+        ),
+        "{t}"
+    );
+    assert!(
+        t.contains("ip saddr @svc_cache_v4 meta l4proto . th dport @lease_cache counter accept"),
+        "{t}"
+    );
+    assert_eq!(
+        lease_commands(&[leased(20008)], &[leased(20007)]),
+        "add element inet portwarden lease_cache { tcp . 20008 }\ndelete element inet portwarden lease_cache { tcp . 20007 }\n"
+    );
+    // Without leases the set still exists, empty, so a later alloc can add to it.
+    let t = render(&p, &Options::default()).unwrap().to_nft();
+    assert!(
+        t.contains("set lease_cache { type inet_proto . inet_service; }"),
+        "{t}"
+    );
+}
+
+/// nft's lexical structure, enough to compare two renderings: quoted strings, words and
+/// punctuation, with the contents of strings and the names after `@`/`set` masked.
+fn structure(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = text.chars().peekable();
+    let mut prev = String::new();
+    while let Some(c) = chars.next() {
+        let tok = match c {
+            '"' => {
+                let mut closed = false;
+                for d in chars.by_ref() {
+                    if d == '"' {
+                        closed = true;
+                        break;
+                    }
+                    assert!(d != '\n', "newline inside a string");
+                }
+                assert!(closed, "unterminated string");
+                "STR".to_string()
+            }
+            '#' => {
+                for d in chars.by_ref() {
+                    if d == '\n' {
+                        break;
+                    }
+                }
+                "\n".to_string()
+            }
+            c if c.is_whitespace() && c != '\n' => continue,
+            c if c.is_ascii_alphanumeric() || "_./-:".contains(c) => {
+                let mut w = c.to_string();
+                while let Some(&d) = chars.peek() {
+                    if d.is_ascii_alphanumeric() || "_./-:".contains(d) {
+                        w.push(d);
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                if prev == "@"
+                    || prev == "set"
+                    || w.chars().all(|c| c.is_ascii_digit() || ".:/-".contains(c))
+                {
+                    "NAME".to_string()
+                } else {
+                    w
+                }
+            }
+            c => c.to_string(),
+        };
+        prev = tok.clone();
+        out.push(tok);
+    }
+    out
+}
+
+fn arb_ident() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+}
+
+fn arb_iface() -> impl Strategy<Value = String> {
+    "[A-Za-z0-9_.@+-]{1,14}\\*?".prop_filter("not . or ..", |s| {
+        let t = s.trim_end_matches('*');
+        t != "." && t != ".."
+    })
+}
+
+/// A policy with the given names, in every place a name reaches the ruleset.
+fn named_policy(host: &str, svc: &[String], pool: &str, bal: &str, iface: &str) -> String {
+    let mut src = format!(
+        "version = 1\n[host]\nname = \"{host}\"\n[zones]\ninternal = {{ interfaces = [\"{iface}\"], cidrs = [\"10.0.0.0/8\"] }}\n\
+         [[pool]]\nname = \"{pool}\"\nrange = \"30000-30999\"\n"
+    );
+    for (i, n) in svc.iter().enumerate() {
+        if i == 0 {
+            src.push_str(&format!(
+                "[[service]]\nname = \"{n}\"\npool = \"{pool}\"\nzone = \"internal\"\nallow_from = [\"10.9.0.0/16\"]\n"
+            ));
+        } else {
+            src.push_str(&format!(
+                "[[service]]\nname = \"{n}\"\nport = {}\nzone = \"internal\"\nmax_conn_per_source = 5\n",
+                2000 + i
+            ));
+        }
+    }
+    src.push_str(&format!(
+        "[[balance]]\nname = \"{bal}\"\nlisten = \"0.0.0.0:8873\"\nbackends = [\"10.0.0.11:873\"]\nmax_conn_per_source = 7\n"
+    ));
+    src
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Whatever bytes reach `quote`, the result is one string token that cannot end early.
+    #[test]
+    fn r_quote_is_one_token(s in any::<String>()) {
+        let q = quote(&s);
+        prop_assert!(q.len() <= COMMENT_MAX + 2);
+        prop_assert_eq!(structure(&q), vec!["STR".to_string()]);
+        let inner = &q[1..q.len() - 1];
+        let bad = ['"', '\\', ';', '#', '\n', '\r', '{', '}'];
+        prop_assert!(!inner.contains(bad), "{}", q);
+    }
+
+    /// No name a policy accepts changes the structure of the rendered ruleset: rendering
+    /// with random names and with plain placeholder names gives the same token structure
+    /// (in both nft and iptables text), and distinct names never share a set.
+    #[test]
+    fn r_policy_names_never_change_rule_structure(
+        host in arb_ident(),
+        svc in prop::collection::btree_set(arb_ident(), 2..5),
+        pool in arb_ident(),
+        bal in arb_ident(),
+        iface in arb_iface(),
+    ) {
+        let svc: Vec<String> = svc.into_iter().collect();
+        let placeholders: Vec<String> = (0..svc.len()).map(|i| format!("s{i}")).collect();
+        let src = named_policy(&host, &svc, &pool, &bal, &iface);
+        let plain = named_policy("h", &placeholders, "p", "b", "eth1");
+        let p = Policy::parse("p.toml", &src, Catalog::builtin());
+        let p = match p { Ok(p) => p, Err(e) => panic!("valid names refused: {e}\n{src}") };
+        let q = policy(&plain);
+        let leases = |names: &[String]| vec![LeasedPort { service: names[0].clone(), protocol: Protocol::Tcp, port: Port::new(30001).unwrap() }];
+        let opts = |names: &[String]| Options { leases: leases(names), ..Options::default() };
+        let a = render(&p, &opts(&svc)).unwrap();
+        let b = render(&q, &opts(&placeholders)).unwrap();
+        prop_assert_eq!(structure(&a.to_nft()), structure(&b.to_nft()));
+        prop_assert_eq!(a.sets.len(), b.sets.len(), "a set was lost to a name collision");
+        prop_assert_eq!(a.rules.len(), b.rules.len());
+        let ia = iptables::render(&p, &opts(&svc)).unwrap();
+        let ib = iptables::render(&q, &opts(&placeholders)).unwrap();
+        prop_assert_eq!(structure(&ia.v4), structure(&ib.v4));
+        prop_assert_eq!(structure(&ia.v6), structure(&ib.v6));
+    }
 }

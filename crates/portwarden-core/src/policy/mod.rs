@@ -388,3 +388,62 @@ impl Policy {
 
 #[cfg(test)]
 mod tests;
+
+/// Why `name` is not an identifier (`[A-Za-z0-9][A-Za-z0-9_.-]{0,62}`), the only names
+/// the policy accepts for services, pools, balance groups and the host: they become nft
+/// set names, comments and file names, so nothing in them may be syntax anywhere.
+pub fn check_identifier(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Err("it is empty".into()),
+        Some(c) if !c.is_ascii_alphanumeric() => {
+            return Err(format!("it starts with `{}`", c.escape_debug()));
+        }
+        _ => {}
+    }
+    if let Some(c) = chars.find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
+        return Err(format!("`{}` is not allowed", c.escape_debug()));
+    }
+    if name.len() > 63 {
+        return Err(format!("it is {} characters long", name.len()));
+    }
+    Ok(())
+}
+
+/// Why `name` is not a Linux interface name (1-15 bytes of `[A-Za-z0-9_.@+-]`, not `.`
+/// or `..`), or an nft wildcard of one (`eth*`).
+pub fn check_interface(name: &str) -> Result<(), String> {
+    let stem = name.strip_suffix('*').unwrap_or(name);
+    if stem.is_empty() && name.is_empty() {
+        return Err("it is empty".into());
+    }
+    if let Some(c) = stem
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '@' | '+')))
+    {
+        return Err(format!("`{}` is not allowed", c.escape_debug()));
+    }
+    if name.len() > 15 {
+        return Err(format!("it is {} bytes long (at most 15)", name.len()));
+    }
+    if stem == "." || stem == ".." {
+        return Err("`.` and `..` are not interface names".into());
+    }
+    Ok(())
+}
+
+/// The sources a service admits: its `allow_from`, else its zone's networks, else anyone
+/// (external, or an internal zone without networks); `None` for localhost services, which
+/// admit nobody beyond loopback.
+pub fn service_sources(s: &Service, zones: &BTreeMap<ZoneKind, Zone>) -> Option<AddrSet> {
+    match (&s.allow_from, s.zone) {
+        (Some(set), _) => Some(set.clone()),
+        (None, ZoneKind::Localhost) => None,
+        (None, ZoneKind::Internal) => zones
+            .get(&ZoneKind::Internal)
+            .filter(|z| !z.cidrs.is_empty())
+            .map(|z| z.cidrs.clone())
+            .or_else(|| Some(AddrSet::any())),
+        (None, ZoneKind::External) => Some(AddrSet::any()),
+    }
+}

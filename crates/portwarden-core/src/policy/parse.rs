@@ -182,6 +182,21 @@ impl<'c> Cx<'c> {
         Some(s.to_string())
     }
 
+    /// A name that reaches other languages (nft set names, comments, file names): an
+    /// identifier as `crate::policy::is_identifier` defines it.
+    fn identifier(&mut self, node: &Node, key: &str, what: &str) -> Option<String> {
+        let s = self.nonempty_string(node, key)?;
+        if let Err(why) = super::check_identifier(&s) {
+            self.err_help(
+                node.span.clone(),
+                format!("{what} name `{}` is not an identifier: {why}", s.escape_debug()),
+                "names are letters, digits, `_`, `.` and `-`, start with a letter or digit, and are at most 63 characters",
+            );
+            return None;
+        }
+        Some(s)
+    }
+
     fn parsed<T>(&mut self, node: &Node, key: &str) -> Option<T>
     where
         T: FromStr,
@@ -470,6 +485,7 @@ pub(crate) fn parse(src: &str, catalog: &Catalog) -> Result<Policy, Vec<Diagnost
     }
 
     cross_check(&mut cx, &pools, &services, &balance, &compliance, &zones);
+    management_claims(&mut cx, &host, &services, &zones);
 
     if !cx.diags.is_empty() {
         return Err(cx.diags);
@@ -517,7 +533,7 @@ fn read_host(cx: &mut Cx<'_>, node: Option<&Node>) -> Host {
         return host;
     };
     if let Some(n) = f.get("name") {
-        host.name = cx.nonempty_string(n, "name");
+        host.name = cx.identifier(n, "name", "host");
     }
     if let Some(m) = f.get("management") {
         if let Some(mf) = cx.fields(m, "management", MGMT_KEYS) {
@@ -590,16 +606,32 @@ fn read_zones(cx: &mut Cx<'_>, node: Option<&Node>) -> BTreeMap<ZoneKind, Zone> 
         let Some(f) = cx.fields(v, "a zone", ZONE_KEYS) else {
             continue;
         };
+        let mut named = 0;
         let interfaces = f
             .get("interfaces")
             .and_then(|n| cx.string_list(n, "interfaces"))
-            .map(|v| v.into_iter().map(|(s, _)| s).collect::<Vec<_>>())
+            .map(|v| {
+                named = v.len();
+                v.into_iter()
+                    .filter_map(|(s, span)| match super::check_interface(&s) {
+                        Ok(()) => Some(s),
+                        Err(why) => {
+                            cx.err_help(
+                                span,
+                                format!("interface `{}` is not an interface name: {why}", s.escape_debug()),
+                                "Linux interface names are 1-15 letters, digits, `_`, `.`, `-`, `@` or `+`, optionally ending in `*`",
+                            );
+                            None
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
             .unwrap_or_default();
         let cidrs = f
             .get("cidrs")
             .and_then(|n| cx.addr_set(n, "cidrs"))
             .unwrap_or_default();
-        if interfaces.is_empty() && cidrs.is_empty() && kind != ZoneKind::Localhost {
+        if named == 0 && cidrs.is_empty() && kind != ZoneKind::Localhost {
             cx.err_help(
                 v.span.clone(),
                 format!("zone `{}` names no interfaces and no cidrs", k.name),
@@ -775,7 +807,7 @@ fn read_pool(cx: &mut Cx<'_>, node: &Node) -> Option<(Pool, PoolSpans)> {
     let f = cx.fields(node, "[[pool]]", POOL_KEYS)?;
     let name_node = f.get("name");
     let name = match name_node {
-        Some(n) => cx.nonempty_string(n, "name"),
+        Some(n) => cx.identifier(n, "name", "pool"),
         None => {
             cx.err(f.span.clone(), "a pool needs a `name`");
             None
@@ -858,7 +890,7 @@ fn read_service(
     let f = cx.fields(node, "[[service]]", SERVICE_KEYS)?;
     let name_node = f.get("name");
     let name = match name_node {
-        Some(n) => cx.nonempty_string(n, "name"),
+        Some(n) => cx.identifier(n, "name", "service"),
         None => {
             cx.err(f.span.clone(), "a service needs a `name`");
             None
@@ -1108,7 +1140,7 @@ fn read_balance(cx: &mut Cx<'_>, node: &Node) -> Option<(Balance, Span)> {
     let f = cx.fields(node, "[[balance]]", BALANCE_KEYS)?;
     let name_node = f.get("name");
     let name = match name_node {
-        Some(n) => cx.nonempty_string(n, "name"),
+        Some(n) => cx.identifier(n, "name", "balance group"),
         None => {
             cx.err(f.span.clone(), "a balance group needs a `name`");
             None
@@ -1397,5 +1429,52 @@ fn cross_check(
                 "add `internal = { interfaces = [\"eth1\"], cidrs = [\"10.0.0.0/8\"] }` under [zones]",
             );
         }
+    }
+}
+
+/// A service that claims a management port must not admit more than `management.from`:
+/// the management path is always admitted from its own networks, and a service on the
+/// same port with wider sources would silently widen it.
+fn management_claims(
+    cx: &mut Cx<'_>,
+    host: &Host,
+    services: &[(Service, ServiceSpans)],
+    zones: &BTreeMap<ZoneKind, Zone>,
+) {
+    let mgmt = &host.management;
+    for (s, ss) in services {
+        let Some(claimed) = s
+            .fixed_ports()
+            .iter()
+            .find(|p| mgmt.ports.iter().any(|m| m.overlaps(**p)))
+        else {
+            continue;
+        };
+        let Some(sources) = super::service_sources(s, zones) else {
+            continue;
+        };
+        let wider: Vec<String> = sources
+            .cidrs()
+            .iter()
+            .filter(|c| !mgmt.from.cidrs().iter().any(|m| m.covers(**c)))
+            .map(|c| c.to_string())
+            .collect();
+        if wider.is_empty() {
+            continue;
+        }
+        let at = ss
+            .port
+            .clone()
+            .or(ss.catalog.clone())
+            .unwrap_or(ss.header.clone());
+        cx.err_help(
+            at,
+            format!(
+                "service `{}` claims management port {claimed} and admits {}, beyond management `from`",
+                s.name,
+                wider.join(", ")
+            ),
+            "the management path is admitted from [host] management.from; narrow the service's `allow_from` to those networks, or remove the service",
+        );
     }
 }

@@ -36,6 +36,7 @@ fn render(g: &Global) -> anyhow::Result<(portwarden_core::Policy, String)> {
         &Options {
             ssh_peer: ssh_peer(),
             interfaces: Some(interfaces),
+            ..Options::default()
         },
     )?;
     // Lock-out guard: the model must admit the management path and the SSH peer.
@@ -67,6 +68,7 @@ fn iptables_rules(g: &Global, policy: &portwarden_core::Policy) -> anyhow::Resul
         &Options {
             ssh_peer: ssh_peer(),
             interfaces: None,
+            ..Options::default()
         },
     )?;
     for u in &ipt.unsupported {
@@ -564,7 +566,16 @@ pub fn grant(g: &Global, a: &GrantArgs) -> anyhow::Result<Status> {
         )?],
     };
     need_table()?;
-    nft::apply(&portwarden_nft::grant_commands(&grants)).context("nothing was granted")?;
+    let list: Vec<portwarden_nft::Grant> = grants
+        .iter()
+        .map(|(addr, protocol, port, left)| portwarden_nft::Grant {
+            addr: *addr,
+            protocol: *protocol,
+            port: portwarden_core::Port::new(*port).expect("parsed ports are not zero"),
+            left: *left,
+        })
+        .collect();
+    nft::apply(&portwarden_nft::grant_commands(&list)).context("nothing was granted")?;
     let changes = grants
         .iter()
         .map(|(addr, p, port, d)| Change {
@@ -603,9 +614,15 @@ pub fn revoke(g: &Global, a: &RevokeArgs) -> anyhow::Result<Status> {
         )?],
     };
     need_table()?;
-    let list: Vec<(IpAddr, Protocol, u16)> = items
+    let list: Vec<(IpAddr, Protocol, portwarden_core::Port)> = items
         .iter()
-        .map(|(a, p, port, _)| (*a, *p, *port))
+        .map(|(a, p, port, _)| {
+            (
+                *a,
+                *p,
+                portwarden_core::Port::new(*port).expect("parsed ports are not zero"),
+            )
+        })
         .collect();
     nft::apply(&portwarden_nft::revoke_commands(&list))
         .context("nothing was revoked (is the grant still there?)")?;
