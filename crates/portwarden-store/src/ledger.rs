@@ -123,6 +123,45 @@ pub struct Verification {
     pub head: Option<(i64, String)>,
     /// The first broken link: its sequence number and what is wrong.
     pub broken: Option<(i64, String)>,
+    /// What else is wrong around the chain: a head anchor or exported head it does not
+    /// reach, dropped append-only triggers, leases or transactions that refer to records
+    /// beyond the head.
+    pub problems: Vec<String>,
+}
+
+impl Verification {
+    /// Whether nothing is wrong.
+    pub fn ok(&self) -> bool {
+        self.broken.is_none() && self.problems.is_empty()
+    }
+
+    /// Checks that the chain reaches `head` (seq and hash, from an anchor or an exported
+    /// copy) and holds that record unchanged; `what` names where the head came from.
+    pub fn check_head(&mut self, entries: &[Entry], seq: i64, hash: &str, what: &str) {
+        let end = self.head.as_ref().map_or(0, |h| h.0);
+        if seq > end {
+            self.problems.push(if end == 0 {
+                format!("the ledger is empty, but {what} says it reached seq {seq}: records were deleted")
+            } else {
+                format!("the ledger ends at seq {end}, but {what} says it reached seq {seq}: records were deleted from the end")
+            });
+            return;
+        }
+        if seq == 0 {
+            return;
+        }
+        match entries.iter().find(|e| e.seq == seq) {
+            Some(e) if e.hash != hash => self.problems.push(format!(
+                "record {seq} has hash {}, but {what} says {hash}: the chain was rewritten",
+                e.hash
+            )),
+            Some(_) => {}
+            None if self.first_seq.is_some_and(|f| seq < f) => {} // pruned through a checkpoint
+            None => self
+                .problems
+                .push(format!("record {seq}, which {what} names, is missing")),
+        }
+    }
 }
 
 /// Walks every link: recomputes each hash, checks each `prev_hash` and that sequence
@@ -134,6 +173,7 @@ pub fn verify(entries: &[Entry]) -> Verification {
         first_seq: entries.first().map(|e| e.seq),
         head: entries.last().map(|e| (e.seq, e.hash.clone())),
         broken: None,
+        problems: Vec::new(),
     };
     let Some(first) = entries.first() else {
         return v;

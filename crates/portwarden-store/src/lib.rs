@@ -3,8 +3,10 @@
 //! transactions. Knows no policy rules: callers pass decisions in as closures.
 #![deny(missing_docs)]
 
+pub mod anchor;
 pub mod ledger;
 mod sqlite;
+pub mod trust;
 
 use std::path::PathBuf;
 
@@ -13,7 +15,7 @@ use portwarden_core::{Port, Protocol};
 use serde::Serialize;
 
 pub use ledger::{Change, Entry, Verification};
-pub use sqlite::SqliteStore;
+pub use sqlite::{DB_FILE, SqliteStore};
 
 /// A port lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -144,6 +146,31 @@ pub enum StoreError {
     /// The store does not exist yet.
     #[error("no store at {0} yet")]
     Missing(PathBuf),
+    /// The state directory or a store file may be written by someone other than root.
+    #[error("{0}")]
+    Untrusted(String),
+    /// The ledger is behind its head anchor: records were deleted or the database was
+    /// replaced. Nothing is written until an operator looks.
+    #[error("{0}")]
+    Truncated(String),
+    /// The store is on read-only media or not writable by us.
+    #[error("{path} is read-only (read-only media, or no write permission): cannot record changes")]
+    ReadOnly {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The snapshot of a firewall transaction differs from the one its apply recorded.
+    #[error(
+        "the rollback snapshot of firewall transaction {id} does not match the SHA-256 its apply recorded in the ledger (recorded {recorded}, found {found}): refusing to load it"
+    )]
+    SnapshotTampered {
+        /// Transaction.
+        id: i64,
+        /// Hash in the ledger.
+        recorded: String,
+        /// Hash of what the store holds now.
+        found: String,
+    },
     /// File system trouble.
     #[error("{context}: {source}")]
     Io {
@@ -215,6 +242,25 @@ pub struct FwTxn {
     pub listing: Option<String>,
     /// Who applied it.
     pub actor: String,
+    /// The ledger record of the apply.
+    pub ledger_seq: Option<i64>,
+    /// The rollback watcher's process id, while one is armed.
+    pub watcher_pid: Option<u32>,
+}
+
+/// A time-limited firewall grant, kept in the store so that an apply re-adds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantRecord {
+    /// Source address (IPv4-mapped addresses are stored as IPv4).
+    pub addr: std::net::IpAddr,
+    /// Protocol.
+    pub protocol: Protocol,
+    /// Port.
+    pub port: Port,
+    /// Expiry, unix seconds.
+    pub expires_at: i64,
+    /// Who granted it.
+    pub actor: String,
 }
 
 /// Where leases and the ledger live.
@@ -232,6 +278,28 @@ pub trait Store {
 
     /// Stores nft's listing of the table right after an apply.
     fn fw_set_listing(&mut self, id: i64, listing: &str) -> Result<(), StoreError>;
+
+    /// Records the process id of a transaction's rollback watcher (`None`: none armed).
+    fn fw_set_watcher(&mut self, id: i64, pid: Option<u32>) -> Result<(), StoreError>;
+
+    /// The transaction's snapshot, after checking its SHA-256 against the one its apply
+    /// recorded in the ledger (`SnapshotTampered` when they differ).
+    fn fw_verified_snapshot(&self, t: &FwTxn) -> Result<Option<String>, StoreError>;
+
+    /// Unexpired grants (`expires_at > now`).
+    fn grants(&self, now: i64) -> Result<Vec<GrantRecord>, StoreError>;
+
+    /// Records grants (replacing the expiry of an existing one) with one ledger record
+    /// each, in one transaction.
+    fn grant(&mut self, now: i64, grants: &[GrantRecord]) -> Result<(), StoreError>;
+
+    /// Deletes grants, one ledger record each, in one transaction.
+    fn revoke(
+        &mut self,
+        now: i64,
+        actor: &str,
+        keys: &[(std::net::IpAddr, Protocol, Port)],
+    ) -> Result<(), StoreError>;
 
     /// Every firewall transaction, oldest first.
     fn fw_txns(&self) -> Result<Vec<FwTxn>, StoreError>;
@@ -310,8 +378,22 @@ pub trait Store {
     /// Ledger records with `ts >= since`, oldest first.
     fn ledger(&self, since: Option<i64>) -> Result<Vec<Entry>, StoreError>;
 
-    /// Walks the whole chain.
-    fn verify_ledger(&self) -> Result<Verification, StoreError>;
+    /// Walks the whole chain, and checks it against the head anchor, an exported head
+    /// (`expect`: seq and hash), the append-only triggers and the ledger references of
+    /// leases and firewall transactions.
+    fn verify_ledger_expecting(
+        &self,
+        expect: Option<(i64, &str)>,
+    ) -> Result<Verification, StoreError>;
+
+    /// [`Store::verify_ledger_expecting`] without an exported head.
+    fn verify_ledger(&self) -> Result<Verification, StoreError> {
+        self.verify_ledger_expecting(None)
+    }
+
+    /// Re-creates dropped append-only triggers and closes an open retention gate, with a
+    /// ledger record; returns what was repaired.
+    fn repair_ledger(&mut self, now: i64, actor: &str) -> Result<Vec<String>, StoreError>;
 
     /// Deletes records older than `cutoff` after writing a checkpoint the chain verifies
     /// through; returns how many were deleted.

@@ -9,13 +9,17 @@ use portwarden_core::alloc::{AllocError, LeaseState, ReclaimAction};
 use portwarden_core::{Port, Protocol};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use crate::ledger::{self, CHECKPOINT, Change, Checkpoint, Entry, Verification};
-use crate::{FwState, FwTxn, Identity, Lease, LeaseProbe, NewLease, Reclaimed, Store, StoreError};
+use crate::anchor::{Anchor, Head};
+use crate::ledger::{self, CHECKPOINT, Change, Checkpoint, Entry, GENESIS, Verification};
+use crate::{
+    FwState, FwTxn, GrantRecord, Identity, Lease, LeaseProbe, NewLease, Reclaimed, Store,
+    StoreError,
+};
 
 /// SQLite `application_id` of a portwarden store: "PWRD".
 pub const APPLICATION_ID: i64 = 0x5057_5244;
 /// Current schema version (`user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 /// File name inside the state directory.
 pub const DB_FILE: &str = "portwarden.db";
 
@@ -51,12 +55,18 @@ CREATE TABLE ledger (
 CREATE INDEX ledger_ts ON ledger (ts);
 CREATE TABLE ledger_gate (id INTEGER PRIMARY KEY CHECK (id = 1), open INTEGER NOT NULL);
 INSERT INTO ledger_gate VALUES (1, 0);
-CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+"#;
+
+/// The ledger's append-only triggers (created with version 1; `log verify --repair`
+/// re-creates them if someone dropped them).
+const TRIGGERS: &str = r#"
+CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON ledger
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
-CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON ledger
 WHEN (SELECT open FROM ledger_gate WHERE id = 1) = 0
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 "#;
+const TRIGGER_NAMES: [&str; 2] = ["ledger_no_update", "ledger_no_delete"];
 
 /// Version 2: the last executable seen on each managed port, for hijack detection.
 const SCHEMA_V2: &str = r#"
@@ -85,11 +95,31 @@ CREATE TABLE fw_txn (
 );
 "#;
 
+/// Version 4: grants as state, ledger references, the rollback watcher's pid.
+const SCHEMA_V4: &str = r#"
+ALTER TABLE leases ADD COLUMN ledger_seq INTEGER;
+ALTER TABLE fw_txn ADD COLUMN ledger_seq INTEGER;
+ALTER TABLE fw_txn ADD COLUMN watcher_pid INTEGER;
+CREATE TABLE grants (
+    addr TEXT NOT NULL,
+    protocol TEXT NOT NULL CHECK (protocol IN ('tcp', 'udp')),
+    port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    expires_at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (addr, protocol, port)
+);
+"#;
+
 /// The SQLite store.
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
     scope: String,
+    anchor: Anchor,
+    /// Why writes are refused: the ledger is behind its anchor.
+    refused: Option<String>,
+    read_only: bool,
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -110,31 +140,153 @@ fn busy(count: i32) -> bool {
 impl SqliteStore {
     /// Opens the store in `dir`, creating it when `create` is set. A foreign or corrupt
     /// file is refused without being modified.
+    ///
+    /// As root, a state directory or store file that someone else could write is refused
+    /// (`Untrusted`). A database that is missing or empty while its head anchor exists is
+    /// refused rather than re-initialised (`Truncated`). On read-only media the store opens
+    /// read-only: reads work, writes fail with `ReadOnly`.
     pub fn open(dir: &Path, scope: &str, create: bool) -> Result<SqliteStore, StoreError> {
         let path = dir.join(DB_FILE);
+        let anchor = Anchor::new(dir);
+        let euid = crate::trust::euid();
+        if !dir.exists() && create {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StoreError::Io {
+                    context: format!("cannot create state directory {}", dir.display()),
+                    source,
+                })?;
+        }
+        if let Some(why) = crate::trust::distrust(dir, euid, true) {
+            return Err(StoreError::Untrusted(why));
+        }
+        for f in [
+            DB_FILE.to_string(),
+            format!("{DB_FILE}-wal"),
+            format!("{DB_FILE}-shm"),
+            crate::anchor::ANCHOR_FILE.to_string(),
+        ] {
+            if let Some(why) = crate::trust::distrust(&dir.join(f), euid, false) {
+                return Err(StoreError::Untrusted(why));
+            }
+        }
+        let empty = std::fs::metadata(&path).map_or(true, |m| m.len() == 0);
+        if empty && anchor.exists() {
+            return Err(StoreError::Truncated(format!(
+                "{} is {} but {} says a store was initialised here: refusing to start a new ledger over it; restore the database from a backup (or, if its loss is known and accepted, move the anchor aside)",
+                path.display(),
+                if path.exists() { "empty" } else { "missing" },
+                anchor.path().display()
+            )));
+        }
         if !path.exists() {
             if !create {
                 return Err(StoreError::Missing(path));
             }
-            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-                context: format!("cannot create state directory {}", dir.display()),
-                source,
-            })?;
+            // Created by us, 0600, before SQLite sees it; a racing creator's file is fine.
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(StoreError::Io {
+                        context: format!("cannot create {}", path.display()),
+                        source,
+                    });
+                }
+            }
         }
-        let flags = if create {
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+        let writable = dir_writable(dir) && file_writable(&path);
+        let conn = if writable {
+            Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
         } else {
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&path, flags).map_err(|e| classify(&path, e))?;
+            // Read-only media: with no WAL file beside it the database is complete and can
+            // be read as immutable; with one, SQLite reads both read-only.
+            let wal = dir.join(format!("{DB_FILE}-wal")).exists();
+            let uri = format!(
+                "file:{}{}",
+                uri_path(&path),
+                if wal { "?mode=ro" } else { "?immutable=1" }
+            );
+            Connection::open_with_flags(
+                uri,
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_URI
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+        }
+        .map_err(|e| classify(&path, e))?;
         conn.busy_handler(Some(busy)).map_err(backend)?;
         let mut s = SqliteStore {
             conn,
             path,
             scope: scope.to_string(),
+            anchor,
+            refused: None,
+            read_only: !writable,
         };
         s.prepare()?;
         Ok(s)
+    }
+
+    /// Refuses a write when the ledger is behind its anchor or the store is read-only.
+    fn writable(&self) -> Result<(), StoreError> {
+        if let Some(why) = &self.refused {
+            return Err(StoreError::Truncated(why.clone()));
+        }
+        if self.read_only {
+            return Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The ledger's head as committed now.
+    fn head(&self) -> Result<Head, StoreError> {
+        let head: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(backend)?;
+        Ok(head.map_or(
+            Head {
+                seq: 0,
+                hash: GENESIS.to_string(),
+            },
+            |(seq, hash)| Head { seq, hash },
+        ))
+    }
+
+    /// Moves the head anchor to the committed head (after every committed write).
+    fn advance_anchor(&self) -> Result<(), StoreError> {
+        self.anchor
+            .advance(|| {
+                self.head()
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            })
+            .map_err(|source| StoreError::Io {
+                context: format!(
+                    "cannot update the head anchor {}",
+                    self.anchor.path().display()
+                ),
+                source,
+            })
     }
 
     /// The database file.
@@ -145,14 +297,18 @@ impl SqliteStore {
     /// Checks identity and version read-only, then initialises or migrates.
     fn prepare(&mut self) -> Result<(), StoreError> {
         let path = self.path.clone();
-        let read = |c: &Connection| -> rusqlite::Result<(i64, i64, i64)> {
-            let app: i64 = c.query_row("PRAGMA application_id", [], |r| r.get(0))?;
-            let ver: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-            let tables: i64 =
-                c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
-            Ok((app, ver, tables))
-        };
-        let (app, ver, tables) = read(&self.conn).map_err(|e| classify(&path, e))?;
+        // One statement, one snapshot: a creator committing between separate reads made a
+        // half-seen store look foreign ("application id 0x0").
+        let (app, ver, tables): (i64, i64, i64) = self
+            .conn
+            .query_row(
+                "SELECT (SELECT application_id FROM pragma_application_id), \
+                        (SELECT user_version FROM pragma_user_version), \
+                        (SELECT count(*) FROM sqlite_master)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(|e| classify(&path, e))?;
         if app != APPLICATION_ID && !(app == 0 && tables == 0) {
             return Err(StoreError::Foreign { path, app_id: app });
         }
@@ -163,14 +319,25 @@ impl SqliteStore {
                 supported: SCHEMA_VERSION,
             });
         }
+        if tables > 0 {
+            self.quick_check()?;
+        }
+        if self.read_only {
+            if ver < SCHEMA_VERSION {
+                return Err(StoreError::ReadOnly { path });
+            }
+            self.check_anchor()?;
+            return Ok(());
+        }
         self.conn
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| classify(&path, e))?;
-        // NORMAL in WAL: a commit survives a crash of any process; the last commits may
-        // be lost on power failure. BENCHMARKS.md states this with the figures.
+        // FULL: a commit is on disk before the head anchor that vouches for it is written,
+        // so a power failure cannot leave the anchor ahead of the database.
         self.conn
-            .pragma_update(None, "synchronous", "NORMAL")
+            .pragma_update(None, "synchronous", "FULL")
             .map_err(backend)?;
+        let mut initialised = false;
         if ver < SCHEMA_VERSION {
             let tx = self
                 .conn
@@ -181,9 +348,18 @@ impl SqliteStore {
                 .query_row("PRAGMA user_version", [], |r| r.get(0))
                 .map_err(backend)?;
             if ver == 0 {
+                if self.anchor.exists() {
+                    return Err(StoreError::Truncated(format!(
+                        "{} holds no portwarden schema but {} says a store was initialised here: refusing to start a new ledger over it; restore the database from a backup",
+                        path.display(),
+                        self.anchor.path().display()
+                    )));
+                }
                 tx.execute_batch(SCHEMA_V1).map_err(backend)?;
+                tx.execute_batch(TRIGGERS).map_err(backend)?;
                 tx.pragma_update(None, "application_id", APPLICATION_ID)
                     .map_err(backend)?;
+                initialised = true;
             }
             if ver < 2 {
                 tx.execute_batch(SCHEMA_V2).map_err(backend)?;
@@ -191,14 +367,136 @@ impl SqliteStore {
             if ver < 3 {
                 tx.execute_batch(SCHEMA_V3).map_err(backend)?;
             }
+            if ver < 4 {
+                tx.execute_batch(SCHEMA_V4).map_err(backend)?;
+            }
             if ver < SCHEMA_VERSION {
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(backend)?;
             }
             tx.commit().map_err(backend)?;
         }
+        if initialised {
+            self.anchor
+                .reset(&self.head()?)
+                .map_err(|source| StoreError::Io {
+                    context: format!(
+                        "cannot write the head anchor {}",
+                        self.anchor.path().display()
+                    ),
+                    source,
+                })?;
+        }
+        self.check_anchor()
+    }
+
+    /// `PRAGMA quick_check`: a damaged file is refused before anything is written to it.
+    fn quick_check(&self) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let mut st = self
+            .conn
+            .prepare("PRAGMA quick_check(5)")
+            .map_err(|e| classify(&path, e))?;
+        let rows: Vec<String> = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(|e| classify(&path, e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| classify(&path, e))?;
+        if rows.len() == 1 && rows[0] == "ok" {
+            return Ok(());
+        }
+        Err(StoreError::Corrupt {
+            path,
+            reason: format!("integrity check failed: {}", rows.join("; ")),
+        })
+    }
+
+    /// Compares the ledger with its anchor: a ledger behind it refuses every write; a store
+    /// without an anchor (made before anchors existed) gets one from its head.
+    fn check_anchor(&mut self) -> Result<(), StoreError> {
+        let anchor = self.anchor.read().map_err(|source| StoreError::Io {
+            context: "cannot read the head anchor".into(),
+            source,
+        })?;
+        let Some(anchor) = anchor else {
+            if !self.read_only {
+                self.advance_anchor()?;
+            }
+            return Ok(());
+        };
+        let head = self.head()?;
+        let at: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT hash FROM ledger WHERE seq = ?1",
+                [anchor.seq],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        let first: Option<i64> = self
+            .conn
+            .query_row("SELECT min(seq) FROM ledger", [], |r| r.get(0))
+            .map_err(backend)?;
+        let why = if head.seq < anchor.seq {
+            Some(format!(
+                "the ledger in {} ends at seq {} but its anchor {} says it reached seq {}: records were deleted; refusing to write (`portwarden log verify` shows the damage; restore from a backup, or move the anchor aside to accept the loss)",
+                self.path.display(),
+                head.seq,
+                self.anchor.path().display(),
+                anchor.seq
+            ))
+        } else {
+            match at {
+                Some(h) if h != anchor.hash => Some(format!(
+                    "record {} of the ledger in {} does not have the hash its anchor {} holds: the chain was rewritten; refusing to write",
+                    anchor.seq,
+                    self.path.display(),
+                    self.anchor.path().display()
+                )),
+                None if anchor.seq > 0 && first.is_none_or(|f| anchor.seq >= f) => Some(format!(
+                    "record {} named by the anchor {} is missing from {}; refusing to write",
+                    anchor.seq,
+                    self.anchor.path().display(),
+                    self.path.display()
+                )),
+                _ => None,
+            }
+        };
+        self.refused = why;
         Ok(())
     }
+}
+
+fn dir_writable(dir: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: access reads a NUL-terminated path.
+    let ok = unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0;
+    if !ok {
+        return false;
+    }
+    // Root passes access(2) on read-only mounts too; statvfs tells.
+    // SAFETY: statvfs writes into the struct we pass.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    (unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0) || st.f_flag & libc::ST_RDONLY == 0
+}
+
+fn file_writable(path: &Path) -> bool {
+    std::fs::OpenOptions::new().write(true).open(path).is_ok()
+}
+
+/// A path for an SQLite `file:` URI (`%`, `?` and `#` percent-encoded).
+fn uri_path(p: &Path) -> String {
+    let mut s = String::new();
+    for b in p.as_os_str().as_encoded_bytes() {
+        match b {
+            b'%' | b'?' | b'#' | 0x80.. => s.push_str(&format!("%{b:02X}")),
+            _ => s.push(*b as char),
+        }
+    }
+    s
 }
 
 fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
@@ -207,12 +505,13 @@ fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
             path: path.to_path_buf(),
             reason: e.to_string(),
         },
-        Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied | ErrorCode::ReadOnly) => {
-            StoreError::Io {
-                context: format!("cannot open {}", path.display()),
-                source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, e.to_string()),
-            }
-        }
+        Some(ErrorCode::ReadOnly) => StoreError::ReadOnly {
+            path: path.to_path_buf(),
+        },
+        Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => StoreError::Io {
+            context: format!("cannot open {}", path.display()),
+            source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, e.to_string()),
+        },
         _ => StoreError::Backend(e.to_string()),
     }
 }
@@ -288,6 +587,16 @@ fn append(tx: &rusqlite::Transaction<'_>, now: i64, c: Change) -> rusqlite::Resu
         e.hash
     ])?;
     Ok(e)
+}
+
+/// Notes on a lease the ledger record that last changed it.
+fn set_lease_seq(tx: &rusqlite::Transaction<'_>, id: i64, seq: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE leases SET ledger_seq = ?2 WHERE id = ?1",
+        params![id, seq],
+    )
+    .map_err(backend)?;
+    Ok(())
 }
 
 fn get_lease(tx: &rusqlite::Transaction<'_>, id: i64) -> Result<Lease, StoreError> {
@@ -405,10 +714,115 @@ fn txn_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FwTxn> {
         ruleset: r.get(5)?,
         listing: r.get(6)?,
         actor: r.get(7)?,
+        ledger_seq: r.get(8)?,
+        watcher_pid: r
+            .get::<_, Option<i64>>(9)?
+            .and_then(|p| u32::try_from(p).ok()),
     })
 }
 
-const TXN_COLS: &str = "id, created, deadline, state, snapshot, ruleset, listing, actor";
+const TXN_COLS: &str =
+    "id, created, deadline, state, snapshot, ruleset, listing, actor, ledger_seq, watcher_pid";
+
+/// How the apply's ledger record names its snapshot: `sha256:<hex>`, or `none`.
+fn snapshot_digest(snapshot: Option<&str>) -> String {
+    use sha2::Digest;
+    match snapshot {
+        None => "none".into(),
+        Some(t) => format!(
+            "sha256:{}",
+            ledger::hex(&sha2::Sha256::digest(t.as_bytes()))
+        ),
+    }
+}
+
+fn grant_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GrantRecord> {
+    let bad = |i: usize, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("bad {what} in grant row").into(),
+        )
+    };
+    let addr: String = r.get(0)?;
+    let proto: String = r.get(1)?;
+    Ok(GrantRecord {
+        addr: addr.parse().map_err(|_| bad(0, "address"))?,
+        protocol: proto.parse().map_err(|_| bad(1, "protocol"))?,
+        port: Port::from_i64(r.get(2)?).map_err(|_| bad(2, "port"))?,
+        expires_at: r.get(3)?,
+        actor: r.get(4)?,
+    })
+}
+
+/// One ledger row read column by column, so a damaged row is named, not a conversion error.
+fn tolerant_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, (i64, String)>> {
+    use rusqlite::types::Value;
+    let rowid: i64 = r.get(10)?;
+    let vals: Vec<Value> = (0..10).map(|i| r.get(i)).collect::<Result<_, _>>()?;
+    let names = [
+        "seq",
+        "ts",
+        "actor",
+        "action",
+        "subject",
+        "before",
+        "after",
+        "reason",
+        "prev_hash",
+        "hash",
+    ];
+    let seq = match vals[0] {
+        Value::Integer(n) => n,
+        _ => {
+            return Ok(Err((
+                rowid,
+                format!("record at row {rowid}: `seq` is not an integer"),
+            )));
+        }
+    };
+    let kind = |v: &Value| match v {
+        Value::Null => "NULL",
+        Value::Integer(_) => "an integer",
+        Value::Real(_) => "a real",
+        Value::Text(_) => "text",
+        Value::Blob(_) => "a blob",
+    };
+    let text = |i: usize, optional: bool| -> Result<Option<String>, (i64, String)> {
+        match &vals[i] {
+            Value::Text(t) => Ok(Some(t.clone())),
+            Value::Null if optional => Ok(None),
+            v => Err((
+                seq,
+                format!("record {seq}: `{}` is {}, not text", names[i], kind(v)),
+            )),
+        }
+    };
+    let ts = match vals[1] {
+        Value::Integer(n) => n,
+        ref v => {
+            return Ok(Err((
+                seq,
+                format!("record {seq}: `ts` is {}, not an integer", kind(v)),
+            )));
+        }
+    };
+    let build = || -> Result<Entry, (i64, String)> {
+        Ok(Entry {
+            seq,
+            ts,
+            actor: text(2, false)?.unwrap_or_default(),
+            action: text(3, false)?.unwrap_or_default(),
+            subject: text(4, false)?.unwrap_or_default(),
+            before: text(5, true)?,
+            after: text(6, true)?,
+            reason: text(7, true)?,
+            prev_hash: text(8, false)?.unwrap_or_default(),
+            hash: text(9, false)?.unwrap_or_default(),
+        })
+    };
+    Ok(build())
+}
 
 impl Store for SqliteStore {
     fn fw_begin(
@@ -419,6 +833,7 @@ impl Store for SqliteStore {
         snapshot: Option<String>,
         ruleset: &str,
     ) -> Result<FwTxn, StoreError> {
+        self.writable()?;
         let tx = immediate(&mut self.conn)?;
         let pending: Option<i64> = tx
             .query_row("SELECT id FROM fw_txn WHERE state = 'pending'", [], |r| {
@@ -442,21 +857,16 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )
             .map_err(backend)?;
-        let t = tx
-            .query_row(
-                &format!("SELECT {TXN_COLS} FROM fw_txn WHERE id = ?1"),
-                [id],
-                txn_row,
-            )
-            .map_err(backend)?;
-        append(
+        // The snapshot's digest goes into the chain: rollback loads only the snapshot
+        // this record vouches for.
+        let e = append(
             &tx,
             now,
             Change {
                 actor: actor.to_string(),
                 action: "fw.apply".into(),
                 subject: format!("fw txn {id}"),
-                before: snapshot.clone(),
+                before: Some(snapshot_digest(snapshot.as_deref())),
                 after: Some(ruleset.to_string()),
                 reason: Some(match deadline {
                     Some(d) => format!("pending, rolls back at {d} unless confirmed"),
@@ -465,18 +875,160 @@ impl Store for SqliteStore {
             },
         )
         .map_err(backend)?;
+        tx.execute(
+            "UPDATE fw_txn SET ledger_seq = ?2 WHERE id = ?1",
+            params![id, e.seq],
+        )
+        .map_err(backend)?;
+        let t = tx
+            .query_row(
+                &format!("SELECT {TXN_COLS} FROM fw_txn WHERE id = ?1"),
+                [id],
+                txn_row,
+            )
+            .map_err(backend)?;
         tx.commit().map_err(backend)?;
+        self.advance_anchor()?;
         Ok(t)
     }
 
     fn fw_set_listing(&mut self, id: i64, listing: &str) -> Result<(), StoreError> {
+        self.writable()?;
         let tx = immediate(&mut self.conn)?;
         tx.execute(
             "UPDATE fw_txn SET listing = ?2 WHERE id = ?1",
             params![id, listing],
         )
         .map_err(backend)?;
-        tx.commit().map_err(backend)
+        tx.commit().map_err(backend)?;
+        self.advance_anchor()
+    }
+
+    fn fw_set_watcher(&mut self, id: i64, pid: Option<u32>) -> Result<(), StoreError> {
+        self.writable()?;
+        self.conn
+            .execute(
+                "UPDATE fw_txn SET watcher_pid = ?2 WHERE id = ?1",
+                params![id, pid],
+            )
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    fn fw_verified_snapshot(&self, t: &FwTxn) -> Result<Option<String>, StoreError> {
+        let recorded: Option<Option<String>> = self
+            .conn
+            .query_row(
+                "SELECT before FROM ledger WHERE action = 'fw.apply' AND subject = ?1 \
+                 AND (?2 IS NULL OR seq = ?2) ORDER BY seq DESC LIMIT 1",
+                params![format!("fw txn {}", t.id), t.ledger_seq],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        // Stored now, not as `t` was read: the row may have changed since.
+        let snapshot: Option<String> = self
+            .conn
+            .query_row("SELECT snapshot FROM fw_txn WHERE id = ?1", [t.id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(backend)?
+            .flatten();
+        let found = snapshot_digest(snapshot.as_deref());
+        let recorded = recorded
+            .flatten()
+            .unwrap_or_else(|| "no ledger record".into());
+        if recorded != found {
+            return Err(StoreError::SnapshotTampered {
+                id: t.id,
+                recorded,
+                found,
+            });
+        }
+        Ok(snapshot)
+    }
+
+    fn grants(&self, now: i64) -> Result<Vec<GrantRecord>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT addr, protocol, port, expires_at, actor FROM grants \
+                 WHERE expires_at > ?1 ORDER BY addr, protocol, port",
+            )
+            .map_err(backend)?;
+        let rows = st.query_map([now], grant_row).map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn grant(&mut self, now: i64, grants: &[GrantRecord]) -> Result<(), StoreError> {
+        self.writable()?;
+        let tx = immediate(&mut self.conn)?;
+        tx.execute("DELETE FROM grants WHERE expires_at <= ?1", [now])
+            .map_err(backend)?;
+        for g in grants {
+            tx.execute(
+                "INSERT INTO grants (addr, protocol, port, expires_at, actor, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (addr, protocol, port) DO UPDATE \
+                 SET expires_at = excluded.expires_at, actor = excluded.actor",
+                params![
+                    g.addr.to_string(),
+                    g.protocol.as_str(),
+                    g.port.get(),
+                    g.expires_at,
+                    g.actor,
+                    now
+                ],
+            )
+            .map_err(backend)?;
+            append(
+                &tx,
+                now,
+                Change {
+                    actor: g.actor.clone(),
+                    action: "fw.grant".into(),
+                    subject: format!("{}/{}", g.port, g.protocol),
+                    before: None,
+                    after: Some(format!("{} until {}", g.addr, g.expires_at)),
+                    reason: None,
+                },
+            )
+            .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)?;
+        self.advance_anchor()
+    }
+
+    fn revoke(
+        &mut self,
+        now: i64,
+        actor: &str,
+        keys: &[(std::net::IpAddr, Protocol, Port)],
+    ) -> Result<(), StoreError> {
+        self.writable()?;
+        let tx = immediate(&mut self.conn)?;
+        for (addr, protocol, port) in keys {
+            tx.execute(
+                "DELETE FROM grants WHERE addr = ?1 AND protocol = ?2 AND port = ?3",
+                params![addr.to_string(), protocol.as_str(), port.get()],
+            )
+            .map_err(backend)?;
+            append(
+                &tx,
+                now,
+                Change {
+                    actor: actor.to_string(),
+                    action: "fw.revoke".into(),
+                    subject: format!("{port}/{protocol}"),
+                    before: Some(addr.to_string()),
+                    after: None,
+                    reason: None,
+                },
+            )
+            .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)?;
+        self.advance_anchor()
     }
 
     fn fw_txns(&self) -> Result<Vec<FwTxn>, StoreError> {
@@ -496,6 +1048,7 @@ impl Store for SqliteStore {
         actor: &str,
         reason: &str,
     ) -> Result<bool, StoreError> {
+        self.writable()?;
         let tx = immediate(&mut self.conn)?;
         let state = match to {
             FwState::Confirmed => "confirmed",
@@ -528,16 +1081,19 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         }
         tx.commit().map_err(backend)?;
+        self.advance_anchor()?;
         Ok(n == 1)
     }
 
     fn record_batch(&mut self, now: i64, changes: Vec<Change>) -> Result<usize, StoreError> {
+        self.writable()?;
         let tx = immediate(&mut self.conn)?;
         let n = changes.len();
         for c in changes {
             append(&tx, now, c).map_err(backend)?;
         }
         tx.commit().map_err(backend)?;
+        self.advance_anchor()?;
         Ok(n)
     }
 
@@ -559,6 +1115,7 @@ impl Store for SqliteStore {
         now: i64,
         actor: &str,
     ) -> Result<Vec<(Identity, Identity)>, StoreError> {
+        self.writable()?;
         let tx = immediate(&mut self.conn)?;
         let mut changed = Vec::new();
         for id in seen {
@@ -617,6 +1174,7 @@ impl Store for SqliteStore {
             }
         }
         tx.commit().map_err(backend)?;
+        self.advance_anchor()?;
         Ok(changed)
     }
 
@@ -627,6 +1185,7 @@ impl Store for SqliteStore {
         decide: &mut dyn FnMut(&mut dyn LeaseProbe) -> Result<NewLease, AllocError>,
     ) -> Result<Lease, StoreError> {
         let scope = self.scope.clone();
+        self.writable()?;
         let tx = immediate(&mut self.conn)?;
         let new = {
             let mut probe = Probe {
@@ -681,13 +1240,15 @@ impl Store for SqliteStore {
             last_seen_listening: None,
             missed: 0,
         };
-        append(
+        let e = append(
             &tx,
             now,
             lease_change(actor, "lease.alloc", &lease, None, json(&lease), None),
         )
         .map_err(backend)?;
+        set_lease_seq(&tx, id, e.seq)?;
         tx.commit().map_err(backend)?;
+        self.advance_anchor()?;
         Ok(lease)
     }
 
@@ -710,6 +1271,7 @@ impl Store for SqliteStore {
         now: i64,
         actor: &str,
     ) -> Result<Lease, StoreError> {
+        self.writable()?;
         let tx = immediate(&mut self.conn)?;
         let before = owned_lease(&tx, id, caller)?;
         tx.execute(
@@ -721,7 +1283,7 @@ impl Store for SqliteStore {
             expires_at,
             ..before.clone()
         };
-        append(
+        let e = append(
             &tx,
             now,
             lease_change(
@@ -734,7 +1296,9 @@ impl Store for SqliteStore {
             ),
         )
         .map_err(backend)?;
+        set_lease_seq(&tx, id, e.seq)?;
         tx.commit().map_err(backend)?;
+        self.advance_anchor()?;
         Ok(after)
     }
 
@@ -745,6 +1309,7 @@ impl Store for SqliteStore {
         now: i64,
         actor: &str,
     ) -> Result<Lease, StoreError> {
+        self.writable()?;
         let tx = immediate(&mut self.conn)?;
         let before = owned_lease(&tx, id, caller)?;
         tx.execute("DELETE FROM leases WHERE id = ?1", [id])
@@ -756,6 +1321,7 @@ impl Store for SqliteStore {
         )
         .map_err(backend)?;
         tx.commit().map_err(backend)?;
+        self.advance_anchor()?;
         Ok(before)
     }
 
@@ -767,6 +1333,7 @@ impl Store for SqliteStore {
         decide: &dyn Fn(&Lease, bool) -> Option<ReclaimAction>,
         dry_run: bool,
     ) -> Result<Vec<Reclaimed>, StoreError> {
+        self.writable()?;
         let tx = immediate(&mut self.conn)?;
         let leases: Vec<Lease> = {
             let mut st = tx
@@ -796,7 +1363,7 @@ impl Store for SqliteStore {
             )
             .map_err(backend)?;
             if observed.state != l.state {
-                append(
+                let e = append(
                     &tx,
                     now,
                     lease_change(
@@ -809,6 +1376,7 @@ impl Store for SqliteStore {
                     ),
                 )
                 .map_err(backend)?;
+                set_lease_seq(&tx, l.id, e.seq)?;
             }
             let Some(action) = decide(&observed, heard) else {
                 continue;
@@ -838,7 +1406,7 @@ impl Store for SqliteStore {
                         state: LeaseState::Draining,
                         ..observed.clone()
                     };
-                    append(
+                    let e = append(
                         &tx,
                         now,
                         lease_change(
@@ -851,6 +1419,7 @@ impl Store for SqliteStore {
                         ),
                     )
                     .map_err(backend)?;
+                    set_lease_seq(&tx, l.id, e.seq)?;
                 }
             }
             out.push(Reclaimed {
@@ -862,14 +1431,17 @@ impl Store for SqliteStore {
             tx.rollback().map_err(backend)?;
         } else {
             tx.commit().map_err(backend)?;
+            self.advance_anchor()?;
         }
         Ok(out)
     }
 
     fn record(&mut self, now: i64, change: Change) -> Result<Entry, StoreError> {
+        self.writable()?;
         let tx = immediate(&mut self.conn)?;
         let e = append(&tx, now, change).map_err(backend)?;
         tx.commit().map_err(backend)?;
+        self.advance_anchor()?;
         Ok(e)
     }
 
@@ -886,11 +1458,148 @@ impl Store for SqliteStore {
         rows.collect::<Result<Vec<_>, _>>().map_err(backend)
     }
 
-    fn verify_ledger(&self) -> Result<Verification, StoreError> {
-        Ok(ledger::verify(&self.ledger(None)?))
+    fn verify_ledger_expecting(
+        &self,
+        expect: Option<(i64, &str)>,
+    ) -> Result<Verification, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {ENTRY_COLS}, rowid FROM ledger ORDER BY seq"
+            ))
+            .map_err(backend)?;
+        let mut entries = Vec::new();
+        let mut damaged = None;
+        let rows = st.query_map([], tolerant_entry).map_err(backend)?;
+        for r in rows {
+            match r.map_err(backend)? {
+                Ok(e) => entries.push(e),
+                Err(bad) => {
+                    damaged = Some(bad);
+                    break;
+                }
+            }
+        }
+        let mut v = ledger::verify(&entries);
+        if let Some((seq, why)) = damaged {
+            if v.broken.as_ref().is_none_or(|(s, _)| *s > seq) {
+                v.broken = Some((seq, why));
+            }
+        }
+        let triggers: Vec<String> = {
+            let mut st = self
+                .conn
+                .prepare(
+                    "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'ledger'",
+                )
+                .map_err(backend)?;
+            let rows = st.query_map([], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)?
+        };
+        for t in TRIGGER_NAMES {
+            if !triggers.iter().any(|n| n == t) {
+                v.problems.push(format!(
+                    "the append-only trigger `{t}` is missing: records could be changed or deleted (`log verify --repair` re-creates it)"
+                ));
+            }
+        }
+        let gate: i64 = self
+            .conn
+            .query_row("SELECT coalesce(max(open), 1) FROM ledger_gate", [], |r| {
+                r.get(0)
+            })
+            .map_err(backend)?;
+        if gate != 0 {
+            v.problems.push(
+                "the retention gate is open: deletes are not refused (`log verify --repair` closes it)".into(),
+            );
+        }
+        match self.anchor.read() {
+            Ok(Some(a)) => v.check_head(&entries, a.seq, &a.hash, "the head anchor"),
+            Ok(None) => v.problems.push(format!(
+                "the head anchor {} is missing: truncation cannot be told from a short chain",
+                self.anchor.path().display()
+            )),
+            Err(e) => v
+                .problems
+                .push(format!("the head anchor is unreadable: {e}")),
+        }
+        if let Some((seq, hash)) = expect {
+            v.check_head(&entries, seq, hash, "the expected head");
+        }
+        let end = v.head.as_ref().map_or(0, |h| h.0);
+        for (what, sql) in [
+            (
+                "lease",
+                "SELECT id, ledger_seq FROM leases WHERE ledger_seq > ?1",
+            ),
+            (
+                "firewall transaction",
+                "SELECT id, ledger_seq FROM fw_txn WHERE ledger_seq > ?1",
+            ),
+        ] {
+            let mut st = self.conn.prepare(sql).map_err(backend)?;
+            let rows = st
+                .query_map([end], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+                .map_err(backend)?;
+            for r in rows {
+                let (id, seq) = r.map_err(backend)?;
+                v.problems.push(format!(
+                    "{what} {id} was recorded at ledger seq {seq}, beyond the head {end}: records were deleted"
+                ));
+            }
+        }
+        Ok(v)
+    }
+
+    fn repair_ledger(&mut self, now: i64, actor: &str) -> Result<Vec<String>, StoreError> {
+        self.writable()?;
+        let tx = immediate(&mut self.conn)?;
+        let mut done = Vec::new();
+        for t in TRIGGER_NAMES {
+            let there: i64 = tx
+                .query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
+                    [t],
+                    |r| r.get(0),
+                )
+                .map_err(backend)?;
+            if there == 0 {
+                done.push(format!("re-created trigger {t}"));
+            }
+        }
+        tx.execute_batch(TRIGGERS).map_err(backend)?;
+        let n = tx
+            .execute(
+                "UPDATE ledger_gate SET open = 0 WHERE id = 1 AND open != 0",
+                [],
+            )
+            .map_err(backend)?;
+        if n > 0 {
+            done.push("closed the retention gate".into());
+        }
+        if !done.is_empty() {
+            append(
+                &tx,
+                now,
+                Change {
+                    actor: actor.to_string(),
+                    action: "ledger.repair".into(),
+                    subject: "ledger".into(),
+                    before: None,
+                    after: Some(done.join("; ")),
+                    reason: Some("log verify --repair".into()),
+                },
+            )
+            .map_err(backend)?;
+        }
+        tx.commit().map_err(backend)?;
+        self.advance_anchor()?;
+        Ok(done)
     }
 
     fn prune_ledger(&mut self, cutoff: i64, now: i64, actor: &str) -> Result<i64, StoreError> {
+        self.writable()?;
         let tx = immediate(&mut self.conn)?;
         let last: Option<(i64, String)> = tx
             .query_row(
@@ -935,6 +1644,7 @@ impl Store for SqliteStore {
         tx.execute("UPDATE ledger_gate SET open = 0 WHERE id = 1", [])
             .map_err(backend)?;
         tx.commit().map_err(backend)?;
+        self.advance_anchor()?;
         Ok(deleted)
     }
 }
@@ -951,6 +1661,7 @@ mod tests {
         {
             let c = Connection::open(dir.join(DB_FILE)).unwrap();
             c.execute_batch(SCHEMA_V1).unwrap();
+            c.execute_batch(TRIGGERS).unwrap();
             c.pragma_update(None, "application_id", APPLICATION_ID)
                 .unwrap();
             c.pragma_update(None, "user_version", 1).unwrap();

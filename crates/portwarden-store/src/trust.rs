@@ -1,0 +1,47 @@
+//! Whether a state directory may be trusted, as sshd's StrictModes decides for `~/.ssh`:
+//! when running as root, the directory and every store file in it must belong to root
+//! and be writable by nobody else, or whoever can write them can make root load any
+//! firewall on rollback and rewrite the change ledger.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// Why `path` (a directory or a store file) cannot be trusted by a process with effective
+/// uid `euid`, with the command that fixes it; `None` when it can (or does not exist).
+pub fn distrust(path: &Path, euid: u32, is_dir: bool) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    if euid != 0 {
+        return None;
+    }
+    let what = if is_dir {
+        "state directory"
+    } else {
+        "store file"
+    };
+    let shown = path.display();
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Some(format!(
+            "refusing to use {what} {shown}: it belongs to uid {}, not root; fix with `chown root:root {shown}`",
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        let want = if is_dir { "700" } else { "600" };
+        return Some(format!(
+            "refusing to use {what} {shown}: it is writable by {} (mode {mode:04o}); fix with `chmod {want} {shown}`",
+            match (mode & 0o020 != 0, mode & 0o002 != 0) {
+                (true, true) => "group and others",
+                (true, false) => "its group",
+                _ => "others",
+            }
+        ));
+    }
+    None
+}
+
+/// The effective uid of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
