@@ -15,6 +15,9 @@ pub enum UnitError {
     /// A negative duration.
     #[error("duration `{0}` is negative")]
     Negative(String),
+    /// A duration too large to represent.
+    #[error("duration `{0}` is too large")]
+    TooLarge(String),
     /// A bandwidth that does not parse.
     #[error("`{0}` is not a bandwidth: use e.g. 100Mbit, 10Gbit or 1.5Gbps")]
     Bandwidth(String),
@@ -57,7 +60,8 @@ impl FromStr for HumanDuration {
             if digits == 0 {
                 return Err(bad());
             }
-            let n: u128 = rest[..digits].parse().map_err(|_| bad())?;
+            let large = || UnitError::TooLarge(t.to_string());
+            let n: u128 = rest[..digits].parse().map_err(|_| large())?;
             rest = &rest[digits..];
             let unit_len = rest
                 .find(|c: char| c.is_ascii_digit())
@@ -78,9 +82,10 @@ impl FromStr for HumanDuration {
             total = n
                 .checked_mul(ns)
                 .and_then(|v| total.checked_add(v))
-                .ok_or_else(bad)?;
+                .ok_or_else(large)?;
         }
-        let secs = u64::try_from(total / 1_000_000_000).map_err(|_| bad())?;
+        let secs =
+            u64::try_from(total / 1_000_000_000).map_err(|_| UnitError::TooLarge(t.to_string()))?;
         let nanos = u32::try_from(total % 1_000_000_000).map_err(|_| bad())?;
         Ok(HumanDuration(Duration::new(secs, nanos)))
     }

@@ -192,7 +192,7 @@ pub struct AllocArgs {
     #[arg(long, value_name = "OWNER")]
     pub owner: Option<String>,
     /// Allocate this many leases (each in its own transaction).
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub count: u32,
     /// Seed for the random start of the pool scan (reproducible picks).
     #[arg(long, value_name = "SEED")]
@@ -241,8 +241,17 @@ pub struct LogArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum LogCommand {
-    /// Walk every link of the hash chain; exit 1 naming the first bad record.
-    Verify,
+    /// Walk every link of the hash chain, and check it against its head anchor (and an
+    /// exported head); exit 1 naming the first bad record or what else is wrong.
+    Verify {
+        /// The head exported earlier (`log head`), as SEQ:HASH: the chain must still reach
+        /// it, unchanged.
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Option<String>,
+        /// Re-create dropped append-only triggers (recorded in the ledger).
+        #[arg(long)]
+        repair: bool,
+    },
     /// Print the head (last sequence number and hash) for an outside copy.
     Head,
     /// Export every record.

@@ -523,15 +523,20 @@ pub fn jsonl<T: Serialize>(items: &[T]) -> io::Result<()> {
 
 /// The result of `log verify`.
 pub fn verification(v: &portwarden_store::Verification) -> io::Result<()> {
-    match (&v.broken, &v.head) {
-        (Some((seq, why)), _) => text(&format!("ledger broken at seq {seq}: {why}\n")),
-        (None, None) => text("ledger ok: empty\n"),
-        (None, Some((seq, hash))) => text(&format!(
+    let mut out = match (&v.broken, &v.head) {
+        (Some((seq, why)), _) => format!("ledger broken at seq {seq}: {why}\n"),
+        (None, _) if !v.problems.is_empty() => "ledger not ok:\n".to_string(),
+        (None, None) => "ledger ok: empty\n".to_string(),
+        (None, Some((seq, hash))) => format!(
             "ledger ok: {} records, seq {}..{seq}, head {hash}\n",
             v.records,
             v.first_seq.unwrap_or(*seq)
-        )),
+        ),
+    };
+    for p in &v.problems {
+        out.push_str(&format!("  {p}\n"));
     }
+    text(&out)
 }
 
 fn stderr_is_tty() -> bool {

@@ -1946,6 +1946,11 @@ max_conn_per_source = 3
         assert_eq!(code(&o), 0, "{}", stderr(&o));
         assert_whitelist(&lab);
         assert_eq!(admitted_of_four(&lab), "3");
+        let o = lab.pw(POLICY, &["fw", "status", "--json"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["backend"], "iptables");
+        assert_eq!(v["table"], true);
         // Commit-confirm works the same: an unconfirmed apply that opens 9000 rolls back.
         let second = format!(
             "{POLICY}\n[[service]]\nname = \"extra\"\nport = 9000\nzone = \"external\"\nallow_from = [\"0.0.0.0/0\"]\n"
@@ -1962,6 +1967,10 @@ max_conn_per_source = 3
             ],
         );
         assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("confirm before"),
+            "the iptables backend prints the same deadline notice"
+        );
         assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
         let until = Instant::now() + Duration::from_secs(8);
         while Instant::now() < until && lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]) {
@@ -2003,16 +2012,255 @@ max_conn_per_source = 3
             lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]),
             "still applied: nobody rolled back yet"
         );
-        // The next portwarden start notices the expired transaction.
+        // The next portwarden start re-arms a watcher, which rolls back (late, and says so).
         let o = lab.pw(&second, &["fw", "status"]);
         assert_eq!(code(&o), 0, "{}", stderr(&o));
         assert!(
-            stderr(&o).contains("rolled back unconfirmed firewall transaction"),
+            stderr(&o).contains("had died and its deadline passed"),
             "{}",
             stderr(&o)
         );
+        let until = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < until && lab.table() != before {
+            std::thread::sleep(Duration::from_millis(200));
+        }
         assert!(!lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
         assert_eq!(lab.table(), before);
+        let log = String::from_utf8_lossy(&lab.pw(&second, &["log", "--json"]).stdout).to_string();
+        assert!(log.contains("fw.watcher-rearmed"), "{log}");
+        assert!(log.contains("after it (its watcher had died)"), "{log}");
+    }
+
+    /// The ledger's actions, oldest first.
+    fn actions(lab: &Lab) -> Vec<String> {
+        let o = lab.pw(POLICY, &["log", "--json"]);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Polls (bounded) until `f` holds.
+    fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+        let until = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < until {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        f()
+    }
+
+    #[test]
+    fn r_watcher_rolls_back_at_its_deadline_with_no_other_command() {
+        let Some(mut lab) = Lab::new("wd") else {
+            return;
+        };
+        lab.serve(&["hold@10.99.0.1:9000"]);
+        assert_eq!(
+            code(&lab.pw(POLICY, &["fw", "apply", "--confirm-within", "0"])),
+            0
+        );
+        let before = lab.table();
+        let second = format!(
+            "{POLICY}\n[[service]]\nname = \"extra\"\nport = 9000\nzone = \"external\"\nallow_from = [\"0.0.0.0/0\"]\n"
+        );
+        let o = lab.pw(&second, &["fw", "apply", "--confirm-within", "2s"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("confirm before"));
+        assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
+        // No portwarden command runs now: only the watcher can roll back.
+        assert!(eventually(10, || lab.table() == before), "not rolled back");
+        assert!(!lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
+        let acts = actions(&lab);
+        assert_eq!(
+            acts.last().map(String::as_str),
+            Some("fw.rollback"),
+            "{acts:?}"
+        );
+        assert!(!acts.iter().any(|a| a == "fw.watcher-rearmed"), "{acts:?}");
+
+        // Confirm and rollback stop the watcher they belong to.
+        for verb in ["confirm", "rollback"] {
+            let o = lab.pw(
+                &second,
+                &["fw", "apply", "--confirm-within", "1h", "--json"],
+            );
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+            let pid = v["watcher_pid"].as_u64().unwrap();
+            let o = lab.pw(&second, &["fw", verb]);
+            assert_eq!(code(&o), 0, "{verb}: {}", stderr(&o));
+            assert!(
+                eventually(5, || !std::path::Path::new(&format!("/proc/{pid}/cmdline"))
+                    .exists()
+                    || std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .unwrap_or_default()
+                        .is_empty()),
+                "the watcher survived `fw {verb}`"
+            );
+            if verb == "confirm" {
+                assert_eq!(
+                    code(&lab.pw(POLICY, &["fw", "apply", "--confirm-within", "0"])),
+                    0
+                );
+            }
+        }
+        // The window has a sane maximum.
+        let o = lab.pw(POLICY, &["fw", "apply", "--confirm-within", "25h"]);
+        assert_eq!(code(&o), 2);
+        assert!(stderr(&o).contains("at most 1d"), "{}", stderr(&o));
+    }
+
+    #[test]
+    fn r_grants_survive_apply() {
+        let Some(mut lab) = Lab::new("gs") else {
+            return;
+        };
+        lab.serve(&["hold@10.99.0.1:9000"]);
+        assert_eq!(
+            code(&lab.pw(POLICY, &["fw", "apply", "--confirm-within", "0"])),
+            0
+        );
+        let o = lab.pw(
+            POLICY,
+            &[
+                "grant",
+                "9000/tcp",
+                "--from",
+                "::ffff:10.99.0.2",
+                "--for",
+                "5m",
+            ],
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
+        assert!(!lab.client(&["connect", "10.99.0.3", "10.99.0.1", "9000"]));
+        // A new apply (another policy, even) keeps who is granted.
+        let second =
+            format!("{POLICY}\n[[service]]\nname = \"web\"\nport = 8080\nzone = \"external\"\n");
+        let o = lab.pw(&second, &["fw", "apply", "--confirm-within", "0"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(
+            lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]),
+            "the grant was lost"
+        );
+        assert!(!lab.client(&["connect", "10.99.0.3", "10.99.0.1", "9000"]));
+        // Revoked, it stays revoked across the next apply.
+        assert_eq!(
+            code(&lab.pw(POLICY, &["revoke", "9000/tcp", "--from", "10.99.0.2"])),
+            0
+        );
+        assert_eq!(
+            code(&lab.pw(POLICY, &["fw", "apply", "--confirm-within", "0"])),
+            0
+        );
+        assert!(!lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
+        // Bad input: a grant beyond the maximum, and a file with bad lines, change nothing.
+        let o = lab.pw(
+            POLICY,
+            &["grant", "9000", "--from", "10.99.0.2", "--for", "400d"],
+        );
+        assert_eq!(code(&o), 2);
+        assert!(stderr(&o).contains("at most 365d"), "{}", stderr(&o));
+        let f = lab.dir.join("grants.txt");
+        std::fs::write(
+            &f,
+            "9000 10.99.0.2 1h\n9000 nonsense 1h\n# fine\n70000 10.99.0.3 1h\n9000 10.99.0.3\n",
+        )
+        .unwrap();
+        let o = lab.pw(POLICY, &["grant", "--file", f.to_str().unwrap()]);
+        assert_eq!(code(&o), 2);
+        let e = stderr(&o);
+        for line in [":2:", ":4:", ":5:"] {
+            assert!(
+                e.contains(&format!("grants.txt{line}")),
+                "{line} not reported: {e}"
+            );
+        }
+        assert!(
+            !lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]),
+            "line 1 was applied"
+        );
+    }
+
+    #[test]
+    fn r_leased_pool_ports_are_admitted_at_once() {
+        let Some(mut lab) = Lab::new("lp") else {
+            return;
+        };
+        let policy = format!(
+            "{POLICY}\n[[pool]]\nname = \"dyn\"\nrange = \"9100-9100\"\n[[service]]\nname = \"cache\"\npool = \"dyn\"\nzone = \"external\"\nallow_from = [\"10.99.0.2/32\"]\n"
+        );
+        assert_eq!(
+            code(&lab.pw(&policy, &["fw", "apply", "--confirm-within", "0"])),
+            0
+        );
+        let o = lab.pw(&policy, &["alloc", "cache", "--json"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v[0]["port"], 9100);
+        let id = v[0]["id"].as_i64().unwrap().to_string();
+        lab.serve(&["hold@10.99.0.1:9100"]);
+        assert!(
+            lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9100"]),
+            "the lease was not admitted"
+        );
+        assert!(!lab.client(&["connect", "10.99.0.3", "10.99.0.1", "9100"]));
+        // A full apply keeps the lease admitted.
+        assert_eq!(
+            code(&lab.pw(&policy, &["fw", "apply", "--confirm-within", "0"])),
+            0
+        );
+        assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9100"]));
+        let o = lab.pw(&policy, &["release", &id]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(
+            !lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9100"]),
+            "still admitted after release"
+        );
+        let acts = actions(&lab);
+        assert!(acts.iter().any(|a| a == "fw.lease-admit"), "{acts:?}");
+        assert!(acts.iter().any(|a| a == "fw.lease-unadmit"), "{acts:?}");
+    }
+
+    #[test]
+    fn r_rollback_refuses_a_swapped_snapshot() {
+        let Some(mut lab) = Lab::new("sh") else {
+            return;
+        };
+        lab.serve(&["hold@10.99.0.1:9000"]);
+        assert_eq!(
+            code(&lab.pw(POLICY, &["fw", "apply", "--confirm-within", "0"])),
+            0
+        );
+        let o = lab.pw(POLICY, &["fw", "apply", "--confirm-within", "1h"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        // Whoever can write the store swaps the snapshot for an open-everything table.
+        let db = lab.dir.join("state/portwarden.db");
+        let evil = "table inet portwarden {\n chain input { type filter hook input priority filter; policy accept; }\n}\n";
+        let st = Command::new("python3")
+            .args([
+                "-c",
+                "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('UPDATE fw_txn SET snapshot=? WHERE state=\"pending\"', (sys.argv[2],)); c.commit()",
+                db.to_str().unwrap(),
+                evil,
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let o = lab.pw(POLICY, &["fw", "rollback"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("does not match the SHA-256"), "{out}");
+        assert_eq!(
+            lab.table(),
+            "",
+            "our table is removed, the swapped one never loaded"
+        );
     }
 }
 

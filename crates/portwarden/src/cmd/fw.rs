@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use portwarden_core::units::HumanDuration;
 use portwarden_core::{PortProto, Protocol};
-use portwarden_nft::Options;
 use portwarden_nft::iptables::Iptables;
+use portwarden_nft::{Grant, LeasedPort, Options};
 use portwarden_os::nft;
-use portwarden_store::{Change, FwState, FwTxn, SqliteStore, Store};
+use portwarden_store::{Change, FwState, FwTxn, GrantRecord, SqliteStore, Store, StoreError};
 
 use crate::cli::{FwBackend, FwCommand, FwFormat, Global, GrantArgs, RevokeArgs};
 use crate::{Status, output};
@@ -24,6 +24,45 @@ fn ssh_peer() -> Option<(IpAddr, u16)> {
     Some((f.first()?.parse().ok()?, f.get(3)?.parse().ok()?))
 }
 
+/// The longest commit-confirm window: a rollback further away protects nobody.
+const CONFIRM_MAX: Duration = Duration::from_secs(86_400);
+/// The longest grant: an opening meant to last belongs in the policy.
+const GRANT_MAX: Duration = Duration::from_secs(365 * 86_400);
+
+/// The store's leases as the renderer admits them.
+pub fn leased_ports(leases: &[portwarden_store::Lease]) -> Vec<LeasedPort> {
+    leases
+        .iter()
+        .map(|l| LeasedPort {
+            service: l.service.clone(),
+            protocol: l.protocol,
+            port: l.port,
+        })
+        .collect()
+}
+
+/// What the rendered table carries from the store: unexpired grants (with the time they
+/// have left) and the leased ports of pool services.
+fn live_state(g: &Global) -> anyhow::Result<(Vec<Grant>, Vec<LeasedPort>)> {
+    let s = match super::open_store(g, false) {
+        Ok(s) => s,
+        Err(StoreError::Missing(_)) => return Ok((Vec::new(), Vec::new())),
+        Err(e) => return Err(e.into()),
+    };
+    let now = super::now();
+    let grants = s
+        .grants(now)?
+        .into_iter()
+        .map(|r| Grant {
+            addr: r.addr,
+            protocol: r.protocol,
+            port: r.port,
+            left: Duration::from_secs(r.expires_at.saturating_sub(now).max(1) as u64),
+        })
+        .collect();
+    Ok((grants, leased_ports(&s.leases()?)))
+}
+
 /// The policy and its nftables text, after the lock-out guard on the rendered model.
 fn render(g: &Global) -> anyhow::Result<(portwarden_core::Policy, String)> {
     let loaded = super::load_policy(g.policy.as_deref())?;
@@ -31,12 +70,14 @@ fn render(g: &Global) -> anyhow::Result<(portwarden_core::Policy, String)> {
         .into_iter()
         .map(|i| i.name)
         .collect();
+    let (grants, leases) = live_state(g)?;
     let rs = portwarden_nft::render(
         &loaded.policy,
         &Options {
             ssh_peer: ssh_peer(),
             interfaces: Some(interfaces),
-            ..Options::default()
+            grants,
+            leases,
         },
     )?;
     // Lock-out guard: the model must admit the management path and the SSH peer.
@@ -63,11 +104,12 @@ fn render(g: &Global) -> anyhow::Result<(portwarden_core::Policy, String)> {
 
 /// The iptables rendering of `policy`, saying on stderr what it cannot express.
 fn iptables_rules(g: &Global, policy: &portwarden_core::Policy) -> anyhow::Result<Iptables> {
+    let (_, leases) = live_state(g)?;
     let ipt = portwarden_nft::iptables::render(
         policy,
         &Options {
             ssh_peer: ssh_peer(),
-            interfaces: None,
+            leases,
             ..Options::default()
         },
     )?;
@@ -124,12 +166,37 @@ fn ipt_restore(snap: Option<&str>) -> anyhow::Result<&'static str> {
     })
 }
 
-/// Restores the firewall as it was before `t`: its snapshot, or none of ours at all.
-fn restore(t: &FwTxn) -> anyhow::Result<&'static str> {
-    if t.ruleset.starts_with(IPT_MARK) {
-        return ipt_restore(t.snapshot.as_deref());
+fn is_iptables(t: &FwTxn) -> bool {
+    t.ruleset.starts_with(IPT_MARK)
+}
+
+/// Restores the firewall as it was before `t`: its snapshot, or none of ours at all. A
+/// snapshot whose SHA-256 differs from the one the apply recorded is never loaded: our
+/// table (or chain) is removed instead, which drops nothing.
+fn restore(s: &SqliteStore, t: &FwTxn) -> anyhow::Result<String> {
+    let snapshot = match s.fw_verified_snapshot(t) {
+        Ok(snap) => snap,
+        Err(e @ StoreError::SnapshotTampered { .. }) => {
+            if is_iptables(t) {
+                ipt_restore(None)?;
+            } else {
+                nft::delete_table()?;
+            }
+            return Ok(format!(
+                "{e}; removed our {} instead",
+                if is_iptables(t) { "chain" } else { "table" }
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if is_iptables(t) {
+        return ipt_restore(snapshot.as_deref()).map(String::from);
     }
-    match &t.snapshot {
+    restore_nft(snapshot.as_ref()).map(String::from)
+}
+
+fn restore_nft(snapshot: Option<&String>) -> anyhow::Result<&'static str> {
+    match snapshot {
         None => {
             nft::delete_table()?;
             Ok("removed the table (there was none before)")
@@ -149,7 +216,8 @@ fn restore(t: &FwTxn) -> anyhow::Result<&'static str> {
 }
 
 fn rollback_txn(s: &mut SqliteStore, t: &FwTxn, why: &str) -> anyhow::Result<String> {
-    let how = restore(t)?;
+    stop_watcher(t);
+    let how = restore(s, t)?;
     s.fw_finish(
         t.id,
         FwState::RolledBack,
@@ -160,26 +228,75 @@ fn rollback_txn(s: &mut SqliteStore, t: &FwTxn, why: &str) -> anyhow::Result<Str
     Ok(how.to_string())
 }
 
-/// Rolls back any pending apply whose deadline has passed (a crash or reboot may have
-/// killed its watcher).
+/// Whether `pid` is the rollback watcher of transaction `txn` (not a reused pid).
+fn watcher_alive(pid: u32, txn: i64) -> bool {
+    let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+    let id = txn.to_string();
+    args.contains(&b"watch".as_slice())
+        && args
+            .windows(2)
+            .any(|w| w[0] == b"--txn" && w[1] == id.as_bytes())
+}
+
+/// Stops the transaction's watcher, if it still runs: confirm and rollback end it.
+fn stop_watcher(t: &FwTxn) {
+    if let Some(pid) = t.watcher_pid {
+        if watcher_alive(pid, t.id) {
+            // SAFETY: kill has no memory preconditions; the pid was checked just above.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+    }
+}
+
+/// A pending apply whose watcher has died (killed, or the host rebooted) gets a new one,
+/// which rolls back at the deadline, or at once when it has passed; the delay is logged
+/// and recorded. The rollback itself is always the watcher's, never this command's.
 pub fn recover_expired(g: &Global) -> anyhow::Result<()> {
     let mut s = match super::open_store(g, false) {
         Ok(s) => s,
-        Err(portwarden_store::StoreError::Missing(_)) => return Ok(()),
+        Err(StoreError::Missing(_)) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    if let Some(t) = pending(&s)? {
-        if t.deadline.is_some_and(|d| d <= super::now()) {
-            let how = rollback_txn(&mut s, &t, "deadline passed")?;
-            output::warn(
-                g.quiet,
-                &format!(
-                    "rolled back unconfirmed firewall transaction {}: {how}",
-                    t.id
-                ),
-            );
-        }
+    let Some(t) = pending(&s)? else {
+        return Ok(());
+    };
+    let Some(deadline) = t.deadline else {
+        return Ok(());
+    };
+    if t.watcher_pid.is_some_and(|p| watcher_alive(p, t.id)) {
+        return Ok(());
     }
+    let pid = arm_watcher(g, t.id)?;
+    s.fw_set_watcher(t.id, Some(pid))?;
+    let now = super::now();
+    let what = if deadline <= now {
+        format!(
+            "the rollback watcher of firewall transaction {} had died and its deadline passed {}s ago: re-armed, it rolls back now",
+            t.id,
+            now - deadline
+        )
+    } else {
+        format!(
+            "the rollback watcher of firewall transaction {} had died: re-armed for its deadline {}",
+            t.id,
+            output::utc(deadline)
+        )
+    };
+    s.record(
+        now,
+        Change {
+            actor: super::user(),
+            action: "fw.watcher-rearmed".into(),
+            subject: format!("fw txn {}", t.id),
+            before: None,
+            after: Some(format!("watcher pid {pid}")),
+            reason: Some(what.clone()),
+        },
+    )?;
+    output::warn(g.quiet, &what);
     Ok(())
 }
 
@@ -276,6 +393,12 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             let within: HumanDuration = confirm_within
                 .parse()
                 .with_context(|| format!("invalid --confirm-within `{confirm_within}`"))?;
+            if within.get() > CONFIRM_MAX {
+                bail!(
+                    "invalid --confirm-within `{confirm_within}`: at most {}; a rollback that far away protects nobody",
+                    HumanDuration(CONFIRM_MAX)
+                );
+            }
             let iptables = match backend {
                 FwBackend::Nft => false,
                 FwBackend::Iptables => true,
@@ -315,11 +438,12 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             let deadline =
                 (!within.get().is_zero()).then(|| now + within.get().as_secs().max(1) as i64);
             let t = s.fw_begin(now, &super::user(), deadline, snapshot, &text)?;
-            let watcher = match deadline {
-                Some(_) => Some(arm_watcher(g, t.id)?),
-                None => None,
-            };
+            let watcher = start_watcher(g, &mut s, &t)?;
             if let Err(e) = nft::apply(&text) {
+                stop_watcher(&FwTxn {
+                    watcher_pid: watcher,
+                    ..t.clone()
+                });
                 // The nft transaction is atomic: nothing changed. Close ours.
                 s.fw_finish(
                     t.id,
@@ -333,23 +457,7 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             if let Some(listing) = nft::list_table()? {
                 s.fw_set_listing(t.id, &listing)?;
             }
-            if g.json {
-                output::json(&serde_json::json!({
-                    "txn": t.id,
-                    "deadline": deadline,
-                    "watcher_pid": watcher,
-                }))?;
-            } else if !g.quiet {
-                match deadline {
-                    Some(d) => output::text(&format!(
-                        "applied firewall transaction {}; confirm before {} with `portwarden fw confirm` from a new connection, or it rolls back\n",
-                        t.id,
-                        output::utc(d)
-                    ))?,
-                    None => output::text(&format!("applied firewall transaction {}\n", t.id))?,
-                }
-            }
-            Ok(Status::Ok)
+            applied(g, &t, watcher, "nftables", "table inet portwarden")
         }
         FwCommand::Confirm => {
             let mut s = store(g)?;
@@ -357,6 +465,13 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
                 output::refusal("nothing is pending: no apply awaits confirmation");
                 return Ok(Status::Negative);
             };
+            if t.deadline.is_some_and(|d| d <= super::now()) {
+                output::refusal(
+                    "too late: the deadline has passed and the watcher is rolling the transaction back",
+                );
+                return Ok(Status::Negative);
+            }
+            stop_watcher(&t);
             if s.fw_finish(
                 t.id,
                 FwState::Confirmed,
@@ -385,20 +500,32 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             Ok(Status::Ok)
         }
         FwCommand::Status => {
-            let exists = nft::table_exists()?;
             let txns = match super::open_store(g, false) {
                 Ok(s) => s.fw_txns()?,
-                Err(portwarden_store::StoreError::Missing(_)) => Vec::new(),
+                Err(StoreError::Missing(_)) => Vec::new(),
                 Err(e) => return Err(e.into()),
             };
             let last = txns.last();
-            if g.json {
-                output::json(&serde_json::json!({"table": exists, "last": last}))?;
+            let ipt = last.is_some_and(is_iptables);
+            let (backend, what, exists) = if ipt {
+                (
+                    "iptables",
+                    format!("iptables chain {}", portwarden_os::iptables::CHAIN),
+                    ipt_snapshot()?.is_some(),
+                )
             } else {
-                let mut s = format!(
-                    "table inet portwarden: {}\n",
-                    if exists { "present" } else { "absent" }
-                );
+                (
+                    "nftables",
+                    "table inet portwarden".to_string(),
+                    nft::table_exists()?,
+                )
+            };
+            if g.json {
+                output::json(
+                    &serde_json::json!({"backend": backend, "table": exists, "last": last}),
+                )?;
+            } else {
+                let mut s = format!("{what}: {}\n", if exists { "present" } else { "absent" });
                 if let Some(t) = last {
                     s.push_str(&format!(
                         "last transaction {}: {:?} at {}{}\n",
@@ -425,12 +552,27 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             let Some(deadline) = t.deadline else {
                 return Ok(Status::Ok);
             };
-            let wait = (deadline - super::now()).max(0) as u64;
-            std::thread::sleep(Duration::from_secs(wait));
+            let late = super::now() - deadline;
+            while super::now() < deadline {
+                let left = (deadline - super::now()).clamp(0, 5) as u64;
+                std::thread::sleep(Duration::from_secs(left.max(1)));
+            }
             let mut s = store(g)?;
             if let Some(p) = pending(&s)? {
                 if p.id == *txn {
-                    rollback_txn(&mut s, &p, "not confirmed before the deadline")?;
+                    let why = if late >= 0 {
+                        format!(
+                            "not confirmed before the deadline; rolled back {late}s after it (its watcher had died)"
+                        )
+                    } else {
+                        "not confirmed before the deadline".to_string()
+                    };
+                    // This process is the watcher: nothing to stop.
+                    let p = FwTxn {
+                        watcher_pid: None,
+                        ..p
+                    };
+                    rollback_txn(&mut s, &p, &why)?;
                 }
             }
             Ok(Status::Ok)
@@ -457,12 +599,13 @@ fn apply_iptables(g: &Global, within: HumanDuration) -> anyhow::Result<Status> {
     let deadline = (!within.get().is_zero()).then(|| now + within.get().as_secs().max(1) as i64);
     let text = format!("{}{}", ipt.v4, ipt.v6);
     let t = s.fw_begin(now, &super::user(), deadline, snapshot.clone(), &text)?;
-    let watcher = match deadline {
-        Some(_) => Some(arm_watcher(g, t.id)?),
-        None => None,
-    };
-    let applied = apply(Fam::V4, &ipt.v4).and_then(|()| apply(Fam::V6, &ipt.v6));
-    if let Err(e) = applied {
+    let watcher = start_watcher(g, &mut s, &t)?;
+    let done = apply(Fam::V4, &ipt.v4).and_then(|()| apply(Fam::V6, &ipt.v6));
+    if let Err(e) = done {
+        stop_watcher(&FwTxn {
+            watcher_pid: watcher,
+            ..t.clone()
+        });
         let _ = ipt_restore(snapshot.as_deref());
         s.fw_finish(
             t.id,
@@ -476,21 +619,54 @@ fn apply_iptables(g: &Global, within: HumanDuration) -> anyhow::Result<Status> {
     if let Some(listing) = ipt_snapshot()? {
         s.fw_set_listing(t.id, &listing)?;
     }
+    applied(
+        g,
+        &t,
+        watcher,
+        "iptables",
+        &format!("iptables chain {}", portwarden_os::iptables::CHAIN),
+    )
+}
+
+/// Arms the rollback watcher of a pending transaction and notes its pid.
+fn start_watcher(g: &Global, s: &mut SqliteStore, t: &FwTxn) -> anyhow::Result<Option<u32>> {
+    if t.deadline.is_none() {
+        return Ok(None);
+    }
+    let pid = arm_watcher(g, t.id)?;
+    s.fw_set_watcher(t.id, Some(pid))?;
+    Ok(Some(pid))
+}
+
+/// The same notice for every backend: the transaction, its deadline and how to confirm.
+fn applied(
+    g: &Global,
+    t: &FwTxn,
+    watcher: Option<u32>,
+    backend: &str,
+    what: &str,
+) -> anyhow::Result<Status> {
     if g.json {
-        output::json(
-            &serde_json::json!({"txn": t.id, "deadline": deadline, "watcher_pid": watcher, "backend": "iptables"}),
-        )?;
+        output::json(&serde_json::json!({
+            "txn": t.id,
+            "deadline": t.deadline,
+            "watcher_pid": watcher,
+            "backend": backend,
+        }))?;
     } else if !g.quiet {
-        output::text(&format!(
-            "applied firewall transaction {} (iptables chain {})\n",
-            t.id,
-            portwarden_os::iptables::CHAIN
-        ))?;
+        match t.deadline {
+            Some(d) => output::text(&format!(
+                "applied firewall transaction {} ({what}); confirm before {} with `portwarden fw confirm` from a new connection, or it rolls back\n",
+                t.id,
+                output::utc(d)
+            ))?,
+            None => output::text(&format!("applied firewall transaction {} ({what})\n", t.id))?,
+        }
     }
     Ok(Status::Ok)
 }
 
-/// Reads `PORT[/PROTO] ADDR [DURATION]` lines.
+/// Reads `PORT[/PROTO] ADDR [DURATION]` lines: (line number, fields).
 fn read_lines(path: &std::path::Path) -> anyhow::Result<Vec<(usize, Vec<String>)>> {
     let mut text = String::new();
     if path.as_os_str() == "-" {
@@ -517,18 +693,23 @@ fn read_lines(path: &std::path::Path) -> anyhow::Result<Vec<(usize, Vec<String>)
         .collect())
 }
 
-fn parse_grant(
-    port: &str,
-    from: &str,
-    dur: Option<&str>,
-) -> anyhow::Result<(IpAddr, Protocol, u16, Duration)> {
+/// One grant or revocation: source (IPv4-mapped addresses as IPv4), protocol, port, and
+/// how long (zero for a revocation).
+struct Item {
+    addr: IpAddr,
+    protocol: Protocol,
+    port: portwarden_core::Port,
+    left: Duration,
+}
+
+fn parse_item(port: &str, from: &str, dur: Option<&str>) -> anyhow::Result<Item> {
     let pp: PortProto = port
         .parse()
         .with_context(|| format!("invalid port `{port}`"))?;
     let addr: IpAddr = from
         .parse()
         .with_context(|| format!("`{from}` is not an IP address"))?;
-    let d = match dur {
+    let left = match dur {
         None => Duration::ZERO,
         Some(d) => {
             let h: HumanDuration = d
@@ -537,10 +718,65 @@ fn parse_grant(
             if h.get().is_zero() {
                 bail!("invalid duration `{d}`: a grant must last longer than zero");
             }
+            if h.get() > GRANT_MAX {
+                bail!(
+                    "invalid duration `{d}`: a grant lasts at most {}; a lasting opening belongs in the policy",
+                    HumanDuration(GRANT_MAX)
+                );
+            }
             h.get()
         }
     };
-    Ok((addr, pp.protocol, pp.port.get(), d))
+    Ok(Item {
+        addr: portwarden_nft::canonical(addr),
+        protocol: pp.protocol,
+        port: pp.port,
+        left,
+    })
+}
+
+/// The items of `--file` (every bad line reported, nothing taken when one is bad), or the
+/// one on the command line.
+fn items(
+    file: Option<&std::path::Path>,
+    one: (Option<&str>, Option<&str>, Option<&str>),
+    with_duration: bool,
+) -> anyhow::Result<Vec<Item>> {
+    let Some(f) = file else {
+        return Ok(vec![parse_item(
+            one.0.unwrap_or_default(),
+            one.1.unwrap_or_default(),
+            one.2,
+        )?]);
+    };
+    let want = if with_duration {
+        "`PORT[/PROTO] ADDR DURATION`"
+    } else {
+        "`PORT[/PROTO] ADDR`"
+    };
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    for (n, fields) in read_lines(f)? {
+        let r = match (fields.as_slice(), with_duration) {
+            ([p, from, d], true) => parse_item(p, from, Some(d)),
+            ([p, from], false) => parse_item(p, from, None),
+            _ => Err(anyhow::anyhow!("expected {want}")),
+        };
+        match r {
+            Ok(i) => good.push(i),
+            Err(e) => bad.push(format!("{}:{n}: {e:#}", f.display())),
+        }
+    }
+    if !bad.is_empty() {
+        bail!(
+            "{} bad line{} in {}, nothing applied:\n{}",
+            bad.len(),
+            if bad.len() == 1 { "" } else { "s" },
+            f.display(),
+            bad.join("\n")
+        );
+    }
+    Ok(good)
 }
 
 fn need_table() -> anyhow::Result<()> {
@@ -551,43 +787,40 @@ fn need_table() -> anyhow::Result<()> {
 }
 
 pub fn grant(g: &Global, a: &GrantArgs) -> anyhow::Result<Status> {
-    let grants = match &a.file {
-        Some(f) => read_lines(f)?
-            .into_iter()
-            .map(|(n, f)| match f.as_slice() {
-                [p, from, d] => parse_grant(p, from, Some(d)).with_context(|| format!("line {n}")),
-                _ => bail!("line {n}: expected `PORT[/PROTO] ADDR DURATION`"),
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?,
-        None => vec![parse_grant(
-            a.port.as_deref().unwrap_or_default(),
-            a.from.as_deref().unwrap_or_default(),
-            a.duration.as_deref(),
-        )?],
-    };
+    let list = items(
+        a.file.as_deref(),
+        (a.port.as_deref(), a.from.as_deref(), a.duration.as_deref()),
+        true,
+    )?;
+    let grants: Vec<Grant> = list
+        .iter()
+        .map(|i| Grant {
+            addr: i.addr,
+            protocol: i.protocol,
+            port: i.port,
+            left: i.left,
+        })
+        .collect();
     need_table()?;
-    let list: Vec<portwarden_nft::Grant> = grants
+    let mut s = store(g)?;
+    let now = super::now();
+    nft::apply(&portwarden_nft::grant_commands(&grants)).context("nothing was granted")?;
+    let records: Vec<GrantRecord> = list
         .iter()
-        .map(|(addr, protocol, port, left)| portwarden_nft::Grant {
-            addr: *addr,
-            protocol: *protocol,
-            port: portwarden_core::Port::new(*port).expect("parsed ports are not zero"),
-            left: *left,
-        })
-        .collect();
-    nft::apply(&portwarden_nft::grant_commands(&list)).context("nothing was granted")?;
-    let changes = grants
-        .iter()
-        .map(|(addr, p, port, d)| Change {
+        .map(|i| GrantRecord {
+            addr: i.addr,
+            protocol: i.protocol,
+            port: i.port,
+            expires_at: now + i.left.as_secs() as i64,
             actor: super::user(),
-            action: "fw.grant".into(),
-            subject: format!("{port}/{p}"),
-            before: None,
-            after: Some(format!("{addr} for {}", HumanDuration(*d))),
-            reason: None,
         })
         .collect();
-    store(g)?.record_batch(super::now(), changes)?;
+    if let Err(e) = s.grant(now, &records) {
+        // Not recorded: take them back, so that the store and the kernel agree.
+        let keys: Vec<_> = list.iter().map(|i| (i.addr, i.protocol, i.port)).collect();
+        let _ = nft::apply(&portwarden_nft::revoke_commands(&keys));
+        return Err(e).context("nothing was granted");
+    }
     if !g.quiet {
         output::text(&format!(
             "granted {} source{}\n",
@@ -599,47 +832,72 @@ pub fn grant(g: &Global, a: &GrantArgs) -> anyhow::Result<Status> {
 }
 
 pub fn revoke(g: &Global, a: &RevokeArgs) -> anyhow::Result<Status> {
-    let items = match &a.file {
-        Some(f) => read_lines(f)?
-            .into_iter()
-            .map(|(n, f)| match f.as_slice() {
-                [p, from] => parse_grant(p, from, None).with_context(|| format!("line {n}")),
-                _ => bail!("line {n}: expected `PORT[/PROTO] ADDR`"),
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?,
-        None => vec![parse_grant(
-            a.port.as_deref().unwrap_or_default(),
-            a.from.as_deref().unwrap_or_default(),
-            None,
-        )?],
-    };
+    let list = items(
+        a.file.as_deref(),
+        (a.port.as_deref(), a.from.as_deref(), None),
+        false,
+    )?;
     need_table()?;
-    let list: Vec<(IpAddr, Protocol, portwarden_core::Port)> = items
-        .iter()
-        .map(|(a, p, port, _)| {
-            (
-                *a,
-                *p,
-                portwarden_core::Port::new(*port).expect("parsed ports are not zero"),
-            )
-        })
-        .collect();
-    nft::apply(&portwarden_nft::revoke_commands(&list))
+    let keys: Vec<(IpAddr, Protocol, portwarden_core::Port)> =
+        list.iter().map(|i| (i.addr, i.protocol, i.port)).collect();
+    let mut s = store(g)?;
+    nft::apply(&portwarden_nft::revoke_commands(&keys))
         .context("nothing was revoked (is the grant still there?)")?;
-    let changes = list
+    s.revoke(super::now(), &super::user(), &keys)?;
+    if !g.quiet {
+        output::text(&format!("revoked {}\n", keys.len()))?;
+    }
+    Ok(Status::Ok)
+}
+
+/// Carries lease changes into the live table in one nft transaction: newly leased ports
+/// of pool services are admitted for their sources at once, released ones no longer.
+/// Without our table there is nothing to update; with the iptables backend or a table
+/// from an older policy, the next `fw apply` does it (said on stderr).
+pub fn sync_leases(
+    g: &Global,
+    added: &[portwarden_store::Lease],
+    removed: &[portwarden_store::Lease],
+) -> anyhow::Result<()> {
+    let policy = super::load_policy(g.policy.as_deref())?.policy;
+    let pooled = |l: &&portwarden_store::Lease| {
+        policy.service(&l.service).is_some_and(|s| {
+            matches!(s.placement, portwarden_core::policy::Placement::Pool(_))
+                && portwarden_core::policy::service_sources(s, &policy.zones).is_some()
+        })
+    };
+    let add: Vec<portwarden_store::Lease> = added.iter().filter(pooled).cloned().collect();
+    let del: Vec<portwarden_store::Lease> = removed.iter().filter(pooled).cloned().collect();
+    if add.is_empty() && del.is_empty() {
+        return Ok(());
+    }
+    if !nft::table_exists().unwrap_or(false) {
+        return Ok(());
+    }
+    let text = portwarden_nft::lease_commands(&leased_ports(&add), &leased_ports(&del));
+    if let Err(e) = nft::apply(&text) {
+        output::warn(
+            g.quiet,
+            &format!(
+                "the live table was not updated for the lease change ({e}); `portwarden fw apply` carries it"
+            ),
+        );
+        return Ok(());
+    }
+    let mut s = store(g)?;
+    let changes = add
         .iter()
-        .map(|(addr, p, port)| Change {
+        .map(|l| (l, "fw.lease-admit"))
+        .chain(del.iter().map(|l| (l, "fw.lease-unadmit")))
+        .map(|(l, action)| Change {
             actor: super::user(),
-            action: "fw.revoke".into(),
-            subject: format!("{port}/{p}"),
-            before: Some(addr.to_string()),
-            after: None,
+            action: action.into(),
+            subject: format!("{}/{}", l.port, l.protocol),
+            before: None,
+            after: Some(format!("lease {} of service {}", l.id, l.service)),
             reason: None,
         })
         .collect();
-    store(g)?.record_batch(super::now(), changes)?;
-    if !g.quiet {
-        output::text(&format!("revoked {}\n", list.len()))?;
-    }
-    Ok(Status::Ok)
+    s.record_batch(super::now(), changes)?;
+    Ok(())
 }

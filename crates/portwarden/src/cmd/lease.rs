@@ -19,17 +19,32 @@ use crate::{Status, output};
 
 const DEFAULT_TTL_SECS: i64 = 86_400;
 
+/// The lease lifetime: `--ttl`, at most the pool's `lease_ttl` (24 h outside pools),
+/// else that default.
 fn ttl_secs(arg: Option<&str>, policy: &Policy, pool: Option<&str>) -> anyhow::Result<i64> {
-    if let Some(t) = arg {
-        let d: HumanDuration = t.parse().with_context(|| format!("invalid --ttl `{t}`"))?;
-        if d.get().is_zero() {
-            bail!("invalid --ttl `{t}`: a lease must live longer than zero");
-        }
-        return Ok(d.get().as_secs().max(1) as i64);
+    let pool = pool.and_then(|p| policy.pool(p));
+    let max = pool.map_or(DEFAULT_TTL_SECS, |p| {
+        (p.lease_ttl.get().as_secs() as i64).max(1)
+    });
+    let Some(t) = arg else {
+        return Ok(max);
+    };
+    let d: HumanDuration = t.parse().with_context(|| format!("invalid --ttl `{t}`"))?;
+    if d.get().is_zero() {
+        bail!("invalid --ttl `{t}`: a lease must live longer than zero");
     }
-    Ok(pool
-        .and_then(|p| policy.pool(p))
-        .map_or(DEFAULT_TTL_SECS, |p| p.lease_ttl.get().as_secs() as i64))
+    let secs = i64::try_from(d.get().as_secs()).unwrap_or(i64::MAX).max(1);
+    if secs > max {
+        let limit = HumanDuration(std::time::Duration::from_secs(max as u64));
+        match pool {
+            Some(p) => bail!(
+                "invalid --ttl `{t}`: pool `{}` leases for at most {limit} (its lease_ttl); renew before it expires",
+                p.name
+            ),
+            None => bail!("invalid --ttl `{t}`: a lease outside a pool lasts at most {limit}"),
+        }
+    }
+    Ok(secs)
 }
 
 /// Ports in use on the host (any socket but TIME-WAIT), per protocol.
@@ -163,6 +178,7 @@ pub fn alloc(g: &Global, a: &AllocArgs) -> anyhow::Result<Status> {
                 if g.json {
                     output::json(&granted)?;
                 }
+                super::fw::sync_leases(g, &granted, &[])?;
                 output::refusal(&e.to_string());
                 return Ok(Status::Negative);
             }
@@ -172,6 +188,7 @@ pub fn alloc(g: &Global, a: &AllocArgs) -> anyhow::Result<Status> {
     if g.json {
         output::json(&granted)?;
     }
+    super::fw::sync_leases(g, &granted, &[])?;
     Ok(Status::Ok)
 }
 
@@ -214,6 +231,8 @@ pub fn release(g: &Global, a: &ReleaseArgs) -> anyhow::Result<Status> {
     let l = store
         .release(a.id, &caller, super::now(), &super::user())
         .map_err(store_err)?;
+    drop(store);
+    super::fw::sync_leases(g, &[], std::slice::from_ref(&l))?;
     if g.json {
         output::json(&l)?;
     } else if !g.quiet {
@@ -277,6 +296,15 @@ pub fn reclaim(g: &Global, a: &ReclaimArgs) -> anyhow::Result<Status> {
             a.dry_run,
         )
         .map_err(store_err)?;
+    drop(store);
+    if !a.dry_run {
+        let retired: Vec<Lease> = done
+            .iter()
+            .filter(|r| matches!(r.action, portwarden_core::alloc::ReclaimAction::Retire(_)))
+            .map(|r| r.lease.clone())
+            .collect();
+        super::fw::sync_leases(g, &[], &retired)?;
+    }
     if g.json {
         output::json(&done)?;
     } else if !g.quiet {

@@ -1,6 +1,6 @@
 //! `portwarden log [verify|head|export|prune]`: the change ledger.
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use portwarden_core::units::HumanDuration;
 use portwarden_store::{Store, StoreError};
 
@@ -35,21 +35,55 @@ pub fn run(g: &Global, a: &LogArgs) -> anyhow::Result<Status> {
             }
             Ok(Status::Ok)
         }
-        Some(LogCommand::Verify) => {
+        Some(LogCommand::Verify {
+            expect_head,
+            repair,
+        }) => {
+            let expect = match expect_head {
+                None => None,
+                Some(h) => {
+                    let parsed = h
+                        .split_once(':')
+                        .and_then(|(seq, hash)| Some((seq.parse::<i64>().ok()?, hash)))
+                        .filter(|(seq, hash)| {
+                            *seq >= 0
+                                && hash.len() == 64
+                                && hash.bytes().all(|b| b.is_ascii_hexdigit())
+                        });
+                    match parsed {
+                        Some((seq, hash)) => Some((seq, hash.to_ascii_lowercase())),
+                        None => bail!(
+                            "invalid --expect-head `{h}`: expected SEQ:HASH as `portwarden log head` prints it (e.g. 42:9f86…, 64 hex digits)"
+                        ),
+                    }
+                }
+            };
+            let mut store = store;
+            if *repair {
+                if let Some(s) = store.as_mut() {
+                    for done in s.repair_ledger(super::now(), &super::user())? {
+                        output::warn(g.quiet, &format!("repaired: {done}"));
+                    }
+                }
+            }
             let v = match &store {
-                Some(s) => s.verify_ledger()?,
-                None => portwarden_store::ledger::verify(&[]),
+                Some(s) => {
+                    s.verify_ledger_expecting(expect.as_ref().map(|(n, h)| (*n, h.as_str())))?
+                }
+                None => {
+                    let mut v = portwarden_store::ledger::verify(&[]);
+                    if let Some((seq, hash)) = &expect {
+                        v.check_head(&[], *seq, hash, "the expected head");
+                    }
+                    v
+                }
             };
             if g.json {
                 output::json(&v)?;
             } else if !g.quiet {
                 output::verification(&v)?;
             }
-            Ok(if v.broken.is_some() {
-                Status::Negative
-            } else {
-                Status::Ok
-            })
+            Ok(if v.ok() { Status::Ok } else { Status::Negative })
         }
         Some(LogCommand::Head) => {
             let head = match &store {
