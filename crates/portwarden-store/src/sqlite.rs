@@ -329,9 +329,28 @@ impl SqliteStore {
             self.check_anchor()?;
             return Ok(());
         }
-        self.conn
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| classify(&path, e))?;
+        // Switching to WAL takes an exclusive lock, and SQLite answers a racing first
+        // open with SQLITE_BUSY without asking the busy handler: retry, bounded.
+        let mut tries = 0;
+        loop {
+            let mode: rusqlite::Result<String> =
+                self.conn
+                    .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0));
+            match mode {
+                Ok(_) => break,
+                Err(e)
+                    if tries < 2_000
+                        && matches!(
+                            e.sqlite_error_code(),
+                            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+                        ) =>
+                {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(classify(&path, e)),
+            }
+        }
         // FULL: a commit is on disk before the head anchor that vouches for it is written,
         // so a power failure cannot leave the anchor ahead of the database.
         self.conn

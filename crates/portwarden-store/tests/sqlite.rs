@@ -303,3 +303,270 @@ proptest! {
         let _ = std::fs::remove_dir_all(&d);
     }
 }
+
+fn change(n: usize) -> portwarden_store::Change {
+    portwarden_store::Change {
+        actor: "test".into(),
+        action: "test.record".into(),
+        subject: format!("record {n}"),
+        ..Default::default()
+    }
+}
+
+/// A raw connection, as an attacker with write access to the file would have.
+fn raw(d: &std::path::Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(d.join(portwarden_store::DB_FILE)).unwrap()
+}
+
+fn mode(p: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn r_state_dir_trust() {
+    use std::os::unix::fs::PermissionsExt;
+    if unsafe_euid() != 0 {
+        eprintln!("SKIP: state-dir trust applies to root only");
+        return;
+    }
+    let parent = tempdir("trust");
+    let d = parent.join("state");
+    drop(SqliteStore::open(&d, "local", true).unwrap());
+    assert_eq!(mode(&d), 0o700, "created 0700");
+    assert_eq!(
+        mode(&d.join(portwarden_store::DB_FILE)),
+        0o600,
+        "created 0600"
+    );
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = SqliteStore::open(&d, "local", true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("writable by group and others") && e.contains("chmod 700"),
+        "{e}"
+    );
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let db = d.join(portwarden_store::DB_FILE);
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let e = SqliteStore::open(&d, "local", false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("store file") && e.contains("chmod 600"), "{e}");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&d, Some(4321), None).unwrap();
+    let e = SqliteStore::open(&d, "local", false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("belongs to uid 4321") && e.contains("chown root"),
+        "{e}"
+    );
+    std::os::unix::fs::chown(&d, Some(0), None).unwrap();
+    assert!(SqliteStore::open(&d, "local", false).is_ok());
+}
+
+fn unsafe_euid() -> u32 {
+    portwarden_store::trust::euid()
+}
+
+#[test]
+fn r_truncated_or_missing_database_is_not_reinitialised() {
+    let d = tempdir("trunc");
+    {
+        let mut s = SqliteStore::open(&d, "local", true).unwrap();
+        for n in 0..3 {
+            s.record(100, change(n)).unwrap();
+        }
+    }
+    let db = d.join(portwarden_store::DB_FILE);
+    // Truncated to zero bytes (its WAL gone too).
+    std::fs::write(&db, b"").unwrap();
+    let _ = std::fs::remove_file(d.join(format!("{}-wal", portwarden_store::DB_FILE)));
+    let _ = std::fs::remove_file(d.join(format!("{}-shm", portwarden_store::DB_FILE)));
+    for create in [true, false] {
+        let e = SqliteStore::open(&d, "local", create).err().unwrap();
+        assert!(matches!(e, StoreError::Truncated(_)), "{e}");
+        assert!(e.to_string().contains("is empty"), "{e}");
+    }
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().len(),
+        0,
+        "nothing written over it"
+    );
+    // Deleted: the same.
+    std::fs::remove_file(&db).unwrap();
+    let e = SqliteStore::open(&d, "local", true).err().unwrap();
+    assert!(e.to_string().contains("is missing"), "{e}");
+    assert!(!db.exists());
+    // Replaced by a fresh, empty SQLite database: the same.
+    drop(raw(&d));
+    let e = SqliteStore::open(&d, "local", true).err().unwrap();
+    assert!(matches!(e, StoreError::Truncated(_)), "{e}");
+}
+
+#[test]
+fn r_deleted_records_and_dropped_triggers_are_detected() {
+    let d = tempdir("deleted");
+    let head = {
+        let mut s = SqliteStore::open(&d, "local", true).unwrap();
+        alloc(&mut s, 10, "alice", 100).unwrap();
+        for n in 0..4 {
+            s.record(100, change(n)).unwrap();
+        }
+        let v = s.verify_ledger().unwrap();
+        assert!(v.ok(), "{v:?}");
+        v.head.unwrap()
+    };
+    // The triggers dropped, the tail deleted.
+    let c = raw(&d);
+    c.execute_batch("DROP TRIGGER ledger_no_delete; DELETE FROM ledger WHERE seq > 2;")
+        .unwrap();
+    drop(c);
+    let mut s = SqliteStore::open(&d, "local", false).unwrap();
+    let v = s.verify_ledger().unwrap();
+    assert!(!v.ok());
+    let all = v.problems.join("\n");
+    assert!(all.contains("ledger_no_delete` is missing"), "{all}");
+    assert!(
+        all.contains("ends at seq 2, but the head anchor says it reached seq 5"),
+        "{all}"
+    );
+    // An exported head is checked the same way.
+    let v = s.verify_ledger_expecting(Some((head.0, &head.1))).unwrap();
+    assert!(
+        v.problems.iter().any(|p| p.contains("the expected head")),
+        "{v:?}"
+    );
+    // Nothing is written to a store behind its anchor.
+    assert!(matches!(
+        s.record(101, change(9)),
+        Err(StoreError::Truncated(_))
+    ));
+    assert!(matches!(
+        alloc(&mut s, 10, "bob", 101),
+        Err(StoreError::Truncated(_))
+    ));
+    drop(s);
+    // Everything deleted and the anchor moved aside: the lease still refers to seq 1.
+    let c = raw(&d);
+    c.execute_batch("DELETE FROM ledger;").unwrap();
+    drop(c);
+    std::fs::remove_file(d.join(portwarden_store::anchor::ANCHOR_FILE)).unwrap();
+    let s = SqliteStore::open(&d, "local", false).unwrap();
+    let v = s.verify_ledger().unwrap();
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.contains("lease 1 was recorded at ledger seq 1, beyond the head 0")),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn r_repair_recreates_dropped_triggers() {
+    let d = tempdir("repair");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    s.record(100, change(0)).unwrap();
+    raw(&d)
+        .execute_batch("DROP TRIGGER ledger_no_update; DROP TRIGGER ledger_no_delete;")
+        .unwrap();
+    assert_eq!(s.verify_ledger().unwrap().problems.len(), 2);
+    let done = s.repair_ledger(101, "root").unwrap();
+    assert_eq!(done.len(), 2, "{done:?}");
+    let v = s.verify_ledger().unwrap();
+    assert!(v.ok(), "{v:?}");
+    assert_eq!(
+        s.ledger(None).unwrap().last().unwrap().action,
+        "ledger.repair"
+    );
+    assert!(
+        raw(&d).execute("DELETE FROM ledger", []).is_err(),
+        "append-only again"
+    );
+}
+
+#[test]
+fn r_first_open_under_concurrency() {
+    // Eight first opens of a fresh directory at once, many times over.
+    for round in 0..40 {
+        let d = tempdir(&format!("race{round}"));
+        let dir = d.join("state");
+        let handles: Vec<_> = (0..8)
+            .map(|n| {
+                let dir = dir.clone();
+                std::thread::spawn(move || -> Result<(), String> {
+                    let mut s =
+                        SqliteStore::open(&dir, "local", true).map_err(|e| e.to_string())?;
+                    s.record(100, change(n)).map_err(|e| e.to_string())?;
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+        let s = SqliteStore::open(&dir, "local", false).unwrap();
+        let v = s.verify_ledger().unwrap();
+        assert!(v.ok() && v.records == 8, "round {round}: {v:?}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}
+
+#[test]
+fn r_corrupt_database_is_refused_before_any_write() {
+    let d = tempdir("corrupt");
+    {
+        let mut s = SqliteStore::open(&d, "local", true).unwrap();
+        for n in 0..200 {
+            s.record(100, change(n)).unwrap();
+        }
+        // Everything into the main file, so that flipping its bytes is what damages it.
+        drop(s);
+        raw(&d)
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+    }
+    let db = d.join(portwarden_store::DB_FILE);
+    let mut bytes = std::fs::read(&db).unwrap();
+    assert!(bytes.len() > 4096 * 3);
+    // Flip the page headers of every page after the first.
+    for page in 1..bytes.len() / 4096 {
+        for b in &mut bytes[page * 4096..page * 4096 + 16] {
+            *b ^= 0x5a;
+        }
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    let e = SqliteStore::open(&d, "local", true).err().unwrap();
+    let msg = e.to_string();
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{msg}");
+    assert!(msg.contains(&db.display().to_string()), "{msg}");
+    assert_eq!(std::fs::read(&db).unwrap(), bytes, "nothing written to it");
+}
+
+#[test]
+fn r_verify_names_the_first_damaged_record() {
+    let d = tempdir("damaged");
+    let s = {
+        let mut s = SqliteStore::open(&d, "local", true).unwrap();
+        for n in 0..4 {
+            s.record(100, change(n)).unwrap();
+        }
+        s
+    };
+    raw(&d)
+        .execute_batch(
+            "DROP TRIGGER ledger_no_update; UPDATE ledger SET hash = X'00ff' WHERE seq = 3;",
+        )
+        .unwrap();
+    let v = s.verify_ledger().unwrap();
+    let (seq, why) = v.broken.clone().unwrap();
+    assert_eq!(seq, 3, "{why}");
+    assert!(why.contains("`hash` is a blob, not text"), "{why}");
+}
