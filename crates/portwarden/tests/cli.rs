@@ -2166,3 +2166,60 @@ fn r_output_dash_is_stdout() {
     assert!(!dir.join("-").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn r_policy_size_limit() {
+    let dir = tempdir("p-limit");
+    // Just over 16 MiB of valid TOML (a comment), then a FIFO and a zero device: each
+    // is refused with one line naming the file, none is read without bound.
+    let big = dir.join("big.toml");
+    let mut text = String::from("version = 1\n#");
+    text.push_str(&"x".repeat(16 << 20));
+    std::fs::write(&big, text).unwrap();
+    let fifo = dir.join("fifo.toml");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let zero = dir.join("zero");
+    let dev = Command::new("mknod")
+        .args([zero.to_str().unwrap(), "c", "1", "5"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut cases = vec![
+        (big.clone(), "larger than the 16 MiB limit"),
+        (fifo, "not a regular file"),
+    ];
+    if dev {
+        cases.push((zero, "not a regular file"));
+    } else {
+        eprintln!("SKIP: cannot mknod /dev/zero's twin (needs root); the FIFO case still runs");
+    }
+    for (path, why) in cases {
+        for args in [
+            vec!["policy", "check", path.to_str().unwrap()],
+            vec!["--policy", path.to_str().unwrap(), "check"],
+        ] {
+            let o = run(&args);
+            assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+            let err = stderr(&o);
+            assert_eq!(err.lines().count(), 1, "{err}");
+            assert!(
+                err.contains(path.to_str().unwrap()) && err.contains(why),
+                "{err}"
+            );
+        }
+    }
+    // Exactly at the limit is still read.
+    let mut text = String::from("version = 1\n#");
+    text.push_str(&"x".repeat((16 << 20) - text.len() - 1));
+    text.push('\n');
+    std::fs::write(&big, &text).unwrap();
+    assert_eq!(text.len(), 16 << 20);
+    let o = run(&["policy", "check", big.to_str().unwrap()]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let _ = std::fs::remove_dir_all(&dir);
+}
