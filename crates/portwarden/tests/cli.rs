@@ -2223,3 +2223,51 @@ fn r_policy_size_limit() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn r_output_sanitised() {
+    // A process whose name carries terminal escapes (names in /proc are chosen by
+    // whoever runs the process) holds a loopback port.
+    let script = "import ctypes,socket,sys\n\
+        ctypes.CDLL(None).prctl(15, b'ev\\x1b[2J\\x07il', 0, 0, 0)\n\
+        s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()\n\
+        print(s.getsockname()[1], flush=True); sys.stdin.read()\n";
+    let Ok(mut child) = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("SKIP: python3 is not installed");
+        return;
+    };
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port = line.trim().to_string();
+    let outputs = [
+        run(&["who", &port]),
+        run(&["ls", "-p", "--port", &port]),
+        run(&["ls", "--summary", "-p", "--port", &port]),
+    ];
+    let _ = child.kill();
+    let _ = child.wait();
+    for o in &outputs {
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("ev\\x1b[2J\\x07il"), "{out}");
+        assert!(!out.contains(['\x1b', '\x07']), "{out:?}");
+    }
+    // Errors and diagnostics: a quoted key may hold any character.
+    let dir = tempdir("sanitise");
+    let p = dir.join("p.toml");
+    std::fs::write(&p, "version = 1\n\"\\u001b]0;pwned\\u0007\" = 1\n").unwrap();
+    let o = run(&["policy", "check", p.to_str().unwrap()]);
+    assert_eq!(code(&o), 2);
+    let err = stderr(&o);
+    assert!(err.contains("\\x1b]0;pwned\\x07"), "{err}");
+    assert!(!err.contains(['\x1b', '\x07']), "{err:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
