@@ -95,6 +95,9 @@ pub enum RuleId {
     StalledService,
     /// TLS offered but not provably required.
     TlsNotRequired,
+    /// TLS is required by the policy, but the probe got no answer that settles it
+    /// (the server refused to talk, timed out, or spoke a protocol the probe cannot read).
+    TlsUnverified,
     /// A socket of the other protocol on a declared port.
     ProtocolMixing,
     /// A pool overlapping the unreserved ephemeral range.
@@ -128,6 +131,7 @@ impl RuleId {
             RuleId::ListenerIdentityChanged => "listener-identity-changed",
             RuleId::StalledService => "stalled-service",
             RuleId::TlsNotRequired => "tls-not-required",
+            RuleId::TlsUnverified => "tls-unverified",
             RuleId::ProtocolMixing => "protocol-mixing",
             RuleId::PoolInEphemeralRange => "pool-in-ephemeral-range",
             RuleId::TcpSettings => "tcp-settings",

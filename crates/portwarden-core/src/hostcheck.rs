@@ -475,6 +475,20 @@ fn tls_rules(
             why: "a client (or an attacker in the middle) that skips the upgrade talks in cleartext".into(),
             remedy: "enforce TLS on the server side (require_secure_transport, hostssl in pg_hba.conf, smtpd_tls_security_level=encrypt)".into(),
         }),
+        // A requirement nobody could check is not a pass.
+        TlsFact::Unknown if required => out.push(Finding {
+            id: RuleId::TlsUnverified,
+            severity: Severity::Medium,
+            subject: name,
+            evidence: match (&probe.identified, probe.stalled, &probe.banner) {
+                (_, true, _) => "the service accepted the probe but said nothing in time, so TLS could not be checked".into(),
+                (Some(id), _, _) => format!("the probe recognised {id} but could not tell whether TLS is required"),
+                (None, _, Some(b)) => format!("the probe could not read the answer, so TLS could not be checked: {b}"),
+                (None, _, None) => "the probe got no answer (refused, closed or timed out), so TLS could not be checked".into(),
+            },
+            why: "the policy requires TLS here, and nothing shows the service enforces it".into(),
+            remedy: "make sure the listener answers this host's probe (or probe it from an allowed source), and check that it refuses plaintext".into(),
+        }),
         _ => {}
     }
 }
@@ -765,6 +779,18 @@ mod tests {
                 vec![(RuleId::TlsNotRequired, "service db (3306/tcp)")],
             ),
             (
+                "required TLS the probe could not settle",
+                Box::new(|f: &mut HostFacts| {
+                    f.listeners[0].probe = Some(ProbeFact {
+                        identified: None,
+                        tls: TlsFact::Unknown,
+                        stalled: false,
+                        banner: None,
+                    })
+                }),
+                vec![(RuleId::TlsUnverified, "service db (3306/tcp)")],
+            ),
+            (
                 "udp on a tcp-only port",
                 Box::new(|f: &mut HostFacts| {
                     f.listeners
@@ -803,6 +829,48 @@ mod tests {
             want.sort();
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    /// Issue 10, item 16: `tls = "required"` and a probe that settled nothing.
+    #[test]
+    fn r_tls_unverified() {
+        let unsettled = |identified: Option<&str>, stalled: bool, banner: Option<&str>| ProbeFact {
+            identified: identified.map(str::to_string),
+            tls: TlsFact::Unknown,
+            stalled,
+            banner: banner.map(str::to_string),
+        };
+        // Refused or closed at once; timed out; a banner the probe cannot read; a service
+        // recognised but whose TLS the probe could not tell.
+        let cases = [
+            (unsettled(None, false, None), "no answer"),
+            (unsettled(None, true, None), "said nothing in time"),
+            (
+                unsettled(None, false, Some("?junk")),
+                "could not read the answer",
+            ),
+            (unsettled(Some("mysql"), false, None), "recognised mysql"),
+        ];
+        for (probe, evidence) in cases {
+            let mut f = facts(healthy());
+            f.listeners[0].probe = Some(probe);
+            let got: Vec<Finding> = host_findings(&policy(), Catalog::builtin(), &f)
+                .into_iter()
+                .filter(|x| x.id == RuleId::TlsUnverified)
+                .collect();
+            assert_eq!(got.len(), 1, "{evidence}: {got:?}");
+            assert_eq!(got[0].severity, Severity::Medium);
+            assert_eq!(got[0].subject, "service db (3306/tcp)");
+            assert!(got[0].evidence.contains(evidence), "{}", got[0].evidence);
+        }
+        // A service that does not require TLS is not judged on an unknown answer.
+        let mut f = facts(healthy());
+        f.listeners[1].probe = Some(unsettled(None, false, None));
+        assert!(
+            !host_findings(&policy(), Catalog::builtin(), &f)
+                .iter()
+                .any(|x| x.id == RuleId::TlsUnverified)
+        );
     }
 
     #[test]

@@ -320,15 +320,34 @@ pub fn build(i: &Input<'_>) -> Report {
     }
 }
 
+/// The one Markdown escaper: text from the host (names, banners, process names) can
+/// never open a table cell, code span, link, emphasis or HTML tag, nor start a heading or
+/// list; control characters are shown as `\x1b` and newlines become spaces.
 fn md_cell(s: &str) -> String {
-    s.replace('|', "\\|").replace('\n', " ")
+    let mut out = String::with_capacity(s.len() + 8);
+    for (i, c) in s.chars().enumerate() {
+        match c {
+            '\n' | '\r' => out.push(' '),
+            '\\' | '`' | '|' | '*' | '_' | '[' | ']' | '<' | '>' | '&' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            // Block syntax only counts at the start of a line or cell.
+            '#' | '-' | '+' | '=' | '!' if i == 0 => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => crate::diag::show_char(c, &mut out),
+        }
+    }
+    out
 }
 
 /// Markdown.
 pub fn to_markdown(r: &Report) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# Port compliance report: {}\n", r.host);
-    let _ = writeln!(s, "- Policy: {}", r.policy);
+    let _ = writeln!(s, "# Port compliance report: {}\n", md_cell(&r.host));
+    let _ = writeln!(s, "- Policy: {}", md_cell(&r.policy));
     let _ = writeln!(s, "- Generated: {}", r.generated);
     let _ = writeln!(s, "- Exposure score: {}", r.exposure_total);
     let _ = writeln!(s, "- Findings: {}\n", severity_counts(r));
@@ -363,11 +382,18 @@ pub fn to_markdown(r: &Report) -> String {
     s
 }
 
+/// The one CSV escaper: RFC 4180 quoting, control characters other than a newline shown
+/// as `\x1b`, and a cell that a spreadsheet would run as a formula (leading `=`, `+`,
+/// `-`, `@`) prefixed with `'` (a lone `-`, the table's "none", cannot be one).
 fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
+    let mut v = crate::diag::escape_controls(s, &['\n']).into_owned();
+    if v.len() > 1 && v.starts_with(['=', '+', '-', '@']) {
+        v.insert(0, '\'');
+    }
+    if v.contains([',', '"', '\n']) {
+        format!("\"{}\"", v.replace('"', "\"\""))
     } else {
-        s.to_string()
+        v
     }
 }
 
@@ -383,11 +409,15 @@ pub fn to_csv(r: &Report) -> String {
     s
 }
 
+/// The one HTML escaper (text and quoted attributes); control characters are shown as
+/// `\x1b`.
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
+    crate::diag::escape_controls(s, &['\n'])
+        .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 /// One self-contained HTML page (inline CSS, no scripts) that prints well.
@@ -548,6 +578,45 @@ mod tests {
         assert_eq!(utc(0), "1970-01-01T00:00:00Z");
         assert_eq!(utc(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(utc(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+
+    /// Issue 10, item 14: host text cannot change the structure of a report.
+    #[test]
+    fn r_report_cells_escaped() {
+        let table: &[(&str, &str)] = &[
+            ("a|b", "a\\|b"),
+            ("`rm -rf`", "\\`rm -rf\\`"),
+            ("# title", "\\# title"),
+            ("- item", "\\- item"),
+            ("a\nb\r\n", "a b  "),
+            ("x\x1b[2Jy\x07", "x\\x1b\\[2Jy\\x07"),
+            ("<img src=x>", "\\<img src=x\\>"),
+            ("[a](http://e)", "\\[a\\](http://e)"),
+            ("a-b #c", "a-b #c"),
+        ];
+        for (input, want) in table {
+            assert_eq!(md_cell(input), *want, "{input:?}");
+            assert!(!md_cell(input).contains(['\n', '\r', '\x1b']));
+        }
+        let table: &[(&str, &str)] = &[
+            (
+                "=HYPERLINK(\"http://e\")",
+                "\"'=HYPERLINK(\"\"http://e\"\")\"",
+            ),
+            ("+1", "'+1"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("-", "-"),
+            ("a\x1bb", "a\\x1bb"),
+            ("two\nlines", "\"two\nlines\""),
+        ];
+        for (input, want) in table {
+            assert_eq!(csv_field(input), *want, "{input:?}");
+        }
+        assert_eq!(
+            esc("<b a='1' b=\"2\">&\x1b"),
+            "&lt;b a=&#39;1&#39; b=&quot;2&quot;&gt;&amp;\\x1b"
+        );
     }
 
     #[test]

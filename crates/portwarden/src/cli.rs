@@ -113,10 +113,10 @@ pub enum PolicyCommand {
     },
     /// Write a commented starter policy to stdout or a file.
     Init {
-        /// Write here instead of stdout.
+        /// Write here instead of stdout (`-`: stdout; a device or FIFO is written in place).
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// Overwrite an existing file.
+        /// Overwrite an existing file, or replace a symbolic link at FILE (never its target).
         #[arg(long, requires = "output")]
         force: bool,
         /// Draft the services from what listens on this host instead of the starter.
@@ -295,9 +295,13 @@ pub struct ReportArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Md)]
     pub format: ReportFormat,
-    /// Write to FILE instead of stdout.
+    /// Write to FILE instead of stdout (`-`: stdout; a device or FIFO is written in place,
+    /// a regular file replaced atomically).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Replace a symbolic link at FILE (the link, never its target) instead of refusing.
+    #[arg(long, requires = "output")]
+    pub force: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -313,6 +317,7 @@ pub enum ReportFormat {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("outputs").multiple(true)))]
 pub struct ScanArgs {
     /// Host names, addresses or CIDR blocks.
     #[arg(required = true, value_name = "TARGET")]
@@ -349,12 +354,17 @@ pub struct ScanArgs {
     /// Show what changed since a previous `scan --json` output.
     #[arg(long, value_name = "OLD.json")]
     pub diff: Option<PathBuf>,
-    /// Also write nmap's greppable format (`-oG FILE` works too).
-    #[arg(long = "oG", value_name = "FILE")]
+    /// Also write nmap's greppable format (`-oG FILE` works too; `-`: stdout; a device
+    /// or FIFO is written in place, a regular file replaced atomically).
+    #[arg(long = "oG", value_name = "FILE", group = "outputs")]
     pub grepable: Option<PathBuf>,
-    /// Also write nmap's XML format (`-oX FILE` works too).
-    #[arg(long = "oX", value_name = "FILE")]
+    /// Also write nmap's XML format (`-oX FILE` works too; same rules as `-oG`).
+    #[arg(long = "oX", value_name = "FILE", group = "outputs")]
     pub xml: Option<PathBuf>,
+    /// Replace a symbolic link at an -oG/-oX path (the link, never its target) instead
+    /// of refusing.
+    #[arg(long, requires = "outputs")]
+    pub force: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,12 +9,25 @@ use portwarden_core::facts::{PortSummary, Socket, SocketState};
 use portwarden_core::findings::{Finding, Severity};
 use serde::Serialize;
 
+/// The one terminal sanitiser: control characters (C0, DEL, C1: ESC, BEL, CSI, ...) are
+/// shown as `\x1b`-style escapes, so nothing printed (a process name from /proc, a
+/// banner, a ledger reason, a file name) can drive the terminal. Multi-line text keeps
+/// its newlines and tabs; a table cell or one-line message keeps none.
+fn clean(s: &str, multi_line: bool) -> std::borrow::Cow<'_, str> {
+    portwarden_core::diag::escape_controls(s, if multi_line { &['\n', '\t'] } else { &[] })
+}
+
+/// One cell or one-line value.
+fn cell(s: &str) -> String {
+    clean(s, false).into_owned()
+}
+
 /// Prints an error chain as `portwarden: error: outer: inner`, or policy diagnostics as
 /// they are.
 pub fn error(e: &anyhow::Error) {
     let mut err = io::stderr().lock();
     if let Some(diags) = e.downcast_ref::<SourceErrors>() {
-        let _ = writeln!(err, "{diags}");
+        let _ = writeln!(err, "{}", clean(&diags.to_string(), true));
         let n = diags.errors.len();
         let _ = writeln!(
             err,
@@ -23,20 +36,20 @@ pub fn error(e: &anyhow::Error) {
         );
         return;
     }
-    let _ = writeln!(err, "portwarden: error: {e:#}");
+    let _ = writeln!(err, "portwarden: error: {}", clean(&format!("{e:#}"), true));
 }
 
 /// Prints what is being done, on stderr, with `-v`.
 pub fn verbose(level: u8, msg: &str) {
     if level > 0 {
-        let _ = writeln!(io::stderr().lock(), "portwarden: {msg}");
+        let _ = writeln!(io::stderr().lock(), "portwarden: {}", clean(msg, false));
     }
 }
 
 /// Prints a note on stderr unless quiet.
 pub fn note(quiet: bool, msg: &str) {
     if !quiet {
-        let _ = writeln!(io::stderr().lock(), "portwarden: {msg}");
+        let _ = writeln!(io::stderr().lock(), "portwarden: {}", clean(msg, false));
     }
 }
 
@@ -47,10 +60,10 @@ pub fn json<T: Serialize>(value: &T) -> io::Result<()> {
     writeln!(out)
 }
 
-/// Prints raw text on stdout.
+/// Prints text on stdout, control characters other than newline and tab escaped.
 pub fn text(s: &str) -> io::Result<()> {
     let mut out = io::stdout().lock();
-    out.write_all(s.as_bytes())?;
+    out.write_all(clean(s, true).as_bytes())?;
     out.flush()
 }
 
@@ -67,9 +80,9 @@ impl Table {
         }
     }
 
-    /// Adds a row.
+    /// Adds a row; its cells are sanitised.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.iter().map(|c| cell(c)).collect());
     }
 
     /// Renders the table.
@@ -107,7 +120,7 @@ impl Table {
 pub fn findings(findings: &[Finding], policy_name: &str, fail_on: Severity) -> io::Result<()> {
     let mut s = String::new();
     if findings.is_empty() {
-        s.push_str(&format!("no findings against {policy_name}\n"));
+        s.push_str(&format!("no findings against {}\n", cell(policy_name)));
         return text(&s);
     }
     for sev in Severity::ALL.iter().rev() {
@@ -121,18 +134,19 @@ pub fn findings(findings: &[Finding], policy_name: &str, fail_on: Severity) -> i
             group.len()
         ));
         for f in group {
-            s.push_str(&format!("  {}  {}\n", f.id.as_str(), f.subject));
-            s.push_str(&format!("    seen: {}\n", f.evidence));
-            s.push_str(&format!("    why:  {}\n", f.why));
-            s.push_str(&format!("    fix:  {}\n", f.remedy));
+            s.push_str(&format!("  {}  {}\n", f.id.as_str(), cell(&f.subject)));
+            s.push_str(&format!("    seen: {}\n", cell(&f.evidence)));
+            s.push_str(&format!("    why:  {}\n", cell(&f.why)));
+            s.push_str(&format!("    fix:  {}\n", cell(&f.remedy)));
         }
         s.push('\n');
     }
     let failing = findings.iter().filter(|f| f.severity >= fail_on).count();
     s.push_str(&format!(
-        "{} finding{} against {policy_name}; {failing} at or above {fail_on}\n",
+        "{} finding{} against {}; {failing} at or above {fail_on}\n",
         findings.len(),
         if findings.len() == 1 { "" } else { "s" },
+        cell(policy_name),
     ));
     text(&s)
 }
@@ -185,7 +199,11 @@ pub fn catalog_entry(e: &CatalogEntry) -> io::Result<()> {
 /// Prints a warning on stderr unless quiet.
 pub fn warn(quiet: bool, msg: &str) {
     if !quiet {
-        let _ = writeln!(io::stderr().lock(), "portwarden: warning: {msg}");
+        let _ = writeln!(
+            io::stderr().lock(),
+            "portwarden: warning: {}",
+            clean(msg, false)
+        );
     }
 }
 
@@ -206,7 +224,7 @@ fn owners_cell(s: &Socket) -> String {
         None | Some([]) => "-".to_string(),
         Some(o) => o
             .iter()
-            .map(|o| format!("{}/{}", o.comm, o.pid))
+            .map(|o| format!("{}/{}", cell(&o.comm), o.pid))
             .collect::<Vec<_>>()
             .join(","),
     }
@@ -378,7 +396,7 @@ pub fn who(socks: &[Socket]) -> io::Result<()> {
 
 /// A negative answer (port busy, pool exhausted): one line on stderr.
 pub fn refusal(msg: &str) {
-    let _ = writeln!(io::stderr().lock(), "portwarden: {msg}");
+    let _ = writeln!(io::stderr().lock(), "portwarden: {}", clean(msg, false));
 }
 
 /// Unix seconds as `2026-11-28T18:24:47Z`.

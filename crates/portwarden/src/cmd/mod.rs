@@ -53,15 +53,48 @@ pub struct LoadedPolicy {
     pub policy: Policy,
 }
 
+/// The largest policy file read, in bytes (docs/policy.md).
+pub const POLICY_MAX_BYTES: u64 = 16 << 20;
+
 /// Reads and validates a policy file; diagnostics come back as a `SourceErrors` error.
+/// Only a regular file (or a link to one) of at most [`POLICY_MAX_BYTES`] is read, and
+/// through a bounded reader, so a device, a FIFO or a file that grows while it is read
+/// cannot make the reader grow with it.
 pub fn read_policy(path: &Path) -> anyhow::Result<Policy> {
-    let src = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read policy {}", path.display()))?;
-    Ok(Policy::parse(
-        &path.display().to_string(),
-        &src,
-        Catalog::builtin(),
-    )?)
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = path.display();
+    // O_NONBLOCK: opening a FIFO must not wait for a writer before we can refuse it.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .with_context(|| format!("cannot read policy {shown}"))?;
+    let meta = f
+        .metadata()
+        .with_context(|| format!("cannot read policy {shown}"))?;
+    if !meta.is_file() {
+        anyhow::bail!("cannot read policy {shown}: not a regular file");
+    }
+    let too_big = || {
+        anyhow::anyhow!(
+            "cannot read policy {shown}: larger than the {} MiB limit",
+            POLICY_MAX_BYTES >> 20
+        )
+    };
+    if meta.len() > POLICY_MAX_BYTES {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(POLICY_MAX_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read policy {shown}"))?;
+    if bytes.len() as u64 > POLICY_MAX_BYTES {
+        return Err(too_big());
+    }
+    let src = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("cannot read policy {shown}: not UTF-8 text"))?;
+    Ok(Policy::parse(&shown.to_string(), &src, Catalog::builtin())?)
 }
 
 /// The `--policy` file, or the built-in baseline.
@@ -120,27 +153,109 @@ pub fn open_store(
     portwarden_store::SqliteStore::open(&state_dir(g), "local", create)
 }
 
-/// Writes beside the target and renames, so a failure never leaves half a file.
-pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes a `-o FILE` output, deciding by what is at the path (never following a link):
+///
+/// - `-` is stdout;
+/// - nothing, or a regular file: written beside it, fsynced, renamed over it, and the
+///   directory fsynced, so a failure never leaves half a file (an existing file keeps its
+///   permission bits);
+/// - a character device, FIFO or socket: opened and written in place, never replaced
+///   (`-oX /dev/null` keeps `/dev/null`);
+/// - a symbolic link: refused unless `force`, which replaces the link itself (never its
+///   target);
+/// - a directory: an error.
+pub fn write_output(path: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    if path.as_os_str() == "-" {
+        return crate::output::text(&String::from_utf8_lossy(bytes)).context("cannot write stdout");
+    }
+    let shown = path.display();
+    let existing = match std::fs::symlink_metadata(path) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot inspect {shown}")),
+    };
+    match existing {
+        None => write_atomically(path, bytes, None),
+        Some(m) if m.file_type().is_symlink() => {
+            if !force {
+                anyhow::bail!(
+                    "{shown} is a symbolic link: pass --force to replace the link (its target is left alone)"
+                );
+            }
+            write_atomically(path, bytes, None)
+        }
+        Some(m) if m.is_dir() => anyhow::bail!("cannot write {shown}: it is a directory"),
+        Some(m) if m.is_file() => write_atomically(path, bytes, Some(m.permissions())),
+        Some(m) => {
+            let t = m.file_type();
+            if !(t.is_char_device() || t.is_fifo() || t.is_socket() || t.is_block_device()) {
+                anyhow::bail!("cannot write {shown}: not a file, device or FIFO");
+            }
+            write_in_place(path, bytes).with_context(|| format!("cannot write {shown}"))
+        }
+    }
+}
+
+/// Writes into an existing device or FIFO without creating, truncating or following.
+fn write_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)?;
+    // Between the look and the open, the path could have become something else.
+    let t = f.metadata()?.file_type();
+    if !(t.is_char_device() || t.is_fifo() || t.is_socket() || t.is_block_device()) {
+        return Err(std::io::Error::other(
+            "the path changed while it was opened",
+        ));
+    }
+    f.write_all(bytes)?;
+    f.flush()
+}
+
+/// Writes beside the target and renames, so a failure never leaves half a file; the
+/// directory is fsynced so the rename survives a crash.
+fn write_atomically(
+    path: &Path,
+    bytes: &[u8],
+    mode: Option<std::fs::Permissions>,
+) -> anyhow::Result<()> {
     use std::io::Write;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
+        .unwrap_or(Path::new("."));
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+        ".{}.tmp-{}-{stamp}",
         path.file_name()
             .map_or("out".into(), |n| n.to_string_lossy()),
         std::process::id()
     ));
+    let mut created = false;
     let r = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        // create_new: never follow or reuse something planted at the temporary name.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        created = true;
+        if let Some(mode) = mode {
+            f.set_permissions(mode)?;
+        }
         f.write_all(bytes)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        created = false;
+        std::fs::File::open(dir)?.sync_all()
     })();
-    if r.is_err() {
+    if created {
         let _ = std::fs::remove_file(&tmp);
     }
-    r
+    r.with_context(|| format!("cannot write {}", path.display()))
 }

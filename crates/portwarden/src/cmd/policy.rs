@@ -113,14 +113,17 @@ fn init(g: &Global, path: Option<&Path>, force: bool, from_host: bool) -> anyhow
         output::text(&text)?;
         return Ok(Status::Ok);
     };
-    if path.exists() && !force {
+    let stdout = path.as_os_str() == "-";
+    // symlink_metadata: a dangling link is something there too.
+    if !stdout && std::fs::symlink_metadata(path).is_ok() && !force {
         bail!(
             "{} already exists: pass --force to overwrite it",
             path.display()
         );
     }
-    super::write_atomically(path, text.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    output::note(g.quiet, &format!("wrote {}", path.display()));
+    super::write_output(path, text.as_bytes(), force)?;
+    if !stdout {
+        output::note(g.quiet, &format!("wrote {}", path.display()));
+    }
     Ok(Status::Ok)
 }

@@ -1,6 +1,5 @@
 //! `portwarden report`: the compliance report in md, html, json or csv.
 
-use anyhow::Context;
 use portwarden_core::Catalog;
 use portwarden_core::report::{Input, build, to_csv, to_html, to_markdown};
 
@@ -28,9 +27,10 @@ pub fn run(g: &Global, a: &ReportArgs) -> anyhow::Result<Status> {
     match &a.output {
         None => output::text(&text)?,
         Some(path) => {
-            super::write_atomically(path, text.as_bytes())
-                .with_context(|| format!("cannot write {}", path.display()))?;
-            output::note(g.quiet, &format!("wrote {}", path.display()));
+            super::write_output(path, text.as_bytes(), a.force)?;
+            if path.as_os_str() != "-" {
+                output::note(g.quiet, &format!("wrote {}", path.display()));
+            }
         }
     }
     Ok(Status::Ok)

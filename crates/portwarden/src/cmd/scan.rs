@@ -201,12 +201,10 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
         doc.diff = Some(diff(old, &doc));
     }
     if let Some(p) = &a.grepable {
-        super::write_atomically(p, output::scan_grepable(&doc).as_bytes())
-            .with_context(|| format!("cannot write {}", p.display()))?;
+        super::write_output(p, output::scan_grepable(&doc).as_bytes(), a.force)?;
     }
     if let Some(p) = &a.xml {
-        super::write_atomically(p, output::scan_xml(&doc).as_bytes())
-            .with_context(|| format!("cannot write {}", p.display()))?;
+        super::write_output(p, output::scan_xml(&doc).as_bytes(), a.force)?;
     }
     if g.json {
         output::json(&doc)?;
