@@ -232,6 +232,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn r_a_huge_duration_is_too_large_not_malformed() {
+        for t in [
+            "99999999999999999999d",
+            "999999999999999999999999999999999999999999s",
+        ] {
+            let e = t.parse::<HumanDuration>().unwrap_err();
+            assert!(matches!(e, UnitError::TooLarge(_)), "{t}: {e}");
+            assert_eq!(e.to_string(), format!("duration `{t}` is too large"));
+        }
+    }
+
+    #[test]
     fn durations_as_table() {
         let cases = [
             ("500ms", Duration::from_millis(500)),

@@ -449,6 +449,102 @@ zone = "localhost"
     }
 
     #[test]
+    fn r_lease_durations_and_counts_are_bounded() {
+        let e = env("bounds");
+        let o = e.run(&["alloc", "bulk", "--ttl", "2h"]);
+        assert_eq!(code(&o), 2);
+        assert!(
+            stderr(&o).contains("pool `bulk` leases for at most 1h"),
+            "{}",
+            stderr(&o)
+        );
+        let o = e.run(&["alloc", "bulk", "--ttl", "99999999999999999999d"]);
+        assert_eq!(code(&o), 2);
+        assert!(stderr(&o).contains("too large"), "{}", stderr(&o));
+        let o = e.run(&["alloc", "bulk", "--count", "0"]);
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        assert!(
+            !std::path::Path::new(&e.state)
+                .join("portwarden.db")
+                .exists(),
+            "nothing stored"
+        );
+        let v = e.json(&["alloc", "bulk", "--ttl", "30m", "--json", "--no-probe"]);
+        let id = v[0]["id"].as_i64().unwrap().to_string();
+        let o = e.run(&["renew", &id, "--ttl", "61m"]);
+        assert_eq!(code(&o), 2);
+        assert!(stderr(&o).contains("at most 1h"), "{}", stderr(&o));
+        assert_eq!(
+            e.json(&["leases", "--json"])[0]["expires_at"],
+            v[0]["expires_at"]
+        );
+    }
+
+    #[test]
+    fn r_first_allocs_race_on_a_fresh_state_dir() {
+        for round in 0..10 {
+            let e = env(&format!("first{round}"));
+            let kids: Vec<_> = (0..8)
+                .map(|_| {
+                    e.cmd(&["alloc", "bulk", "--no-probe", "--json"])
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            for k in kids {
+                let o = k.wait_with_output().unwrap();
+                assert_eq!(code(&o), 0, "round {round}: {}", stderr(&o));
+            }
+            assert_eq!(e.json(&["leases", "--json"]).as_array().unwrap().len(), 8);
+            let _ = std::fs::remove_dir_all(&e.dir);
+        }
+    }
+
+    #[test]
+    fn r_read_only_media_reads_work_and_writes_say_so_once() {
+        let e = env("ro");
+        e.json(&["alloc", "small", "--json", "--no-probe"]);
+        let exe = env!("CARGO_BIN_EXE_portwarden");
+        let ro = |args: &str| {
+            Command::new("unshare")
+                .args([
+                    "-m",
+                    "sh",
+                    "-c",
+                    &format!(
+                        "mount --bind {s} {s} && mount -o remount,ro,bind {s} {s} && exec {exe} --policy {p} --state-dir {s} {args}",
+                        s = e.state,
+                        p = e.policy
+                    ),
+                ])
+                .env("USER", "alice")
+                .output()
+                .unwrap()
+        };
+        let probe = ro("leases --json");
+        if stderr(&probe).contains("mount") || stderr(&probe).contains("unshare") {
+            eprintln!(
+                "SKIP: cannot make a read-only mount here: {}",
+                stderr(&probe)
+            );
+            return;
+        }
+        assert_eq!(code(&probe), 0, "{}", stderr(&probe));
+        let v: Value = serde_json::from_slice(&probe.stdout).unwrap();
+        assert_eq!(v.as_array().unwrap().len(), 1);
+        let o = ro("log verify");
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let o = ro("alloc small --no-probe");
+        assert_eq!(code(&o), 2);
+        let err = stderr(&o);
+        assert!(err.contains("is read-only"), "{err}");
+        assert_eq!(err.matches("unable to open").count(), 0, "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+
+    #[test]
     fn alloc_renew_release_and_the_ledger() {
         let e = env("life");
         let v = e.json(&["alloc", "small", "--json", "--seed", "1"]);
