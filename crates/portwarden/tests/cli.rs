@@ -1829,6 +1829,13 @@ mod firewall {
         line.trim().to_string()
     }
 
+    /// POLICY plus a service that opens 9000 to everyone.
+    fn opening_9000() -> String {
+        format!(
+            "{POLICY}\n[[service]]\nname = \"extra\"\nport = 9000\nzone = \"external\"\nallow_from = [\"0.0.0.0/0\"]\n"
+        )
+    }
+
     const POLICY: &str = r#"
 version = 1
 [host]
@@ -1922,9 +1929,7 @@ max_conn_per_source = 3
         };
         lab.serve(&["hold@10.99.0.1:873", "hold@10.99.0.1:9000"]);
         let first = POLICY;
-        let second = format!(
-            "{POLICY}\n[[service]]\nname = \"extra\"\nport = 9000\nzone = \"external\"\nallow_from = [\"0.0.0.0/0\"]\n"
-        );
+        let second = opening_9000();
         assert_eq!(
             code(&lab.pw(first, &["fw", "apply", "--confirm-within", "0"])),
             0
@@ -2048,9 +2053,7 @@ max_conn_per_source = 3
         assert_eq!(v["backend"], "iptables");
         assert_eq!(v["table"], true);
         // Commit-confirm works the same: an unconfirmed apply that opens 9000 rolls back.
-        let second = format!(
-            "{POLICY}\n[[service]]\nname = \"extra\"\nport = 9000\nzone = \"external\"\nallow_from = [\"0.0.0.0/0\"]\n"
-        );
+        let second = opening_9000();
         let o = lab.pw(
             &second,
             &[
@@ -2090,9 +2093,7 @@ max_conn_per_source = 3
             0
         );
         let before = lab.table();
-        let second = format!(
-            "{POLICY}\n[[service]]\nname = \"extra\"\nport = 9000\nzone = \"external\"\nallow_from = [\"0.0.0.0/0\"]\n"
-        );
+        let second = opening_9000();
         let o = lab.pw(
             &second,
             &["fw", "apply", "--confirm-within", "1s", "--json"],
@@ -2161,9 +2162,7 @@ max_conn_per_source = 3
             0
         );
         let before = lab.table();
-        let second = format!(
-            "{POLICY}\n[[service]]\nname = \"extra\"\nport = 9000\nzone = \"external\"\nallow_from = [\"0.0.0.0/0\"]\n"
-        );
+        let second = opening_9000();
         let o = lab.pw(&second, &["fw", "apply", "--confirm-within", "2s"]);
         assert_eq!(code(&o), 0, "{}", stderr(&o));
         assert!(String::from_utf8_lossy(&o.stdout).contains("confirm before"));
