@@ -53,7 +53,12 @@ pub(crate) fn run_tool(
         _ => NftError::Io(e),
     })?;
     if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes())?;
+        // A tool that exits before reading all its input says why in its status and
+        // stderr; its broken pipe must not pass for ours (main exits 0 on a broken pipe).
+        match stdin.write_all(text.as_bytes()) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+            r => r?,
+        }
     }
     let out = child.wait_with_output()?;
     if out.status.success() {
@@ -110,4 +115,30 @@ pub fn delete_table() -> Result<(), NftError> {
         apply("delete table inet portwarden\n")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r_a_tool_that_exits_before_reading_fails_with_its_own_message() {
+        // 1 MiB of input to a tool that refuses at once: our write meets a broken pipe,
+        // which must not hide the refusal (main would exit 0 on a broken pipe).
+        let input = "x".repeat(1 << 20);
+        let e = run_tool(
+            "sh",
+            &["-c", "echo 'Error: refused' >&2; exit 1"],
+            Some(&input),
+            "check",
+        )
+        .unwrap_err();
+        match e {
+            NftError::Failed { what, message } => {
+                assert_eq!(what, "check");
+                assert!(message.contains("Error: refused"), "{message}");
+            }
+            other => panic!("{other}"),
+        }
+    }
 }
