@@ -307,22 +307,17 @@ impl SqliteStore {
     /// `synchronous=NORMAL` does not sync on commit), then write the anchor; so the anchor
     /// never vouches for a record a power failure could still take away.
     fn advance_anchor(&mut self) -> Result<(), StoreError> {
-        let dir = self
-            .path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
         let r = self.anchor.advance(|| {
             let head = self
                 .head()
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
-            for f in [DB_FILE.to_string(), format!("{DB_FILE}-wal")] {
-                match std::fs::File::open(dir.join(f)) {
-                    Ok(file) => file.sync_data()?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
+            // Through SQLite, never through a descriptor of our own: closing another
+            // descriptor of the database drops this process's POSIX locks on it, and
+            // another process may then delete the WAL under us (leases were lost that
+            // way). A checkpoint syncs the WAL before it copies frames, the database after.
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
             Ok(head)
         });
         self.dirty = false;
@@ -550,8 +545,14 @@ fn dir_writable(dir: &Path) -> bool {
     (unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0) || st.f_flag & libc::ST_RDONLY == 0
 }
 
+/// Whether we may write `path`, asked without opening it (closing a descriptor of the
+/// database would drop the POSIX locks another connection of this process holds).
 fn file_writable(path: &Path) -> bool {
-    std::fs::OpenOptions::new().write(true).open(path).is_ok()
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: access reads a NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
 }
 
 /// A path for an SQLite `file:` URI (`%`, `?` and `#` percent-encoded).
