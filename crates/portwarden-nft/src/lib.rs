@@ -580,11 +580,20 @@ pub fn render(policy: &Policy, opts: &Options) -> Result<Ruleset, RenderError> {
             .iter()
             .map(|p| (p.protocol, p.range))
             .collect();
-        let leased = matches!(s.placement, Placement::Pool(_)).then(|| {
+        let leased = match &s.placement {
+            Placement::Pool(pool) => Some(policy.pool(pool)),
+            Placement::Fixed(_) => None,
+        }
+        .map(|pool| {
+            // Only what the pool could have handed out: a lease row naming another port
+            // (an edited store, an older policy) is not admitted.
             let mut ports: Vec<(Protocol, Port)> = opts
                 .leases
                 .iter()
                 .filter(|l| l.service == s.name)
+                .filter(|l| {
+                    pool.is_some_and(|p| p.protocol == l.protocol && p.range.contains(l.port))
+                })
                 .map(|l| (l.protocol, l.port))
                 .collect();
             ports.sort();
@@ -794,6 +803,143 @@ pub fn lease_commands(added: &[LeasedPort], removed: &[LeasedPort]) -> String {
         }
     }
     s
+}
+
+/// The names of the sets a listing of our table (`nft list table inet portwarden`)
+/// declares.
+pub fn listed_sets(listing: &str) -> std::collections::BTreeSet<String> {
+    listing
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let name = l.strip_prefix("set ")?.strip_suffix('{')?.trim();
+            Some(name.to_string())
+        })
+        .collect()
+}
+
+/// Commands that make the grant and lease sets of a table that declares `present` hold
+/// exactly `grants` and `leases` (those whose set it has): appended to a rollback, so an
+/// older table comes back with the store's grants and leases, not the ones it had then.
+pub fn state_commands(
+    present: &std::collections::BTreeSet<String>,
+    grants: &[Grant],
+    leases: &[LeasedPort],
+) -> String {
+    let mut s = String::new();
+    let lease_sets: std::collections::BTreeSet<String> = present
+        .iter()
+        .filter(|n| n.starts_with("lease_"))
+        .cloned()
+        .collect();
+    for set in ["grants_v4", "grants_v6"]
+        .iter()
+        .map(|n| n.to_string())
+        .filter(|n| present.contains(n))
+        .chain(lease_sets.iter().cloned())
+    {
+        let _ = writeln!(s, "flush set {TABLE} {set}");
+    }
+    let grants: Vec<Grant> = grants
+        .iter()
+        .filter(|g| present.contains(&format!("grants_{}", fam_of(canonical(g.addr)))))
+        .filter(|g| !g.left.is_zero())
+        .cloned()
+        .collect();
+    s.push_str(&grant_commands(&grants));
+    let leases: Vec<LeasedPort> = leases
+        .iter()
+        .filter(|l| lease_sets.contains(&lease_set(&l.service)))
+        .cloned()
+        .collect();
+    s.push_str(&lease_commands(&leases, &[]));
+    s
+}
+
+/// Refuses a rollback snapshot that is anything but one definition of our table: a
+/// snapshot comes from the store, and a store is not trusted to name other tables,
+/// include files or define variables. Quoted strings and `#` comments are skipped; the
+/// only top-level words allowed are `table inet portwarden`, before its block.
+pub fn check_snapshot(text: &str) -> Result<(), String> {
+    let b = text.as_bytes();
+    let (mut i, mut depth, mut tables) = (0usize, 0usize, 0usize);
+    let mut top: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let end_word = |word: &mut String, depth: usize, top: &mut Vec<String>| {
+        if word.is_empty() {
+            return Ok(());
+        }
+        let w = std::mem::take(word);
+        if ["include", "define", "redefine", "undefine"].contains(&w.as_str()) {
+            return Err(format!("the snapshot uses `{w}`"));
+        }
+        if depth == 0 {
+            top.push(w);
+        }
+        Ok(())
+    };
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'"' => {
+                end_word(&mut word, depth, &mut top)?;
+                if depth == 0 {
+                    return Err("the snapshot has a string outside our table".into());
+                }
+                match b[i + 1..].iter().position(|&x| x == b'"') {
+                    Some(n) => i += n + 1,
+                    None => return Err("the snapshot has an unterminated string".into()),
+                }
+            }
+            b'#' => {
+                end_word(&mut word, depth, &mut top)?;
+                i += b[i..]
+                    .iter()
+                    .position(|&x| x == b'\n')
+                    .unwrap_or(b.len() - i);
+                continue;
+            }
+            b'{' => {
+                end_word(&mut word, depth, &mut top)?;
+                if depth == 0 {
+                    if top != ["table", "inet", "portwarden"] || tables > 0 {
+                        return Err(format!(
+                            "the snapshot defines `{}`, not one `table inet portwarden`",
+                            top.join(" ")
+                        ));
+                    }
+                    tables += 1;
+                    top.clear();
+                }
+                depth += 1;
+            }
+            b'}' => {
+                end_word(&mut word, depth, &mut top)?;
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or("the snapshot closes a block it never opened")?;
+            }
+            c if c.is_ascii_whitespace() || c == b';' => {
+                end_word(&mut word, depth, &mut top)?;
+                if depth == 0 && c == b';' && !top.is_empty() {
+                    return Err(format!("the snapshot runs `{}`", top.join(" ")));
+                }
+            }
+            c => word.push(c as char),
+        }
+        i += 1;
+    }
+    end_word(&mut word, depth, &mut top)?;
+    if depth != 0 {
+        return Err("the snapshot leaves a block open".into());
+    }
+    if !top.is_empty() {
+        return Err(format!("the snapshot runs `{}`", top.join(" ")));
+    }
+    if tables != 1 {
+        return Err("the snapshot does not define our table".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

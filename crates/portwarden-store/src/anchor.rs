@@ -12,16 +12,21 @@ use std::path::{Path, PathBuf};
 
 /// File name of the anchor inside the state directory.
 pub const ANCHOR_FILE: &str = "portwarden.head";
-const LOCK_FILE: &str = "portwarden.head.lock";
+/// The anchor's lock file.
+pub const LOCK_FILE: &str = "portwarden.head.lock";
 const MAGIC: &str = "portwarden ledger head v1";
 
-/// What the anchor says: the chain reached `seq` with `hash` (seq 0: initialised, empty).
+/// What the anchor says: the chain reached `seq` with `hash` (seq 0: initialised, empty),
+/// and portwarden's own retention deleted the records through `pruned` (`None`: an anchor
+/// written before it kept this; not checked).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     /// Sequence number.
     pub seq: i64,
     /// Its hash.
     pub hash: String,
+    /// The last record retention may have deleted.
+    pub pruned: Option<i64>,
 }
 
 /// The anchor of the store in `dir`.
@@ -30,7 +35,8 @@ pub struct Anchor {
     dir: PathBuf,
 }
 
-struct Lock(File);
+/// The anchor's exclusive lock, held while it is read and written.
+pub struct Lock(File);
 
 impl Drop for Lock {
     fn drop(&mut self) {
@@ -57,7 +63,10 @@ impl Anchor {
         self.path().symlink_metadata().is_ok()
     }
 
-    fn lock(&self) -> io::Result<Lock> {
+    /// Takes the anchor's lock: whoever initialises a store holds it from before its
+    /// schema commits until its anchor is written, so an opener that finds no anchor
+    /// waits for it instead of taking its absence for damage.
+    pub fn lock(&self) -> io::Result<Lock> {
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -100,28 +109,59 @@ impl Anchor {
         if seq < 0 || hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
+        let pruned = match lines.next() {
+            None => None,
+            Some(l) => {
+                let n: i64 = l
+                    .strip_prefix("pruned ")
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(bad)?;
+                if n < 0 {
+                    return Err(bad());
+                }
+                Some(n)
+            }
+        };
         Ok(Some(Head {
             seq,
             hash: hash.to_string(),
+            pruned,
         }))
     }
 
     /// Moves the anchor forward to `head` (never back: a slower writer that read an older
-    /// head leaves a newer anchor alone). `head()` is read under the lock.
+    /// head leaves a newer anchor alone), keeping what it says was pruned. `head()` is
+    /// read under the lock.
     pub fn advance(&self, head: impl FnOnce() -> io::Result<Head>) -> io::Result<()> {
         let _lock = self.lock()?;
-        let head = head()?;
+        let mut head = head()?;
         if let Some(old) = self.read()? {
             if old.seq >= head.seq {
                 return Ok(());
             }
+            head.pruned = head.pruned.max(old.pruned);
         }
         self.write(&head)
     }
 
-    /// Replaces the anchor with `head` unconditionally (first initialisation).
-    pub fn reset(&self, head: &Head) -> io::Result<()> {
+    /// Lets retention delete the records through `through`, before it does: the anchor
+    /// says so first, so a crash between the two leaves a chain the anchor accounts for.
+    /// A chain that starts later than the anchor allows was cut by someone else.
+    pub fn allow_pruned(&self, through: i64) -> io::Result<()> {
         let _lock = self.lock()?;
+        let Some(mut head) = self.read()? else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is missing", self.path().display()),
+            ));
+        };
+        head.pruned = head.pruned.max(Some(through));
+        self.write(&head)
+    }
+
+    /// Replaces the anchor with `head` unconditionally (first initialisation), under a
+    /// lock the caller holds.
+    pub fn reset(&self, _held: &Lock, head: &Head) -> io::Result<()> {
         self.write(head)
     }
 
@@ -137,6 +177,9 @@ impl Anchor {
                 .mode(0o600)
                 .open(&tmp)?;
             writeln!(f, "{MAGIC}\n{} {}", head.seq, head.hash)?;
+            if let Some(p) = head.pruned {
+                writeln!(f, "pruned {p}")?;
+            }
             f.sync_all()?;
             std::fs::rename(&tmp, self.path())?;
             File::open(&self.dir)?.sync_all()

@@ -156,7 +156,20 @@ impl Verification {
                 e.hash
             )),
             Some(_) => {}
-            None if self.first_seq.is_some_and(|f| seq < f) => {} // pruned through a checkpoint
+            // Pruned: only a checkpoint that names this very record confirms it.
+            None if self.first_seq.is_some_and(|f| seq < f) => {
+                let vouched = entries.iter().filter(|e| e.action == CHECKPOINT).any(|e| {
+                    e.after
+                        .as_deref()
+                        .and_then(|a| serde_json::from_str::<Checkpoint>(a).ok())
+                        .is_some_and(|c| c.through_seq == seq && c.through_hash == hash)
+                });
+                if !vouched {
+                    self.problems.push(format!(
+                        "record {seq}, which {what} names, was pruned and no checkpoint names it: cannot confirm {what}"
+                    ));
+                }
+            }
             None => self
                 .problems
                 .push(format!("record {seq}, which {what} names, is missing")),

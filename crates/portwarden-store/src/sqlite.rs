@@ -19,7 +19,7 @@ use crate::{
 /// SQLite `application_id` of a portwarden store: "PWRD".
 pub const APPLICATION_ID: i64 = 0x5057_5244;
 /// Current schema version (`user_version`).
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 /// File name inside the state directory.
 pub const DB_FILE: &str = "portwarden.db";
 
@@ -67,6 +67,43 @@ WHEN (SELECT open FROM ledger_gate WHERE id = 1) = 0
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 "#;
 const TRIGGER_NAMES: [&str; 2] = ["ledger_no_update", "ledger_no_delete"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TriggerState {
+    Intact,
+    Missing,
+    Changed,
+}
+
+/// Each append-only trigger: there with the SQL we created it with (SQLite keeps the
+/// statement without `IF NOT EXISTS`), missing, or there with other SQL (a trigger of
+/// the same name that refuses nothing).
+fn trigger_states(c: &Connection) -> Result<Vec<(&'static str, TriggerState)>, StoreError> {
+    let norm = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+    let expected: Vec<String> = TRIGGERS
+        .split("END;")
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| norm(&format!("{} END", t.replacen("IF NOT EXISTS ", "", 1))))
+        .collect();
+    let mut out = Vec::new();
+    for (i, name) in TRIGGER_NAMES.iter().enumerate() {
+        let sql: Option<Option<String>> = c
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(backend)?;
+        let state = match sql.flatten() {
+            None => TriggerState::Missing,
+            Some(s) if expected.get(i).is_some_and(|e| *e == norm(&s)) => TriggerState::Intact,
+            Some(_) => TriggerState::Changed,
+        };
+        out.push((*name, state));
+    }
+    Ok(out)
+}
 
 /// Version 2: the last executable seen on each managed port, for hijack detection.
 const SCHEMA_V2: &str = r#"
@@ -117,9 +154,15 @@ pub struct SqliteStore {
     path: PathBuf,
     scope: String,
     anchor: Anchor,
-    /// Why writes are refused: the ledger is behind its anchor.
+    /// Why writes are refused: the ledger is behind its anchor, or the anchor is gone.
     refused: Option<String>,
+    /// The anchor of a store that had one is missing (`log verify --repair` adopts).
+    anchor_missing: bool,
     read_only: bool,
+    /// Where warnings go (a write that committed but could not move the anchor);
+    /// kept until a sink is set.
+    warn: Option<fn(&str)>,
+    warnings: Vec<String>,
     /// Writes committed since the anchor last moved.
     dirty: bool,
     anchored: std::time::Instant,
@@ -185,6 +228,7 @@ impl SqliteStore {
             format!("{DB_FILE}-wal"),
             format!("{DB_FILE}-shm"),
             crate::anchor::ANCHOR_FILE.to_string(),
+            crate::anchor::LOCK_FILE.to_string(),
         ] {
             if let Some(why) = crate::trust::distrust(&dir.join(f), euid, false) {
                 return Err(StoreError::Untrusted(why));
@@ -251,7 +295,10 @@ impl SqliteStore {
             scope: scope.to_string(),
             anchor,
             refused: None,
+            anchor_missing: false,
             read_only: !writable,
+            warn: None,
+            warnings: Vec::new(),
             dirty: false,
             anchored: std::time::Instant::now(),
         };
@@ -287,19 +334,52 @@ impl SqliteStore {
             Head {
                 seq: 0,
                 hash: GENESIS.to_string(),
+                pruned: None,
             },
-            |(seq, hash)| Head { seq, hash },
+            |(seq, hash)| Head {
+                seq,
+                hash,
+                pruned: None,
+            },
         ))
     }
 
     /// After every committed write: the anchor follows at most [`ANCHOR_LAG`] behind,
     /// and when the store is closed.
+    ///
+    /// The write has committed by then: an anchor that cannot move (a full disk) is a
+    /// warning, never a failure, or a caller would retry what is already done.
     fn committed(&mut self) -> Result<(), StoreError> {
         self.dirty = true;
         if self.anchored.elapsed() >= ANCHOR_LAG {
-            self.advance_anchor()?;
+            if let Err(e) = self.advance_anchor() {
+                self.warning(format!(
+                    "the change is committed, but {e}: truncation of the newest records cannot be shown until it moves"
+                ));
+            }
         }
         Ok(())
+    }
+
+    fn warning(&mut self, w: String) {
+        match self.warn {
+            Some(f) => f(&w),
+            None => self.warnings.push(w),
+        }
+    }
+
+    /// Sends warnings (also those from opening) to `f`.
+    pub fn on_warning(&mut self, f: fn(&str)) {
+        for w in std::mem::take(&mut self.warnings) {
+            f(&w);
+        }
+        self.warn = Some(f);
+    }
+
+    /// Whether writes would be accepted (`ReadOnly`, `Truncated` otherwise): asked before
+    /// a change outside the store that the store must then record.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        self.writable()
     }
 
     /// Moves the head anchor to the committed head. Under the anchor's lock: read the
@@ -400,6 +480,18 @@ impl SqliteStore {
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(backend)?;
         let mut initialised = false;
+        let mut adopt = false;
+        let anchor_lock = if ver < SCHEMA_VERSION {
+            Some(self.anchor.lock().map_err(|source| StoreError::Io {
+                context: format!(
+                    "cannot lock the head anchor {}",
+                    self.anchor.path().display()
+                ),
+                source,
+            })?)
+        } else {
+            None
+        };
         if ver < SCHEMA_VERSION {
             let tx = self
                 .conn
@@ -432,24 +524,73 @@ impl SqliteStore {
             if ver < 4 {
                 tx.execute_batch(SCHEMA_V4).map_err(backend)?;
             }
+            // Version 5: from now on a missing anchor is damage, not age. A store made
+            // before anchors (or before they kept the pruned point) adopts one now, once,
+            // on the record.
+            if (1..5).contains(&ver) {
+                let missing = !self.anchor.exists();
+                let old = self.anchor.read().ok().flatten();
+                if missing || old.is_some_and(|a| a.pruned.is_none()) {
+                    append(
+                        &tx,
+                        unix_now(),
+                        Change {
+                            actor: "portwarden".into(),
+                            action: "ledger.anchor-adopted".into(),
+                            subject: "ledger".into(),
+                            before: None,
+                            after: Some(self.anchor.path().display().to_string()),
+                            reason: Some(format!(
+                                "schema {ver} to 5: the head anchor {} from the chain as it is now",
+                                if missing {
+                                    "is created"
+                                } else {
+                                    "learns the pruned point"
+                                }
+                            )),
+                        },
+                    )
+                    .map_err(backend)?;
+                    adopt = true;
+                }
+            }
             if ver < SCHEMA_VERSION {
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(backend)?;
             }
             tx.commit().map_err(backend)?;
         }
-        if initialised {
-            self.anchor
-                .reset(&self.head()?)
-                .map_err(|source| StoreError::Io {
-                    context: format!(
-                        "cannot write the head anchor {}",
-                        self.anchor.path().display()
-                    ),
-                    source,
-                })?;
+        if let Some(held) = &anchor_lock {
+            if initialised || adopt {
+                self.adopt_anchor(held)?;
+            }
         }
+        drop(anchor_lock);
         self.check_anchor()
+    }
+
+    /// Writes the anchor from the chain as it is: its head, and the records before its
+    /// first as pruned. Only at initialisation, at the migration that introduced it, and
+    /// by `log verify --repair` (each on the record).
+    fn adopt_anchor(&self, held: &crate::anchor::Lock) -> Result<(), StoreError> {
+        let first: Option<i64> = self
+            .conn
+            .query_row("SELECT min(seq) FROM ledger", [], |r| r.get(0))
+            .map_err(backend)?;
+        let head = Head {
+            pruned: Some(first.map_or(0, |f| f - 1)),
+            ..self.head()?
+        };
+        self.anchor
+            .reset(held, &head)
+            .map_err(|source| StoreError::Io {
+                context: format!(
+                    "cannot write the head anchor {}",
+                    self.anchor.path().display()
+                ),
+                source,
+            })?;
+        Ok(())
     }
 
     /// `PRAGMA quick_check`: a damaged file is refused before anything is written to it.
@@ -473,17 +614,31 @@ impl SqliteStore {
         })
     }
 
-    /// Compares the ledger with its anchor: a ledger behind it refuses every write; a store
-    /// without an anchor (made before anchors existed) gets one from its head.
+    /// Compares the ledger with its anchor: a ledger behind it, cut before the point
+    /// retention reached, or without its anchor refuses every write.
     fn check_anchor(&mut self) -> Result<(), StoreError> {
-        let anchor = self.anchor.read().map_err(|source| StoreError::Io {
-            context: "cannot read the head anchor".into(),
-            source,
-        })?;
-        let Some(anchor) = anchor else {
-            if !self.read_only {
-                self.committed()?;
+        let read = |a: &Anchor| {
+            a.read().map_err(|source| StoreError::Io {
+                context: "cannot read the head anchor".into(),
+                source,
+            })
+        };
+        let mut anchor = read(&self.anchor)?;
+        if anchor.is_none() && !self.read_only {
+            // A first opener may be between its commit and its anchor: wait for its lock.
+            if let Ok(_held) = self.anchor.lock() {
+                anchor = read(&self.anchor)?;
             }
+        }
+        let Some(anchor) = anchor else {
+            // Every store of this schema had one: deleting it with the ledger's tail would
+            // otherwise hide the tail's loss.
+            self.anchor_missing = true;
+            self.refused = Some(format!(
+                "the head anchor {} of {} is missing, so deleted records cannot be told from a short chain; refusing to write (`portwarden log verify` shows the chain; `portwarden log verify --repair` adopts its head as the anchor, on the record)",
+                self.anchor.path().display(),
+                self.path.display()
+            ));
             return Ok(());
         };
         let head = self.head()?;
@@ -500,9 +655,17 @@ impl SqliteStore {
             .conn
             .query_row("SELECT min(seq) FROM ledger", [], |r| r.get(0))
             .map_err(backend)?;
-        let why = if head.seq < anchor.seq {
+        let cut = first.filter(|f| anchor.pruned.is_some_and(|p| *f > p + 1));
+        let why = if let Some(f) = cut {
             Some(format!(
-                "the ledger in {} ends at seq {} but its anchor {} says it reached seq {}: records were deleted; refusing to write (`portwarden log verify` shows the damage; restore from a backup, or move the anchor aside to accept the loss)",
+                "the ledger in {} starts at seq {f} but retention pruned only through seq {} (its anchor {} says): records were deleted and a checkpoint forged over them; refusing to write",
+                self.path.display(),
+                anchor.pruned.unwrap_or(0),
+                self.anchor.path().display()
+            ))
+        } else if head.seq < anchor.seq {
+            Some(format!(
+                "the ledger in {} ends at seq {} but its anchor {} says it reached seq {}: records were deleted; refusing to write (`portwarden log verify` shows the damage; restore from a backup, or move the anchor aside and run `portwarden log verify --repair` to accept the loss on the record)",
                 self.path.display(),
                 head.seq,
                 self.anchor.path().display(),
@@ -528,6 +691,12 @@ impl SqliteStore {
         self.refused = why;
         Ok(())
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn dir_writable(dir: &Path) -> bool {
@@ -984,16 +1153,33 @@ impl Store for SqliteStore {
     }
 
     fn fw_verified_snapshot(&self, t: &FwTxn) -> Result<Option<String>, StoreError> {
-        let recorded: Option<Option<String>> = self
+        // The first record of this transaction's apply, whatever the transaction row
+        // says: anyone who can write the store can append a later, well-chained record
+        // vouching for another snapshot, but not change one the anchor has passed.
+        let first: Option<(i64, Option<String>)> = self
             .conn
             .query_row(
-                "SELECT before FROM ledger WHERE action = 'fw.apply' AND subject = ?1 \
-                 AND (?2 IS NULL OR seq = ?2) ORDER BY seq DESC LIMIT 1",
-                params![format!("fw txn {}", t.id), t.ledger_seq],
-                |r| r.get(0),
+                "SELECT seq, before FROM ledger WHERE action = 'fw.apply' AND subject = ?1 \
+                 ORDER BY seq LIMIT 1",
+                [format!("fw txn {}", t.id)],
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(backend)?;
+        let row_seq: Option<i64> = self
+            .conn
+            .query_row("SELECT ledger_seq FROM fw_txn WHERE id = ?1", [t.id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(backend)?
+            .flatten();
+        let recorded = match (first, row_seq) {
+            (Some((seq, _)), Some(row)) if row != seq => Some(Some(format!(
+                "record {seq} (the transaction row points at record {row} instead)"
+            ))),
+            (f, _) => f.map(|(_, before)| before),
+        };
         // Stored now, not as `t` was read: the row may have changed since.
         let snapshot: Option<String> = self
             .conn
@@ -1554,21 +1740,15 @@ impl Store for SqliteStore {
                 v.broken = Some((seq, why));
             }
         }
-        let triggers: Vec<String> = {
-            let mut st = self
-                .conn
-                .prepare(
-                    "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'ledger'",
-                )
-                .map_err(backend)?;
-            let rows = st.query_map([], |r| r.get(0)).map_err(backend)?;
-            rows.collect::<Result<_, _>>().map_err(backend)?
-        };
-        for t in TRIGGER_NAMES {
-            if !triggers.iter().any(|n| n == t) {
-                v.problems.push(format!(
+        for (t, state) in trigger_states(&self.conn)? {
+            match state {
+                TriggerState::Intact => {}
+                TriggerState::Missing => v.problems.push(format!(
                     "the append-only trigger `{t}` is missing: records could be changed or deleted (`log verify --repair` re-creates it)"
-                ));
+                )),
+                TriggerState::Changed => v.problems.push(format!(
+                    "the append-only trigger `{t}` does not have the SQL portwarden created it with: records could be changed or deleted (`log verify --repair` re-creates it)"
+                )),
             }
         }
         let gate: i64 = self
@@ -1583,7 +1763,18 @@ impl Store for SqliteStore {
             );
         }
         match self.anchor.read() {
-            Ok(Some(a)) => v.check_head(&entries, a.seq, &a.hash, "the head anchor"),
+            Ok(Some(a)) => {
+                v.check_head(&entries, a.seq, &a.hash, "the head anchor");
+                if let (Some(f), Some(p)) = (v.first_seq, a.pruned) {
+                    if f > p + 1 {
+                        v.problems.push(format!(
+                            "the chain starts at seq {f}, but retention pruned only through seq {p} (the head anchor says): records {} to {} were deleted and a checkpoint forged over them",
+                            p + 1,
+                            f - 1
+                        ));
+                    }
+                }
+            }
             Ok(None) => v.problems.push(format!(
                 "the head anchor {} is missing: truncation cannot be told from a short chain",
                 self.anchor.path().display()
@@ -1621,19 +1812,35 @@ impl Store for SqliteStore {
     }
 
     fn repair_ledger(&mut self, now: i64, actor: &str) -> Result<Vec<String>, StoreError> {
-        self.writable()?;
+        // A missing anchor is what repair is for; any other refusal stands.
+        if !self.anchor_missing {
+            self.writable()?;
+        } else if self.read_only {
+            return Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        let adopt = self.anchor_missing;
         let tx = immediate(&mut self.conn)?;
         let mut done = Vec::new();
-        for t in TRIGGER_NAMES {
-            let there: i64 = tx
-                .query_row(
-                    "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
-                    [t],
-                    |r| r.get(0),
-                )
-                .map_err(backend)?;
-            if there == 0 {
-                done.push(format!("re-created trigger {t}"));
+        if adopt {
+            done.push(format!(
+                "adopted the chain's head as the missing head anchor {}",
+                self.anchor.path().display()
+            ));
+        }
+        for (name, state) in trigger_states(&tx)? {
+            if state != TriggerState::Intact {
+                tx.execute_batch(&format!("DROP TRIGGER IF EXISTS {name};"))
+                    .map_err(backend)?;
+                done.push(format!(
+                    "re-created trigger {name} ({})",
+                    if state == TriggerState::Missing {
+                        "it was missing"
+                    } else {
+                        "its SQL had been changed"
+                    }
+                ));
             }
         }
         tx.execute_batch(TRIGGERS).map_err(backend)?;
@@ -1662,6 +1869,17 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         }
         tx.commit().map_err(backend)?;
+        if adopt {
+            let held = self.anchor.lock().map_err(|source| StoreError::Io {
+                context: "cannot lock the head anchor".into(),
+                source,
+            })?;
+            self.adopt_anchor(&held)?;
+            drop(held);
+            self.anchor_missing = false;
+            self.refused = None;
+            self.check_anchor()?;
+        }
         self.committed()?;
         Ok(done)
     }
@@ -1711,6 +1929,13 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         tx.execute("UPDATE ledger_gate SET open = 0 WHERE id = 1", [])
             .map_err(backend)?;
+        // The anchor allows the cut before it is made.
+        self.anchor
+            .allow_pruned(through_seq)
+            .map_err(|source| StoreError::Io {
+                context: "cannot record the retention point in the head anchor".into(),
+                source,
+            })?;
         tx.commit().map_err(backend)?;
         self.committed()?;
         Ok(deleted)

@@ -37,6 +37,38 @@ pub fn distrust(path: &Path, euid: u32, is_dir: bool) -> Option<String> {
             }
         ));
     }
+    if is_dir {
+        return distrust_ancestors(path, euid);
+    }
+    None
+}
+
+/// The directories above the state directory (after links are resolved): whoever can
+/// rename one of them can swap the whole state directory. Each must belong to root and
+/// be writable by nobody else, unless it is sticky like `/tmp`, where only an entry's
+/// owner may rename it.
+fn distrust_ancestors(path: &Path, euid: u32) -> Option<String> {
+    let real = std::fs::canonicalize(path).ok()?;
+    for a in real.ancestors().skip(1) {
+        let Ok(m) = std::fs::metadata(a) else {
+            continue;
+        };
+        let shown = a.display();
+        if m.uid() != 0 && m.uid() != euid {
+            return Some(format!(
+                "refusing to use state directory {}: its parent {shown} belongs to uid {}, who could replace it; fix with `chown root:root {shown}`",
+                path.display(),
+                m.uid()
+            ));
+        }
+        let mode = m.mode() & 0o7777;
+        if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            return Some(format!(
+                "refusing to use state directory {}: its parent {shown} is writable by others (mode {mode:04o}), who could replace it; fix with `chmod go-w {shown}`",
+                path.display()
+            ));
+        }
+    }
     None
 }
 

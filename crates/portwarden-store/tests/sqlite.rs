@@ -368,6 +368,22 @@ fn r_state_dir_trust() {
     );
     std::os::unix::fs::chown(&d, Some(0), None).unwrap();
     assert!(SqliteStore::open(&d, "local", false).is_ok());
+    // A parent others can write could swap the whole directory; a sticky one (/tmp) not.
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let e = SqliteStore::open(&d, "local", false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("its parent") && e.contains("go-w"), "{e}");
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    assert!(SqliteStore::open(&d, "local", false).is_ok());
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The anchor's lock file is a store file too.
+    let lock = d.join(portwarden_store::anchor::LOCK_FILE);
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert!(SqliteStore::open(&d, "local", false).is_err());
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(SqliteStore::open(&d, "local", false).is_ok());
 }
 
 fn unsafe_euid() -> u32 {
@@ -569,4 +585,235 @@ fn r_verify_names_the_first_damaged_record() {
     let (seq, why) = v.broken.clone().unwrap();
     assert_eq!(seq, 3, "{why}");
     assert!(why.contains("`hash` is a blob, not text"), "{why}");
+}
+
+/// Appends a well-chained record as someone with write access to the file (and the
+/// public hash function) would: the chain alone cannot tell it from ours.
+fn forge(c: &rusqlite::Connection, change: portwarden_store::Change) -> i64 {
+    let (seq, hash): (i64, String) = c
+        .query_row(
+            "SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let e = portwarden_store::ledger::next_entry(Some((seq, &hash)), 500, change);
+    c.execute(
+        "INSERT INTO ledger (seq, ts, actor, action, subject, before, after, reason, prev_hash, hash) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        rusqlite::params![
+            e.seq, e.ts, e.actor, e.action, e.subject, e.before, e.after, e.reason, e.prev_hash,
+            e.hash
+        ],
+    )
+    .unwrap();
+    e.seq
+}
+
+#[test]
+fn r_snapshot_vouched_only_by_the_first_apply_record() {
+    use sha2::Digest;
+    let d = tempdir("forged-apply");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    let t = s
+        .fw_begin(
+            100,
+            "op",
+            Some(200),
+            Some("table inet portwarden {\n}\n".into()),
+            "x",
+        )
+        .unwrap();
+    assert!(s.fw_verified_snapshot(&t).is_ok());
+    drop(s);
+    // The snapshot swapped, a later record vouching for it, the row pointed at it.
+    let evil = "table inet portwarden { chain input { type filter hook input priority 0; policy accept; } }";
+    let digest = format!(
+        "sha256:{}",
+        portwarden_store::ledger::hex(&sha2::Sha256::digest(evil.as_bytes()))
+    );
+    let c = raw(&d);
+    let seq = forge(
+        &c,
+        portwarden_store::Change {
+            actor: "op".into(),
+            action: "fw.apply".into(),
+            subject: format!("fw txn {}", t.id),
+            before: Some(digest),
+            ..Default::default()
+        },
+    );
+    c.execute(
+        "UPDATE fw_txn SET snapshot = ?1, ledger_seq = ?2 WHERE id = ?3",
+        rusqlite::params![evil, seq, t.id],
+    )
+    .unwrap();
+    drop(c);
+    let s = SqliteStore::open(&d, "local", false).unwrap();
+    let e = s.fw_verified_snapshot(&t).unwrap_err();
+    assert!(matches!(e, StoreError::SnapshotTampered { .. }), "{e}");
+}
+
+#[test]
+fn r_forged_checkpoint_cannot_erase_history() {
+    let d = tempdir("forged-checkpoint");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    for n in 0..5 {
+        s.record(100, change(n)).unwrap();
+    }
+    drop(s);
+    // Records 1..3 deleted and a checkpoint forged at the end to explain them.
+    let c = raw(&d);
+    let through: String = c
+        .query_row("SELECT hash FROM ledger WHERE seq = 3", [], |r| r.get(0))
+        .unwrap();
+    c.execute_batch("DROP TRIGGER ledger_no_delete; DELETE FROM ledger WHERE seq <= 3;")
+        .unwrap();
+    forge(
+        &c,
+        portwarden_store::Change {
+            actor: "portwarden".into(),
+            action: portwarden_store::ledger::CHECKPOINT.into(),
+            subject: "ledger".into(),
+            after: Some(format!(
+                r#"{{"through_seq":3,"through_hash":"{through}","deleted":3}}"#
+            )),
+            ..Default::default()
+        },
+    );
+    drop(c);
+    let mut s = SqliteStore::open(&d, "local", false).unwrap();
+    let v = s.verify_ledger().unwrap();
+    let all = v.problems.join("\n");
+    assert!(all.contains("retention pruned only through seq 0"), "{all}");
+    assert!(matches!(
+        s.record(101, change(9)),
+        Err(StoreError::Truncated(_))
+    ));
+}
+
+#[test]
+fn r_retention_moves_the_pruned_point_and_expected_heads_below_it_need_a_checkpoint() {
+    let d = tempdir("pruned-point");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    let mut heads = Vec::new();
+    for n in 0..6 {
+        let e = s.record(1000 * (n as i64 + 1), change(n)).unwrap();
+        heads.push((e.seq, e.hash));
+    }
+    assert_eq!(s.prune_ledger(3500, 7000, "portwarden").unwrap(), 3);
+    drop(s);
+    let s = SqliteStore::open(&d, "local", false).unwrap();
+    let v = s.verify_ledger().unwrap();
+    assert!(v.ok(), "{v:?}");
+    // Record 3 is named by the checkpoint: confirmed. Record 2 is gone: not confirmable.
+    let v = s
+        .verify_ledger_expecting(Some((heads[2].0, &heads[2].1)))
+        .unwrap();
+    assert!(v.ok(), "{v:?}");
+    let v = s
+        .verify_ledger_expecting(Some((heads[1].0, &heads[1].1)))
+        .unwrap();
+    assert!(
+        v.problems.iter().any(|p| p.contains("cannot confirm")),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn r_missing_anchor_refuses_writes_until_repair_adopts_it() {
+    let d = tempdir("anchor-gone");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    for n in 0..4 {
+        s.record(100, change(n)).unwrap();
+    }
+    drop(s);
+    // The tail and the anchor deleted together.
+    let c = raw(&d);
+    c.execute_batch("DROP TRIGGER ledger_no_delete; DELETE FROM ledger WHERE seq > 2;")
+        .unwrap();
+    drop(c);
+    std::fs::remove_file(d.join(portwarden_store::anchor::ANCHOR_FILE)).unwrap();
+    let mut s = SqliteStore::open(&d, "local", false).unwrap();
+    let v = s.verify_ledger().unwrap();
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.contains("anchor") && p.contains("missing")),
+        "{v:?}"
+    );
+    let e = s.record(101, change(9)).unwrap_err();
+    assert!(e.to_string().contains("--repair"), "{e}");
+    drop(s);
+    // Still refused on the next open: the anchor is not silently re-created.
+    let mut s = SqliteStore::open(&d, "local", false).unwrap();
+    assert!(s.record(101, change(9)).is_err());
+    let done = s.repair_ledger(102, "op").unwrap();
+    assert!(done.iter().any(|d| d.contains("adopted")), "{done:?}");
+    s.record(103, change(10)).unwrap();
+    drop(s);
+    let s = SqliteStore::open(&d, "local", false).unwrap();
+    let v = s.verify_ledger().unwrap();
+    assert!(v.ok(), "{v:?}");
+    assert!(
+        s.ledger(None)
+            .unwrap()
+            .iter()
+            .any(|e| e.action == "ledger.repair")
+    );
+}
+
+#[test]
+fn r_a_trigger_with_other_sql_is_found_and_repaired() {
+    let d = tempdir("trigger-sql");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    s.record(100, change(0)).unwrap();
+    drop(s);
+    let c = raw(&d);
+    c.execute_batch(
+        "DROP TRIGGER ledger_no_delete; \
+         CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger WHEN 0 BEGIN SELECT 1; END;",
+    )
+    .unwrap();
+    drop(c);
+    let mut s = SqliteStore::open(&d, "local", false).unwrap();
+    let v = s.verify_ledger().unwrap();
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.contains("ledger_no_delete") && p.contains("SQL")),
+        "{v:?}"
+    );
+    let done = s.repair_ledger(101, "op").unwrap();
+    assert!(
+        done.iter().any(|d| d.contains("SQL had been changed")),
+        "{done:?}"
+    );
+    assert!(s.verify_ledger().unwrap().ok());
+    drop(s);
+    assert!(raw(&d).execute("DELETE FROM ledger", []).is_err());
+}
+
+static WARNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[test]
+fn r_an_anchor_that_cannot_move_after_a_commit_is_a_warning() {
+    let d = tempdir("anchor-full");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    s.on_warning(|_| {
+        WARNED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    // The anchor's temporary file cannot be created (as on a full disk).
+    let tmp = d.join(format!(
+        ".{}.tmp-{}",
+        portwarden_store::anchor::ANCHOR_FILE,
+        std::process::id()
+    ));
+    std::fs::create_dir(&tmp).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let port = alloc(&mut s, 10, "alice", 100).expect("the committed lease is reported");
+    assert!(WARNED.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert_eq!(s.leases().unwrap().len(), 1);
+    assert_eq!(s.leases().unwrap()[0].port.get(), port);
+    std::fs::remove_dir(&tmp).unwrap();
 }

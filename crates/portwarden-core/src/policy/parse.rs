@@ -501,7 +501,7 @@ pub(crate) fn parse(src: &str, catalog: &Catalog) -> Result<Policy, Vec<Diagnost
     }
 
     cross_check(&mut cx, &pools, &services, &balance, &compliance, &zones);
-    management_claims(&mut cx, &host, &services, &zones);
+    management_claims(&mut cx, &host, &services, &balance, &zones);
 
     if !cx.diags.is_empty() {
         return Err(cx.diags);
@@ -1476,9 +1476,44 @@ fn management_claims(
     cx: &mut Cx<'_>,
     host: &Host,
     services: &[(Service, ServiceSpans)],
+    balance: &[(Balance, Span)],
     zones: &BTreeMap<ZoneKind, Zone>,
 ) {
     let mgmt = &host.management;
+    let wider_than_mgmt = |sources: &AddrSet| -> Vec<String> {
+        sources
+            .cidrs()
+            .iter()
+            .filter(|c| !mgmt.from.cidrs().iter().any(|m| m.covers(**c)))
+            .map(|c| c.to_string())
+            .collect()
+    };
+    // A balancer listener is admitted from anywhere.
+    for (b, span) in balance {
+        let Some(port) = Port::new(b.listen.port()) else {
+            continue;
+        };
+        let spec = PortSpec {
+            protocol: Protocol::Tcp,
+            range: PortRange::single(port),
+        };
+        if !mgmt.ports.iter().any(|m| m.overlaps(spec)) {
+            continue;
+        }
+        let wider = wider_than_mgmt(&AddrSet::any());
+        if wider.is_empty() {
+            continue;
+        }
+        cx.err_help(
+            span.clone(),
+            format!(
+                "balance group `{}` listens on management port {spec}, which it would admit from {}, beyond management `from`",
+                b.name,
+                wider.join(", ")
+            ),
+            "a balancer listener is open to every source; move it to another port",
+        );
+    }
     for (s, ss) in services {
         let Some(claimed) = s
             .fixed_ports()
@@ -1490,12 +1525,7 @@ fn management_claims(
         let Some(sources) = super::service_sources(s, zones) else {
             continue;
         };
-        let wider: Vec<String> = sources
-            .cidrs()
-            .iter()
-            .filter(|c| !mgmt.from.cidrs().iter().any(|m| m.covers(**c)))
-            .map(|c| c.to_string())
-            .collect();
+        let wider = wider_than_mgmt(&sources);
         if wider.is_empty() {
             continue;
         }

@@ -49,6 +49,12 @@ fn live_state(g: &Global) -> anyhow::Result<(Vec<Grant>, Vec<LeasedPort>)> {
         Err(StoreError::Missing(_)) => return Ok((Vec::new(), Vec::new())),
         Err(e) => return Err(e.into()),
     };
+    state_of(&s)
+}
+
+/// The store's unexpired grants and leased ports. A grant row's time left is capped by
+/// [`GRANT_MAX`]: the store is not trusted to open a port for longer than `grant` can.
+fn state_of(s: &SqliteStore) -> anyhow::Result<(Vec<Grant>, Vec<LeasedPort>)> {
     let now = super::now();
     let grants = s
         .grants(now)?
@@ -57,7 +63,8 @@ fn live_state(g: &Global) -> anyhow::Result<(Vec<Grant>, Vec<LeasedPort>)> {
             addr: r.addr,
             protocol: r.protocol,
             port: r.port,
-            left: Duration::from_secs(r.expires_at.saturating_sub(now).max(1) as u64),
+            left: Duration::from_secs(r.expires_at.saturating_sub(now).max(1) as u64)
+                .min(GRANT_MAX),
         })
         .collect();
     Ok((grants, leased_ports(&s.leases()?)))
@@ -192,17 +199,37 @@ fn restore(s: &SqliteStore, t: &FwTxn) -> anyhow::Result<String> {
     if is_iptables(t) {
         return ipt_restore(snapshot.as_deref()).map(String::from);
     }
-    restore_nft(snapshot.as_ref()).map(String::from)
+    if let Some(why) = snapshot
+        .as_deref()
+        .and_then(|t| portwarden_nft::check_snapshot(t).err())
+    {
+        nft::delete_table()?;
+        return Ok(format!(
+            "refusing to load the rollback snapshot of transaction {}: {why}; removed our table instead",
+            t.id
+        ));
+    }
+    let (grants, leases) = state_of(s)?;
+    restore_nft(snapshot.as_ref(), &grants, &leases).map(String::from)
 }
 
-fn restore_nft(snapshot: Option<&String>) -> anyhow::Result<&'static str> {
+/// Loads `snapshot` in one transaction with the store's grants and leases in its sets
+/// (a grant revoked or a lease released since the snapshot was taken stays gone).
+fn restore_nft(
+    snapshot: Option<&String>,
+    grants: &[Grant],
+    leases: &[LeasedPort],
+) -> anyhow::Result<&'static str> {
     match snapshot {
         None => {
             nft::delete_table()?;
             Ok("removed the table (there was none before)")
         }
         Some(snap) => {
-            let text = format!("table inet portwarden\ndelete table inet portwarden\n{snap}");
+            let state =
+                portwarden_nft::state_commands(&portwarden_nft::listed_sets(snap), grants, leases);
+            let text =
+                format!("table inet portwarden\ndelete table inet portwarden\n{snap}\n{state}");
             match nft::apply(&text) {
                 Ok(()) => Ok("restored the previous table"),
                 Err(_) => {
@@ -803,6 +830,7 @@ pub fn grant(g: &Global, a: &GrantArgs) -> anyhow::Result<Status> {
         .collect();
     need_table()?;
     let mut s = store(g)?;
+    s.check_writable().context("nothing was granted")?;
     let now = super::now();
     nft::apply(&portwarden_nft::grant_commands(&grants)).context("nothing was granted")?;
     let records: Vec<GrantRecord> = list
@@ -841,9 +869,20 @@ pub fn revoke(g: &Global, a: &RevokeArgs) -> anyhow::Result<Status> {
     let keys: Vec<(IpAddr, Protocol, portwarden_core::Port)> =
         list.iter().map(|i| (i.addr, i.protocol, i.port)).collect();
     let mut s = store(g)?;
+    // The store must be able to record it before the kernel is changed, and a failed
+    // record puts the grants back: the store and the kernel never disagree.
+    s.check_writable().context("nothing was revoked")?;
+    let (held, _) = state_of(&s)?;
     nft::apply(&portwarden_nft::revoke_commands(&keys))
         .context("nothing was revoked (is the grant still there?)")?;
-    s.revoke(super::now(), &super::user(), &keys)?;
+    if let Err(e) = s.revoke(super::now(), &super::user(), &keys) {
+        let back: Vec<Grant> = held
+            .into_iter()
+            .filter(|h| keys.contains(&(h.addr, h.protocol, h.port)))
+            .collect();
+        let _ = nft::apply(&portwarden_nft::grant_commands(&back));
+        return Err(e).context("nothing was revoked");
+    }
     if !g.quiet {
         output::text(&format!("revoked {}\n", keys.len()))?;
     }

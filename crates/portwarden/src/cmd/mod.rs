@@ -150,7 +150,10 @@ pub fn open_store(
     g: &crate::cli::Global,
     create: bool,
 ) -> Result<portwarden_store::SqliteStore, portwarden_store::StoreError> {
-    portwarden_store::SqliteStore::open(&state_dir(g), "local", create)
+    let mut s = portwarden_store::SqliteStore::open(&state_dir(g), "local", create)?;
+    // Shown even with --quiet: a committed change whose anchor did not move matters.
+    s.on_warning(|m| crate::output::warn(false, m));
+    Ok(s)
 }
 
 /// Writes a `-o FILE` output, deciding by what is at the path (never following a link):
