@@ -45,6 +45,7 @@ fn dports(ports: &[PortRange]) -> String {
 pub fn render(policy: &Policy, opts: &Options) -> Result<Iptables, RenderError> {
     let model = crate::render(policy, opts)?;
     let enforce = policy.firewall.mode == FirewallMode::Enforce;
+    let limits = connlimits(policy);
     let mut unsupported = vec![
         "grants (per-element timeouts need ipset): `portwarden grant` works with nftables only"
             .to_string(),
@@ -203,7 +204,11 @@ pub fn render(policy: &Policy, opts: &Options) -> Result<Iptables, RenderError> 
                 } else {
                     iifnames
                         .iter()
-                        .map(|i| format!("-i {} ", quote(i)))
+                        // nft's `eth*` is iptables' `eth+`; a policy name never holds `+`.
+                        .map(|i| match i.strip_suffix('*') {
+                            Some(stem) => format!("-i {} ", quote(&format!("{stem}+"))),
+                            None => format!("-i {} ", quote(i)),
+                        })
                         .collect()
                 };
                 let srcs: Vec<String> = match sources {
@@ -212,7 +217,7 @@ pub fn render(policy: &Policy, opts: &Options) -> Result<Iptables, RenderError> 
                     Sources::Set(_, cidrs) => cidrs.iter().map(|c| format!("-s {c} ")).collect(),
                 };
                 // Per-source connection limits go before the accepts of their ports.
-                if let Some(limit) = connlimit(policy, comment) {
+                if let Some(&limit) = limits.get(comment.as_str()) {
                     if *proto == Protocol::Tcp {
                         let mask = if fam == Fam::V4 { 32 } else { 128 };
                         let verdict = if enforce {
@@ -292,19 +297,16 @@ pub fn render(policy: &Policy, opts: &Options) -> Result<Iptables, RenderError> 
     })
 }
 
-/// The per-source limit of the service or balance group a rule's comment names.
-fn connlimit(policy: &Policy, comment: &str) -> Option<u32> {
-    if let Some(name) = comment.strip_prefix("service ") {
-        return policy
-            .services
-            .iter()
-            .find(|s| s.name == name)
-            .and_then(|s| s.max_conn_per_source);
-    }
-    let name = comment.strip_prefix("balance ")?;
-    policy
+/// The per-source limits of services and balance groups, by the comment their rules
+/// carry: one map, so a rule's lookup does not walk every service.
+fn connlimits(policy: &Policy) -> std::collections::HashMap<String, u32> {
+    let services = policy
+        .services
+        .iter()
+        .filter_map(|s| Some((format!("service {}", s.name), s.max_conn_per_source?)));
+    let groups = policy
         .balance
         .iter()
-        .find(|b| b.name == name)
-        .and_then(|b| b.max_conn_per_source)
+        .filter_map(|b| Some((format!("balance {}", b.name), b.max_conn_per_source?)));
+    services.chain(groups).collect()
 }

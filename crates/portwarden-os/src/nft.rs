@@ -109,6 +109,42 @@ pub fn list_table() -> Result<Option<String>, NftError> {
     run(&["list", "table", "inet", "portwarden"], None, "list").map(Some)
 }
 
+/// Lease set name → its elements (protocol name, port).
+pub type LeaseSets = std::collections::BTreeMap<String, std::collections::BTreeSet<(String, u16)>>;
+
+/// The lease sets of our live table and their elements (protocol name, port), or `None`
+/// when there is no table: lease changes are carried to what the kernel holds, whatever
+/// policy the caller has at hand.
+pub fn lease_sets() -> Result<Option<LeaseSets>, NftError> {
+    if !table_exists()? {
+        return Ok(None);
+    }
+    let out = run(&["-j", "list", "table", "inet", "portwarden"], None, "list")?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| NftError::Failed {
+        what: "list",
+        message: format!("unreadable JSON: {e}"),
+    })?;
+    let mut sets = std::collections::BTreeMap::new();
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let set = &item["set"];
+        let Some(name) = set["name"].as_str().filter(|n| n.starts_with("lease_")) else {
+            continue;
+        };
+        let elems = sets
+            .entry(name.to_string())
+            .or_insert_with(std::collections::BTreeSet::new);
+        for e in set["elem"].as_array().into_iter().flatten() {
+            let c = &e["concat"];
+            if let (Some(p), Some(n)) = (c[0].as_str(), c[1].as_u64()) {
+                if let Ok(port) = u16::try_from(n) {
+                    elems.insert((p.to_string(), port));
+                }
+            }
+        }
+    }
+    Ok(Some(sets))
+}
+
 /// Removes our table (nothing else).
 pub fn delete_table() -> Result<(), NftError> {
     if table_exists()? {

@@ -46,6 +46,8 @@ pub struct Lease {
     pub last_seen_listening: Option<i64>,
     /// Consecutive observations without a listener.
     pub missed: u32,
+    /// The longest lifetime a renewal may give it, in seconds.
+    pub ttl_max: Option<i64>,
 }
 
 impl Lease {
@@ -82,6 +84,9 @@ pub struct NewLease {
     pub process: Option<String>,
     /// Expiry, unix seconds.
     pub expires_at: i64,
+    /// The longest lifetime a renewal may give it, in seconds (its pool's `lease_ttl`
+    /// when it was allocated): kept so `renew` caps it without the policy at hand.
+    pub ttl_max: Option<i64>,
 }
 
 /// Lets an allocation decision ask whether a port is already leased, inside the store's

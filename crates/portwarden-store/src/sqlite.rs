@@ -148,6 +148,12 @@ CREATE TABLE grants (
 );
 "#;
 
+/// Version 5: a lease's renewal cap; and from this version on a missing head anchor is
+/// damage (the migration adopts one, on the record).
+const SCHEMA_V5: &str = r#"
+ALTER TABLE leases ADD COLUMN ttl_max INTEGER;
+"#;
+
 /// The SQLite store.
 pub struct SqliteStore {
     conn: Connection,
@@ -524,6 +530,9 @@ impl SqliteStore {
             if ver < 4 {
                 tx.execute_batch(SCHEMA_V4).map_err(backend)?;
             }
+            if ver < 5 {
+                tx.execute_batch(SCHEMA_V5).map_err(backend)?;
+            }
             // Version 5: from now on a missing anchor is damage, not age. A store made
             // before anchors (or before they kept the pruned point) adopts one now, once,
             // on the record.
@@ -754,7 +763,7 @@ fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
 }
 
 const LEASE_COLS: &str = "id, scope, protocol, port, service, pool, owner, process, state, \
-                          created_at, expires_at, last_seen_listening, missed";
+                          created_at, expires_at, last_seen_listening, missed, ttl_max";
 
 fn lease_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
     let proto: String = r.get(2)?;
@@ -781,6 +790,7 @@ fn lease_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
         expires_at: r.get(10)?,
         last_seen_listening: r.get(11)?,
         missed: r.get::<_, i64>(12)? as u32,
+        ttl_max: r.get(13)?,
     })
 }
 
@@ -1460,7 +1470,8 @@ impl Store for SqliteStore {
         let id: i64 = tx
             .prepare_cached(
                 "INSERT INTO leases (scope, protocol, port, service, pool, owner, process, state, \
-                 created_at, expires_at, missed) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'planned', ?8, ?9, 0) \
+                 created_at, expires_at, missed, ttl_max) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'planned', ?8, ?9, 0, ?10) \
                  RETURNING id",
             )
             .map_err(backend)?
@@ -1474,7 +1485,8 @@ impl Store for SqliteStore {
                     new.owner,
                     new.process,
                     now,
-                    new.expires_at
+                    new.expires_at,
+                    new.ttl_max
                 ],
                 |r| r.get(0),
             )
@@ -1493,6 +1505,7 @@ impl Store for SqliteStore {
             expires_at: new.expires_at,
             last_seen_listening: None,
             missed: 0,
+            ttl_max: new.ttl_max,
         };
         let e = append(
             &tx,

@@ -32,6 +32,7 @@ fn lease_for(port: u16, owner: &str) -> NewLease {
         owner: owner.into(),
         process: None,
         expires_at: 10_000,
+        ttl_max: None,
     }
 }
 

@@ -1751,6 +1751,23 @@ mod firewall {
                 .unwrap()
         }
 
+        /// Runs portwarden in the server namespace with the built-in baseline policy.
+        fn pw_bare(&self, args: &[&str]) -> Output {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &self.server.name,
+                    env!("CARGO_BIN_EXE_portwarden"),
+                    "--state-dir",
+                    self.dir.join("state").to_str().unwrap(),
+                ])
+                .args(args)
+                .env_remove("SSH_CONNECTION")
+                .output()
+                .unwrap()
+        }
+
         /// The live table, counters left out (traffic changes them).
         fn table(&self) -> String {
             let o = Command::new("ip")
@@ -2109,8 +2126,9 @@ max_conn_per_source = 3
             lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]),
             "still applied: nobody rolled back yet"
         );
-        // The next portwarden start re-arms a watcher, which rolls back (late, and says so).
-        let o = lab.pw(&second, &["fw", "status"]);
+        // The next command that opens the store (any, not only the firewall's) re-arms
+        // a watcher, which rolls back (late, and says so).
+        let o = lab.pw(&second, &["leases"]);
         assert_eq!(code(&o), 0, "{}", stderr(&o));
         assert!(
             stderr(&o).contains("had died and its deadline passed"),
@@ -2320,6 +2338,101 @@ max_conn_per_source = 3
         let acts = actions(&lab);
         assert!(acts.iter().any(|a| a == "fw.lease-admit"), "{acts:?}");
         assert!(acts.iter().any(|a| a == "fw.lease-unadmit"), "{acts:?}");
+    }
+
+    #[test]
+    fn r_rollback_keeps_the_stores_grants_and_leases() {
+        let Some(mut lab) = Lab::new("rs") else {
+            return;
+        };
+        let policy = format!(
+            "{POLICY}\n[[pool]]\nname = \"dyn\"\nrange = \"9100-9101\"\nlease_ttl = \"1h\"\n[[service]]\nname = \"cache\"\npool = \"dyn\"\nzone = \"external\"\nallow_from = [\"10.99.0.2/32\"]\n"
+        );
+        lab.serve(&["hold@10.99.0.1:9000"]);
+        assert_eq!(
+            code(&lab.pw(&policy, &["fw", "apply", "--confirm-within", "0"])),
+            0
+        );
+        let o = lab.pw(
+            &policy,
+            &["alloc", "cache", "--port", "9100", "--no-probe", "--json"],
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let id = v[0]["id"].as_i64().unwrap().to_string();
+        lab.serve(&["hold@10.99.0.1:9100"]);
+        let o = lab.pw(
+            &policy,
+            &["grant", "9000", "--from", "10.99.0.3", "--for", "5m"],
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9100"]));
+        assert!(lab.client(&["connect", "10.99.0.3", "10.99.0.1", "9000"]));
+        // A pending apply; meanwhile the lease is released and the grant revoked (both
+        // without --policy), and another source granted.
+        let second =
+            format!("{policy}\n[[service]]\nname = \"web\"\nport = 8080\nzone = \"external\"\n");
+        let o = lab.pw(&second, &["fw", "apply", "--confirm-within", "1h"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        // Renewing past the pool's lease_ttl is refused without the policy at hand too.
+        let o = lab.pw_bare(&["renew", &id, "--ttl", "2h"]);
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        assert!(stderr(&o).contains("at most 1h"), "{}", stderr(&o));
+        let o = lab.pw_bare(&["release", &id]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(
+            !lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9100"]),
+            "release without --policy left the port admitted"
+        );
+        let o = lab.pw_bare(&["revoke", "9000", "--from", "10.99.0.3"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let o = lab.pw_bare(&["grant", "9000", "--from", "10.99.0.2", "--for", "5m"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let o = lab.pw(&second, &["fw", "rollback"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(
+            !lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9100"]),
+            "the rollback re-admitted a released lease"
+        );
+        assert!(
+            !lab.client(&["connect", "10.99.0.3", "10.99.0.1", "9000"]),
+            "the rollback re-admitted a revoked grant"
+        );
+        assert!(
+            lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]),
+            "the rollback lost a grant made while the apply was pending"
+        );
+    }
+
+    #[test]
+    fn r_revoke_on_a_store_that_refuses_writes_changes_nothing() {
+        let Some(mut lab) = Lab::new("rv") else {
+            return;
+        };
+        lab.serve(&["hold@10.99.0.1:9000"]);
+        assert_eq!(
+            code(&lab.pw(POLICY, &["fw", "apply", "--confirm-within", "0"])),
+            0
+        );
+        let o = lab.pw(
+            POLICY,
+            &["grant", "9000", "--from", "10.99.0.2", "--for", "5m"],
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        // The anchor gone: the store refuses writes until `log verify --repair`.
+        std::fs::remove_file(lab.dir.join("state/portwarden.head")).unwrap();
+        let o = lab.pw(POLICY, &["revoke", "9000", "--from", "10.99.0.2"]);
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        assert!(stderr(&o).contains("nothing was revoked"), "{}", stderr(&o));
+        assert!(
+            lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]),
+            "the kernel lost a grant the store still holds"
+        );
+        let o = lab.pw(POLICY, &["log", "verify", "--repair"]);
+        assert!(stderr(&o).contains("adopted"), "{}", stderr(&o));
+        let o = lab.pw(POLICY, &["revoke", "9000", "--from", "10.99.0.2"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(!lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
     }
 
     #[test]

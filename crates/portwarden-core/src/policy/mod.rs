@@ -410,8 +410,8 @@ pub fn check_identifier(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Why `name` is not a Linux interface name (1-15 bytes of `[A-Za-z0-9_.@+-]`, not `.`
-/// or `..`), or an nft wildcard of one (`eth*`).
+/// Why `name` is not an interface name we accept (1-15 bytes of `[A-Za-z0-9_.@-]`, not `.`
+/// or `..`; no `+`, which iptables reads as a wildcard), or an nft wildcard of one (`eth*`).
 pub fn check_interface(name: &str) -> Result<(), String> {
     let stem = name.strip_suffix('*').unwrap_or(name);
     if stem.is_empty() && name.is_empty() {
@@ -419,7 +419,7 @@ pub fn check_interface(name: &str) -> Result<(), String> {
     }
     if let Some(c) = stem
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '@' | '+')))
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '@')))
     {
         return Err(format!("`{}` is not allowed", c.escape_debug()));
     }

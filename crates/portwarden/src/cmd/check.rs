@@ -184,9 +184,6 @@ pub fn evaluate(g: &Global) -> anyhow::Result<Evaluation> {
 
 pub fn run(g: &Global, a: &CheckArgs) -> anyhow::Result<Status> {
     let fail_on = severity(a.fail_on);
-    // A firewall apply nobody confirmed (its watcher died with a reboot) is rolled back
-    // on the next start of portwarden.
-    super::fw::recover_expired(g)?;
     let e = evaluate(g)?;
     if g.json {
         output::json(&Report {

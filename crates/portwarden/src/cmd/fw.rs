@@ -429,10 +429,7 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             let iptables = match backend {
                 FwBackend::Nft => false,
                 FwBackend::Iptables => true,
-                FwBackend::Auto => std::process::Command::new("nft")
-                    .arg("--version")
-                    .output()
-                    .is_err(),
+                FwBackend::Auto => !nft_installed(),
             };
             output::verbose(
                 g.verbose,
@@ -693,15 +690,27 @@ fn applied(
     Ok(Status::Ok)
 }
 
-/// Reads `PORT[/PROTO] ADDR [DURATION]` lines: (line number, fields).
+/// The largest grant file read (as for policies).
+const GRANT_FILE_MAX: u64 = super::POLICY_MAX_BYTES;
+
+/// Reads `PORT[/PROTO] ADDR [DURATION]` lines: (line number, fields); at most
+/// [`GRANT_FILE_MAX`] bytes, so `--file /dev/zero` is an error, not a growing process.
 fn read_lines(path: &std::path::Path) -> anyhow::Result<Vec<(usize, Vec<String>)>> {
-    let mut text = String::new();
-    if path.as_os_str() == "-" {
-        std::io::stdin().read_to_string(&mut text)?;
+    let mut bytes = Vec::new();
+    let shown = path.display();
+    let reader: Box<dyn Read> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin())
     } else {
-        text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        Box::new(std::fs::File::open(path).with_context(|| format!("cannot read {shown}"))?)
+    };
+    reader
+        .take(GRANT_FILE_MAX + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {shown}"))?;
+    if bytes.len() as u64 > GRANT_FILE_MAX {
+        bail!("{shown} is larger than {GRANT_FILE_MAX} bytes; nothing applied");
     }
+    let text = String::from_utf8(bytes).with_context(|| format!("{shown} is not UTF-8"))?;
     Ok(text
         .lines()
         .enumerate()
@@ -783,12 +792,22 @@ fn items(
     };
     let mut good = Vec::new();
     let mut bad = Vec::new();
+    let mut seen = std::collections::HashMap::new();
     for (n, fields) in read_lines(f)? {
         let r = match (fields.as_slice(), with_duration) {
             ([p, from, d], true) => parse_item(p, from, Some(d)),
             ([p, from], false) => parse_item(p, from, None),
             _ => Err(anyhow::anyhow!("expected {want}")),
-        };
+        }
+        .and_then(|i| match seen.insert((i.addr, i.protocol, i.port), n) {
+            Some(first) => Err(anyhow::anyhow!(
+                "{}/{} from {} is already on line {first}",
+                i.port,
+                i.protocol,
+                i.addr
+            )),
+            None => Ok(i),
+        });
         match r {
             Ok(i) => good.push(i),
             Err(e) => bad.push(format!("{}:{n}: {e:#}", f.display())),
@@ -891,26 +910,60 @@ pub fn revoke(g: &Global, a: &RevokeArgs) -> anyhow::Result<Status> {
 
 /// Carries lease changes into the live table in one nft transaction: newly leased ports
 /// of pool services are admitted for their sources at once, released ones no longer.
-/// Without our table there is nothing to update; with the iptables backend or a table
-/// from an older policy, the next `fw apply` does it (said on stderr).
+/// What to change is read from the live table, not from the policy at hand (`release`
+/// without `--policy` still closes the port): a lease is admitted when the applied table
+/// has its service's lease set, and unadmitted when the set holds it. Without our table
+/// there is nothing to update; with the iptables backend, the next `fw apply` carries it
+/// (said on stderr).
 pub fn sync_leases(
     g: &Global,
     added: &[portwarden_store::Lease],
     removed: &[portwarden_store::Lease],
 ) -> anyhow::Result<()> {
-    let policy = super::load_policy(g.policy.as_deref())?.policy;
-    let pooled = |l: &&portwarden_store::Lease| {
-        policy.service(&l.service).is_some_and(|s| {
-            matches!(s.placement, portwarden_core::policy::Placement::Pool(_))
-                && portwarden_core::policy::service_sources(s, &policy.zones).is_some()
-        })
-    };
-    let add: Vec<portwarden_store::Lease> = added.iter().filter(pooled).cloned().collect();
-    let del: Vec<portwarden_store::Lease> = removed.iter().filter(pooled).cloned().collect();
-    if add.is_empty() && del.is_empty() {
+    if added.is_empty() && removed.is_empty() {
         return Ok(());
     }
-    if !nft::table_exists().unwrap_or(false) {
+    let live = match nft::lease_sets() {
+        Ok(Some(l)) => l,
+        Err(e) if nft_installed() => {
+            output::warn(
+                g.quiet,
+                &format!(
+                    "cannot read the live table ({e}); `portwarden fw apply` carries the lease change"
+                ),
+            );
+            return Ok(());
+        }
+        _ => {
+            let ipt = super::open_store(g, false)
+                .ok()
+                .and_then(|s| s.fw_txns().ok())
+                .and_then(|t| t.last().map(is_iptables))
+                .unwrap_or(false);
+            if ipt {
+                output::warn(
+                    g.quiet,
+                    "the iptables rules were not updated for the lease change (iptables cannot change them in place); `portwarden fw apply` carries it",
+                );
+            }
+            return Ok(());
+        }
+    };
+    let has = |l: &portwarden_store::Lease| {
+        live.get(&portwarden_nft::lease_set(&l.service))
+            .map(|set| set.contains(&(l.protocol.to_string(), l.port.get())))
+    };
+    let add: Vec<portwarden_store::Lease> = added
+        .iter()
+        .filter(|l| has(l) == Some(false))
+        .cloned()
+        .collect();
+    let del: Vec<portwarden_store::Lease> = removed
+        .iter()
+        .filter(|l| has(l) == Some(true))
+        .cloned()
+        .collect();
+    if add.is_empty() && del.is_empty() {
         return Ok(());
     }
     let text = portwarden_nft::lease_commands(&leased_ports(&add), &leased_ports(&del));
@@ -939,4 +992,12 @@ pub fn sync_leases(
         .collect();
     s.record_batch(super::now(), changes)?;
     Ok(())
+}
+
+/// Whether an `nft` binary is there at all (hosts without it use iptables or nothing).
+fn nft_installed() -> bool {
+    std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_ok()
 }

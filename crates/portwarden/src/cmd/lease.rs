@@ -21,11 +21,21 @@ const DEFAULT_TTL_SECS: i64 = 86_400;
 
 /// The lease lifetime: `--ttl`, at most the pool's `lease_ttl` (24 h outside pools),
 /// else that default.
-fn ttl_secs(arg: Option<&str>, policy: &Policy, pool: Option<&str>) -> anyhow::Result<i64> {
-    let pool = pool.and_then(|p| policy.pool(p));
-    let max = pool.map_or(DEFAULT_TTL_SECS, |p| {
-        (p.lease_ttl.get().as_secs() as i64).max(1)
-    });
+///
+/// A pool the policy at hand does not know (`renew` without `--policy`) is capped by what
+/// the lease recorded at allocation, `known_max`.
+fn ttl_secs(
+    arg: Option<&str>,
+    policy: &Policy,
+    pool_name: Option<&str>,
+    known_max: Option<i64>,
+) -> anyhow::Result<i64> {
+    let pool = pool_name.and_then(|p| policy.pool(p));
+    let max = match (pool, known_max) {
+        (Some(p), _) => (p.lease_ttl.get().as_secs() as i64).max(1),
+        (None, Some(m)) => m.max(1),
+        (None, None) => DEFAULT_TTL_SECS,
+    };
     let Some(t) = arg else {
         return Ok(max);
     };
@@ -41,7 +51,12 @@ fn ttl_secs(arg: Option<&str>, policy: &Policy, pool: Option<&str>) -> anyhow::R
                 "invalid --ttl `{t}`: pool `{}` leases for at most {limit} (its lease_ttl); renew before it expires",
                 p.name
             ),
-            None => bail!("invalid --ttl `{t}`: a lease outside a pool lasts at most {limit}"),
+            None => match pool_name.filter(|_| known_max.is_some()) {
+                Some(p) => bail!(
+                    "invalid --ttl `{t}`: pool `{p}` leases for at most {limit} (its lease_ttl when the lease was made)"
+                ),
+                None => bail!("invalid --ttl `{t}`: a lease outside a pool lasts at most {limit}"),
+            },
         }
     }
     Ok(secs)
@@ -127,7 +142,8 @@ pub fn alloc(g: &Global, a: &AllocArgs) -> anyhow::Result<Status> {
     }
     let svc = policy.service(&a.service).context("service vanished")?;
     let pool_name = req.pool.map(|p| p.name.clone());
-    let ttl = ttl_secs(a.ttl.as_deref(), policy, pool_name.as_deref())?;
+    let ttl = ttl_secs(a.ttl.as_deref(), policy, pool_name.as_deref(), None)?;
+    let ttl_max = ttl_secs(None, policy, pool_name.as_deref(), None)?;
     let owner = a.owner.clone().unwrap_or_else(super::user);
     let actor = super::user();
     let live = live_ports()?;
@@ -163,6 +179,7 @@ pub fn alloc(g: &Global, a: &AllocArgs) -> anyhow::Result<Status> {
                 owner: owner.clone(),
                 process: svc.process.clone(),
                 expires_at: now + ttl,
+                ttl_max: Some(ttl_max),
             })
         });
         match r {
@@ -205,7 +222,12 @@ pub fn renew(g: &Global, a: &RenewArgs) -> anyhow::Result<Status> {
     let loaded = super::load_policy(g.policy.as_deref())?;
     let mut store = super::open_store(g, false).map_err(store_err)?;
     let lease = find_lease(&store, a.id)?;
-    let ttl = ttl_secs(a.ttl.as_deref(), &loaded.policy, lease.pool.as_deref())?;
+    let ttl = ttl_secs(
+        a.ttl.as_deref(),
+        &loaded.policy,
+        lease.pool.as_deref(),
+        lease.ttl_max,
+    )?;
     let now = super::now();
     let caller = a.owner.clone().unwrap_or_else(super::user);
     let l = store

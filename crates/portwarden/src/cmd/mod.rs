@@ -24,6 +24,28 @@ use crate::cli::{Cli, Command};
 /// Runs one command.
 pub fn run(cli: Cli) -> anyhow::Result<Status> {
     let g = &cli.global;
+    // A pending firewall apply whose watcher died (killed, a reboot) gets a new one from
+    // whichever command opens the store next; the firewall's own commands insist on it.
+    if matches!(
+        cli.command,
+        Command::Check(_)
+            | Command::Alloc(_)
+            | Command::Renew(_)
+            | Command::Release(_)
+            | Command::Leases
+            | Command::Reclaim(_)
+            | Command::Log(_)
+            | Command::Report(_)
+            | Command::Grant(_)
+            | Command::Revoke(_)
+    ) {
+        if let Err(e) = fw::recover_expired(g) {
+            crate::output::warn(
+                g.quiet,
+                &format!("cannot re-arm the firewall rollback watcher: {e:#}"),
+            );
+        }
+    }
     match &cli.command {
         Command::Check(a) => check::run(g, a),
         Command::Ls(a) => ls::ls(g, a),
@@ -164,13 +186,22 @@ pub fn open_store(
 ///   permission bits);
 /// - a character device, FIFO or socket: opened and written in place, never replaced
 ///   (`-oX /dev/null` keeps `/dev/null`);
-/// - a symbolic link: refused unless `force`, which replaces the link itself (never its
-///   target);
+/// - `/dev/stdout` (a link to whatever stdout is) is stdout, `/dev/stderr` stderr;
+/// - a symbolic link to a device, FIFO or socket: written in place through the link;
+/// - any other symbolic link: refused unless `force`, which replaces the link itself
+///   (never its target);
 /// - a directory: an error.
 pub fn write_output(path: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
     use std::os::unix::fs::FileTypeExt;
-    if path.as_os_str() == "-" {
+    if path.as_os_str() == "-" || path == Path::new("/dev/stdout") {
         return crate::output::text(&String::from_utf8_lossy(bytes)).context("cannot write stdout");
+    }
+    if path == Path::new("/dev/stderr") {
+        use std::io::Write;
+        return std::io::stderr()
+            .lock()
+            .write_all(bytes)
+            .context("cannot write stderr");
     }
     let shown = path.display();
     let existing = match std::fs::symlink_metadata(path) {
@@ -181,6 +212,13 @@ pub fn write_output(path: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()
     match existing {
         None => write_atomically(path, bytes, None),
         Some(m) if m.file_type().is_symlink() => {
+            let target = std::fs::metadata(path).ok().map(|t| t.file_type());
+            if target.is_some_and(|t| {
+                t.is_char_device() || t.is_fifo() || t.is_socket() || t.is_block_device()
+            }) {
+                return write_in_place(path, bytes, true)
+                    .with_context(|| format!("cannot write {shown}"));
+            }
             if !force {
                 anyhow::bail!(
                     "{shown} is a symbolic link: pass --force to replace the link (its target is left alone)"
@@ -195,18 +233,20 @@ pub fn write_output(path: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()
             if !(t.is_char_device() || t.is_fifo() || t.is_socket() || t.is_block_device()) {
                 anyhow::bail!("cannot write {shown}: not a file, device or FIFO");
             }
-            write_in_place(path, bytes).with_context(|| format!("cannot write {shown}"))
+            write_in_place(path, bytes, false).with_context(|| format!("cannot write {shown}"))
         }
     }
 }
 
-/// Writes into an existing device or FIFO without creating, truncating or following.
-fn write_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes into an existing device or FIFO without creating or truncating (following a
+/// link only when asked: one that was seen to point at a device).
+fn write_in_place(path: &Path, bytes: &[u8], follow: bool) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .custom_flags(nofollow | libc::O_NOCTTY)
         .open(path)?;
     // Between the look and the open, the path could have become something else.
     let t = f.metadata()?.file_type();
