@@ -248,7 +248,8 @@ pub enum LogCommand {
         /// it, unchanged.
         #[arg(long, value_name = "SEQ:HASH")]
         expect_head: Option<String>,
-        /// Re-create dropped append-only triggers (recorded in the ledger).
+        /// Re-create dropped or altered append-only triggers, close an open retention gate,
+        /// and adopt the head as a missing head anchor (each recorded in the ledger).
         #[arg(long)]
         repair: bool,
     },
