@@ -189,19 +189,106 @@ struct InFlight {
     dst: SocketAddr,
     tries: u32,
     started: Instant,
-    deadline: Instant,
+    /// Matches the deadline heap's entry (a descriptor number is reused).
+    seq: u64,
+}
+
+/// What the scan has learnt about one host, shared by the workers.
+struct HostStats {
+    timing: Timing,
+    /// The highest try that was ever answered (nmap's `max_successful_tryno`): a host that
+    /// never answers a retransmission gets one, not `retries`.
+    max_answered_try: u32,
 }
 
 /// Shared between the workers.
 struct Shared {
     cfg: ScanConfig,
-    timing: Mutex<Timing>,
+    hosts: Mutex<HashMap<IpAddr, HostStats>>,
     done: AtomicU64,
     total: u64,
     progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
 }
 
+impl Shared {
+    fn with_host<R>(&self, a: IpAddr, f: impl FnOnce(&mut HostStats) -> R) -> Option<R> {
+        let mut m = self.hosts.lock().ok()?;
+        let h = m.entry(a).or_insert_with(|| HostStats {
+            timing: Timing::new(),
+            max_answered_try: 0,
+        });
+        Some(f(h))
+    }
+
+    fn timeout(&self, a: IpAddr) -> std::time::Duration {
+        self.with_host(a, |h| h.timing.timeout(&self.cfg))
+            .unwrap_or(self.cfg.initial_timeout)
+    }
+
+    /// How many retransmissions an unanswered probe to `a` gets.
+    fn retries(&self, a: IpAddr) -> u32 {
+        self.with_host(a, |h| h.max_answered_try + 1)
+            .unwrap_or(1)
+            .min(self.cfg.retries)
+    }
+}
+
+/// The in-flight window: slow start, then congestion avoidance, halved (at most once per
+/// timeout) on evidence of loss, which is an answer to a retransmission (the earlier try
+/// was lost). A probe that times out is not evidence: behind a DROP firewall that is the
+/// answer, so it lets the window grow like an answer does (nmap grows its window the same
+/// way through its timing pings), and a silent host never costs ports × timeout.
+struct Window {
+    cwnd: f64,
+    ssthresh: f64,
+    max: usize,
+    last_cut: Option<Instant>,
+}
+
+impl Window {
+    const INITIAL: f64 = 32.0;
+
+    fn new(max: usize) -> Window {
+        Window {
+            cwnd: Self::INITIAL.min(max as f64),
+            ssthresh: max as f64,
+            max,
+            last_cut: None,
+        }
+    }
+
+    fn get(&self) -> usize {
+        (self.cwnd as usize).clamp(1, self.max)
+    }
+
+    fn grow(&mut self) {
+        self.cwnd += if self.cwnd < self.ssthresh {
+            1.0
+        } else {
+            1.0 / self.cwnd
+        };
+        self.cwnd = self.cwnd.min(self.max as f64);
+    }
+
+    fn loss(&mut self, rto: std::time::Duration) {
+        let now = Instant::now();
+        if self.last_cut.is_some_and(|t| now.duration_since(t) < rto) {
+            return;
+        }
+        self.last_cut = Some(now);
+        self.ssthresh = (self.cwnd / 2.0).max(2.0);
+        self.cwnd = self.ssthresh;
+    }
+
+    /// Out of descriptors or source ports: no more than what is in flight.
+    fn cap(&mut self, inflight: usize) {
+        self.cwnd = (inflight.max(1) as f64).min(self.cwnd);
+        self.ssthresh = self.cwnd;
+    }
+}
+
 fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared) -> ScanOutcome {
+    use std::cmp::Reverse;
     let mut out = ScanOutcome::default();
     // SAFETY: epoll_create1 with a valid flag.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
@@ -209,9 +296,12 @@ fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared) -> ScanOutcome {
     let mut queue: std::collections::VecDeque<(SocketAddr, u32)> =
         jobs.into_iter().map(|d| (d, 0)).collect();
     let mut inflight: HashMap<libc::c_int, InFlight> = HashMap::new();
+    let mut deadlines: std::collections::BinaryHeap<Reverse<(Instant, u64, libc::c_int)>> =
+        std::collections::BinaryHeap::new();
+    let mut next_seq = 0u64;
     let mut spare: HashMap<(bool, Option<IpAddr>), Sock> = HashMap::new();
-    let mut cwnd = window.clamp(1, 64);
-    let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    let mut win = Window::new(window.max(1));
+    let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 512];
     let mut since_progress = 0u64;
 
     let mut finish = |out: &mut ScanOutcome,
@@ -229,7 +319,8 @@ fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared) -> ScanOutcome {
                 PortState::Closed
             }
             Outcome::Retry => {
-                queue.push_back((dst, tries + 1));
+                // Retransmissions go first: they settle ports instead of opening new ones.
+                queue.push_front((dst, tries + 1));
                 return false;
             }
             Outcome::Filtered => PortState::Filtered,
@@ -252,10 +343,26 @@ fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared) -> ScanOutcome {
         }
         true
     };
+    // An answer: a sample for the host's RTT (first tries only, as Karn's rule says), and
+    // loss evidence when a retransmission was what got it.
+    let answered = |f: &InFlight, win: &mut Window| {
+        let rto = sh.timeout(f.dst.ip());
+        sh.with_host(f.dst.ip(), |h| {
+            if f.tries == 0 {
+                h.timing.sample(f.started.elapsed());
+            }
+            h.max_answered_try = h.max_answered_try.max(f.tries);
+        });
+        if f.tries > 0 {
+            win.loss(rto);
+        } else {
+            win.grow();
+        }
+    };
 
     loop {
         // Start probes while the window allows.
-        while inflight.len() < cwnd {
+        while inflight.len() < win.get() {
             let Some((dst, tries)) = queue.pop_front() else {
                 break;
             };
@@ -269,7 +376,7 @@ fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared) -> ScanOutcome {
                         // Out of descriptors: back-pressure, never a panic.
                         out.emfile += 1;
                         queue.push_front((dst, tries));
-                        cwnd = (inflight.len() / 2).max(1);
+                        win.cap(inflight.len() / 2);
                         break;
                     }
                     Err(_) => {
@@ -306,11 +413,9 @@ fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared) -> ScanOutcome {
                     };
                     // SAFETY: valid epoll and socket descriptors, a valid event.
                     unsafe { libc::epoll_ctl(ep.0, libc::EPOLL_CTL_ADD, sock.0, &mut ev) };
-                    let t = sh
-                        .timing
-                        .lock()
-                        .map(|t| t.timeout(&sh.cfg))
-                        .unwrap_or(sh.cfg.initial_timeout);
+                    let t = sh.timeout(dst.ip());
+                    next_seq += 1;
+                    deadlines.push(Reverse((started + t, next_seq, sock.0)));
                     inflight.insert(
                         sock.0,
                         InFlight {
@@ -318,18 +423,18 @@ fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared) -> ScanOutcome {
                             dst,
                             tries,
                             started,
-                            deadline: started + t,
+                            seq: next_seq,
                         },
                     );
                 }
                 libc::EADDRNOTAVAIL | libc::EAGAIN => {
                     // Ephemeral ports exhausted for now: wait for in-flight probes.
                     queue.push_front((dst, tries));
-                    cwnd = inflight.len().max(1);
+                    win.cap(inflight.len());
                     break;
                 }
                 libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH => {
-                    let o = if tries < sh.cfg.retries {
+                    let o = if tries < sh.retries(dst.ip()) {
                         Outcome::Retry
                     } else {
                         Outcome::Filtered
@@ -345,13 +450,21 @@ fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared) -> ScanOutcome {
             if queue.is_empty() {
                 break;
             }
-            cwnd = cwnd.max(1);
             continue;
         }
-        // Wait for answers, at most until the earliest deadline.
+        // Wait for answers, at most until the earliest live deadline.
+        while let Some(Reverse((_, seq, fd))) = deadlines.peek() {
+            if inflight.get(fd).is_some_and(|f| f.seq == *seq) {
+                break;
+            }
+            deadlines.pop();
+        }
         let now = Instant::now();
-        let next = inflight.values().map(|f| f.deadline).min().unwrap_or(now);
-        let wait_ms = next.saturating_duration_since(now).as_millis().min(1000) as i32;
+        let next = deadlines.peek().map_or(now, |Reverse((d, _, _))| *d);
+        let wait_ms = next
+            .saturating_duration_since(now)
+            .as_millis()
+            .clamp(0, 1000) as i32;
         // SAFETY: `events` is a writable buffer of its length.
         let n =
             unsafe { libc::epoll_wait(ep.0, events.as_mut_ptr(), events.len() as i32, wait_ms) };
@@ -365,39 +478,38 @@ fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared) -> ScanOutcome {
                 0 if self_connected(fd, f.dst) => Outcome::SelfConnect,
                 0 => Outcome::Open,
                 libc::ECONNREFUSED => Outcome::Closed,
-                _ if f.tries < sh.cfg.retries => Outcome::Retry,
+                _ if f.tries < sh.retries(f.dst.ip()) => Outcome::Retry,
                 _ => Outcome::Filtered,
             };
             if matches!(o, Outcome::Open | Outcome::Closed) {
-                if let Ok(mut t) = sh.timing.lock() {
-                    t.sample(f.started.elapsed());
-                }
-                cwnd = (cwnd + 1).min(window);
+                answered(&f, &mut win);
             }
             linger_zero(fd);
             drop(f.sock);
             finish(&mut out, f.dst, o, &mut queue, f.tries);
         }
-        // Unanswered past their deadline: retry or give up; shrink the window.
+        // Unanswered past their deadline: retransmit (as often as this host ever needed,
+        // plus one) or call it filtered.
         let now = Instant::now();
-        let expired: Vec<libc::c_int> = inflight
-            .iter()
-            .filter(|(_, f)| f.deadline <= now)
-            .map(|(fd, _)| *fd)
-            .collect();
-        if !expired.is_empty() {
-            cwnd = (cwnd / 2).max(1);
-        }
-        for fd in expired {
-            if let Some(f) = inflight.remove(&fd) {
-                let o = if f.tries < sh.cfg.retries {
-                    Outcome::Retry
-                } else {
-                    Outcome::Filtered
-                };
-                drop(f.sock);
-                finish(&mut out, f.dst, o, &mut queue, f.tries);
+        while let Some(Reverse((d, seq, fd))) = deadlines.peek().copied() {
+            if d > now {
+                break;
             }
+            deadlines.pop();
+            if inflight.get(&fd).is_none_or(|f| f.seq != seq) {
+                continue;
+            }
+            let Some(f) = inflight.remove(&fd) else {
+                continue;
+            };
+            let o = if f.tries < sh.retries(f.dst.ip()) {
+                Outcome::Retry
+            } else {
+                Outcome::Filtered
+            };
+            win.grow();
+            drop(f.sock);
+            finish(&mut out, f.dst, o, &mut queue, f.tries);
         }
     }
     if since_progress > 0 {
@@ -434,7 +546,7 @@ pub fn scan_tcp(
     }
     let sh = Shared {
         cfg: cfg.clone(),
-        timing: Mutex::new(Timing::new()),
+        hosts: Mutex::new(HashMap::new()),
         done: AtomicU64::new(0),
         total: total as u64,
         progress,
@@ -459,6 +571,46 @@ pub fn scan_tcp(
         }
     });
     all.ports.sort_by_key(|r| (r.addr, r.port));
-    all.srtt_us = sh.timing.lock().map(|t| t.srtt_us()).unwrap_or_default();
+    // The slowest host's smoothed RTT: the one the scan waited for.
+    all.srtt_us = sh
+        .hosts
+        .lock()
+        .map(|m| m.values().map(|h| h.timing.srtt_us()).max().unwrap_or(0))
+        .unwrap_or_default();
     all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timeouts_grow_the_window_and_answered_retransmissions_halve_it_once_per_rto() {
+        let mut w = Window::new(4096);
+        assert_eq!(w.get(), 32);
+        // A silent host: every probe times out, the window still opens (slow start).
+        for _ in 0..1000 {
+            w.grow();
+        }
+        assert_eq!(w.get(), 1032);
+        // Loss evidence halves it, and a burst of such answers counts once per RTO.
+        w.loss(Duration::from_secs(1));
+        assert_eq!(w.get(), 516);
+        w.loss(Duration::from_secs(1));
+        assert_eq!(w.get(), 516);
+        // Past ssthresh the window grows by about one per window of answers.
+        for _ in 0..600 {
+            w.grow();
+        }
+        assert_eq!(w.get(), 517);
+        // Never beyond the descriptor bound, never below one.
+        let mut small = Window::new(8);
+        for _ in 0..100 {
+            small.grow();
+        }
+        assert_eq!(small.get(), 8);
+        small.cap(0);
+        assert_eq!(small.get(), 1);
+    }
 }

@@ -67,7 +67,7 @@ impl Default for ScanConfig {
             min_timeout: Duration::from_millis(50),
             max_timeout: Duration::from_millis(1000),
             retries: 2,
-            max_window: 1024,
+            max_window: 4096,
         }
     }
 }

@@ -1649,7 +1649,7 @@ fn r5_a_tiny_descriptor_limit_is_back_pressure_not_a_panic() {
 
 mod firewall {
     use super::*;
-    use std::io::{BufRead, BufReader};
+    use std::io::{BufRead, BufReader, Write};
     use std::time::{Duration, Instant};
 
     /// Two namespaces joined by a veth pair: the server (10.99.0.1, fd99::1) and a client
@@ -2433,6 +2433,45 @@ max_conn_per_source = 3
         let o = lab.pw(POLICY, &["revoke", "9000", "--from", "10.99.0.2"]);
         assert_eq!(code(&o), 0, "{}", stderr(&o));
         assert!(!lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
+    }
+
+    #[test]
+    fn r_filtered_ports_are_reported_filtered_with_bounded_retransmissions() {
+        let Some(mut lab) = Lab::new("sf") else {
+            return;
+        };
+        lab.serve(&["hold@10.99.0.1:9000"]);
+        let st = Command::new("ip")
+            .args(["netns", "exec", &lab.server.name, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                c.stdin.take().unwrap().write_all(
+                    b"table inet t { chain i { type filter hook input priority 0; policy drop; ct state established,related accept; tcp dport 9000 accept; }; }\n",
+                )?;
+                c.wait()
+            })
+            .unwrap();
+        assert!(st.success());
+        let o = lab.client.exec(&[
+            env!("CARGO_BIN_EXE_portwarden"),
+            "scan",
+            "10.99.0.1",
+            "-p",
+            "8800-9199",
+            "--json",
+            "-q",
+        ]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let ports = v["ports"].as_array().unwrap();
+        let state = |s: &str| ports.iter().filter(|p| p["state"] == s).count();
+        assert_eq!(state("open"), 1, "{v}");
+        assert_eq!(state("filtered"), 399, "{v}");
+        assert_eq!(v["closed"], 0);
+        // A host that never answered a retransmission gets one per port, not --retries.
+        let probes = v["probes"].as_u64().unwrap();
+        assert!(probes <= 400 + 399, "{probes} probes for 400 ports");
     }
 
     #[test]

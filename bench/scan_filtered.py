@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Scanner benchmark on a firewalled host, beside nmap, in a namespace pair.
+
+A server namespace (10.79.0.1) whose nft table drops every packet but those to two open
+ports (held by listeners) and a client namespace (10.79.0.2) joined by a veth pair. From
+the client, alternating, REPEAT times each:
+
+    portwarden scan 10.79.0.1 -p RANGE --json
+    nmap -sT -T4 -n -Pn -p RANGE 10.79.0.1
+    nmap -sS -T4 -n -Pn -p RANGE 10.79.0.1          (--syn)
+
+Medians of wall time, and each tool's accuracy: open ports found, ports reported open
+that are not, ports reported as anything but filtered (the rest must be filtered).
+
+    cargo build --release && python3 bench/scan_filtered.py [--ports 1000-1999] [--repeat 5]
+    python3 bench/scan_filtered.py --ports 1-65535 --repeat 3 --syn
+
+Needs root, iproute2, nftables and nmap. Creates and removes its own namespaces.
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BIN = os.path.join(HERE, "..", "target", "release", "portwarden")
+SRV, CLI = "pwbf-s", "pwbf-c"
+SADDR, CADDR = "10.79.0.1", "10.79.0.2"
+
+
+def sh(*cmd, check=True, **kw):
+    return subprocess.run(cmd, check=check, **kw)
+
+
+def setup(open_ports):
+    teardown()
+    sh("ip", "netns", "add", SRV)
+    sh("ip", "netns", "add", CLI)
+    sh("ip", "link", "add", "pwbfs", "netns", SRV, "type", "veth", "peer", "name", "pwbfc",
+       "netns", CLI)
+    for ns, dev, addr in [(SRV, "pwbfs", SADDR), (CLI, "pwbfc", CADDR)]:
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+    ports = ", ".join(str(p) for p in open_ports)
+    rules = f"""
+table inet pwbf {{
+  chain input {{
+    type filter hook input priority filter; policy drop;
+    iif lo accept
+    ct state established,related accept
+    tcp dport {{ {ports} }} accept
+  }}
+}}
+"""
+    sh("ip", "netns", "exec", SRV, "nft", "-f", "-", input=rules.encode())
+    code = (
+        "import socket,sys,time\n"
+        "ls=[]\n"
+        "for p in sys.argv[1:]:\n"
+        "  s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+        "  s.bind(('0.0.0.0',int(p))); s.listen(4096); ls.append(s)\n"
+        "print('ready',flush=True)\n"
+        "time.sleep(3600)\n"
+    )
+    p = subprocess.Popen(["ip", "netns", "exec", SRV, "python3", "-c", code] +
+                         [str(x) for x in open_ports], stdout=subprocess.PIPE)
+    assert p.stdout.readline().strip() == b"ready"
+    return p
+
+
+def teardown():
+    for ns in (SRV, CLI):
+        subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
+
+
+def timed(cmd):
+    t = time.perf_counter()
+    r = subprocess.run(["ip", "netns", "exec", CLI] + cmd, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE)
+    wall = time.perf_counter() - t
+    if r.returncode not in (0, 1):
+        sys.exit(f"{cmd[0]} failed ({r.returncode}): {r.stderr.decode()[-500:]}")
+    return wall, r.stdout.decode(errors="replace")
+
+
+def ours(out):
+    """(open, not-filtered-but-listed) from `scan --json`."""
+    doc = json.loads(out)
+    opened, other = set(), set()
+    for p in doc["ports"]:
+        if p["state"] == "open":
+            opened.add(p["port"])
+        elif p["state"] != "filtered":
+            other.add(p["port"])
+    if doc.get("closed"):
+        other.add(-1)
+    return opened, other
+
+
+def nmaps(out):
+    opened = {int(m) for m in re.findall(r'portid="(\d+)"><state state="open"', out)}
+    other = {int(p) for p, s in re.findall(r'portid="(\d+)"><state state="([a-z|]+)"', out)
+             if s not in ("open", "filtered")}
+    # Ports nmap folds into <extraports state="closed"> count as not filtered too.
+    closed = sum(int(n) for n in re.findall(r'<extraports state="closed" count="(\d+)"', out))
+    return opened, other | ({-1} if closed else set())
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ports", default="1000-1999")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--syn", action="store_true", help="also nmap -sS -T4")
+    ap.add_argument("--bin", default=BIN)
+    ap.add_argument("--extra", default="", help="extra portwarden scan arguments")
+    a = ap.parse_args()
+    lo, hi = (int(x) for x in a.ports.split("-"))
+    span = hi - lo + 1
+    open_ports = [lo + span // 3, lo + (2 * span) // 3]
+    srv = setup(open_ports)
+    tools = {
+        "portwarden": ([a.bin, "scan", SADDR, "-p", a.ports, "--json", "-q"] + a.extra.split(),
+                       ours),
+        "nmap -sT -T4": (["nmap", "-sT", "-T4", "-n", "-Pn", "-p", a.ports, "-oX", "-", SADDR],
+                         nmaps),
+    }
+    if a.syn:
+        tools["nmap -sS -T4"] = (["nmap", "-sS", "-T4", "-n", "-Pn", "-p", a.ports, "-oX", "-",
+                                  SADDR], nmaps)
+    walls = {k: [] for k in tools}
+    acc = {k: [] for k in tools}
+    try:
+        for _ in range(a.repeat):
+            for name, (cmd, parse) in tools.items():
+                w, out = timed(cmd)
+                opened, other = parse(out)
+                walls[name].append(w)
+                acc[name].append((len(opened & set(open_ports)), len(opened - set(open_ports)),
+                                  len(other)))
+    finally:
+        srv.kill()
+        srv.wait()
+        teardown()
+    print(f"{span} ports of a DROP-firewalled host, 2 open; {a.repeat} runs each, medians")
+    base = statistics.median(walls["nmap -sT -T4"])
+    for name in tools:
+        m = statistics.median(walls[name])
+        found = min(x[0] for x in acc[name])
+        false_open = max(x[1] for x in acc[name])
+        not_filtered = max(x[2] for x in acc[name])
+        print(f"  {name:14} {m:8.2f} s  ({m / base:5.2f}x nmap -sT)  open found {found}/2 "
+              f"(worst run), false open {false_open}, other states {not_filtered}  "
+              f"runs: {' '.join(f'{w:.2f}' for w in walls[name])}")
+
+
+if __name__ == "__main__":
+    main()
