@@ -159,14 +159,61 @@ pub fn parse_mysql_greeting(b: &[u8]) -> Option<(String, u16)> {
     Some((version, caps))
 }
 
-fn sanitize(b: &[u8]) -> String {
+/// A banner as text: its first line, control bytes (and invalid UTF-8) as `\xNN`, cut
+/// to 120 characters; a binary answer (mostly unprintable) as its length and first bytes.
+pub fn sanitize(b: &[u8]) -> String {
     let line = b.split(|&c| c == b'\n').next().unwrap_or(b);
-    let s: String = String::from_utf8_lossy(line)
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(120)
-        .collect();
-    s.trim().to_string()
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let unprintable = line
+        .iter()
+        .filter(|&&c| c < 0x20 && c != b'\t' || c == 0x7f)
+        .count();
+    if !line.is_empty() && unprintable * 4 > line.len() {
+        let head: String = b.iter().take(16).map(|c| format!("{c:02x}")).collect();
+        return format!("binary, {} bytes: {head}", b.len());
+    }
+    let mut out = String::new();
+    for chunk in line.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() {
+                let mut buf = [0u8; 4];
+                for byte in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("\\x{byte:02x}"));
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    let out: String = out.chars().take(120).collect();
+    out.trim().to_string()
+}
+
+/// PostgreSQL's answer to `SSLRequest` is exactly one byte: `S` (TLS offered) or `N`.
+/// Anything else (an SSH banner starts with `S` too) is not PostgreSQL.
+pub fn postgres_ssl_reply(b: &[u8]) -> Option<TlsVerdict> {
+    match b {
+        [b'S'] => Some(TlsVerdict::Offered),
+        [b'N'] => Some(TlsVerdict::None),
+        _ => None,
+    }
+}
+
+/// Whether a reply to `PING` is Redis: `+PONG`, or an error Redis gives before auth or
+/// in protected mode.
+pub fn is_redis_reply(b: &[u8]) -> bool {
+    [
+        b"+PONG".as_slice(),
+        b"-NOAUTH",
+        b"-DENIED",
+        b"-WRONGPASS",
+        b"-ERR",
+    ]
+    .iter()
+    .any(|p| b.starts_with(p))
 }
 
 /// One read: `Ok(n)` bytes appended (0 at end of stream), `Err(())` when time ran out.
@@ -260,16 +307,12 @@ pub async fn probe(addr: SocketAddr, kind: ProbeKind, t: Duration) -> ProbeResul
             if s.write_all(&req).await.is_ok() {
                 let mut b = Vec::new();
                 if read_some(&mut s, t, &mut b).await.is_some() {
-                    match b[0] {
-                        b'S' => {
+                    match postgres_ssl_reply(&b) {
+                        Some(v) => {
                             r.identified = Some("postgresql".into());
-                            r.tls = TlsVerdict::Offered;
+                            r.tls = v;
                         }
-                        b'N' => {
-                            r.identified = Some("postgresql".into());
-                            r.tls = TlsVerdict::None;
-                        }
-                        _ => r.banner = Some(sanitize(&b)),
+                        None => identify_banner(&b, &mut r),
                     }
                 } else {
                     r.stalled = true;
@@ -291,16 +334,14 @@ pub async fn probe(addr: SocketAddr, kind: ProbeKind, t: Duration) -> ProbeResul
             }
         }
         ProbeKind::Http => {
-            let _ = s
-                .write_all(b"HEAD / HTTP/1.0\r\nUser-Agent: portwarden\r\n\r\n")
-                .await;
+            let _ = s.write_all(&http_head(addr)).await;
             let b = read_until(&mut s, t, |b| b.windows(4).any(|w| w == b"\r\n\r\n")).await;
             classify_http(&b, &mut r);
         }
         ProbeKind::Redis => {
             let _ = s.write_all(b"PING\r\n").await;
             let b = read_until(&mut s, t, |b| b.contains(&b'\n')).await;
-            if b.starts_with(b"+PONG") || b.starts_with(b"-NOAUTH") || b.starts_with(b"-ERR") {
+            if is_redis_reply(&b) {
                 r.identified = Some("redis".into());
                 r.tls = TlsVerdict::None;
                 r.banner = Some(sanitize(&b));
@@ -370,7 +411,30 @@ fn classify_http(b: &[u8], r: &mut ProbeResult) {
     }
 }
 
+/// A well-formed `HEAD /` (HTTP/1.1 with `Host`, which servers such as nginx insist on).
+pub fn http_head(addr: SocketAddr) -> Vec<u8> {
+    let host = match addr {
+        SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    };
+    format!(
+        "HEAD / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: portwarden\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
+
 fn identify_banner(b: &[u8], r: &mut ProbeResult) {
+    // A MySQL/MariaDB greeting is binary: its version and CLIENT_SSL, not its bytes.
+    if let Some((version, caps)) = parse_mysql_greeting(b) {
+        r.identified = Some("mysql".into());
+        r.banner = Some(sanitize(version.as_bytes()));
+        r.tls = if caps & CLIENT_SSL != 0 {
+            TlsVerdict::Offered
+        } else {
+            TlsVerdict::None
+        };
+        return;
+    }
     r.banner = Some(sanitize(b));
     let text = String::from_utf8_lossy(b);
     let (id, tls) = if text.starts_with("SSH-") {
@@ -383,8 +447,6 @@ fn identify_banner(b: &[u8], r: &mut ProbeResult) {
         ("smtp", TlsVerdict::Unknown)
     } else if text.starts_with("* OK") {
         ("imap", TlsVerdict::Unknown)
-    } else if parse_mysql_greeting(b).is_some() {
-        ("mysql", TlsVerdict::Unknown)
     } else {
         return;
     };
@@ -482,6 +544,59 @@ mod tests {
         assert_eq!(v, "10.11.6-MariaDB");
         assert_ne!(caps & CLIENT_SSL, 0);
         assert!(parse_mysql_greeting(b"\x05\0\0\0\xffhello").is_none());
+    }
+
+    #[test]
+    fn r_detection_by_content_not_port() {
+        // An SSH banner on a PostgreSQL port is not PostgreSQL.
+        assert_eq!(
+            postgres_ssl_reply(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"),
+            None
+        );
+        assert_eq!(postgres_ssl_reply(b"S"), Some(TlsVerdict::Offered));
+        assert_eq!(postgres_ssl_reply(b"N"), Some(TlsVerdict::None));
+        let mut r = ProbeResult::new(ProbeKind::Postgres);
+        identify_banner(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", &mut r);
+        assert_eq!(r.identified.as_deref(), Some("ssh"));
+        // MariaDB's greeting through the banner path: its version and TLS verdict.
+        let mut p = vec![10u8];
+        p.extend_from_slice(b"5.5.5-10.11.6-MariaDB-0+deb12u1\0");
+        p.extend_from_slice(&[1, 0, 0, 0]);
+        p.extend_from_slice(b"abcdefgh");
+        p.push(0);
+        p.extend_from_slice(&0xf7ffu16.to_le_bytes()); // every capability but CLIENT_SSL
+        let mut pkt = vec![p.len() as u8, 0, 0, 0];
+        pkt.extend_from_slice(&p);
+        let mut r = ProbeResult::new(ProbeKind::Banner);
+        identify_banner(&pkt, &mut r);
+        assert_eq!(r.identified.as_deref(), Some("mysql"));
+        assert_eq!(r.banner.as_deref(), Some("5.5.5-10.11.6-MariaDB-0+deb12u1"));
+        assert_eq!(r.tls, TlsVerdict::None);
+        let n = pkt.len();
+        pkt[n - 1] |= 0x08; // CLIENT_SSL set
+        let mut r = ProbeResult::new(ProbeKind::Banner);
+        identify_banner(&pkt, &mut r);
+        assert_eq!(r.tls, TlsVerdict::Offered);
+        // Redis in protected mode.
+        assert!(is_redis_reply(
+            b"-DENIED Redis is running in protected mode\r\n"
+        ));
+        // A well-formed request.
+        let h = String::from_utf8(http_head("10.0.0.1:8080".parse().unwrap())).unwrap();
+        assert!(
+            h.starts_with("HEAD / HTTP/1.1\r\nHost: 10.0.0.1:8080\r\n"),
+            "{h}"
+        );
+    }
+
+    #[test]
+    fn r_banners_escape_control_bytes() {
+        assert_eq!(
+            sanitize(b"220 ftp\x1b[31m ready\r\n"),
+            "220 ftp\\x1b[31m ready"
+        );
+        assert_eq!(sanitize(b"ok \xff\xfe end"), "ok \\xff\\xfe end");
+        assert!(sanitize(&[0u8, 1, 2, 3, 4, 5, 6, 7, b'a']).starts_with("binary, 9 bytes: 0001"));
     }
 
     #[test]
