@@ -806,16 +806,95 @@ pub fn lease_commands(added: &[LeasedPort], removed: &[LeasedPort]) -> String {
 }
 
 /// The names of the sets a listing of our table (`nft list table inet portwarden`)
-/// declares.
+/// declares: `set NAME {` directly inside the table, outside strings and comments, and
+/// only names our renderer makes (`[a-z0-9_]`), so nothing a snapshot holds can reach the
+/// commands built from them. Empty when the listing does not tokenize.
 pub fn listed_sets(listing: &str) -> std::collections::BTreeSet<String> {
-    listing
-        .lines()
-        .filter_map(|l| {
-            let l = l.trim();
-            let name = l.strip_prefix("set ")?.strip_suffix('{')?.trim();
-            Some(name.to_string())
+    let Ok(toks) = tokens(listing) else {
+        return Default::default();
+    };
+    toks.windows(3)
+        .filter_map(|w| match w {
+            [(1, Tok::Word(set)), (1, Tok::Word(name)), (1, Tok::Open)]
+                if set == "set"
+                    && !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') =>
+            {
+                Some(name.clone())
+            }
+            _ => None,
         })
         .collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Tok {
+    Word(String),
+    Open,
+    Close,
+    Semi,
+}
+
+/// nft text as (depth, token): quoted strings and `#` comments dropped, words split at
+/// blanks, `;` and braces. An unterminated string or unbalanced braces are errors.
+fn tokens(text: &str) -> Result<Vec<(usize, Tok)>, String> {
+    let b = text.as_bytes();
+    let (mut i, mut depth) = (0usize, 0usize);
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let flush = |word: &mut String, depth: usize, out: &mut Vec<(usize, Tok)>| {
+        if !word.is_empty() {
+            out.push((depth, Tok::Word(std::mem::take(word))));
+        }
+    };
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                flush(&mut word, depth, &mut out);
+                if depth == 0 {
+                    return Err("the snapshot has a string outside our table".into());
+                }
+                match b[i + 1..].iter().position(|&x| x == b'"') {
+                    Some(n) => i += n + 1,
+                    None => return Err("the snapshot has an unterminated string".into()),
+                }
+            }
+            b'#' => {
+                flush(&mut word, depth, &mut out);
+                i += b[i..]
+                    .iter()
+                    .position(|&x| x == b'\n')
+                    .unwrap_or(b.len() - i);
+                continue;
+            }
+            b'{' => {
+                flush(&mut word, depth, &mut out);
+                out.push((depth, Tok::Open));
+                depth += 1;
+            }
+            b'}' => {
+                flush(&mut word, depth, &mut out);
+                depth = depth
+                    .checked_sub(1)
+                    .ok_or("the snapshot closes a block it never opened")?;
+                out.push((depth, Tok::Close));
+            }
+            b';' => {
+                flush(&mut word, depth, &mut out);
+                out.push((depth, Tok::Semi));
+            }
+            c if c.is_ascii_whitespace() => flush(&mut word, depth, &mut out),
+            c => word.push(c as char),
+        }
+        i += 1;
+    }
+    flush(&mut word, depth, &mut out);
+    if depth != 0 {
+        return Err("the snapshot leaves a block open".into());
+    }
+    Ok(out)
 }
 
 /// Commands that make the grant and lease sets of a table that declares `present` hold
@@ -861,77 +940,35 @@ pub fn state_commands(
 /// include files or define variables. Quoted strings and `#` comments are skipped; the
 /// only top-level words allowed are `table inet portwarden`, before its block.
 pub fn check_snapshot(text: &str) -> Result<(), String> {
-    let b = text.as_bytes();
-    let (mut i, mut depth, mut tables) = (0usize, 0usize, 0usize);
-    let mut top: Vec<String> = Vec::new();
-    let mut word = String::new();
-    let end_word = |word: &mut String, depth: usize, top: &mut Vec<String>| {
-        if word.is_empty() {
-            return Ok(());
+    let toks = tokens(text)?;
+    let mut top: Vec<&str> = Vec::new();
+    let mut tables = 0;
+    for (depth, t) in &toks {
+        if let Tok::Word(w) = t {
+            if ["include", "define", "redefine", "undefine"].contains(&w.as_str()) {
+                return Err(format!("the snapshot uses `{w}`"));
+            }
         }
-        let w = std::mem::take(word);
-        if ["include", "define", "redefine", "undefine"].contains(&w.as_str()) {
-            return Err(format!("the snapshot uses `{w}`"));
+        if *depth != 0 {
+            continue;
         }
-        if depth == 0 {
-            top.push(w);
+        match t {
+            Tok::Word(w) => top.push(w),
+            Tok::Open => {
+                if top != ["table", "inet", "portwarden"] || tables > 0 {
+                    return Err(format!(
+                        "the snapshot defines `{}`, not one `table inet portwarden`",
+                        top.join(" ")
+                    ));
+                }
+                tables += 1;
+                top.clear();
+            }
+            Tok::Semi if !top.is_empty() => {
+                return Err(format!("the snapshot runs `{}`", top.join(" ")));
+            }
+            Tok::Semi | Tok::Close => {}
         }
-        Ok(())
-    };
-    while i < b.len() {
-        let c = b[i];
-        match c {
-            b'"' => {
-                end_word(&mut word, depth, &mut top)?;
-                if depth == 0 {
-                    return Err("the snapshot has a string outside our table".into());
-                }
-                match b[i + 1..].iter().position(|&x| x == b'"') {
-                    Some(n) => i += n + 1,
-                    None => return Err("the snapshot has an unterminated string".into()),
-                }
-            }
-            b'#' => {
-                end_word(&mut word, depth, &mut top)?;
-                i += b[i..]
-                    .iter()
-                    .position(|&x| x == b'\n')
-                    .unwrap_or(b.len() - i);
-                continue;
-            }
-            b'{' => {
-                end_word(&mut word, depth, &mut top)?;
-                if depth == 0 {
-                    if top != ["table", "inet", "portwarden"] || tables > 0 {
-                        return Err(format!(
-                            "the snapshot defines `{}`, not one `table inet portwarden`",
-                            top.join(" ")
-                        ));
-                    }
-                    tables += 1;
-                    top.clear();
-                }
-                depth += 1;
-            }
-            b'}' => {
-                end_word(&mut word, depth, &mut top)?;
-                depth = depth
-                    .checked_sub(1)
-                    .ok_or("the snapshot closes a block it never opened")?;
-            }
-            c if c.is_ascii_whitespace() || c == b';' => {
-                end_word(&mut word, depth, &mut top)?;
-                if depth == 0 && c == b';' && !top.is_empty() {
-                    return Err(format!("the snapshot runs `{}`", top.join(" ")));
-                }
-            }
-            c => word.push(c as char),
-        }
-        i += 1;
-    }
-    end_word(&mut word, depth, &mut top)?;
-    if depth != 0 {
-        return Err("the snapshot leaves a block open".into());
     }
     if !top.is_empty() {
         return Err(format!("the snapshot runs `{}`", top.join(" ")));

@@ -277,6 +277,14 @@ fn r_rollback_snapshots_are_only_our_table() {
         listed_sets(ours).into_iter().collect::<Vec<_>>(),
         ["grants_v4", "lease_x"]
     );
+    // Lines inside a quoted string are not declarations, and a declared name that our
+    // renderer could not have made is not taken (it would reach `flush set` commands).
+    let smuggled = "table inet portwarden {\n\tset lease_x {\n\t\ttype inet_proto . inet_service\n\t\tcomment \"x\nset lease_x;add table ip pwned;add chain ip pwned c {\n\"\n\t}\n\tset Evil;x {\n\t}\n}\n";
+    assert_eq!(check_snapshot(smuggled), Ok(()));
+    assert_eq!(
+        listed_sets(smuggled).into_iter().collect::<Vec<_>>(),
+        ["lease_x"]
+    );
     for evil in [
         "table inet portwarden {\n}\ntable ip filter {\n}\n",
         "flush ruleset\ntable inet portwarden {\n}\n",

@@ -191,21 +191,20 @@ pub fn verify(entries: &[Entry]) -> Verification {
     let Some(first) = entries.first() else {
         return v;
     };
-    let checkpoint: Option<Checkpoint> = entries
-        .iter()
-        .rev()
-        .filter(|e| e.action == CHECKPOINT)
-        .find_map(|e| {
-            e.after
-                .as_deref()
-                .and_then(|a| serde_json::from_str(a).ok())
-        });
+    // Any checkpoint in the chain may explain its start (a later one, appended after
+    // another prune or by hand, does not hide the one that does).
     let start_ok = if first.seq == 1 {
         first.prev_hash == GENESIS
     } else {
-        checkpoint
-            .as_ref()
-            .is_some_and(|c| c.through_seq + 1 == first.seq && c.through_hash == first.prev_hash)
+        entries
+            .iter()
+            .filter(|e| e.action == CHECKPOINT)
+            .filter_map(|e| {
+                e.after
+                    .as_deref()
+                    .and_then(|a| serde_json::from_str::<Checkpoint>(a).ok())
+            })
+            .any(|c| c.through_seq + 1 == first.seq && c.through_hash == first.prev_hash)
     };
     if !start_ok {
         v.broken = Some((

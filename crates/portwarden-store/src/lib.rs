@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod anchor;
+pub mod key;
 pub mod ledger;
 mod sqlite;
 pub mod trust;
@@ -175,6 +176,18 @@ pub enum StoreError {
         recorded: String,
         /// Hash of what the store holds now.
         found: String,
+    },
+    /// The transaction's apply record carries no valid MAC of this host's key: it was
+    /// not made here (forged in the store, restored from a backup, copied from another
+    /// host, or written before keys existed).
+    #[error(
+        "firewall transaction {id} is not vouched for by this host's key ({why}): it was not applied by portwarden on this host, so its rollback snapshot is never loaded"
+    )]
+    SnapshotUnvouched {
+        /// Transaction.
+        id: i64,
+        /// What is wrong.
+        why: String,
     },
     /// File system trouble.
     #[error("{context}: {source}")]
@@ -402,6 +415,9 @@ pub trait Store {
 
     /// Deletes records older than `cutoff` after writing a checkpoint the chain verifies
     /// through; returns how many were deleted.
+    ///
+    /// Only the leading run of records older than `cutoff` goes: the first record at or
+    /// after it ends the cut, whatever older timestamps follow.
     fn prune_ledger(&mut self, cutoff: i64, now: i64, actor: &str) -> Result<i64, StoreError>;
 }
 

@@ -75,6 +75,26 @@ enum TriggerState {
     Changed,
 }
 
+/// Triggers portwarden did not create, as (name, table): any of them can drop, change
+/// or add rows (a `RAISE(IGNORE)` before an insert into the ledger loses records
+/// without a trace), so each is a verify problem and `--repair` drops it.
+fn foreign_triggers(c: &Connection) -> Result<Vec<(String, String)>, StoreError> {
+    let mut st = c
+        .prepare("SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger' ORDER BY name")
+        .map_err(backend)?;
+    let rows = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(backend)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let (name, table) = r.map_err(backend)?;
+        if !TRIGGER_NAMES.contains(&name.as_str()) {
+            out.push((name, table));
+        }
+    }
+    Ok(out)
+}
+
 /// Each append-only trigger: there with the SQL we created it with (SQLite keeps the
 /// statement without `IF NOT EXISTS`), missing, or there with other SQL (a trigger of
 /// the same name that refuses nothing).
@@ -169,6 +189,11 @@ pub struct SqliteStore {
     /// kept until a sink is set.
     warn: Option<fn(&str)>,
     warnings: Vec<String>,
+    /// The host key (`None` on read-only media without one).
+    key: Option<crate::key::HostKey>,
+    /// Whether the key existed before this open: a directory that had one was used by a
+    /// version that requires the anchor, so a migration never adopts one there.
+    had_key: bool,
     /// Writes committed since the anchor last moved.
     dirty: bool,
     anchored: std::time::Instant,
@@ -182,8 +207,12 @@ const ANCHOR_LAG: Duration = Duration::from_secs(1);
 impl Drop for SqliteStore {
     fn drop(&mut self) {
         if self.dirty {
-            // Best effort: an anchor left behind weakens detection, it never misleads.
-            let _ = self.advance_anchor();
+            // An anchor left behind weakens detection, it never misleads: say so.
+            if let Err(e) = self.advance_anchor() {
+                self.warning(format!(
+                    "the changes are committed, but {e}: truncation of the newest records cannot be shown until it moves"
+                ));
+            }
         }
     }
 }
@@ -235,6 +264,7 @@ impl SqliteStore {
             format!("{DB_FILE}-shm"),
             crate::anchor::ANCHOR_FILE.to_string(),
             crate::anchor::LOCK_FILE.to_string(),
+            crate::key::KEY_FILE.to_string(),
         ] {
             if let Some(why) = crate::trust::distrust(&dir.join(f), euid, false) {
                 return Err(StoreError::Untrusted(why));
@@ -272,6 +302,17 @@ impl SqliteStore {
             }
         }
         let writable = dir_writable(dir) && file_writable(&path);
+        let had_key = crate::key::HostKey::exists(dir);
+        let key = if writable {
+            Some(
+                crate::key::HostKey::load_or_create(dir).map_err(|source| StoreError::Io {
+                    context: format!("cannot create the host key in {}", dir.display()),
+                    source,
+                })?,
+            )
+        } else {
+            crate::key::HostKey::load(dir).ok().flatten()
+        };
         let conn = if writable {
             Connection::open_with_flags(
                 &path,
@@ -305,6 +346,8 @@ impl SqliteStore {
             read_only: !writable,
             warn: None,
             warnings: Vec::new(),
+            key,
+            had_key,
             dirty: false,
             anchored: std::time::Instant::now(),
         };
@@ -536,7 +579,7 @@ impl SqliteStore {
             // Version 5: from now on a missing anchor is damage, not age. A store made
             // before anchors (or before they kept the pruned point) adopts one now, once,
             // on the record.
-            if (1..5).contains(&ver) {
+            if (1..5).contains(&ver) && !self.had_key {
                 let missing = !self.anchor.exists();
                 let old = self.anchor.read().ok().flatten();
                 if missing || old.is_some_and(|a| a.pruned.is_none()) {
@@ -972,6 +1015,22 @@ const TXN_COLS: &str =
     "id, created, deadline, state, snapshot, ruleset, listing, actor, ledger_seq, watcher_pid";
 
 /// How the apply's ledger record names its snapshot: `sha256:<hex>`, or `none`.
+/// What the host key vouches for in an apply record: this transaction, this snapshot.
+fn vouch_message(txn: i64, digest: &str) -> String {
+    format!("portwarden fw.apply\ntxn {txn}\nsnapshot {digest}")
+}
+
+/// The `before` of an apply record: the snapshot's digest and the host key's MAC of it.
+fn vouched(key: Option<&crate::key::HostKey>, txn: i64, digest: &str) -> String {
+    match key {
+        Some(k) => format!(
+            "{digest} mac:{}",
+            k.mac(vouch_message(txn, digest).as_bytes())
+        ),
+        None => digest.to_string(),
+    }
+}
+
 fn snapshot_digest(snapshot: Option<&str>) -> String {
     use sha2::Digest;
     match snapshot {
@@ -1113,7 +1172,11 @@ impl Store for SqliteStore {
                 actor: actor.to_string(),
                 action: "fw.apply".into(),
                 subject: format!("fw txn {id}"),
-                before: Some(snapshot_digest(snapshot.as_deref())),
+                before: Some(vouched(
+                    self.key.as_ref(),
+                    id,
+                    &snapshot_digest(snapshot.as_deref()),
+                )),
                 after: Some(ruleset.to_string()),
                 reason: Some(match deadline {
                     Some(d) => format!("pending, rolls back at {d} unless confirmed"),
@@ -1184,12 +1247,6 @@ impl Store for SqliteStore {
             .optional()
             .map_err(backend)?
             .flatten();
-        let recorded = match (first, row_seq) {
-            (Some((seq, _)), Some(row)) if row != seq => Some(Some(format!(
-                "record {seq} (the transaction row points at record {row} instead)"
-            ))),
-            (f, _) => f.map(|(_, before)| before),
-        };
         // Stored now, not as `t` was read: the row may have changed since.
         let snapshot: Option<String> = self
             .conn
@@ -1200,15 +1257,34 @@ impl Store for SqliteStore {
             .map_err(backend)?
             .flatten();
         let found = snapshot_digest(snapshot.as_deref());
-        let recorded = recorded
-            .flatten()
-            .unwrap_or_else(|| "no ledger record".into());
+        let unvouched = |why: &str| StoreError::SnapshotUnvouched {
+            id: t.id,
+            why: why.into(),
+        };
+        let Some((seq, Some(before))) = first else {
+            return Err(unvouched("its apply has no ledger record"));
+        };
+        let Some((recorded, mac)) = before.split_once(" mac:") else {
+            return Err(unvouched("its apply record carries no MAC"));
+        };
+        let Some(key) = &self.key else {
+            return Err(unvouched("this host has no key"));
+        };
+        if key.mac(vouch_message(t.id, recorded).as_bytes()) != mac {
+            return Err(unvouched("the MAC of its apply record does not verify"));
+        }
+        let tampered = |recorded: String| StoreError::SnapshotTampered {
+            id: t.id,
+            recorded,
+            found: found.clone(),
+        };
+        if let Some(row) = row_seq.filter(|r| *r != seq) {
+            return Err(tampered(format!(
+                "{recorded} at record {seq}, while the transaction row points at record {row}"
+            )));
+        }
         if recorded != found {
-            return Err(StoreError::SnapshotTampered {
-                id: t.id,
-                recorded,
-                found,
-            });
+            return Err(tampered(recorded.to_string()));
         }
         Ok(snapshot)
     }
@@ -1753,6 +1829,11 @@ impl Store for SqliteStore {
                 v.broken = Some((seq, why));
             }
         }
+        for (name, table) in foreign_triggers(&self.conn)? {
+            v.problems.push(format!(
+                "trigger `{name}` on table {table} was not created by portwarden: it can change, add or silently drop records (`log verify --repair` drops it)"
+            ));
+        }
         for (t, state) in trigger_states(&self.conn)? {
             match state {
                 TriggerState::Intact => {}
@@ -1836,6 +1917,14 @@ impl Store for SqliteStore {
         let adopt = self.anchor_missing;
         let tx = immediate(&mut self.conn)?;
         let mut done = Vec::new();
+        for (name, table) in foreign_triggers(&tx)? {
+            // Quoted as an identifier: the name comes from the file.
+            tx.execute_batch(&format!("DROP TRIGGER \"{}\";", name.replace('"', "\"\"")))
+                .map_err(backend)?;
+            done.push(format!(
+                "dropped trigger {name} on {table}, which portwarden did not create"
+            ));
+        }
         if adopt {
             done.push(format!(
                 "adopted the chain's head as the missing head anchor {}",
@@ -1900,9 +1989,14 @@ impl Store for SqliteStore {
     fn prune_ledger(&mut self, cutoff: i64, now: i64, actor: &str) -> Result<i64, StoreError> {
         self.writable()?;
         let tx = immediate(&mut self.conn)?;
+        // Only the unbroken run of old records at the start: one record with an old
+        // timestamp appended later (a stepped clock, or a forgery) must not take the
+        // whole history with it.
         let last: Option<(i64, String)> = tx
             .query_row(
-                "SELECT seq, hash FROM ledger WHERE ts < ?1 ORDER BY seq DESC LIMIT 1",
+                "SELECT seq, hash FROM ledger WHERE ts < ?1 AND seq < \
+                 coalesce((SELECT min(seq) FROM ledger WHERE ts >= ?1), 9223372036854775807) \
+                 ORDER BY seq DESC LIMIT 1",
                 [cutoff],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )

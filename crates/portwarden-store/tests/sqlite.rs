@@ -818,3 +818,179 @@ fn r_an_anchor_that_cannot_move_after_a_commit_is_a_warning() {
     assert_eq!(s.leases().unwrap()[0].port.get(), port);
     std::fs::remove_dir(&tmp).unwrap();
 }
+
+#[test]
+fn r_a_forged_transaction_is_not_vouched_for() {
+    let d = tempdir("forged-txn");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    let t = s
+        .fw_begin(
+            100,
+            "op",
+            None,
+            Some("table inet portwarden {\n}\n".into()),
+            "x",
+        )
+        .unwrap();
+    drop(s);
+    // A new pending transaction whose first, well-chained apply record vouches for an
+    // accept-all snapshot with the right digest and a made-up MAC.
+    let evil = "table inet portwarden { chain input { type filter hook input priority 0; policy accept; } }";
+    let digest = {
+        use sha2::Digest;
+        format!(
+            "sha256:{}",
+            portwarden_store::ledger::hex(&sha2::Sha256::digest(evil.as_bytes()))
+        )
+    };
+    let c = raw(&d);
+    c.execute(
+        "INSERT INTO fw_txn (created, deadline, state, snapshot, ruleset, actor) \
+         VALUES (1, 2, 'pending', ?1, 'x', 'op')",
+        [evil],
+    )
+    .unwrap();
+    let id = c.last_insert_rowid();
+    for before in [digest.clone(), format!("{digest} mac:{}", "0".repeat(64))] {
+        forge(
+            &c,
+            portwarden_store::Change {
+                actor: "op".into(),
+                action: "fw.apply".into(),
+                subject: format!("fw txn {id}"),
+                before: Some(before),
+                ..Default::default()
+            },
+        );
+    }
+    drop(c);
+    let s = SqliteStore::open(&d, "local", false).unwrap();
+    let forged = s
+        .fw_txns()
+        .unwrap()
+        .into_iter()
+        .find(|x| x.id == id)
+        .unwrap();
+    let e = s.fw_verified_snapshot(&forged).unwrap_err();
+    assert!(matches!(e, StoreError::SnapshotUnvouched { .. }), "{e}");
+    // Ours still verifies.
+    assert!(s.fw_verified_snapshot(&t).is_ok());
+}
+
+#[test]
+fn r_a_downgraded_schema_does_not_adopt_a_missing_anchor() {
+    let d = tempdir("downgrade");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    for n in 0..4 {
+        s.record(100, change(n)).unwrap();
+    }
+    drop(s);
+    let c = raw(&d);
+    c.execute_batch(
+        "DROP TRIGGER ledger_no_delete; DELETE FROM ledger WHERE seq > 2; \
+         ALTER TABLE leases DROP COLUMN ttl_max; PRAGMA user_version = 4;",
+    )
+    .unwrap();
+    drop(c);
+    std::fs::remove_file(d.join(portwarden_store::anchor::ANCHOR_FILE)).unwrap();
+    let mut s = SqliteStore::open(&d, "local", false).unwrap();
+    assert!(
+        matches!(s.record(101, change(9)), Err(StoreError::Truncated(_))),
+        "the migration adopted the truncated head as the anchor"
+    );
+    assert!(
+        !s.ledger(None)
+            .unwrap()
+            .iter()
+            .any(|e| e.action == "ledger.anchor-adopted")
+    );
+}
+
+#[test]
+fn r_one_old_timestamp_does_not_make_retention_erase_history() {
+    let d = tempdir("old-ts");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    for n in 0..5 {
+        s.record(10_000 + n as i64, change(n)).unwrap();
+    }
+    drop(s);
+    // One chained record with an ancient timestamp at the end.
+    let c = raw(&d);
+    let (seq, hash): (i64, String) = c
+        .query_row(
+            "SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let e = portwarden_store::ledger::next_entry(Some((seq, &hash)), 1, change(99));
+    c.execute(
+        "INSERT INTO ledger (seq, ts, actor, action, subject, before, after, reason, prev_hash, hash) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        rusqlite::params![
+            e.seq, e.ts, e.actor, e.action, e.subject, e.before, e.after, e.reason, e.prev_hash,
+            e.hash
+        ],
+    )
+    .unwrap();
+    drop(c);
+    let mut s = SqliteStore::open(&d, "local", false).unwrap();
+    // Everything before 10_002 is old; the record stamped 1 at the end is not a reason to
+    // take the rest.
+    assert_eq!(s.prune_ledger(10_002, 20_000, "op").unwrap(), 2);
+    let l = s.ledger(None).unwrap();
+    assert_eq!(l.first().unwrap().seq, 3);
+    assert!(s.verify_ledger().unwrap().ok());
+}
+
+#[test]
+fn r_an_appended_checkpoint_does_not_hide_the_one_that_explains_the_start() {
+    let d = tempdir("two-checkpoints");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    for n in 0..5 {
+        s.record(1000 * (n as i64 + 1), change(n)).unwrap();
+    }
+    s.prune_ledger(2500, 9000, "op").unwrap();
+    drop(s);
+    let c = raw(&d);
+    forge(
+        &c,
+        portwarden_store::Change {
+            actor: "x".into(),
+            action: portwarden_store::ledger::CHECKPOINT.into(),
+            subject: "ledger".into(),
+            after: Some(r#"{"through_seq":1,"through_hash":"00","deleted":1}"#.into()),
+            ..Default::default()
+        },
+    );
+    drop(c);
+    let s = SqliteStore::open(&d, "local", false).unwrap();
+    let v = s.verify_ledger().unwrap();
+    assert_eq!(v.broken, None, "{v:?}");
+}
+
+#[test]
+fn r_triggers_portwarden_did_not_create_are_found_and_dropped() {
+    let d = tempdir("foreign-trigger");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    s.record(100, change(0)).unwrap();
+    drop(s);
+    raw(&d)
+        .execute_batch(
+            "CREATE TRIGGER zz BEFORE INSERT ON ledger WHEN NEW.action = 'test.record' \
+             BEGIN SELECT RAISE(IGNORE); END;",
+        )
+        .unwrap();
+    let mut s = SqliteStore::open(&d, "local", false).unwrap();
+    let v = s.verify_ledger().unwrap();
+    assert!(v.problems.iter().any(|p| p.contains("`zz`")), "{v:?}");
+    let done = s.repair_ledger(101, "op").unwrap();
+    assert!(
+        done.iter().any(|d| d.contains("dropped trigger zz")),
+        "{done:?}"
+    );
+    let before = s.ledger(None).unwrap().len();
+    s.record(102, change(1)).unwrap();
+    assert_eq!(s.ledger(None).unwrap().len(), before + 1);
+    assert!(s.verify_ledger().unwrap().ok());
+}

@@ -2659,6 +2659,33 @@ fn r_output_dash_is_stdout() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("version = 1"));
     assert!(!dir.join("-").exists());
+    // `/dev/stdout` is stdout (a link, written through, never replaced).
+    let o = bin()
+        .current_dir(&dir)
+        .args(["scan", "127.0.0.1", "-p", &port, "-q", "-oX", "/dev/stdout"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("<?xml"));
+    assert!(
+        std::fs::symlink_metadata("/dev/stdout")
+            .unwrap()
+            .is_symlink()
+    );
+    // Another link to a device or FIFO is refused like any link.
+    let fifo = dir.join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let link = dir.join("out.lnk");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    let o = run(&["report", "-o", link.to_str().unwrap()]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--force"), "{}", stderr(&o));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

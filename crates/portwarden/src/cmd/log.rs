@@ -123,7 +123,12 @@ pub fn run(g: &Global, a: &LogArgs) -> anyhow::Result<Status> {
                 return Ok(Status::Ok);
             };
             if *dry_run {
-                let n = store.ledger(None)?.iter().filter(|e| e.ts < cutoff).count();
+                // As `prune_ledger` cuts: the leading run of old records only.
+                let n = store
+                    .ledger(None)?
+                    .iter()
+                    .take_while(|e| e.ts < cutoff)
+                    .count();
                 output::text(&format!(
                     "would delete {n} records older than {days} days (before {})\n",
                     output::utc(cutoff)

@@ -34,6 +34,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
             | Command::Release(_)
             | Command::Leases
             | Command::Reclaim(_)
+            | Command::Pools(_)
             | Command::Log(_)
             | Command::Report(_)
             | Command::Grant(_)
@@ -187,9 +188,8 @@ pub fn open_store(
 /// - a character device, FIFO or socket: opened and written in place, never replaced
 ///   (`-oX /dev/null` keeps `/dev/null`);
 /// - `/dev/stdout` (a link to whatever stdout is) is stdout, `/dev/stderr` stderr;
-/// - a symbolic link to a device, FIFO or socket: written in place through the link;
 /// - any other symbolic link: refused unless `force`, which replaces the link itself
-///   (never its target);
+///   (never its target) — a planted link must not aim root's write at a disk or a tty;
 /// - a directory: an error.
 pub fn write_output(path: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
     use std::os::unix::fs::FileTypeExt;
@@ -212,13 +212,6 @@ pub fn write_output(path: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()
     match existing {
         None => write_atomically(path, bytes, None),
         Some(m) if m.file_type().is_symlink() => {
-            let target = std::fs::metadata(path).ok().map(|t| t.file_type());
-            if target.is_some_and(|t| {
-                t.is_char_device() || t.is_fifo() || t.is_socket() || t.is_block_device()
-            }) {
-                return write_in_place(path, bytes, true)
-                    .with_context(|| format!("cannot write {shown}"));
-            }
             if !force {
                 anyhow::bail!(
                     "{shown} is a symbolic link: pass --force to replace the link (its target is left alone)"
@@ -233,20 +226,18 @@ pub fn write_output(path: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()
             if !(t.is_char_device() || t.is_fifo() || t.is_socket() || t.is_block_device()) {
                 anyhow::bail!("cannot write {shown}: not a file, device or FIFO");
             }
-            write_in_place(path, bytes, false).with_context(|| format!("cannot write {shown}"))
+            write_in_place(path, bytes).with_context(|| format!("cannot write {shown}"))
         }
     }
 }
 
-/// Writes into an existing device or FIFO without creating or truncating (following a
-/// link only when asked: one that was seen to point at a device).
-fn write_in_place(path: &Path, bytes: &[u8], follow: bool) -> std::io::Result<()> {
+/// Writes into an existing device or FIFO without creating, truncating or following.
+fn write_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let nofollow = if follow { 0 } else { libc::O_NOFOLLOW };
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .custom_flags(nofollow | libc::O_NOCTTY)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
         .open(path)?;
     // Between the look and the open, the path could have become something else.
     let t = f.metadata()?.file_type();
