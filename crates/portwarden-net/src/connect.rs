@@ -16,7 +16,9 @@ use std::time::Instant;
 
 use portwarden_core::Protocol;
 
-use crate::scan::{PortResult, PortState, ScanConfig, ScanOutcome, Timing, loopback_source};
+use crate::scan::{
+    PortResult, PortState, ScanConfig, ScanOutcome, Timing, Window, loopback_source,
+};
 
 /// A raw socket closed on drop (with a reset when it was connected).
 struct Sock(libc::c_int);
@@ -230,60 +232,6 @@ impl Shared {
         self.with_host(a, |h| h.max_answered_try + 1)
             .unwrap_or(1)
             .min(self.cfg.retries)
-    }
-}
-
-/// The in-flight window: slow start, then congestion avoidance, halved (at most once per
-/// timeout) on evidence of loss, which is an answer to a retransmission (the earlier try
-/// was lost). A probe that times out is not evidence: behind a DROP firewall that is the
-/// answer, so it lets the window grow like an answer does (nmap grows its window the same
-/// way through its timing pings), and a silent host never costs ports × timeout.
-struct Window {
-    cwnd: f64,
-    ssthresh: f64,
-    max: usize,
-    last_cut: Option<Instant>,
-}
-
-impl Window {
-    const INITIAL: f64 = 32.0;
-
-    fn new(max: usize) -> Window {
-        Window {
-            cwnd: Self::INITIAL.min(max as f64),
-            ssthresh: max as f64,
-            max,
-            last_cut: None,
-        }
-    }
-
-    fn get(&self) -> usize {
-        (self.cwnd as usize).clamp(1, self.max)
-    }
-
-    fn grow(&mut self) {
-        self.cwnd += if self.cwnd < self.ssthresh {
-            1.0
-        } else {
-            1.0 / self.cwnd
-        };
-        self.cwnd = self.cwnd.min(self.max as f64);
-    }
-
-    fn loss(&mut self, rto: std::time::Duration) {
-        let now = Instant::now();
-        if self.last_cut.is_some_and(|t| now.duration_since(t) < rto) {
-            return;
-        }
-        self.last_cut = Some(now);
-        self.ssthresh = (self.cwnd / 2.0).max(2.0);
-        self.cwnd = self.ssthresh;
-    }
-
-    /// Out of descriptors or source ports: no more than what is in flight.
-    fn cap(&mut self, inflight: usize) {
-        self.cwnd = (inflight.max(1) as f64).min(self.cwnd);
-        self.ssthresh = self.cwnd;
     }
 }
 

@@ -7,5 +7,6 @@ pub mod cert;
 pub mod connect;
 pub mod probe;
 pub mod scan;
+pub mod syn;
 
 pub use probe::{ProbeKind, ProbeResult, TlsVerdict, probe};

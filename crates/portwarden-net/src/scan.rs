@@ -57,6 +57,8 @@ pub struct ScanConfig {
     pub retries: u32,
     /// Largest in-flight window (further bounded by the descriptor limit).
     pub max_window: usize,
+    /// Probes per second (`--rate`); `None`: paced by the loss-driven window alone.
+    pub rate: Option<u32>,
 }
 
 impl Default for ScanConfig {
@@ -68,6 +70,7 @@ impl Default for ScanConfig {
             max_timeout: Duration::from_millis(1000),
             retries: 2,
             max_window: 4096,
+            rate: None,
         }
     }
 }
@@ -100,6 +103,8 @@ pub struct ScanOutcome {
     pub emfile: u64,
     /// The smoothed RTT at the end, microseconds.
     pub srtt_us: u64,
+    /// Stopped before the end (SIGINT): the ports not yet settled are missing.
+    pub interrupted: bool,
 }
 
 /// Raises the soft descriptor limit to the hard one; returns the soft limit now in force.
@@ -164,6 +169,60 @@ impl Timing {
             self.rttvar = 0.75 * self.rttvar + 0.25 * (self.srtt - r).abs();
             self.srtt = 0.875 * self.srtt + 0.125 * r;
         }
+    }
+}
+
+/// The in-flight window: slow start, then congestion avoidance, halved (at most once per
+/// timeout) on evidence of loss, which is an answer to a retransmission (the earlier try
+/// was lost). A probe that times out is not evidence: behind a DROP firewall that is the
+/// answer, so it lets the window grow like an answer does (nmap grows its window the same
+/// way through its timing pings), and a silent host never costs ports × timeout.
+pub(crate) struct Window {
+    cwnd: f64,
+    ssthresh: f64,
+    max: usize,
+    last_cut: Option<Instant>,
+}
+
+impl Window {
+    const INITIAL: f64 = 32.0;
+
+    pub(crate) fn new(max: usize) -> Window {
+        Window {
+            cwnd: Self::INITIAL.min(max as f64),
+            ssthresh: max as f64,
+            max,
+            last_cut: None,
+        }
+    }
+
+    pub(crate) fn get(&self) -> usize {
+        (self.cwnd as usize).clamp(1, self.max)
+    }
+
+    pub(crate) fn grow(&mut self) {
+        self.cwnd += if self.cwnd < self.ssthresh {
+            1.0
+        } else {
+            1.0 / self.cwnd
+        };
+        self.cwnd = self.cwnd.min(self.max as f64);
+    }
+
+    pub(crate) fn loss(&mut self, rto: std::time::Duration) {
+        let now = Instant::now();
+        if self.last_cut.is_some_and(|t| now.duration_since(t) < rto) {
+            return;
+        }
+        self.last_cut = Some(now);
+        self.ssthresh = (self.cwnd / 2.0).max(2.0);
+        self.cwnd = self.ssthresh;
+    }
+
+    /// Out of descriptors or source ports: no more than what is in flight.
+    pub(crate) fn cap(&mut self, inflight: usize) {
+        self.cwnd = (inflight.max(1) as f64).min(self.cwnd);
+        self.ssthresh = self.cwnd;
     }
 }
 

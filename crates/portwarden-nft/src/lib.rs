@@ -805,6 +805,19 @@ pub fn lease_commands(added: &[LeasedPort], removed: &[LeasedPort]) -> String {
     s
 }
 
+/// The table a SYN scan uses while it runs, apart from the firewall's own table (which
+/// `fw apply` replaces as a whole).
+pub const SCAN_TABLE: &str = "inet portwarden_scan";
+
+/// One transaction that (re)creates [`SCAN_TABLE`] dropping this host's RSTs from
+/// `sport`: the kernel would otherwise answer every SYN-ACK a SYN scan gets, since no
+/// socket of its own made the SYN.
+pub fn scan_rst_rule(sport: u16) -> String {
+    format!(
+        "table {SCAN_TABLE}\ndelete table {SCAN_TABLE}\ntable {SCAN_TABLE} {{\n  chain out {{\n    type filter hook output priority filter; policy accept;\n    tcp sport {sport} tcp flags & rst == rst drop comment \"portwarden scan\"\n  }}\n}}\n"
+    )
+}
+
 /// The names of the sets a listing of our table (`nft list table inet portwarden`)
 /// declares: `set NAME {` directly inside the table, outside strings and comments, and
 /// only names our renderer makes (`[a-z0-9_]`), so nothing a snapshot holds can reach the

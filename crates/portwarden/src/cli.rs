@@ -337,10 +337,22 @@ pub struct ScanArgs {
     /// Ports to leave out.
     #[arg(long, value_name = "SPEC")]
     pub exclude_ports: Option<String>,
-    /// UDP scan instead of TCP.
+    /// UDP scan instead of TCP (`-sU` works too).
     #[arg(short = 'u', long)]
     pub udp: bool,
-    /// Detect services and TLS on open ports.
+    /// SYN scan (`-sS`): raw packets with stateless cookies, no connection and no socket
+    /// per probe; needs CAP_NET_RAW. The default as root for targets off loopback.
+    #[arg(long, conflicts_with_all = ["connect", "udp"])]
+    pub syn: bool,
+    /// Connect scan (`-sT`): full TCP connections, no privilege needed; the default
+    /// without root and for loopback targets.
+    #[arg(long, conflicts_with = "udp")]
+    pub connect: bool,
+    /// Probes per second, 1 to 1000000 (default: paced by the answers, like nmap's
+    /// congestion control).
+    #[arg(long, value_name = "N")]
+    pub rate: Option<u32>,
+    /// Detect services and TLS on open ports (`-sV` works too).
     #[arg(short = 's', long = "service")]
     pub service: bool,
     /// Largest per-probe timeout (the timeout adapts to the measured RTT below it).

@@ -39,10 +39,15 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn main() -> ExitCode {
-    // nmap spells its output options -oG/-oX; clap's short options are one letter.
+    // nmap spells its output and scan-type options -oG/-oX/-sS…; clap's short options
+    // are one letter.
     let args = std::env::args_os().map(|a| match a.to_str() {
         Some("-oG") => "--oG".into(),
         Some("-oX") => "--oX".into(),
+        Some("-sS") => "--syn".into(),
+        Some("-sT") => "--connect".into(),
+        Some("-sU") => "--udp".into(),
+        Some("-sV") => "--service".into(),
         _ => a,
     });
     let cli = cli::Cli::parse_from(args);

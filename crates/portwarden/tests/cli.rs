@@ -2474,6 +2474,175 @@ max_conn_per_source = 3
         assert!(probes <= 400 + 399, "{probes} probes for 400 ports");
     }
 
+    /// The server namespace drops everything but 9000 (open) and 9001 (closed: it RSTs).
+    fn drop_all_but_two(lab: &Lab) {
+        let mut c = Command::new("ip")
+            .args(["netns", "exec", &lab.server.name, "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(b"table inet t { chain i { type filter hook input priority 0; policy drop; ct state established,related accept; meta l4proto ipv6-icmp accept; tcp dport { 9000, 9001 } accept; }; }\n")
+            .unwrap();
+        assert!(c.wait().unwrap().success());
+    }
+
+    fn scan_tables(lab: &Lab) -> String {
+        String::from_utf8_lossy(&lab.client.exec(&["nft", "list", "tables"]).stdout).to_string()
+    }
+
+    #[test]
+    fn r_syn_scan_tells_open_closed_and_filtered_and_cleans_up() {
+        let Some(mut lab) = Lab::new("ss") else {
+            return;
+        };
+        lab.serve(&["hold@10.99.0.1:9000"]);
+        drop_all_but_two(&lab);
+        for engine in ["--syn", "--connect"] {
+            let o = lab.client.exec(&[
+                env!("CARGO_BIN_EXE_portwarden"),
+                "scan",
+                "10.99.0.1",
+                "-p",
+                "8800-9199",
+                engine,
+                "--json",
+                "-q",
+            ]);
+            assert_eq!(code(&o), 0, "{engine}: {}", stderr(&o));
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+            let ports = v["ports"].as_array().unwrap();
+            let of = |s: &str| -> Vec<u64> {
+                ports
+                    .iter()
+                    .filter(|p| p["state"] == s)
+                    .map(|p| p["port"].as_u64().unwrap())
+                    .collect()
+            };
+            assert_eq!(of("open"), [9000], "{engine}: {v}");
+            assert_eq!(v["closed"], 1, "{engine}: {v}");
+            assert_eq!(of("filtered").len(), 398, "{engine}");
+            assert!(v["probes"].as_u64().unwrap() <= 400 + 398, "{engine}");
+            assert!(
+                !scan_tables(&lab).contains("portwarden_scan"),
+                "{engine} left its table"
+            );
+        }
+        // IPv6 too (ICMPv6 is let through for neighbour discovery).
+        for engine in ["--syn", "--connect"] {
+            let o = lab.client.exec(&[
+                env!("CARGO_BIN_EXE_portwarden"),
+                "scan",
+                "fd99::1",
+                "-p",
+                "8990-9010",
+                engine,
+                "--json",
+                "-q",
+            ]);
+            // Nothing listens on IPv6: 9000 and 9001 answer RST, the rest is dropped.
+            assert_eq!(code(&o), 1, "{engine}: {}", stderr(&o));
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(v["closed"], 2, "{engine}: {v}");
+            assert_eq!(v["ports"].as_array().unwrap().len(), 19, "{engine}: {v}");
+        }
+        // Bad input.
+        for bad in [["--rate", "0"], ["--rate", "1000001"]] {
+            let o = lab.client.exec(&[
+                env!("CARGO_BIN_EXE_portwarden"),
+                "scan",
+                "10.99.0.1",
+                "-p",
+                "9000",
+                bad[0],
+                bad[1],
+            ]);
+            assert_eq!(code(&o), 2, "{bad:?}");
+            assert!(stderr(&o).contains("invalid --rate"), "{}", stderr(&o));
+        }
+    }
+
+    #[test]
+    fn r_an_interrupted_syn_scan_removes_its_table() {
+        let Some(lab) = Lab::new("si") else {
+            return;
+        };
+        drop_all_but_two(&lab);
+        // 65535 ports at 500 probes/s would take minutes: stopped after a second.
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &lab.client.name])
+            .args([
+                env!("CARGO_BIN_EXE_portwarden"),
+                "scan",
+                "10.99.0.1",
+                "-p-",
+                "--syn",
+                "--rate",
+                "500",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        assert!(
+            eventually(5, || scan_tables(&lab).contains("portwarden_scan")),
+            "the scan never suppressed RSTs"
+        );
+        // SIGINT to the scanner itself (ip netns exec execs it, so the PID is ours).
+        // SAFETY: kill(2) on the PID of the child this test started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let until = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < until, "the scan did not stop on SIGINT");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(2), "{err}");
+        assert!(err.contains("interrupted"), "{err}");
+        assert!(!scan_tables(&lab).contains("portwarden_scan"));
+    }
+
+    #[test]
+    fn r_syn_scan_without_cap_net_raw_says_so() {
+        let Some(lab) = Lab::new("sp") else {
+            return;
+        };
+        // A copy of the binary anyone may run, run as nobody.
+        let dir = tempdir("syn-priv");
+        let bin = dir.join("portwarden");
+        std::fs::copy(env!("CARGO_BIN_EXE_portwarden"), &bin).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for d in [&dir, &bin] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let o = lab.client.exec(&[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            bin.to_str().unwrap(),
+            "scan",
+            "10.99.0.1",
+            "-p",
+            "9000",
+            "--syn",
+        ]);
+        if stderr(&o).contains("setpriv") {
+            eprintln!("SKIP: {}", stderr(&o));
+            return;
+        }
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("CAP_NET_RAW") && e.contains("-sT"), "{e}");
+    }
+
     #[test]
     fn r_rollback_refuses_a_swapped_snapshot() {
         let Some(mut lab) = Lab::new("sh") else {

@@ -123,9 +123,18 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
     };
     let hosts = resolve(&a.targets, a.max_hosts)?;
     let ports: Vec<u16> = ports.into_iter().collect();
+    if let Some(r) = a.rate {
+        if r == 0 || r > portwarden_net::syn::RATE_MAX {
+            bail!(
+                "invalid --rate {r}: between 1 and {} probes per second",
+                portwarden_net::syn::RATE_MAX
+            );
+        }
+    }
     let mut cfg = ScanConfig {
         protocol,
         retries: a.retries,
+        rate: a.rate,
         ..ScanConfig::default()
     };
     cfg.max_timeout = max.get();
@@ -149,10 +158,19 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
     let progress = output::Progress::new(g.quiet || g.json);
     let progress: Arc<dyn Fn(u64, u64) + Send + Sync> = Arc::new(move |d, t| progress.update(d, t));
     let outcome = match protocol {
-        Protocol::Tcp => portwarden_net::connect::scan_tcp(&hosts, &ports, &cfg, progress),
+        Protocol::Tcp => match tcp_engine(g, a, &hosts)? {
+            Some(syn) => syn_scan(g, &syn, &hosts, &ports, &cfg, progress),
+            None => portwarden_net::connect::scan_tcp(&hosts, &ports, &cfg, progress),
+        },
         Protocol::Udp => runtime()?.block_on(scan_udp(&hosts, &ports, &cfg, progress)),
     };
     output::progress_done(g.quiet || g.json);
+    if outcome.interrupted {
+        output::warn(
+            g.quiet,
+            "interrupted: the ports not yet settled are left out of what follows",
+        );
+    }
 
     output::verbose(
         g.verbose,
@@ -212,11 +230,100 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
         output::scan_table(&doc)?;
     }
     let any_open = doc.ports.iter().any(|p| p.state == "open");
+    if outcome.interrupted {
+        return Ok(Status::Error);
+    }
     Ok(if any_open {
         Status::Ok
     } else {
         Status::Negative
     })
+}
+
+/// The TCP engine: the SYN scan (`Some`) when asked for, or by default as root for
+/// targets off loopback (like nmap); the connect scan otherwise, and as the fallback when
+/// raw sockets are refused (said with --verbose). An explicit `--syn` without the
+/// privilege is an error naming it.
+fn tcp_engine(
+    g: &Global,
+    a: &ScanArgs,
+    hosts: &[IpAddr],
+) -> anyhow::Result<Option<portwarden_net::syn::SynScanner>> {
+    use portwarden_net::syn::{SynError, SynScanner};
+    if a.connect {
+        return Ok(None);
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let wanted = a.syn || (root && !hosts.iter().any(|h| h.is_loopback()));
+    if !wanted {
+        return Ok(None);
+    }
+    match SynScanner::new(hosts) {
+        Ok(s) => Ok(Some(s)),
+        Err(e @ SynError::Privilege) if !a.syn => {
+            output::verbose(g.verbose, &format!("{e}; using the connect scan"));
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Set by SIGINT while a SYN scan runs.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Removes the RST-suppressing table when the scan ends, however it ends (a panic or
+/// SIGINT included; SIGKILL leaves it, and the next scan replaces it).
+struct RstGuard(bool);
+
+impl Drop for RstGuard {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = portwarden_os::nft::apply(&format!(
+                "table {t}\ndelete table {t}\n",
+                t = portwarden_nft::SCAN_TABLE
+            ));
+        }
+    }
+}
+
+/// Runs the SYN scan with the kernel's RSTs from its source port dropped for its
+/// duration, and SIGINT turned into a clean stop.
+fn syn_scan(
+    g: &Global,
+    syn: &portwarden_net::syn::SynScanner,
+    hosts: &[IpAddr],
+    ports: &[u16],
+    cfg: &ScanConfig,
+    progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+) -> portwarden_net::scan::ScanOutcome {
+    let sport = syn.source_port();
+    let guard = RstGuard(
+        match portwarden_os::nft::apply(&portwarden_nft::scan_rst_rule(sport)) {
+            Ok(()) => true,
+            Err(e) => {
+                output::verbose(
+                    g.verbose,
+                    &format!("the kernel's RSTs are not suppressed ({e}); targets see them"),
+                );
+                false
+            }
+        },
+    );
+    output::verbose(g.verbose, &format!("SYN scan from source port {sport}"));
+    STOP.store(false, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: installs a handler that only stores to an atomic (async-signal-safe); the
+    // previous disposition is restored below.
+    let old = unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let out = syn.run(hosts, ports, cfg, progress, &STOP);
+    // SAFETY: restores the disposition saved above.
+    unsafe { libc::signal(libc::SIGINT, old) };
+    drop(guard);
+    out
 }
 
 /// Service and TLS detection on open TCP ports: the likely probe for each port, all at
