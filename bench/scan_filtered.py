@@ -5,7 +5,7 @@ A server namespace (10.79.0.1) whose nft table drops every packet but those to t
 ports (held by listeners) and a client namespace (10.79.0.2) joined by a veth pair. From
 the client, alternating, REPEAT times each:
 
-    portwarden scan 10.79.0.1 -p RANGE --json
+    portwarden scan 10.79.0.1 -p RANGE --json -sT      (and -sS)
     nmap -sT -T4 -n -Pn -p RANGE 10.79.0.1
     nmap -sS -T4 -n -Pn -p RANGE 10.79.0.1          (--syn)
 
@@ -124,8 +124,10 @@ def main():
     open_ports = [lo + span // 3, lo + (2 * span) // 3]
     srv = setup(open_ports)
     tools = {
-        "portwarden": ([a.bin, "scan", SADDR, "-p", a.ports, "--json", "-q"] + a.extra.split(),
-                       ours),
+        "portwarden -sT": ([a.bin, "scan", SADDR, "-p", a.ports, "--json", "-q", "-sT"]
+                           + a.extra.split(), ours),
+        "portwarden -sS": ([a.bin, "scan", SADDR, "-p", a.ports, "--json", "-q", "-sS"]
+                           + a.extra.split(), ours),
         "nmap -sT -T4": (["nmap", "-sT", "-T4", "-n", "-Pn", "-p", a.ports, "-oX", "-", SADDR],
                          nmaps),
     }
@@ -153,7 +155,7 @@ def main():
         found = min(x[0] for x in acc[name])
         false_open = max(x[1] for x in acc[name])
         not_filtered = max(x[2] for x in acc[name])
-        print(f"  {name:14} {m:8.2f} s  ({m / base:5.2f}x nmap -sT)  open found {found}/2 "
+        print(f"  {name:15} {m:8.2f} s  ({m / base:5.2f}x nmap -sT)  open found {found}/2 "
               f"(worst run), false open {false_open}, other states {not_filtered}  "
               f"runs: {' '.join(f'{w:.2f}' for w in walls[name])}")
 

@@ -80,10 +80,10 @@ impl HostKey {
         let tmp = dir.join(format!(".{KEY_FILE}.tmp-{}-{n}", std::process::id()));
         let r = (|| {
             let mut f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .write(true)
                 .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
             f.write_all(&k)?;
             f.sync_all()?;

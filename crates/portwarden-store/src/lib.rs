@@ -49,6 +49,9 @@ pub struct Lease {
     pub missed: u32,
     /// The longest lifetime a renewal may give it, in seconds.
     pub ttl_max: Option<i64>,
+    /// The host key's MAC of its fixed part (`SqliteStore::vouches_lease`).
+    #[serde(skip)]
+    pub mac: Option<String>,
 }
 
 impl Lease {

@@ -168,11 +168,14 @@ CREATE TABLE grants (
 );
 "#;
 
-/// Version 5: a lease's renewal cap; and from this version on a missing head anchor is
-/// damage (the migration adopts one, on the record).
-const SCHEMA_V5: &str = r#"
-ALTER TABLE leases ADD COLUMN ttl_max INTEGER;
-"#;
+/// Version 5: a lease's renewal cap, and the host key's MACs of grant and lease rows;
+/// from this version on a missing head anchor or key is damage (the migration adopts
+/// both, on the record).
+const SCHEMA_V5_COLUMNS: [(&str, &str, &str); 3] = [
+    ("leases", "ttl_max", "INTEGER"),
+    ("leases", "mac", "TEXT"),
+    ("grants", "mac", "TEXT"),
+];
 
 /// The SQLite store.
 pub struct SqliteStore {
@@ -194,6 +197,11 @@ pub struct SqliteStore {
     /// Whether the key existed before this open: a directory that had one was used by a
     /// version that requires the anchor, so a migration never adopts one there.
     had_key: bool,
+    /// The key of a store of this version is gone: writes are refused until
+    /// `log verify --repair` makes a new one (on the record).
+    key_missing: bool,
+    /// Writes are refused only for what `--repair` fixes (a missing anchor or key).
+    repairable: bool,
     /// Writes committed since the anchor last moved.
     dirty: bool,
     anchored: std::time::Instant,
@@ -270,6 +278,9 @@ impl SqliteStore {
                 return Err(StoreError::Untrusted(why));
             }
         }
+        if let Some(why) = crate::trust::distrust_secret(&dir.join(crate::key::KEY_FILE), euid) {
+            return Err(StoreError::Untrusted(why));
+        }
         let empty = std::fs::metadata(&path).map_or(true, |m| m.len() == 0);
         if empty && anchor.exists() {
             return Err(StoreError::Truncated(format!(
@@ -302,17 +313,11 @@ impl SqliteStore {
             }
         }
         let writable = dir_writable(dir) && file_writable(&path);
-        let had_key = crate::key::HostKey::exists(dir);
-        let key = if writable {
-            Some(
-                crate::key::HostKey::load_or_create(dir).map_err(|source| StoreError::Io {
-                    context: format!("cannot create the host key in {}", dir.display()),
-                    source,
-                })?,
-            )
-        } else {
-            crate::key::HostKey::load(dir).ok().flatten()
-        };
+        let key = crate::key::HostKey::load(dir).map_err(|source| StoreError::Io {
+            context: format!("cannot read the host key in {}", dir.display()),
+            source,
+        })?;
+        let had_key = key.is_some();
         let conn = if writable {
             Connection::open_with_flags(
                 &path,
@@ -348,6 +353,8 @@ impl SqliteStore {
             warnings: Vec::new(),
             key,
             had_key,
+            key_missing: false,
+            repairable: false,
             dirty: false,
             anchored: std::time::Instant::now(),
         };
@@ -528,6 +535,18 @@ impl SqliteStore {
         self.conn
             .pragma_update(None, "synchronous", "NORMAL")
             .map_err(backend)?;
+        // The key exists before a schema this version reads is committed, so an opener that
+        // sees the schema sees the key. A store of this version without one lost it.
+        if self.key.is_none() {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            if ver < SCHEMA_VERSION {
+                self.key = Some(self.create_key()?);
+            } else {
+                // Made since this process looked (a racing first open), or lost.
+                self.key = crate::key::HostKey::load(dir).ok().flatten();
+                self.key_missing = self.key.is_none();
+            }
+        }
         let mut initialised = false;
         let mut adopt = false;
         let anchor_lock = if ver < SCHEMA_VERSION {
@@ -574,12 +593,32 @@ impl SqliteStore {
                 tx.execute_batch(SCHEMA_V4).map_err(backend)?;
             }
             if ver < 5 {
-                tx.execute_batch(SCHEMA_V5).map_err(backend)?;
+                // Column by column, so a store whose version number was set back (by
+                // hand, or by an older binary's failed migration) still migrates.
+                for (table, column, ty) in SCHEMA_V5_COLUMNS {
+                    let there: i64 = tx
+                        .query_row(
+                            &format!(
+                                "SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"
+                            ),
+                            [column],
+                            |r| r.get(0),
+                        )
+                        .map_err(backend)?;
+                    if there == 0 {
+                        tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty};"))
+                            .map_err(backend)?;
+                    }
+                }
             }
             // Version 5: from now on a missing anchor is damage, not age. A store made
             // before anchors (or before they kept the pruned point) adopts one now, once,
             // on the record.
             if (1..5).contains(&ver) && !self.had_key {
+                // Rows written before keys existed are vouched for once, here.
+                if let Some(k) = &self.key {
+                    vouch_rows(&tx, k)?;
+                }
                 let missing = !self.anchor.exists();
                 let old = self.anchor.read().ok().flatten();
                 if missing || old.is_some_and(|a| a.pruned.is_none()) {
@@ -619,6 +658,85 @@ impl SqliteStore {
         }
         drop(anchor_lock);
         self.check_anchor()
+    }
+
+    /// Rows that would open something but were not written by portwarden on this host:
+    /// grants and leases whose MAC does not verify, a pending firewall transaction the
+    /// key does not vouch for, and a missing key.
+    fn unvouched_rows(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        if self.key_missing {
+            out.push(format!(
+                "the host key {} is missing: nothing in the store can be vouched for (`log verify --repair` makes a new one)",
+                self.path.with_file_name(crate::key::KEY_FILE).display()
+            ));
+            return Ok(out);
+        }
+        let mut st = self
+            .conn
+            .prepare("SELECT addr, protocol, port, expires_at, actor, mac, rowid FROM grants")
+            .map_err(backend)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    grant_row(r),
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, i64>(6)?,
+                ))
+            })
+            .map_err(backend)?;
+        for r in rows {
+            let (g, mac, rowid) = r.map_err(backend)?;
+            let ok = match (&g, mac, &self.key) {
+                (Ok(g), Some(m), Some(k)) => grant_mac(k, g) == m,
+                _ => false,
+            };
+            if !ok {
+                out.push(match g {
+                    Ok(g) => format!(
+                        "grant {}/{} from {} was not written by portwarden on this host (its MAC does not verify): it is never loaded",
+                        g.port, g.protocol, g.addr
+                    ),
+                    Err(e) => format!("grant row {rowid} does not read ({e}): it is never loaded"),
+                });
+            }
+        }
+        for l in self.leases()? {
+            if !self.vouches_lease(&l) {
+                out.push(format!(
+                    "lease {} ({}/{} for {}) was not written by portwarden on this host (its MAC does not verify): its port is never admitted",
+                    l.id, l.port, l.protocol, l.service
+                ));
+            }
+        }
+        for t in self.fw_txns()? {
+            if t.state == FwState::Pending {
+                if let Err(e @ StoreError::SnapshotUnvouched { .. }) = self.fw_verified_snapshot(&t)
+                {
+                    out.push(e.to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn create_key(&self) -> Result<crate::key::HostKey, StoreError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        crate::key::HostKey::load_or_create(dir).map_err(|source| StoreError::Io {
+            context: format!("cannot create the host key in {}", dir.display()),
+            source,
+        })
+    }
+
+    /// Whether a lease row was written by portwarden on this host (its MAC verifies):
+    /// only those are admitted by the firewall.
+    pub fn vouches_lease(&self, l: &Lease) -> bool {
+        match (&self.key, &l.mac) {
+            (Some(k), Some(m)) => {
+                lease_mac(k, l.id, &l.scope, &l.service, l.protocol, l.port) == *m
+            }
+            _ => false,
+        }
     }
 
     /// Writes the anchor from the chain as it is: its head, and the records before its
@@ -686,6 +804,7 @@ impl SqliteStore {
             // Every store of this schema had one: deleting it with the ledger's tail would
             // otherwise hide the tail's loss.
             self.anchor_missing = true;
+            self.repairable = true;
             self.refused = Some(format!(
                 "the head anchor {} of {} is missing, so deleted records cannot be told from a short chain; refusing to write (`portwarden log verify` shows the chain; `portwarden log verify --repair` adopts its head as the anchor, on the record)",
                 self.anchor.path().display(),
@@ -740,7 +859,16 @@ impl SqliteStore {
                 _ => None,
             }
         };
-        self.refused = why;
+        self.repairable = why.is_none();
+        self.refused = why.or_else(|| {
+            self.key_missing.then(|| {
+                format!(
+                    "the host key {} of {} is missing, so nothing in the store can be vouched for; refusing to write (`portwarden log verify --repair` makes a new key and vouches for the grants and leases as they are, on the record)",
+                    self.path.with_file_name(crate::key::KEY_FILE).display(),
+                    self.path.display()
+                )
+            })
+        });
         Ok(())
     }
 }
@@ -806,7 +934,7 @@ fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
 }
 
 const LEASE_COLS: &str = "id, scope, protocol, port, service, pool, owner, process, state, \
-                          created_at, expires_at, last_seen_listening, missed, ttl_max";
+                          created_at, expires_at, last_seen_listening, missed, ttl_max, mac";
 
 fn lease_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
     let proto: String = r.get(2)?;
@@ -834,6 +962,7 @@ fn lease_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
         last_seen_listening: r.get(11)?,
         missed: r.get::<_, i64>(12)? as u32,
         ttl_max: r.get(13)?,
+        mac: r.get(14)?,
     })
 }
 
@@ -875,8 +1004,101 @@ fn append(tx: &rusqlite::Transaction<'_>, now: i64, c: Change) -> rusqlite::Resu
     .execute(params![
         e.seq, e.ts, e.actor, e.action, e.subject, e.before, e.after, e.reason, e.prev_hash,
         e.hash
-    ])?;
+    ])
+    .and_then(|n| {
+        // A table altered to ignore some inserts must not lose records quietly.
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+                Some(format!(
+                    "the ledger did not take record {} (its table was altered?)",
+                    e.seq
+                )),
+            ))
+        }
+    })?;
     Ok(e)
+}
+
+/// The MAC of a grant row: who, what, until when.
+fn grant_mac(k: &crate::key::HostKey, g: &GrantRecord) -> String {
+    k.mac(
+        format!(
+            "portwarden grant\n{}\n{}\n{}\n{}",
+            g.addr,
+            g.protocol.as_str(),
+            g.port.get(),
+            g.expires_at
+        )
+        .as_bytes(),
+    )
+}
+
+/// The MAC of a lease row's fixed part: which port it admits for which service.
+fn lease_mac(
+    k: &crate::key::HostKey,
+    id: i64,
+    scope: &str,
+    service: &str,
+    protocol: Protocol,
+    port: Port,
+) -> String {
+    k.mac(
+        format!(
+            "portwarden lease\n{id}\n{scope}\n{service}\n{}\n{}",
+            protocol.as_str(),
+            port.get()
+        )
+        .as_bytes(),
+    )
+}
+
+/// Vouches for every grant and lease row as it is (a migration from before keys, or
+/// `--repair` after a lost key, both on the record). Rows that do not read are left
+/// unvouched.
+fn vouch_rows(tx: &rusqlite::Transaction<'_>, k: &crate::key::HostKey) -> Result<(), StoreError> {
+    let grants: Vec<(i64, GrantRecord)> = {
+        let mut st = tx
+            .prepare("SELECT addr, protocol, port, expires_at, actor, rowid FROM grants")
+            .map_err(backend)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, i64>(5)?, grant_row(r))))
+            .map_err(backend)?;
+        let mut v = Vec::new();
+        for r in rows {
+            if let (id, Ok(g)) = r.map_err(backend)? {
+                v.push((id, g));
+            }
+        }
+        v
+    };
+    for (rowid, g) in grants {
+        tx.execute(
+            "UPDATE grants SET mac = ?2 WHERE rowid = ?1",
+            params![rowid, grant_mac(k, &g)],
+        )
+        .map_err(backend)?;
+    }
+    let leases: Vec<Lease> = {
+        let mut st = tx
+            .prepare(&format!("SELECT {LEASE_COLS} FROM leases"))
+            .map_err(backend)?;
+        let rows = st.query_map([], lease_row).map_err(backend)?;
+        rows.filter_map(Result::ok).collect()
+    };
+    for l in leases {
+        tx.execute(
+            "UPDATE leases SET mac = ?2 WHERE id = ?1",
+            params![
+                l.id,
+                lease_mac(k, l.id, &l.scope, &l.service, l.protocol, l.port)
+            ],
+        )
+        .map_err(backend)?;
+    }
+    Ok(())
 }
 
 /// Notes on a lease the ledger record that last changed it.
@@ -1014,23 +1236,43 @@ fn txn_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FwTxn> {
 const TXN_COLS: &str =
     "id, created, deadline, state, snapshot, ruleset, listing, actor, ledger_seq, watcher_pid";
 
-/// How the apply's ledger record names its snapshot: `sha256:<hex>`, or `none`.
-/// What the host key vouches for in an apply record: this transaction, this snapshot.
-fn vouch_message(txn: i64, digest: &str) -> String {
-    format!("portwarden fw.apply\ntxn {txn}\nsnapshot {digest}")
+fn finish_action(to: FwState) -> &'static str {
+    if to == FwState::Confirmed {
+        "fw.confirm"
+    } else {
+        "fw.rollback"
+    }
+}
+
+/// What the host key vouches for in a confirm or rollback record.
+fn finish_message(txn: i64, to: FwState) -> String {
+    format!("portwarden {}\ntxn {txn}", finish_action(to))
+}
+
+/// What the host key vouches for in an apply record: this transaction, its deadline (a
+/// transaction applied without one is never rolled back), this snapshot.
+fn vouch_message(txn: i64, deadline: Option<i64>, digest: &str) -> String {
+    let d = deadline.map_or("none".to_string(), |d| d.to_string());
+    format!("portwarden fw.apply\ntxn {txn}\ndeadline {d}\nsnapshot {digest}")
 }
 
 /// The `before` of an apply record: the snapshot's digest and the host key's MAC of it.
-fn vouched(key: Option<&crate::key::HostKey>, txn: i64, digest: &str) -> String {
+fn vouched(
+    key: Option<&crate::key::HostKey>,
+    txn: i64,
+    deadline: Option<i64>,
+    digest: &str,
+) -> String {
     match key {
         Some(k) => format!(
             "{digest} mac:{}",
-            k.mac(vouch_message(txn, digest).as_bytes())
+            k.mac(vouch_message(txn, deadline, digest).as_bytes())
         ),
         None => digest.to_string(),
     }
 }
 
+/// How the apply's ledger record names its snapshot: `sha256:<hex>`, or `none`.
 fn snapshot_digest(snapshot: Option<&str>) -> String {
     use sha2::Digest;
     match snapshot {
@@ -1175,6 +1417,7 @@ impl Store for SqliteStore {
                 before: Some(vouched(
                     self.key.as_ref(),
                     id,
+                    deadline,
                     &snapshot_digest(snapshot.as_deref()),
                 )),
                 after: Some(ruleset.to_string()),
@@ -1270,8 +1513,82 @@ impl Store for SqliteStore {
         let Some(key) = &self.key else {
             return Err(unvouched("this host has no key"));
         };
-        if key.mac(vouch_message(t.id, recorded).as_bytes()) != mac {
-            return Err(unvouched("the MAC of its apply record does not verify"));
+        // The deadline as stored now: a confirmed transaction turned back into a pending
+        // one with a deadline no longer matches what was vouched for.
+        let deadline: Option<i64> = self
+            .conn
+            .query_row("SELECT deadline FROM fw_txn WHERE id = ?1", [t.id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(backend)?
+            .flatten();
+        if key.mac(vouch_message(t.id, deadline, recorded).as_bytes()) != mac {
+            return Err(unvouched(
+                "the MAC of its apply record does not verify (for this deadline)",
+            ));
+        }
+        // Only the newest apply, and only while the ledger has not closed it, can be
+        // rolled back: an old transaction set back to pending is a replay.
+        // Counted only when the key vouches for them too: a forged later record must not
+        // switch off the rollback of a pending apply.
+        let later: Vec<(String, String, Option<String>, Option<String>)> = {
+            let mut st = self
+                .conn
+                .prepare(
+                    "SELECT action, subject, before, after FROM ledger WHERE seq > ?1 AND \
+                     ((action IN ('fw.confirm', 'fw.rollback') AND subject = ?2) OR action = 'fw.apply') \
+                     ORDER BY seq",
+                )
+                .map_err(backend)?;
+            let rows = st
+                .query_map(params![seq, format!("fw txn {}", t.id)], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)?
+        };
+        let genuine =
+            |action: &str, subject: &str, before: Option<&str>, after: Option<&str>| match action {
+                "fw.apply" => {
+                    let Some(id) = subject
+                        .strip_prefix("fw txn ")
+                        .and_then(|n| n.parse::<i64>().ok())
+                    else {
+                        return false;
+                    };
+                    let Some((digest, m)) = before.and_then(|b| b.split_once(" mac:")) else {
+                        return false;
+                    };
+                    let d: Option<i64> = self
+                        .conn
+                        .query_row("SELECT deadline FROM fw_txn WHERE id = ?1", [id], |r| {
+                            r.get(0)
+                        })
+                        .optional()
+                        .ok()
+                        .flatten()
+                        .flatten();
+                    key.mac(vouch_message(id, d, digest).as_bytes()) == m
+                }
+                _ => {
+                    let to = if action == "fw.confirm" {
+                        FwState::Confirmed
+                    } else {
+                        FwState::RolledBack
+                    };
+                    after.and_then(|a| a.strip_prefix("mac:"))
+                        == Some(key.mac(finish_message(t.id, to).as_bytes()).as_str())
+                }
+            };
+        if let Some((a, ..)) = later
+            .iter()
+            .find(|(a, s, b, f)| genuine(a, s, b.as_deref(), f.as_deref()))
+        {
+            return Err(unvouched(&match a.as_str() {
+                "fw.apply" => "a later apply followed it: it is not the one in force".to_string(),
+                _ => format!("the ledger already closed it ({a})"),
+            }));
         }
         let tampered = |recorded: String| StoreError::SnapshotTampered {
             id: t.id,
@@ -1293,12 +1610,26 @@ impl Store for SqliteStore {
         let mut st = self
             .conn
             .prepare(
-                "SELECT addr, protocol, port, expires_at, actor FROM grants \
+                "SELECT addr, protocol, port, expires_at, actor, mac FROM grants \
                  WHERE expires_at > ?1 ORDER BY addr, protocol, port",
             )
             .map_err(backend)?;
-        let rows = st.query_map([now], grant_row).map_err(backend)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        // Only rows portwarden wrote on this host: a row that does not read, or whose MAC
+        // does not verify, opens nothing (`log verify` names them).
+        let rows = st
+            .query_map([now], |r| Ok((grant_row(r), r.get::<_, Option<String>>(5))))
+            .map_err(backend)?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (g, mac) = r.map_err(backend)?;
+            let (Ok(g), Ok(Some(mac)), Some(k)) = (g, mac, &self.key) else {
+                continue;
+            };
+            if grant_mac(k, &g) == mac {
+                out.push(g);
+            }
+        }
+        Ok(out)
     }
 
     fn grant(&mut self, now: i64, grants: &[GrantRecord]) -> Result<(), StoreError> {
@@ -1308,16 +1639,17 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         for g in grants {
             tx.execute(
-                "INSERT INTO grants (addr, protocol, port, expires_at, actor, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (addr, protocol, port) DO UPDATE \
-                 SET expires_at = excluded.expires_at, actor = excluded.actor",
+                "INSERT INTO grants (addr, protocol, port, expires_at, actor, created_at, mac) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (addr, protocol, port) DO UPDATE \
+                 SET expires_at = excluded.expires_at, actor = excluded.actor, mac = excluded.mac",
                 params![
                     g.addr.to_string(),
                     g.protocol.as_str(),
                     g.port.get(),
                     g.expires_at,
                     g.actor,
-                    now
+                    now,
+                    self.key.as_ref().map(|k| grant_mac(k, g))
                 ],
             )
             .map_err(backend)?;
@@ -1407,14 +1739,13 @@ impl Store for SqliteStore {
                 now,
                 Change {
                     actor: actor.to_string(),
-                    action: if to == FwState::Confirmed {
-                        "fw.confirm".into()
-                    } else {
-                        "fw.rollback".into()
-                    },
+                    action: finish_action(to).into(),
                     subject: format!("fw txn {id}"),
                     before: None,
-                    after: None,
+                    after: self
+                        .key
+                        .as_ref()
+                        .map(|k| format!("mac:{}", k.mac(finish_message(id, to).as_bytes()))),
                     reason: Some(reason.to_string()),
                 },
             )
@@ -1567,6 +1898,7 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )
             .map_err(backend)?;
+        let (new_scope, new_service) = (new.scope.clone(), new.service.clone());
         let lease = Lease {
             id,
             scope: new.scope,
@@ -1582,7 +1914,16 @@ impl Store for SqliteStore {
             last_seen_listening: None,
             missed: 0,
             ttl_max: new.ttl_max,
+            mac: self
+                .key
+                .as_ref()
+                .map(|k| lease_mac(k, id, &new_scope, &new_service, new.protocol, new.port)),
         };
+        tx.execute(
+            "UPDATE leases SET mac = ?2 WHERE id = ?1",
+            params![id, lease.mac],
+        )
+        .map_err(backend)?;
         let e = append(
             &tx,
             now,
@@ -1829,6 +2170,7 @@ impl Store for SqliteStore {
                 v.broken = Some((seq, why));
             }
         }
+        v.problems.extend(self.unvouched_rows()?);
         for (name, table) in foreign_triggers(&self.conn)? {
             v.problems.push(format!(
                 "trigger `{name}` on table {table} was not created by portwarden: it can change, add or silently drop records (`log verify --repair` drops it)"
@@ -1906,8 +2248,8 @@ impl Store for SqliteStore {
     }
 
     fn repair_ledger(&mut self, now: i64, actor: &str) -> Result<Vec<String>, StoreError> {
-        // A missing anchor is what repair is for; any other refusal stands.
-        if !self.anchor_missing {
+        // A missing anchor or key is what repair is for; any other refusal stands.
+        if !self.repairable || self.refused.is_none() {
             self.writable()?;
         } else if self.read_only {
             return Err(StoreError::ReadOnly {
@@ -1915,8 +2257,20 @@ impl Store for SqliteStore {
             });
         }
         let adopt = self.anchor_missing;
+        let new_key = if self.key_missing {
+            Some(self.create_key()?)
+        } else {
+            None
+        };
         let tx = immediate(&mut self.conn)?;
         let mut done = Vec::new();
+        if let Some(k) = &new_key {
+            vouch_rows(&tx, k)?;
+            done.push(
+                "made a new host key (the old one is gone) and vouched for the grants and leases as they are; transactions applied under the old key are never rolled back to"
+                    .to_string(),
+            );
+        }
         for (name, table) in foreign_triggers(&tx)? {
             // Quoted as an identifier: the name comes from the file.
             tx.execute_batch(&format!("DROP TRIGGER \"{}\";", name.replace('"', "\"\"")))
@@ -1971,6 +2325,12 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         }
         tx.commit().map_err(backend)?;
+        if new_key.is_some() {
+            self.key = new_key;
+            self.key_missing = false;
+            self.refused = None;
+            self.check_anchor()?;
+        }
         if adopt {
             let held = self.anchor.lock().map_err(|source| StoreError::Io {
                 context: "cannot lock the head anchor".into(),

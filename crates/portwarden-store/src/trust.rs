@@ -43,6 +43,27 @@ pub fn distrust(path: &Path, euid: u32, is_dir: bool) -> Option<String> {
     None
 }
 
+/// Why the host key cannot be trusted as a secret: as root, readable by anyone else.
+pub fn distrust_secret(path: &Path, euid: u32) -> Option<String> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if euid != 0 {
+        return None;
+    }
+    let shown = path.display();
+    if !meta.is_file() {
+        return Some(format!(
+            "refusing to use the host key {shown}: it is not a regular file; remove it and run `portwarden log verify --repair`"
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Some(format!(
+            "refusing to use the host key {shown}: others can read it (mode {mode:04o}), so they could vouch for anything; fix with `chmod 600 {shown}`"
+        ));
+    }
+    None
+}
+
 /// The directories above the state directory (after links are resolved): whoever can
 /// rename one of them can swap the whole state directory. Each must belong to root and
 /// be writable by nobody else, unless it is sticky like `/tmp`, where only an entry's

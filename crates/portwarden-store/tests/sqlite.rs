@@ -379,6 +379,15 @@ fn r_state_dir_trust() {
     std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
     assert!(SqliteStore::open(&d, "local", false).is_ok());
     std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The host key is a secret: readable by others, it is refused.
+    let key = d.join(portwarden_store::key::KEY_FILE);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = SqliteStore::open(&d, "local", false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("host key") && e.contains("chmod 600"), "{e}");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     // The anchor's lock file is a store file too.
     let lock = d.join(portwarden_store::anchor::LOCK_FILE);
     std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o666)).unwrap();
@@ -993,4 +1002,169 @@ fn r_triggers_portwarden_did_not_create_are_found_and_dropped() {
     s.record(102, change(1)).unwrap();
     assert_eq!(s.ledger(None).unwrap().len(), before + 1);
     assert!(s.verify_ledger().unwrap().ok());
+}
+
+#[test]
+fn r_an_old_transaction_set_back_to_pending_is_not_rolled_back_to() {
+    let d = tempdir("replay");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    let t1 = s.fw_begin(100, "op", None, None, "a").unwrap();
+    let t2 = s
+        .fw_begin(
+            200,
+            "op",
+            Some(300),
+            Some("table inet portwarden {\n}\n".into()),
+            "b",
+        )
+        .unwrap();
+    assert!(s.fw_verified_snapshot(&t2).is_ok());
+    assert!(
+        s.fw_finish(t2.id, portwarden_store::FwState::Confirmed, 250, "op", "ok")
+            .unwrap()
+    );
+    drop(s);
+    // Both set back to pending with a deadline, as a writer of the file could.
+    raw(&d)
+        .execute_batch("UPDATE fw_txn SET state = 'pending', deadline = 1;")
+        .unwrap();
+    let s = SqliteStore::open(&d, "local", false).unwrap();
+    for t in [&t1, &t2] {
+        let e = s.fw_verified_snapshot(t).unwrap_err();
+        assert!(matches!(e, StoreError::SnapshotUnvouched { .. }), "{e}");
+    }
+    let v = s.verify_ledger().unwrap();
+    assert!(
+        v.problems.iter().any(|p| p.contains("not vouched")),
+        "{v:?}"
+    );
+}
+
+#[test]
+fn r_forged_later_records_do_not_switch_off_a_pending_rollback() {
+    let d = tempdir("forged-confirm");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    let t = s
+        .fw_begin(
+            100,
+            "op",
+            Some(300),
+            Some("table inet portwarden {\n}\n".into()),
+            "a",
+        )
+        .unwrap();
+    drop(s);
+    let c = raw(&d);
+    for (action, subject) in [("fw.confirm", "fw txn 1"), ("fw.apply", "fw txn 7")] {
+        forge(
+            &c,
+            portwarden_store::Change {
+                actor: "x".into(),
+                action: action.into(),
+                subject: subject.into(),
+                before: Some(format!("none mac:{}", "0".repeat(64))),
+                after: Some(format!("mac:{}", "0".repeat(64))),
+                ..Default::default()
+            },
+        );
+    }
+    drop(c);
+    let s = SqliteStore::open(&d, "local", false).unwrap();
+    assert!(s.fw_verified_snapshot(&t).is_ok());
+}
+
+#[test]
+fn r_grant_and_lease_rows_written_behind_our_back_open_nothing() {
+    let d = tempdir("forged-rows");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    s.grant(
+        100,
+        &[portwarden_store::GrantRecord {
+            addr: "10.0.0.9".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port: Port::new(9000).unwrap(),
+            expires_at: 10_000,
+            actor: "op".into(),
+        }],
+    )
+    .unwrap();
+    alloc(&mut s, 10, "alice", 100).unwrap();
+    drop(s);
+    let c = raw(&d);
+    c.execute_batch(
+        "INSERT INTO grants (addr, protocol, port, expires_at, actor, created_at) \
+         VALUES ('203.0.113.7', 'tcp', 5555, 99999, 'x', 1); \
+         INSERT INTO grants (addr, protocol, port, expires_at, actor, created_at) \
+         VALUES ('garbage', 'tcp', 1, 99999, 'x', 1); \
+         INSERT INTO leases (scope, protocol, port, service, owner, state, created_at, expires_at) \
+         VALUES ('local', 'tcp', 5556, 'svc', 'x', 'planned', 1, 99999);",
+    )
+    .unwrap();
+    drop(c);
+    let s = SqliteStore::open(&d, "local", false).unwrap();
+    let g = s.grants(200).unwrap();
+    assert_eq!(g.len(), 1, "{g:?}");
+    assert_eq!(g[0].port.get(), 9000);
+    let leases = s.leases().unwrap();
+    assert_eq!(leases.len(), 2);
+    assert_eq!(
+        leases
+            .iter()
+            .filter(|l| s.vouches_lease(l))
+            .map(|l| l.port.get())
+            .collect::<Vec<_>>(),
+        [20000]
+    );
+    let v = s.verify_ledger().unwrap();
+    let all = v.problems.join("\n");
+    assert!(all.contains("5555/tcp from 203.0.113.7"), "{all}");
+    assert!(all.contains("does not read"), "{all}");
+    assert!(all.contains("5556/tcp"), "{all}");
+}
+
+#[test]
+fn r_a_lost_key_refuses_writes_until_repair_makes_a_new_one() {
+    let d = tempdir("key-lost");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    alloc(&mut s, 10, "alice", 100).unwrap();
+    drop(s);
+    std::fs::remove_file(d.join(portwarden_store::key::KEY_FILE)).unwrap();
+    let mut s = SqliteStore::open(&d, "local", false).unwrap();
+    assert!(
+        !d.join(portwarden_store::key::KEY_FILE).exists(),
+        "re-made silently"
+    );
+    let e = alloc(&mut s, 10, "bob", 101).unwrap_err();
+    assert!(e.to_string().contains("host key"), "{e}");
+    assert!(!s.verify_ledger().unwrap().ok());
+    let done = s.repair_ledger(102, "op").unwrap();
+    assert!(done.iter().any(|x| x.contains("new host key")), "{done:?}");
+    alloc(&mut s, 10, "bob", 103).unwrap();
+    let leases = s.leases().unwrap();
+    assert!(leases.iter().all(|l| s.vouches_lease(l)));
+    assert!(s.verify_ledger().unwrap().ok());
+}
+
+#[test]
+fn r_a_ledger_table_that_ignores_inserts_fails_the_write() {
+    let d = tempdir("ledger-ignore");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    s.record(100, change(0)).unwrap();
+    drop(s);
+    raw(&d)
+        .execute_batch(
+            "DROP TRIGGER ledger_no_update; DROP TRIGGER ledger_no_delete; \
+             ALTER TABLE ledger RENAME TO old_ledger; \
+             CREATE TABLE ledger (seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, actor TEXT NOT NULL, \
+               action TEXT NOT NULL UNIQUE ON CONFLICT IGNORE, subject TEXT NOT NULL, before TEXT, after TEXT, \
+               reason TEXT, prev_hash TEXT NOT NULL, hash TEXT NOT NULL); \
+             INSERT INTO ledger SELECT * FROM old_ledger; DROP TABLE old_ledger;",
+        )
+        .unwrap();
+    let mut s = SqliteStore::open(&d, "local", false).unwrap();
+    s.repair_ledger(101, "op").unwrap_or_default();
+    let before = s.ledger(None).unwrap().len();
+    let e = s.record(102, change(1));
+    assert!(e.is_err(), "a record was dropped quietly");
+    assert_eq!(s.ledger(None).unwrap().len(), before);
 }

@@ -67,7 +67,13 @@ fn state_of(s: &SqliteStore) -> anyhow::Result<(Vec<Grant>, Vec<LeasedPort>)> {
                 .min(GRANT_MAX),
         })
         .collect();
-    Ok((grants, leased_ports(&s.leases()?)))
+    // Only leases portwarden wrote on this host open a port.
+    let leases: Vec<portwarden_store::Lease> = s
+        .leases()?
+        .into_iter()
+        .filter(|l| s.vouches_lease(l))
+        .collect();
+    Ok((grants, leased_ports(&leases)))
 }
 
 /// The policy and its nftables text, after the lock-out guard on the rendered model.
@@ -128,6 +134,12 @@ fn iptables_rules(g: &Global, policy: &portwarden_core::Policy) -> anyhow::Resul
 
 fn store(g: &Global) -> anyhow::Result<SqliteStore> {
     Ok(super::open_store(g, true)?)
+}
+
+fn still_pending(s: &SqliteStore, id: i64) -> anyhow::Result<bool> {
+    Ok(s.fw_txns()?
+        .iter()
+        .any(|t| t.id == id && t.state == FwState::Pending))
 }
 
 fn pending(s: &SqliteStore) -> anyhow::Result<Option<FwTxn>> {
@@ -475,7 +487,7 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             let now = super::now();
             let deadline =
                 (!within.get().is_zero()).then(|| now + within.get().as_secs().max(1) as i64);
-            let t = s.fw_begin(now, &super::user(), deadline, snapshot, &text)?;
+            let t = s.fw_begin(now, &super::user(), deadline, snapshot.clone(), &text)?;
             let watcher = start_watcher(g, &mut s, &t)?;
             if let Err(e) = nft::apply(&text) {
                 stop_watcher(&FwTxn {
@@ -491,6 +503,17 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
                     "apply failed",
                 )?;
                 return Err(e).context("nothing was applied");
+            }
+            // The watcher may have reached the deadline while nft ran (a large ruleset, a
+            // loaded host): then what we just loaded is unconfirmed with nobody to roll it
+            // back. Roll it back now.
+            if t.deadline.is_some() && !still_pending(&s, t.id)? {
+                // Our own snapshot, taken by this process a moment ago.
+                let (grants, leases) = state_of(&s).unwrap_or_default();
+                let how = restore_nft(snapshot.as_ref(), &grants, &leases)?;
+                bail!(
+                    "the deadline passed while the ruleset was being loaded and the watcher rolled back first; rolled back again ({how}): nothing stays applied"
+                );
             }
             if let Some(listing) = nft::list_table()? {
                 s.fw_set_listing(t.id, &listing)?;
@@ -594,6 +617,17 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             while super::now() < deadline {
                 let left = (deadline - super::now()).clamp(0, 5) as u64;
                 std::thread::sleep(Duration::from_secs(left.max(1)));
+            }
+            // An apply still loading (no listing recorded yet) gets a little longer, so
+            // the rollback never runs before the ruleset it undoes; bounded.
+            for _ in 0..60 {
+                let s = store(g)?;
+                let t = s.fw_txns()?.into_iter().find(|x| x.id == *txn);
+                if t.is_none_or(|t| t.listing.is_some() || t.state != FwState::Pending) {
+                    break;
+                }
+                drop(s);
+                std::thread::sleep(Duration::from_millis(500));
             }
             let mut s = store(g)?;
             if let Some(p) = pending(&s)? {
@@ -980,6 +1014,10 @@ pub fn sync_leases(
     if add.is_empty() && del.is_empty() {
         return Ok(());
     }
+    let mut s = store(g)?;
+    // Only leases portwarden wrote on this host open a port (closing one is always safe).
+    let add: Vec<portwarden_store::Lease> =
+        add.into_iter().filter(|l| s.vouches_lease(l)).collect();
     let text = portwarden_nft::lease_commands(&leased_ports(&add), &leased_ports(&del));
     if let Err(e) = nft::apply(&text) {
         output::warn(
@@ -990,7 +1028,6 @@ pub fn sync_leases(
         );
         return Ok(());
     }
-    let mut s = store(g)?;
     let changes = add
         .iter()
         .map(|l| (l, "fw.lease-admit"))

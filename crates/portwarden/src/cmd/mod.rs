@@ -235,10 +235,19 @@ pub fn write_output(path: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()
 fn write_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    // O_NONBLOCK: a FIFO nobody reads is an error (ENXIO), not a hang.
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_NONBLOCK)
         .open(path)?;
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl on a descriptor we own; clears O_NONBLOCK for the writes.
+        unsafe {
+            let fl = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(f.as_raw_fd(), libc::F_SETFL, fl & !libc::O_NONBLOCK);
+        }
+    }
     // Between the look and the open, the path could have become something else.
     let t = f.metadata()?.file_type();
     if !(t.is_char_device() || t.is_fifo() || t.is_socket() || t.is_block_device()) {
