@@ -566,7 +566,9 @@ impl SynScanner {
                 if pfds[i].revents == 0 {
                     continue;
                 }
-                loop {
+                // Bounded per round: a flood of other traffic must not keep the loop
+                // from its deadlines or from a stop.
+                for _ in 0..4096 {
                     // SAFETY: zeroed sockaddr_storage is valid; recvfrom writes at most
                     // the buffer's and the address's lengths.
                     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };

@@ -805,16 +805,23 @@ pub fn lease_commands(added: &[LeasedPort], removed: &[LeasedPort]) -> String {
     s
 }
 
-/// The table a SYN scan uses while it runs, apart from the firewall's own table (which
-/// `fw apply` replaces as a whole).
-pub const SCAN_TABLE: &str = "inet portwarden_scan";
+/// The name prefix of the tables SYN scans use while they run (`portwarden_scan_PORT`,
+/// family inet), apart from the firewall's own table (which `fw apply` replaces whole).
+pub const SCAN_TABLE_PREFIX: &str = "portwarden_scan_";
 
-/// One transaction that (re)creates [`SCAN_TABLE`] dropping this host's RSTs from
+/// The table of the SYN scan from source port `sport`: one per scan, so concurrent
+/// scans never remove each other's.
+pub fn scan_table(sport: u16) -> String {
+    format!("inet {SCAN_TABLE_PREFIX}{sport}")
+}
+
+/// One transaction that (re)creates [`scan_table`] dropping this host's RSTs from
 /// `sport`: the kernel would otherwise answer every SYN-ACK a SYN scan gets, since no
 /// socket of its own made the SYN.
 pub fn scan_rst_rule(sport: u16) -> String {
+    let t = scan_table(sport);
     format!(
-        "table {SCAN_TABLE}\ndelete table {SCAN_TABLE}\ntable {SCAN_TABLE} {{\n  chain out {{\n    type filter hook output priority filter; policy accept;\n    tcp sport {sport} tcp flags & rst == rst drop comment \"portwarden scan\"\n  }}\n}}\n"
+        "table {t}\ndelete table {t}\ntable {t} {{\n  chain out {{\n    type filter hook output priority filter; policy accept;\n    tcp sport {sport} tcp flags & rst == rst drop comment \"portwarden scan\"\n  }}\n}}\n"
     )
 }
 

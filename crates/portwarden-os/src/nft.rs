@@ -87,6 +87,26 @@ pub fn apply(ruleset: &str) -> Result<(), NftError> {
     run(&["-f", "-"], Some(ruleset), "apply").map(drop)
 }
 
+/// Every table as (family, name), from `nft -j list tables`.
+pub fn tables() -> Result<Vec<(String, String)>, NftError> {
+    let out = run(&["-j", "list", "tables"], None, "list")?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| NftError::Failed {
+        what: "list",
+        message: format!("unreadable JSON: {e}"),
+    })?;
+    Ok(v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            Some((
+                i["table"]["family"].as_str()?.to_string(),
+                i["table"]["name"].as_str()?.to_string(),
+            ))
+        })
+        .collect())
+}
+
 /// Whether `table inet portwarden` exists (from `nft -j list tables`).
 pub fn table_exists() -> Result<bool, NftError> {
     let out = run(&["-j", "list", "tables"], None, "list")?;

@@ -2,6 +2,7 @@
 //! transaction and appends its ledger record in the same transaction. One row per
 //! (scope, protocol, port) makes a double claim a constraint violation.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -537,9 +538,22 @@ impl SqliteStore {
             .map_err(backend)?;
         // The key exists before a schema this version reads is committed, so an opener that
         // sees the schema sees the key. A store of this version without one lost it.
+        // Evidence that this store was already at version 5 (its number set back since):
+        // its key is then lost, not yet to be made.
+        let v5_before: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('grants') WHERE name = 'mac'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        if v5_before > 0 {
+            self.had_key = true;
+        }
         if self.key.is_none() {
             let dir = self.path.parent().unwrap_or(Path::new("."));
-            if ver < SCHEMA_VERSION {
+            if ver < SCHEMA_VERSION && v5_before == 0 {
                 self.key = Some(self.create_key()?);
             } else {
                 // Made since this process looked (a racing first open), or lost.
@@ -618,6 +632,21 @@ impl SqliteStore {
                 // Rows written before keys existed are vouched for once, here.
                 if let Some(k) = &self.key {
                     vouch_rows(&tx, k)?;
+                    append(
+                        &tx,
+                        unix_now(),
+                        Change {
+                            actor: "portwarden".into(),
+                            action: "ledger.key-adopted".into(),
+                            subject: "ledger".into(),
+                            before: None,
+                            after: None,
+                            reason: Some(format!(
+                                "schema {ver} to 5: a host key is made and the grants and leases as they are now are vouched for"
+                            )),
+                        },
+                    )
+                    .map_err(backend)?;
                 }
                 let missing = !self.anchor.exists();
                 let old = self.anchor.read().ok().flatten();
@@ -685,16 +714,17 @@ impl SqliteStore {
                 ))
             })
             .map_err(backend)?;
+        let ends = Ends::load(&self.conn)?;
         for r in rows {
             let (g, mac, rowid) = r.map_err(backend)?;
             let ok = match (&g, mac, &self.key) {
-                (Ok(g), Some(m), Some(k)) => grant_mac(k, g) == m,
+                (Ok(g), Some(m), Some(k)) => ends.grant_ok(k, g, &m),
                 _ => false,
             };
             if !ok {
                 out.push(match g {
                     Ok(g) => format!(
-                        "grant {}/{} from {} was not written by portwarden on this host (its MAC does not verify): it is never loaded",
+                        "grant {}/{} from {} was not written by portwarden on this host, or was put back after it was revoked or replaced (its MAC does not verify): it is never loaded",
                         g.port, g.protocol, g.addr
                     ),
                     Err(e) => format!("grant row {rowid} does not read ({e}): it is never loaded"),
@@ -702,9 +732,9 @@ impl SqliteStore {
             }
         }
         for l in self.leases()? {
-            if !self.vouches_lease(&l) {
+            if !self.key.as_ref().is_some_and(|k| ends.lease_ok(k, &l)) {
                 out.push(format!(
-                    "lease {} ({}/{} for {}) was not written by portwarden on this host (its MAC does not verify): its port is never admitted",
+                    "lease {} ({}/{} for {}) was not written by portwarden on this host, or was put back after it ended (its MAC does not verify): its port is never admitted",
                     l.id, l.port, l.protocol, l.service
                 ));
             }
@@ -728,15 +758,20 @@ impl SqliteStore {
         })
     }
 
-    /// Whether a lease row was written by portwarden on this host (its MAC verifies):
-    /// only those are admitted by the firewall.
-    pub fn vouches_lease(&self, l: &Lease) -> bool {
-        match (&self.key, &l.mac) {
-            (Some(k), Some(m)) => {
-                lease_mac(k, l.id, &l.scope, &l.service, l.protocol, l.port) == *m
-            }
-            _ => false,
-        }
+    /// The leases whose ports the firewall admits: written by portwarden on this host
+    /// (the MAC verifies), not ended in the ledger since, and not expired (a draining
+    /// lease still is: something listens).
+    pub fn admitted_leases(&self, now: i64) -> Result<Vec<Lease>, StoreError> {
+        let Some(k) = &self.key else {
+            return Ok(Vec::new());
+        };
+        let ends = Ends::load(&self.conn)?;
+        Ok(self
+            .leases()?
+            .into_iter()
+            .filter(|l| ends.lease_ok(k, l))
+            .filter(|l| l.expires_at > now || l.state == LeaseState::Draining)
+            .collect())
     }
 
     /// Writes the anchor from the chain as it is: its head, and the records before its
@@ -1022,43 +1057,128 @@ fn append(tx: &rusqlite::Transaction<'_>, now: i64, c: Change) -> rusqlite::Resu
     Ok(e)
 }
 
-/// The MAC of a grant row: who, what, until when.
-fn grant_mac(k: &crate::key::HostKey, g: &GrantRecord) -> String {
-    k.mac(
+/// The MAC of a grant row, bound to the ledger record that made it (`seq`): who, what,
+/// until when. Stored as `SEQ:HEX`.
+fn grant_mac(k: &crate::key::HostKey, seq: i64, g: &GrantRecord) -> String {
+    let m = k.mac(
         format!(
-            "portwarden grant\n{}\n{}\n{}\n{}",
+            "portwarden grant\n{seq}\n{}\n{}\n{}\n{}",
             g.addr,
             g.protocol.as_str(),
             g.port.get(),
             g.expires_at
         )
         .as_bytes(),
-    )
+    );
+    format!("{seq}:{m}")
 }
 
-/// The MAC of a lease row's fixed part: which port it admits for which service.
-fn lease_mac(
-    k: &crate::key::HostKey,
-    id: i64,
-    scope: &str,
-    service: &str,
-    protocol: Protocol,
-    port: Port,
-) -> String {
-    k.mac(
+/// The MAC of a lease row's fixed part, bound to the ledger record that made it: which
+/// port it admits for which service. Stored as `SEQ:HEX`.
+fn lease_mac(k: &crate::key::HostKey, seq: i64, l: &Lease) -> String {
+    let m = k.mac(
         format!(
-            "portwarden lease\n{id}\n{scope}\n{service}\n{}\n{}",
-            protocol.as_str(),
-            port.get()
+            "portwarden lease\n{seq}\n{}\n{}\n{}\n{}\n{}",
+            l.id,
+            l.scope,
+            l.service,
+            l.protocol.as_str(),
+            l.port.get()
         )
         .as_bytes(),
-    )
+    );
+    format!("{seq}:{m}")
 }
 
-/// Vouches for every grant and lease row as it is (a migration from before keys, or
-/// `--repair` after a lost key, both on the record). Rows that do not read are left
-/// unvouched.
+/// The sequence number a `SEQ:HEX` MAC is bound to.
+fn mac_seq(mac: &str) -> Option<i64> {
+    mac.split_once(':')?.0.parse().ok()
+}
+
+/// The ledger records that end a vouched row: for grants, any later `fw.grant` or
+/// `fw.revoke` of the same (subject, address); for leases, a later `lease.release` or
+/// `lease.reclaim` of the same port. A row put back after it ended (from a backup, or
+/// by hand) still carries a valid MAC, but an older one than its end.
+struct Ends {
+    grants: HashMap<(String, String), i64>,
+    leases: HashMap<String, i64>,
+}
+
+impl Ends {
+    fn load(c: &Connection) -> Result<Ends, StoreError> {
+        let mut st = c
+            .prepare(
+                "SELECT seq, action, subject, before, after FROM ledger WHERE action IN \
+                 ('fw.grant', 'fw.revoke', 'lease.release', 'lease.reclaim')",
+            )
+            .map_err(backend)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                ))
+            })
+            .map_err(backend)?;
+        let mut e = Ends {
+            grants: HashMap::new(),
+            leases: HashMap::new(),
+        };
+        for r in rows {
+            let (seq, action, subject, before, after) = r.map_err(backend)?;
+            let addr = match action.as_str() {
+                "fw.grant" => after.and_then(|a| a.split(' ').next().map(str::to_string)),
+                "fw.revoke" => before,
+                _ => {
+                    let m = e.leases.entry(subject).or_insert(seq);
+                    *m = (*m).max(seq);
+                    continue;
+                }
+            };
+            if let Some(a) = addr {
+                let m = e.grants.entry((subject, a)).or_insert(seq);
+                *m = (*m).max(seq);
+            }
+        }
+        Ok(e)
+    }
+
+    fn grant_ok(&self, k: &crate::key::HostKey, g: &GrantRecord, mac: &str) -> bool {
+        let Some(seq) = mac_seq(mac) else {
+            return false;
+        };
+        grant_mac(k, seq, g) == mac
+            && self
+                .grants
+                .get(&(format!("{}/{}", g.port, g.protocol), g.addr.to_string()))
+                .is_none_or(|last| *last <= seq)
+    }
+
+    fn lease_ok(&self, k: &crate::key::HostKey, l: &Lease) -> bool {
+        let Some(mac) = &l.mac else {
+            return false;
+        };
+        let Some(seq) = mac_seq(mac) else {
+            return false;
+        };
+        lease_mac(k, seq, l) == *mac
+            && self
+                .leases
+                .get(&format!("{}/{}", l.port, l.protocol))
+                .is_none_or(|end| *end < seq)
+    }
+}
+
+/// Vouches for every grant and lease row as it is, bound to the current head (a
+/// migration from before keys, or `--repair` after a lost key, both on the record).
+/// Rows that do not read are left unvouched.
 fn vouch_rows(tx: &rusqlite::Transaction<'_>, k: &crate::key::HostKey) -> Result<(), StoreError> {
+    let head: i64 = tx
+        .query_row("SELECT coalesce(max(seq), 0) FROM ledger", [], |r| r.get(0))
+        .map_err(backend)?;
     let grants: Vec<(i64, GrantRecord)> = {
         let mut st = tx
             .prepare("SELECT addr, protocol, port, expires_at, actor, rowid FROM grants")
@@ -1077,7 +1197,7 @@ fn vouch_rows(tx: &rusqlite::Transaction<'_>, k: &crate::key::HostKey) -> Result
     for (rowid, g) in grants {
         tx.execute(
             "UPDATE grants SET mac = ?2 WHERE rowid = ?1",
-            params![rowid, grant_mac(k, &g)],
+            params![rowid, grant_mac(k, head, &g)],
         )
         .map_err(backend)?;
     }
@@ -1091,10 +1211,7 @@ fn vouch_rows(tx: &rusqlite::Transaction<'_>, k: &crate::key::HostKey) -> Result
     for l in leases {
         tx.execute(
             "UPDATE leases SET mac = ?2 WHERE id = ?1",
-            params![
-                l.id,
-                lease_mac(k, l.id, &l.scope, &l.service, l.protocol, l.port)
-            ],
+            params![l.id, lease_mac(k, head, &l)],
         )
         .map_err(backend)?;
     }
@@ -1256,20 +1373,33 @@ fn vouch_message(txn: i64, deadline: Option<i64>, digest: &str) -> String {
     format!("portwarden fw.apply\ntxn {txn}\ndeadline {d}\nsnapshot {digest}")
 }
 
-/// The `before` of an apply record: the snapshot's digest and the host key's MAC of it.
+/// The `before` of an apply record: the snapshot's digest, the deadline, and the host
+/// key's MAC of both with the transaction id.
 fn vouched(
     key: Option<&crate::key::HostKey>,
     txn: i64,
     deadline: Option<i64>,
     digest: &str,
 ) -> String {
+    let d = deadline.map_or("none".to_string(), |d| d.to_string());
     match key {
         Some(k) => format!(
-            "{digest} mac:{}",
+            "{digest} deadline:{d} mac:{}",
             k.mac(vouch_message(txn, deadline, digest).as_bytes())
         ),
         None => digest.to_string(),
     }
+}
+
+/// An apply record's `before`: (digest, deadline, MAC).
+fn parse_vouched(before: &str) -> Option<(&str, Option<i64>, &str)> {
+    let (rest, mac) = before.split_once(" mac:")?;
+    let (digest, d) = rest.split_once(" deadline:")?;
+    let deadline = match d {
+        "none" => None,
+        n => Some(n.parse().ok()?),
+    };
+    Some((digest, deadline, mac))
 }
 
 /// How the apply's ledger record names its snapshot: `sha256:<hex>`, or `none`.
@@ -1507,14 +1637,17 @@ impl Store for SqliteStore {
         let Some((seq, Some(before))) = first else {
             return Err(unvouched("its apply has no ledger record"));
         };
-        let Some((recorded, mac)) = before.split_once(" mac:") else {
+        let Some((recorded, vouched_deadline, mac)) = parse_vouched(&before) else {
             return Err(unvouched("its apply record carries no MAC"));
         };
         let Some(key) = &self.key else {
             return Err(unvouched("this host has no key"));
         };
-        // The deadline as stored now: a confirmed transaction turned back into a pending
-        // one with a deadline no longer matches what was vouched for.
+        if key.mac(vouch_message(t.id, vouched_deadline, recorded).as_bytes()) != mac {
+            return Err(unvouched("the MAC of its apply record does not verify"));
+        }
+        // The deadline as stored now must be the one vouched for: a confirmed transaction
+        // turned back into a pending one with a deadline is a replay.
         let deadline: Option<i64> = self
             .conn
             .query_row("SELECT deadline FROM fw_txn WHERE id = ?1", [t.id], |r| {
@@ -1523,10 +1656,8 @@ impl Store for SqliteStore {
             .optional()
             .map_err(backend)?
             .flatten();
-        if key.mac(vouch_message(t.id, deadline, recorded).as_bytes()) != mac {
-            return Err(unvouched(
-                "the MAC of its apply record does not verify (for this deadline)",
-            ));
+        if deadline != vouched_deadline {
+            return Err(unvouched("its deadline is not the one it was applied with"));
         }
         // Only the newest apply, and only while the ledger has not closed it, can be
         // rolled back: an old transaction set back to pending is a replay.
@@ -1557,18 +1688,11 @@ impl Store for SqliteStore {
                     else {
                         return false;
                     };
-                    let Some((digest, m)) = before.and_then(|b| b.split_once(" mac:")) else {
+                    // Whatever that transaction's row says now: the record carries its
+                    // deadline.
+                    let Some((digest, d, m)) = before.and_then(parse_vouched) else {
                         return false;
                     };
-                    let d: Option<i64> = self
-                        .conn
-                        .query_row("SELECT deadline FROM fw_txn WHERE id = ?1", [id], |r| {
-                            r.get(0)
-                        })
-                        .optional()
-                        .ok()
-                        .flatten()
-                        .flatten();
                     key.mac(vouch_message(id, d, digest).as_bytes()) == m
                 }
                 _ => {
@@ -1619,13 +1743,14 @@ impl Store for SqliteStore {
         let rows = st
             .query_map([now], |r| Ok((grant_row(r), r.get::<_, Option<String>>(5))))
             .map_err(backend)?;
+        let ends = Ends::load(&self.conn)?;
         let mut out = Vec::new();
         for r in rows {
             let (g, mac) = r.map_err(backend)?;
             let (Ok(g), Ok(Some(mac)), Some(k)) = (g, mac, &self.key) else {
                 continue;
             };
-            if grant_mac(k, &g) == mac {
+            if ends.grant_ok(k, &g, &mac) {
                 out.push(g);
             }
         }
@@ -1638,6 +1763,20 @@ impl Store for SqliteStore {
         tx.execute("DELETE FROM grants WHERE expires_at <= ?1", [now])
             .map_err(backend)?;
         for g in grants {
+            // The record first: the row's MAC is bound to it.
+            let e = append(
+                &tx,
+                now,
+                Change {
+                    actor: g.actor.clone(),
+                    action: "fw.grant".into(),
+                    subject: format!("{}/{}", g.port, g.protocol),
+                    before: None,
+                    after: Some(format!("{} until {}", g.addr, g.expires_at)),
+                    reason: None,
+                },
+            )
+            .map_err(backend)?;
             tx.execute(
                 "INSERT INTO grants (addr, protocol, port, expires_at, actor, created_at, mac) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (addr, protocol, port) DO UPDATE \
@@ -1649,21 +1788,8 @@ impl Store for SqliteStore {
                     g.expires_at,
                     g.actor,
                     now,
-                    self.key.as_ref().map(|k| grant_mac(k, g))
+                    self.key.as_ref().map(|k| grant_mac(k, e.seq, g))
                 ],
-            )
-            .map_err(backend)?;
-            append(
-                &tx,
-                now,
-                Change {
-                    actor: g.actor.clone(),
-                    action: "fw.grant".into(),
-                    subject: format!("{}/{}", g.port, g.protocol),
-                    before: None,
-                    after: Some(format!("{} until {}", g.addr, g.expires_at)),
-                    reason: None,
-                },
             )
             .map_err(backend)?;
         }
@@ -1898,7 +2024,6 @@ impl Store for SqliteStore {
                 |r| r.get(0),
             )
             .map_err(backend)?;
-        let (new_scope, new_service) = (new.scope.clone(), new.service.clone());
         let lease = Lease {
             id,
             scope: new.scope,
@@ -1914,20 +2039,22 @@ impl Store for SqliteStore {
             last_seen_listening: None,
             missed: 0,
             ttl_max: new.ttl_max,
-            mac: self
-                .key
-                .as_ref()
-                .map(|k| lease_mac(k, id, &new_scope, &new_service, new.protocol, new.port)),
+            mac: None,
         };
-        tx.execute(
-            "UPDATE leases SET mac = ?2 WHERE id = ?1",
-            params![id, lease.mac],
-        )
-        .map_err(backend)?;
         let e = append(
             &tx,
             now,
             lease_change(actor, "lease.alloc", &lease, None, json(&lease), None),
+        )
+        .map_err(backend)?;
+        // Bound to the record that made it.
+        let lease = Lease {
+            mac: self.key.as_ref().map(|k| lease_mac(k, e.seq, &lease)),
+            ..lease
+        };
+        tx.execute(
+            "UPDATE leases SET mac = ?2 WHERE id = ?1",
+            params![id, lease.mac],
         )
         .map_err(backend)?;
         set_lease_seq(&tx, id, e.seq)?;

@@ -1108,9 +1108,9 @@ fn r_grant_and_lease_rows_written_behind_our_back_open_nothing() {
     let leases = s.leases().unwrap();
     assert_eq!(leases.len(), 2);
     assert_eq!(
-        leases
+        s.admitted_leases(200)
+            .unwrap()
             .iter()
-            .filter(|l| s.vouches_lease(l))
             .map(|l| l.port.get())
             .collect::<Vec<_>>(),
         [20000]
@@ -1140,8 +1140,10 @@ fn r_a_lost_key_refuses_writes_until_repair_makes_a_new_one() {
     let done = s.repair_ledger(102, "op").unwrap();
     assert!(done.iter().any(|x| x.contains("new host key")), "{done:?}");
     alloc(&mut s, 10, "bob", 103).unwrap();
-    let leases = s.leases().unwrap();
-    assert!(leases.iter().all(|l| s.vouches_lease(l)));
+    assert_eq!(
+        s.admitted_leases(104).unwrap().len(),
+        s.leases().unwrap().len()
+    );
     assert!(s.verify_ledger().unwrap().ok());
 }
 
@@ -1167,4 +1169,91 @@ fn r_a_ledger_table_that_ignores_inserts_fails_the_write() {
     let e = s.record(102, change(1));
     assert!(e.is_err(), "a record was dropped quietly");
     assert_eq!(s.ledger(None).unwrap().len(), before);
+}
+
+#[test]
+fn r_a_later_apply_counts_whatever_its_row_says_now() {
+    let d = tempdir("later-apply");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    let t1 = s.fw_begin(100, "op", None, None, "a").unwrap();
+    let t2 = s.fw_begin(200, "op", Some(300), None, "b").unwrap();
+    assert!(
+        s.fw_finish(t2.id, portwarden_store::FwState::Confirmed, 250, "op", "ok")
+            .unwrap()
+    );
+    drop(s);
+    raw(&d)
+        .execute_batch(
+            "UPDATE fw_txn SET state = 'pending' WHERE id = 1; \
+             UPDATE fw_txn SET deadline = deadline + 1 WHERE id = 2;",
+        )
+        .unwrap();
+    let s = SqliteStore::open(&d, "local", false).unwrap();
+    let e = s.fw_verified_snapshot(&t1).unwrap_err();
+    assert!(e.to_string().contains("later apply"), "{e}");
+}
+
+#[test]
+fn r_rows_put_back_after_they_ended_open_nothing() {
+    let d = tempdir("put-back");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    let g = portwarden_store::GrantRecord {
+        addr: "10.1.2.3".parse().unwrap(),
+        protocol: Protocol::Tcp,
+        port: Port::new(5432).unwrap(),
+        expires_at: 10_000,
+        actor: "op".into(),
+    };
+    s.grant(100, std::slice::from_ref(&g)).unwrap();
+    alloc(&mut s, 10, "alice", 100).unwrap();
+    let lease = s.leases().unwrap().remove(0);
+    drop(s);
+    // Copies of the rows, as a backup would hold them.
+    let c = raw(&d);
+    let grant_row: Vec<rusqlite::types::Value> = c
+        .query_row("SELECT * FROM grants", [], |r| {
+            (0..7).map(|i| r.get(i)).collect()
+        })
+        .unwrap();
+    let cols: i64 = c
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('leases')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let lease_row: Vec<rusqlite::types::Value> = c
+        .query_row("SELECT * FROM leases", [], |r| {
+            (0..cols as usize).map(|i| r.get(i)).collect()
+        })
+        .unwrap();
+    drop(c);
+    let mut s = SqliteStore::open(&d, "local", false).unwrap();
+    s.revoke(200, "op", &[(g.addr, g.protocol, g.port)])
+        .unwrap();
+    s.release(lease.id, "alice", 200, "op").unwrap();
+    drop(s);
+    let c = raw(&d);
+    let marks = |n: usize| vec!["?"; n].join(", ");
+    c.execute(
+        &format!("INSERT INTO grants VALUES ({})", marks(7)),
+        rusqlite::params_from_iter(grant_row),
+    )
+    .unwrap();
+    c.execute(
+        &format!("INSERT INTO leases VALUES ({})", marks(cols as usize)),
+        rusqlite::params_from_iter(lease_row),
+    )
+    .unwrap();
+    drop(c);
+    let s = SqliteStore::open(&d, "local", false).unwrap();
+    assert!(
+        s.grants(300).unwrap().is_empty(),
+        "a revoked grant came back"
+    );
+    assert!(
+        s.admitted_leases(300).unwrap().is_empty(),
+        "a released lease came back"
+    );
+    assert!(!s.verify_ledger().unwrap().ok());
 }

@@ -2570,42 +2570,47 @@ max_conn_per_source = 3
             return;
         };
         drop_all_but_two(&lab);
-        // 65535 ports at 500 probes/s would take minutes: stopped after a second.
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &lab.client.name])
-            .args([
-                env!("CARGO_BIN_EXE_portwarden"),
-                "scan",
-                "10.99.0.1",
-                "-p-",
-                "--syn",
-                "--rate",
-                "500",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        assert!(
-            eventually(5, || scan_tables(&lab).contains("portwarden_scan")),
-            "the scan never suppressed RSTs"
-        );
-        // SIGINT to the scanner itself (ip netns exec execs it, so the PID is ours).
-        // SAFETY: kill(2) on the PID of the child this test started.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let until = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(Instant::now() < until, "the scan did not stop on SIGINT");
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-        assert_eq!(status.code(), Some(2), "{err}");
-        assert!(err.contains("interrupted"), "{err}");
-        assert!(!scan_tables(&lab).contains("portwarden_scan"));
+        for (sig, name) in [(libc::SIGINT, "INT"), (libc::SIGTERM, "TERM")] {
+            // 65535 ports at 500 probes/s would take minutes: stopped after a moment.
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &lab.client.name])
+                .args([
+                    env!("CARGO_BIN_EXE_portwarden"),
+                    "scan",
+                    "10.99.0.1",
+                    "-p-",
+                    "--syn",
+                    "--rate",
+                    "500",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            assert!(
+                eventually(5, || scan_tables(&lab).contains("portwarden_scan")),
+                "the scan never suppressed RSTs"
+            );
+            // The signal to the scanner itself (ip netns exec execs it: the PID is ours).
+            // SAFETY: kill(2) on the PID of the child this test started.
+            unsafe { libc::kill(child.id() as i32, sig) };
+            let until = Instant::now() + Duration::from_secs(10);
+            let status = loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    break s;
+                }
+                assert!(Instant::now() < until, "the scan did not stop on SIG{name}");
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            assert_eq!(status.code(), Some(2), "SIG{name}: {err}");
+            assert!(err.contains("interrupted"), "{err}");
+            assert!(
+                !scan_tables(&lab).contains("portwarden_scan"),
+                "SIG{name} left the table"
+            );
+        }
     }
 
     #[test]

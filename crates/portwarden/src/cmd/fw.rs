@@ -67,13 +67,8 @@ fn state_of(s: &SqliteStore) -> anyhow::Result<(Vec<Grant>, Vec<LeasedPort>)> {
                 .min(GRANT_MAX),
         })
         .collect();
-    // Only leases portwarden wrote on this host open a port.
-    let leases: Vec<portwarden_store::Lease> = s
-        .leases()?
-        .into_iter()
-        .filter(|l| s.vouches_lease(l))
-        .collect();
-    Ok((grants, leased_ports(&leases)))
+    // Only leases portwarden wrote on this host, still in force, open a port.
+    Ok((grants, leased_ports(&s.admitted_leases(now)?)))
 }
 
 /// The policy and its nftables text, after the lock-out guard on the rendered model.
@@ -134,6 +129,21 @@ fn iptables_rules(g: &Global, policy: &portwarden_core::Policy) -> anyhow::Resul
 
 fn store(g: &Global) -> anyhow::Result<SqliteStore> {
     Ok(super::open_store(g, true)?)
+}
+
+/// A listing without what changes by itself: counters, and the time left on grants.
+fn steady(listing: &str) -> String {
+    let mut out = Vec::new();
+    let mut words = listing.split_whitespace();
+    while let Some(w) = words.next() {
+        match w {
+            "packets" | "bytes" | "expires" => {
+                words.next();
+            }
+            w => out.push(w.trim_end_matches(',')),
+        }
+    }
+    out.join(" ")
 }
 
 fn still_pending(s: &SqliteStore, id: i64) -> anyhow::Result<bool> {
@@ -379,7 +389,13 @@ fn arm_watcher(g: &Global, txn: i64) -> anyhow::Result<u32> {
 
 pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
     if !matches!(c, FwCommand::Watch { .. } | FwCommand::Plan { .. }) {
-        recover_expired(g)?;
+        // A store that refuses writes must not also stop `fw status` or a rollback.
+        if let Err(e) = recover_expired(g) {
+            output::warn(
+                g.quiet,
+                &format!("cannot re-arm the firewall rollback watcher: {e:#}"),
+            );
+        }
     }
     match c {
         FwCommand::Plan {
@@ -587,6 +603,18 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
                 )?;
             } else {
                 let mut s = format!("{what}: {}\n", if exists { "present" } else { "absent" });
+                // A transaction closed without its rollback (one the key could not vouch
+                // for) leaves its ruleset live: say so rather than let "RolledBack" stand.
+                if let Some(t) = last.filter(|t| t.state == FwState::RolledBack && !ipt) {
+                    if let (Some(applied), Ok(Some(live))) = (&t.listing, nft::list_table()) {
+                        if steady(applied) == steady(&live) {
+                            s.push_str(&format!(
+                                "warning: the live table is still the one transaction {} applied: it was closed without being rolled back (see `portwarden log`)\n",
+                                t.id
+                            ));
+                        }
+                    }
+                }
                 if let Some(t) = last {
                     s.push_str(&format!(
                         "last transaction {}: {:?} at {}{}\n",
@@ -1016,8 +1044,11 @@ pub fn sync_leases(
     }
     let mut s = store(g)?;
     // Only leases portwarden wrote on this host open a port (closing one is always safe).
-    let add: Vec<portwarden_store::Lease> =
-        add.into_iter().filter(|l| s.vouches_lease(l)).collect();
+    let admitted = s.admitted_leases(super::now())?;
+    let add: Vec<portwarden_store::Lease> = add
+        .into_iter()
+        .filter(|l| admitted.iter().any(|a| a.id == l.id))
+        .collect();
     let text = portwarden_nft::lease_commands(&leased_ports(&add), &leased_ports(&del));
     if let Err(e) = nft::apply(&text) {
         output::warn(

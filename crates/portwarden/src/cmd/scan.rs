@@ -269,24 +269,47 @@ fn tcp_engine(
     }
 }
 
-/// Set by SIGINT while a SYN scan runs.
+/// Set by SIGINT, SIGTERM or SIGHUP while a SYN scan runs.
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 extern "C" fn on_sigint(_: libc::c_int) {
     STOP.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Removes the RST-suppressing table when the scan ends, however it ends (a panic or
-/// SIGINT included; SIGKILL leaves it, and the next scan replaces it).
-struct RstGuard(bool);
+/// Removes the RST-suppressing table when the scan ends, however it ends (a panic,
+/// SIGINT, SIGTERM or SIGHUP included; SIGKILL leaves it, and the next scan removes it).
+struct RstGuard(Option<u16>);
 
 impl Drop for RstGuard {
     fn drop(&mut self) {
-        if self.0 {
-            let _ = portwarden_os::nft::apply(&format!(
-                "table {t}\ndelete table {t}\n",
-                t = portwarden_nft::SCAN_TABLE
-            ));
+        if let Some(port) = self.0 {
+            drop_scan_table(port);
+        }
+    }
+}
+
+fn drop_scan_table(port: u16) {
+    let _ = portwarden_os::nft::apply(&format!(
+        "table {t}\ndelete table {t}\n",
+        t = portwarden_nft::scan_table(port)
+    ));
+}
+
+/// Removes the tables of scans that are gone (killed): a table's port that can be bound
+/// again is held by no scan.
+fn drop_stale_scan_tables() {
+    let Ok(tables) = portwarden_os::nft::tables() else {
+        return;
+    };
+    for (family, name) in tables {
+        let Some(port) = name
+            .strip_prefix(portwarden_nft::SCAN_TABLE_PREFIX)
+            .and_then(|p| p.parse::<u16>().ok())
+        else {
+            continue;
+        };
+        if family == "inet" && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            drop_scan_table(port);
         }
     }
 }
@@ -302,15 +325,16 @@ fn syn_scan(
     progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
 ) -> portwarden_net::scan::ScanOutcome {
     let sport = syn.source_port();
+    drop_stale_scan_tables();
     let guard = RstGuard(
         match portwarden_os::nft::apply(&portwarden_nft::scan_rst_rule(sport)) {
-            Ok(()) => true,
+            Ok(()) => Some(sport),
             Err(e) => {
                 output::verbose(
                     g.verbose,
                     &format!("the kernel's RSTs are not suppressed ({e}); targets see them"),
                 );
-                false
+                None
             }
         },
     );
@@ -318,10 +342,17 @@ fn syn_scan(
     STOP.store(false, std::sync::atomic::Ordering::Relaxed);
     // SAFETY: installs a handler that only stores to an atomic (async-signal-safe); the
     // previous disposition is restored below.
-    let old = unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    let handler = on_sigint as *const () as libc::sighandler_t;
+    let old: Vec<(libc::c_int, libc::sighandler_t)> = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+        .into_iter()
+        // SAFETY: as above, for each signal.
+        .map(|sig| (sig, unsafe { libc::signal(sig, handler) }))
+        .collect();
     let out = syn.run(hosts, ports, cfg, progress, &STOP);
-    // SAFETY: restores the disposition saved above.
-    unsafe { libc::signal(libc::SIGINT, old) };
+    for (sig, h) in old {
+        // SAFETY: restores the disposition saved above.
+        unsafe { libc::signal(sig, h) };
+    }
     drop(guard);
     out
 }
