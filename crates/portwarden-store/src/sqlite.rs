@@ -2052,12 +2052,11 @@ impl Store for SqliteStore {
             mac: self.key.as_ref().map(|k| lease_mac(k, e.seq, &lease)),
             ..lease
         };
-        tx.execute(
-            "UPDATE leases SET mac = ?2 WHERE id = ?1",
-            params![id, lease.mac],
-        )
-        .map_err(backend)?;
-        set_lease_seq(&tx, id, e.seq)?;
+        // One statement for both: this is the allocation hot path.
+        tx.prepare_cached("UPDATE leases SET mac = ?2, ledger_seq = ?3 WHERE id = ?1")
+            .map_err(backend)?
+            .execute(params![id, lease.mac, e.seq])
+            .map_err(backend)?;
         tx.commit().map_err(backend)?;
         self.committed()?;
         Ok(lease)
