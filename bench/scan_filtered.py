@@ -124,9 +124,9 @@ def main():
     open_ports = [lo + span // 3, lo + (2 * span) // 3]
     srv = setup(open_ports)
     tools = {
-        "portwarden -sT": ([a.bin, "scan", SADDR, "-p", a.ports, "--json", "-q", "-sT"]
+        "portwarden -sT": ([a.bin, "scan", SADDR, "-p", a.ports, "--json", "-q", "-sT", "-Pn"]
                            + a.extra.split(), ours),
-        "portwarden -sS": ([a.bin, "scan", SADDR, "-p", a.ports, "--json", "-q", "-sS"]
+        "portwarden -sS": ([a.bin, "scan", SADDR, "-p", a.ports, "--json", "-q", "-sS", "-Pn"]
                            + a.extra.split(), ours),
         "nmap -sT -T4": (["nmap", "-sT", "-T4", "-n", "-Pn", "-p", a.ports, "-oX", "-", SADDR],
                          nmaps),

@@ -105,6 +105,8 @@ pub struct ScanOutcome {
     pub srtt_us: u64,
     /// Stopped before the end (SIGINT): the ports not yet settled are missing.
     pub interrupted: bool,
+    /// Hosts that answered an ICMP echo request of ours meanwhile (host discovery).
+    pub echoed: Vec<IpAddr>,
 }
 
 /// Raises the soft descriptor limit to the hard one; returns the soft limit now in force.

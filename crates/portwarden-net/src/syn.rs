@@ -230,6 +230,27 @@ fn ipv4_payload(pkt: &[u8], proto: u8) -> Option<(IpAddr, &[u8])> {
     Some((IpAddr::V4(src), pkt.get(ihl..)?))
 }
 
+/// The ICMP echo request of a host ping: identifier `id` (our source port), sequence
+/// `seq`, checksummed.
+pub fn echo_request(id: u16, seq: u16) -> Vec<u8> {
+    let mut m = vec![8, 0, 0, 0];
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(b"portwarden ping");
+    let c = checksum(&[&m]);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// An ICMP echo reply to one of our pings: (the host that answered, identifier).
+fn parse_echo_reply(pkt: &[u8]) -> Option<(IpAddr, u16)> {
+    let (from, icmp) = ipv4_payload(pkt, 1)?;
+    if icmp.len() < 8 || icmp[0] != 0 {
+        return None;
+    }
+    Some((from, u16::from_be_bytes([icmp[4], icmp[5]])))
+}
+
 /// An ICMP destination-unreachable about one of our SYNs: (target, port, our port, seq).
 fn parse_icmp_unreachable(pkt: &[u8]) -> Option<(IpAddr, u16, u16, u32)> {
     let (_, icmp) = ipv4_payload(pkt, 1)?;
@@ -377,6 +398,29 @@ impl SynScanner {
             sport,
             sources,
         })
+    }
+
+    /// Sends one ICMP echo request to each IPv4 target (the answers are read by the next
+    /// `run`, into `echoed`): the ICMP half of host discovery.
+    pub fn ping(&self, targets: &[IpAddr]) {
+        let Some(fd) = &self.icmp else {
+            return;
+        };
+        for (i, t) in targets.iter().filter(|t| t.is_ipv4()).enumerate() {
+            let m = echo_request(self.sport, i as u16);
+            let (ss, len) = sockaddr(SocketAddr::new(*t, 0));
+            // SAFETY: a valid buffer and sockaddr of the stated lengths.
+            unsafe {
+                libc::sendto(
+                    fd.0,
+                    m.as_ptr().cast(),
+                    m.len(),
+                    0,
+                    (&ss as *const libc::sockaddr_storage).cast(),
+                    len,
+                )
+            };
+        }
     }
 
     /// The source port every probe uses (for a rule that drops the kernel's RSTs from it).
@@ -618,6 +662,12 @@ impl SynScanner {
                                                 .wrapping_add(1),
                                 )
                             }),
+                        _ if parse_echo_reply(pkt).is_some_and(|(_, id)| id == self.sport) => {
+                            if let Some((a, _)) = parse_echo_reply(pkt) {
+                                out.echoed.push(a);
+                            }
+                            None
+                        }
                         _ => parse_icmp_unreachable(pkt).map(|(a, p, sp, seq)| {
                             (
                                 a,

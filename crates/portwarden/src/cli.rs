@@ -348,6 +348,11 @@ pub struct ScanArgs {
     /// without root and for loopback targets.
     #[arg(long, conflicts_with = "udp")]
     pub connect: bool,
+    /// Skip host discovery (`-Pn`): scan every target even if it answers no ping. By
+    /// default (with raw sockets) a host is scanned only if it answers an ICMP echo or a
+    /// SYN to port 80 or 443; the others are reported down.
+    #[arg(long)]
+    pub no_ping: bool,
     /// Probes per second, 1 to 1000000 (default: paced by the answers, like nmap's
     /// congestion control).
     #[arg(long, value_name = "N")]

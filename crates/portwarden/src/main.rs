@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         Some("-sT") => "--connect".into(),
         Some("-sU") => "--udp".into(),
         Some("-sV") => "--service".into(),
+        Some("-Pn") => "--no-ping".into(),
         _ => a,
     });
     let cli = cli::Cli::parse_from(args);

@@ -654,6 +654,13 @@ pub fn scan_table(d: &crate::cmd::scan::ScanDoc) -> io::Result<()> {
             String::new()
         }
     ));
+    if !d.hosts_down.is_empty() {
+        s.push_str(&format!(
+            "{} host{} down (no answer to an ICMP echo or a SYN to 80/443; -Pn scans them anyway)\n",
+            d.hosts_down.len(),
+            if d.hosts_down.len() == 1 { "" } else { "s" }
+        ));
+    }
     if let Some(diff) = &d.diff {
         for p in &diff.added {
             s.push_str(&format!(

@@ -2457,6 +2457,7 @@ max_conn_per_source = 3
             env!("CARGO_BIN_EXE_portwarden"),
             "scan",
             "10.99.0.1",
+            "-Pn",
             "-p",
             "8800-9199",
             "--json",
@@ -2505,6 +2506,7 @@ max_conn_per_source = 3
                 env!("CARGO_BIN_EXE_portwarden"),
                 "scan",
                 "10.99.0.1",
+                "-Pn",
                 "-p",
                 "8800-9199",
                 engine,
@@ -2536,6 +2538,7 @@ max_conn_per_source = 3
                 env!("CARGO_BIN_EXE_portwarden"),
                 "scan",
                 "fd99::1",
+                "-Pn",
                 "-p",
                 "8990-9010",
                 engine,
@@ -2554,6 +2557,7 @@ max_conn_per_source = 3
                 env!("CARGO_BIN_EXE_portwarden"),
                 "scan",
                 "10.99.0.1",
+                "-Pn",
                 "-p",
                 "9000",
                 bad[0],
@@ -2562,6 +2566,69 @@ max_conn_per_source = 3
             assert_eq!(code(&o), 2, "{bad:?}");
             assert!(stderr(&o).contains("invalid --rate"), "{}", stderr(&o));
         }
+    }
+
+    #[test]
+    fn r_host_discovery_reports_silent_hosts_down_and_scans_the_rest() {
+        let Some(mut lab) = Lab::new("hd") else {
+            return;
+        };
+        lab.serve(&["hold@10.99.0.1:9000"]);
+        let scan = |extra: &[&str]| -> Value {
+            let mut args = vec![
+                env!("CARGO_BIN_EXE_portwarden"),
+                "scan",
+                "10.99.0.0/28",
+                "-p",
+                "9000",
+                "--syn",
+                "--json",
+                "-q",
+            ];
+            args.extend_from_slice(extra);
+            let o = lab.client.exec(&args);
+            assert_eq!(code(&o), 0, "{}", stderr(&o));
+            serde_json::from_slice(&o.stdout).unwrap()
+        };
+        let v = scan(&[]);
+        let list = |k: &str| -> Vec<String> {
+            v[k].as_array()
+                .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+                .unwrap_or_default()
+        };
+        let (up, down) = (list("hosts"), list("hosts_down"));
+        assert!(up.contains(&"10.99.0.1".to_string()), "{v}");
+        assert!(down.contains(&"10.99.0.9".to_string()), "{v}");
+        assert_eq!(up.len() + down.len(), 16, "{v}");
+        let open: Vec<&Value> = v["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["state"] == "open")
+            .collect();
+        assert_eq!(open.len(), 1, "{v}");
+        assert_eq!(open[0]["addr"], "10.99.0.1");
+        // A host behind a DROP firewall answers no discovery probe: down, unless -Pn.
+        drop_all_but_two(&lab);
+        let one = |extra: &[&str]| -> Value {
+            let mut args = vec![
+                env!("CARGO_BIN_EXE_portwarden"),
+                "scan",
+                "10.99.0.1",
+                "-p",
+                "9000",
+                "--syn",
+                "--json",
+                "-q",
+            ];
+            args.extend_from_slice(extra);
+            serde_json::from_slice(&lab.client.exec(&args).stdout).unwrap()
+        };
+        let v = one(&[]);
+        assert_eq!(v["hosts_down"], serde_json::json!(["10.99.0.1"]), "{v}");
+        let v = one(&["-Pn"]);
+        assert!(v.get("hosts_down").is_none(), "{v}");
+        assert_eq!(v["ports"][0]["state"], "open", "{v}");
     }
 
     #[test]
@@ -2578,6 +2645,7 @@ max_conn_per_source = 3
                     env!("CARGO_BIN_EXE_portwarden"),
                     "scan",
                     "10.99.0.1",
+                    "-Pn",
                     "-p-",
                     "--syn",
                     "--rate",
@@ -2635,6 +2703,7 @@ max_conn_per_source = 3
             bin.to_str().unwrap(),
             "scan",
             "10.99.0.1",
+            "-Pn",
             "-p",
             "9000",
             "--syn",

@@ -45,6 +45,9 @@ pub struct ScanDoc {
     pub started: i64,
     pub elapsed_ms: u64,
     pub hosts: Vec<IpAddr>,
+    /// Targets that answered no discovery probe and were not scanned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts_down: Vec<IpAddr>,
     pub ports_scanned: usize,
     pub ports: Vec<ScannedPort>,
     pub closed: u64,
@@ -157,9 +160,27 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
     let t0 = Instant::now();
     let progress = output::Progress::new(g.quiet || g.json);
     let progress: Arc<dyn Fn(u64, u64) + Send + Sync> = Arc::new(move |d, t| progress.update(d, t));
+    let mut hosts_down = Vec::new();
+    STOP.store(false, std::sync::atomic::Ordering::Relaxed);
     let outcome = match protocol {
         Protocol::Tcp => match tcp_engine(g, a, &hosts)? {
-            Some(syn) => syn_scan(g, &syn, &hosts, &ports, &cfg, progress),
+            Some(syn) => {
+                let up = if a.no_ping {
+                    hosts.clone()
+                } else {
+                    discover(g, &syn, &hosts, &cfg)
+                };
+                hosts_down = hosts.iter().filter(|h| !up.contains(h)).copied().collect();
+                // Stopped during discovery: nothing more is sent.
+                let up = if STOP.load(std::sync::atomic::Ordering::Relaxed) {
+                    Vec::new()
+                } else {
+                    up
+                };
+                let mut o = syn_scan(g, &syn, &up, &ports, &cfg, progress);
+                o.interrupted |= STOP.load(std::sync::atomic::Ordering::Relaxed);
+                o
+            }
             None => portwarden_net::connect::scan_tcp(&hosts, &ports, &cfg, progress),
         },
         Protocol::Udp => runtime()?.block_on(scan_udp(&hosts, &ports, &cfg, progress)),
@@ -207,7 +228,12 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
         protocol: protocol.to_string(),
         started,
         elapsed_ms,
-        hosts: hosts.clone(),
+        hosts: hosts
+            .iter()
+            .filter(|h| !hosts_down.contains(h))
+            .copied()
+            .collect(),
+        hosts_down,
         ports_scanned: ports.len(),
         ports: found,
         closed: outcome.closed,
@@ -267,6 +293,52 @@ fn tcp_engine(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Host discovery, like nmap's as root: an ICMP echo request, and a SYN to 80 and 443
+/// (any answer, even a RST, means the host is there); one retransmission. The hosts that
+/// answer, in the order given.
+fn discover(
+    g: &Global,
+    syn: &portwarden_net::syn::SynScanner,
+    hosts: &[IpAddr],
+    cfg: &ScanConfig,
+) -> Vec<IpAddr> {
+    syn.ping(hosts);
+    let probe = ScanConfig {
+        retries: 1,
+        ..cfg.clone()
+    };
+    let d = syn_scan(g, syn, hosts, &[80, 443], &probe, Arc::new(|_, _| {}));
+    let mut up: BTreeSet<IpAddr> = d.echoed.iter().copied().collect();
+    up.extend(
+        d.ports
+            .iter()
+            .filter(|p| p.state == PortState::Open)
+            .map(|p| p.addr),
+    );
+    // A RST is counted, not listed: the hosts with fewer filtered answers than probes
+    // answered something.
+    for h in hosts {
+        let silent = d
+            .ports
+            .iter()
+            .filter(|p| p.addr == *h && p.state == PortState::Filtered)
+            .count();
+        if silent < 2 {
+            up.insert(*h);
+        }
+    }
+    let up: Vec<IpAddr> = hosts.iter().filter(|h| up.contains(h)).copied().collect();
+    output::verbose(
+        g.verbose,
+        &format!(
+            "host discovery: {} of {} up (-Pn scans them all)",
+            up.len(),
+            hosts.len()
+        ),
+    );
+    up
 }
 
 /// Set by SIGINT, SIGTERM or SIGHUP while a SYN scan runs.
@@ -339,7 +411,6 @@ fn syn_scan(
         },
     );
     output::verbose(g.verbose, &format!("SYN scan from source port {sport}"));
-    STOP.store(false, std::sync::atomic::Ordering::Relaxed);
     // SAFETY: installs a handler that only stores to an atomic (async-signal-safe); the
     // previous disposition is restored below.
     let handler = on_sigint as *const () as libc::sighandler_t;
