@@ -59,6 +59,9 @@ pub struct ScanConfig {
     pub max_window: usize,
     /// Probes per second (`--rate`); `None`: paced by the loss-driven window alone.
     pub rate: Option<u32>,
+    /// Probes in flight at the start (the window grows from there); host discovery
+    /// starts with one per host, since each host gets only a couple.
+    pub initial_window: usize,
 }
 
 impl Default for ScanConfig {
@@ -71,6 +74,7 @@ impl Default for ScanConfig {
             retries: 2,
             max_window: 4096,
             rate: None,
+            initial_window: 32,
         }
     }
 }
@@ -190,8 +194,12 @@ impl Window {
     const INITIAL: f64 = 32.0;
 
     pub(crate) fn new(max: usize) -> Window {
+        Self::starting(Self::INITIAL as usize, max)
+    }
+
+    pub(crate) fn starting(initial: usize, max: usize) -> Window {
         Window {
-            cwnd: Self::INITIAL.min(max as f64),
+            cwnd: (initial.max(1) as f64).min(max as f64),
             ssthresh: max as f64,
             max,
             last_cut: None,

@@ -67,17 +67,21 @@ fn raw_socket(fam: libc::c_int, proto: libc::c_int) -> Result<Fd, SynError> {
         });
     }
     let fd = Fd(fd);
-    // A large receive buffer: answers arrive in bursts at high rates.
-    let size: libc::c_int = 8 << 20;
-    // SAFETY: a valid descriptor and a pointer to a c_int of the stated size.
-    unsafe {
-        libc::setsockopt(
-            fd.0,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            (&size as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
+    // Large buffers: answers arrive in bursts at high rates, and every probe to a host
+    // whose address does not resolve stays charged to the socket until the neighbour
+    // lookup fails (seconds), which would otherwise starve the probes to live hosts.
+    let size: libc::c_int = 16 << 20;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
+        // SAFETY: a valid descriptor and a pointer to a c_int of the stated size.
+        unsafe {
+            libc::setsockopt(
+                fd.0,
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
     }
     Ok(fd)
 }
@@ -385,9 +389,13 @@ impl SynScanner {
                 )
             };
         }
+        // A target with no route (or a broadcast address, which a socket may not reach
+        // without asking) gets no source: its probes fail at once, as filtered.
         let mut sources = HashMap::new();
         for &t in targets {
-            sources.insert(t, route_source(t)?);
+            if let Ok(src) = route_source(t) {
+                sources.insert(t, src);
+            }
         }
         let (hold, sport) = hold_port()?;
         Ok(SynScanner {
@@ -429,7 +437,11 @@ impl SynScanner {
     }
 
     fn send(&self, dst: IpAddr, dport: u16, seq: u32) -> io::Result<()> {
-        let src = self.sources.get(&dst).copied().unwrap_or(dst);
+        let src = self
+            .sources
+            .get(&dst)
+            .copied()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENETUNREACH))?;
         let seg = syn_segment(src, dst, self.sport, dport, seq);
         let fd = match dst {
             IpAddr::V4(_) => self.v4.as_ref(),
@@ -493,7 +505,7 @@ impl SynScanner {
                 )
             })
             .collect();
-        let mut win = Window::new(cfg.max_window.max(1));
+        let mut win = Window::starting(cfg.initial_window, cfg.max_window.max(1));
         let mut next_seq = 0u64;
         let mut done = 0u64;
         let mut reported = 0u64;
@@ -537,13 +549,12 @@ impl SynScanner {
                 };
                 let c = cookie.of(addr, port, self.sport);
                 match self.send(addr, port, c) {
+                    // ENOBUFS: this destination's neighbour queue is full (it does not
+                    // resolve yet): the packet is lost for this host alone, and its
+                    // deadline retries it. Not a reason to hold back everyone else.
                     Ok(()) => {}
-                    Err(e)
-                        if matches!(
-                            e.raw_os_error(),
-                            Some(libc::ENOBUFS | libc::EAGAIN | libc::ENOMEM)
-                        ) =>
-                    {
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::ENOMEM)) => {
                         // The queue is full: wait for answers, send less.
                         queue.push_front((addr, port, tries));
                         win.cap(pending.len() / 2);

@@ -177,7 +177,7 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
                 } else {
                     up
                 };
-                let mut o = syn_scan(g, &syn, &up, &ports, &cfg, progress);
+                let mut o = syn_scan(g, &syn, &up, &ports, &cfg, progress, true);
                 o.interrupted |= STOP.load(std::sync::atomic::Ordering::Relaxed);
                 o
             }
@@ -307,9 +307,20 @@ fn discover(
     syn.ping(hosts);
     let probe = ScanConfig {
         retries: 1,
+        initial_window: (hosts.len() * 2).clamp(32, cfg.max_window),
         ..cfg.clone()
     };
-    let d = syn_scan(g, syn, hosts, &[80, 443], &probe, Arc::new(|_, _| {}));
+    // Without suppressing RSTs: a host whose SYN-ACK our kernel does not reset keeps a
+    // half-open connection for the same four-tuple the scan then probes.
+    let d = syn_scan(
+        g,
+        syn,
+        hosts,
+        &[80, 443],
+        &probe,
+        Arc::new(|_, _| {}),
+        false,
+    );
     let mut up: BTreeSet<IpAddr> = d.echoed.iter().copied().collect();
     up.extend(
         d.ports
@@ -395,10 +406,13 @@ fn syn_scan(
     ports: &[u16],
     cfg: &ScanConfig,
     progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+    suppress_rsts: bool,
 ) -> portwarden_net::scan::ScanOutcome {
     let sport = syn.source_port();
     drop_stale_scan_tables();
-    let guard = RstGuard(
+    let guard = RstGuard(if !suppress_rsts {
+        None
+    } else {
         match portwarden_os::nft::apply(&portwarden_nft::scan_rst_rule(sport)) {
             Ok(()) => Some(sport),
             Err(e) => {
@@ -408,8 +422,8 @@ fn syn_scan(
                 );
                 None
             }
-        },
-    );
+        }
+    });
     output::verbose(g.verbose, &format!("SYN scan from source port {sport}"));
     // SAFETY: installs a handler that only stores to an atomic (async-signal-safe); the
     // previous disposition is restored below.
