@@ -289,17 +289,8 @@ pub async fn probe(addr: SocketAddr, kind: ProbeKind, t: Duration) -> ProbeResul
                 b.len() >= 4 && b.len() >= 4 + usize::from(b[0])
             })
             .await;
-            match parse_mysql_greeting(&b) {
-                Some((version, caps)) => {
-                    r.identified = Some("mysql".into());
-                    r.banner = Some(sanitize(version.as_bytes()));
-                    r.tls = if caps & CLIENT_SSL != 0 {
-                        TlsVerdict::Offered
-                    } else {
-                        TlsVerdict::None
-                    };
-                }
-                None => r.stalled = b.is_empty(),
+            if !mysql_verdict(&b, &mut r) {
+                r.stalled = b.is_empty();
             }
         }
         ProbeKind::Postgres => {
@@ -423,16 +414,24 @@ pub fn http_head(addr: SocketAddr) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A MySQL/MariaDB greeting is binary: what it says is its version and CLIENT_SSL, not
+/// its bytes. Whether `b` was one.
+fn mysql_verdict(b: &[u8], r: &mut ProbeResult) -> bool {
+    let Some((version, caps)) = parse_mysql_greeting(b) else {
+        return false;
+    };
+    r.identified = Some("mysql".into());
+    r.banner = Some(sanitize(version.as_bytes()));
+    r.tls = if caps & CLIENT_SSL != 0 {
+        TlsVerdict::Offered
+    } else {
+        TlsVerdict::None
+    };
+    true
+}
+
 fn identify_banner(b: &[u8], r: &mut ProbeResult) {
-    // A MySQL/MariaDB greeting is binary: its version and CLIENT_SSL, not its bytes.
-    if let Some((version, caps)) = parse_mysql_greeting(b) {
-        r.identified = Some("mysql".into());
-        r.banner = Some(sanitize(version.as_bytes()));
-        r.tls = if caps & CLIENT_SSL != 0 {
-            TlsVerdict::Offered
-        } else {
-            TlsVerdict::None
-        };
+    if mysql_verdict(b, r) {
         return;
     }
     r.banner = Some(sanitize(b));

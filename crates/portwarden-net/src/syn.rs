@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use portwarden_core::Protocol;
 
-use crate::scan::{PortResult, PortState, ScanConfig, ScanOutcome, Timing, Window};
+use crate::scan::{PortResult, PortState, ScanConfig, ScanOutcome, Timing, Window, sockaddr};
 
 /// The fastest `--rate` accepted, in packets per second.
 pub const RATE_MAX: u32 = 1_000_000;
@@ -84,31 +84,6 @@ fn raw_socket(fam: libc::c_int, proto: libc::c_int) -> Result<Fd, SynError> {
         }
     }
     Ok(fd)
-}
-
-fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data; zero is a valid bit pattern.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match a {
-        SocketAddr::V4(v4) => {
-            // SAFETY: sockaddr_storage is large enough and aligned for sockaddr_in.
-            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = v4.port().to_be();
-            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            // SAFETY: as above, for sockaddr_in6.
-            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = v6.port().to_be();
-            sin6.sin6_addr.s6_addr = v6.ip().octets();
-            sin6.sin6_scope_id = v6.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
 }
 
 fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<IpAddr> {
@@ -644,35 +619,18 @@ impl SynScanner {
                     }
                     let pkt = &buf[..n as usize];
                     // (target, port, state, whether the reply checks out)
+                    let checked = |r: Reply| {
+                        let ours = r.to_port == self.sport
+                            && r.ack == cookie.of(r.addr, r.port, self.sport).wrapping_add(1);
+                        (r.addr, r.port, r.state, ours)
+                    };
                     let got = match kind {
                         4 => ipv4_payload(pkt, 6)
                             .and_then(|(from, tcp)| parse_reply(tcp, from))
-                            .map(|r| {
-                                (
-                                    r.addr,
-                                    r.port,
-                                    r.state,
-                                    r.to_port == self.sport
-                                        && r.ack
-                                            == cookie
-                                                .of(r.addr, r.port, self.sport)
-                                                .wrapping_add(1),
-                                )
-                            }),
+                            .map(checked),
                         6 => from_sockaddr(&ss)
                             .and_then(|from| parse_reply(pkt, from))
-                            .map(|r| {
-                                (
-                                    r.addr,
-                                    r.port,
-                                    r.state,
-                                    r.to_port == self.sport
-                                        && r.ack
-                                            == cookie
-                                                .of(r.addr, r.port, self.sport)
-                                                .wrapping_add(1),
-                                )
-                            }),
+                            .map(checked),
                         _ if parse_echo_reply(pkt).is_some_and(|(_, id)| id == self.sport) => {
                             if let Some((a, _)) = parse_echo_reply(pkt) {
                                 out.echoed.push(a);

@@ -319,6 +319,27 @@ fn raw(d: &std::path::Path) -> rusqlite::Connection {
     rusqlite::Connection::open(d.join(portwarden_store::DB_FILE)).unwrap()
 }
 
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    portwarden_store::ledger::hex(&sha2::Sha256::digest(text.as_bytes()))
+}
+
+/// A fresh store with one apply whose snapshot is an empty table of ours.
+fn with_apply(tag: &str, deadline: Option<i64>) -> (PathBuf, SqliteStore, portwarden_store::FwTxn) {
+    let d = tempdir(tag);
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    let t = s
+        .fw_begin(
+            100,
+            "op",
+            deadline,
+            Some("table inet portwarden {\n}\n".into()),
+            "x",
+        )
+        .unwrap();
+    (d, s, t)
+}
+
 fn mode(p: &std::path::Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
@@ -600,6 +621,11 @@ fn r_verify_names_the_first_damaged_record() {
 /// Appends a well-chained record as someone with write access to the file (and the
 /// public hash function) would: the chain alone cannot tell it from ours.
 fn forge(c: &rusqlite::Connection, change: portwarden_store::Change) -> i64 {
+    forge_at(c, 500, change)
+}
+
+/// [`forge`] with the record's timestamp.
+fn forge_at(c: &rusqlite::Connection, ts: i64, change: portwarden_store::Change) -> i64 {
     let (seq, hash): (i64, String) = c
         .query_row(
             "SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1",
@@ -607,7 +633,7 @@ fn forge(c: &rusqlite::Connection, change: portwarden_store::Change) -> i64 {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    let e = portwarden_store::ledger::next_entry(Some((seq, &hash)), 500, change);
+    let e = portwarden_store::ledger::next_entry(Some((seq, &hash)), ts, change);
     c.execute(
         "INSERT INTO ledger (seq, ts, actor, action, subject, before, after, reason, prev_hash, hash) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -622,26 +648,12 @@ fn forge(c: &rusqlite::Connection, change: portwarden_store::Change) -> i64 {
 
 #[test]
 fn r_snapshot_vouched_only_by_the_first_apply_record() {
-    use sha2::Digest;
-    let d = tempdir("forged-apply");
-    let mut s = SqliteStore::open(&d, "local", true).unwrap();
-    let t = s
-        .fw_begin(
-            100,
-            "op",
-            Some(200),
-            Some("table inet portwarden {\n}\n".into()),
-            "x",
-        )
-        .unwrap();
+    let (d, s, t) = with_apply("forged-apply", Some(200));
     assert!(s.fw_verified_snapshot(&t).is_ok());
     drop(s);
     // The snapshot swapped, a later record vouching for it, the row pointed at it.
     let evil = "table inet portwarden { chain input { type filter hook input priority 0; policy accept; } }";
-    let digest = format!(
-        "sha256:{}",
-        portwarden_store::ledger::hex(&sha2::Sha256::digest(evil.as_bytes()))
-    );
+    let digest = format!("sha256:{}", sha256_hex(evil));
     let c = raw(&d);
     let seq = forge(
         &c,
@@ -830,28 +842,12 @@ fn r_an_anchor_that_cannot_move_after_a_commit_is_a_warning() {
 
 #[test]
 fn r_a_forged_transaction_is_not_vouched_for() {
-    let d = tempdir("forged-txn");
-    let mut s = SqliteStore::open(&d, "local", true).unwrap();
-    let t = s
-        .fw_begin(
-            100,
-            "op",
-            None,
-            Some("table inet portwarden {\n}\n".into()),
-            "x",
-        )
-        .unwrap();
+    let (d, s, t) = with_apply("forged-txn", None);
     drop(s);
     // A new pending transaction whose first, well-chained apply record vouches for an
     // accept-all snapshot with the right digest and a made-up MAC.
     let evil = "table inet portwarden { chain input { type filter hook input priority 0; policy accept; } }";
-    let digest = {
-        use sha2::Digest;
-        format!(
-            "sha256:{}",
-            portwarden_store::ledger::hex(&sha2::Sha256::digest(evil.as_bytes()))
-        )
-    };
+    let digest = { format!("sha256:{}", sha256_hex(evil)) };
     let c = raw(&d);
     c.execute(
         "INSERT INTO fw_txn (created, deadline, state, snapshot, ruleset, actor) \
@@ -925,23 +921,7 @@ fn r_one_old_timestamp_does_not_make_retention_erase_history() {
     drop(s);
     // One chained record with an ancient timestamp at the end.
     let c = raw(&d);
-    let (seq, hash): (i64, String) = c
-        .query_row(
-            "SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    let e = portwarden_store::ledger::next_entry(Some((seq, &hash)), 1, change(99));
-    c.execute(
-        "INSERT INTO ledger (seq, ts, actor, action, subject, before, after, reason, prev_hash, hash) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        rusqlite::params![
-            e.seq, e.ts, e.actor, e.action, e.subject, e.before, e.after, e.reason, e.prev_hash,
-            e.hash
-        ],
-    )
-    .unwrap();
+    forge_at(&c, 1, change(99));
     drop(c);
     let mut s = SqliteStore::open(&d, "local", false).unwrap();
     // Everything before 10_002 is old; the record stamped 1 at the end is not a reason to
@@ -1042,17 +1022,7 @@ fn r_an_old_transaction_set_back_to_pending_is_not_rolled_back_to() {
 
 #[test]
 fn r_forged_later_records_do_not_switch_off_a_pending_rollback() {
-    let d = tempdir("forged-confirm");
-    let mut s = SqliteStore::open(&d, "local", true).unwrap();
-    let t = s
-        .fw_begin(
-            100,
-            "op",
-            Some(300),
-            Some("table inet portwarden {\n}\n".into()),
-            "a",
-        )
-        .unwrap();
+    let (d, s, t) = with_apply("forged-confirm", Some(300));
     drop(s);
     let c = raw(&d);
     for (action, subject) in [("fw.confirm", "fw txn 1"), ("fw.apply", "fw txn 7")] {

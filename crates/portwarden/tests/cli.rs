@@ -1715,6 +1715,17 @@ mod firewall {
             self.server.serve(specs);
         }
 
+        /// A lab with a listener on 9000 and [`POLICY`] applied (no commit-confirm).
+        fn applied_9000(tag: &str) -> Option<Lab> {
+            let mut lab = Lab::new(tag)?;
+            lab.serve(&["hold@10.99.0.1:9000"]);
+            assert_eq!(
+                code(&lab.pw(POLICY, &["fw", "apply", "--confirm-within", "0"])),
+                0
+            );
+            Some(lab)
+        }
+
         fn client(&self, args: &[&str]) -> bool {
             Command::new("ip")
                 .args([
@@ -2101,14 +2112,9 @@ max_conn_per_source = 3
 
     #[test]
     fn r7_a_pending_apply_whose_watcher_died_rolls_back_on_the_next_start() {
-        let Some(mut lab) = Lab::new("rc") else {
+        let Some(lab) = Lab::applied_9000("rc") else {
             return;
         };
-        lab.serve(&["hold@10.99.0.1:9000"]);
-        assert_eq!(
-            code(&lab.pw(POLICY, &["fw", "apply", "--confirm-within", "0"])),
-            0
-        );
         let before = lab.table();
         let second = opening_9000();
         let o = lab.pw(
@@ -2171,14 +2177,9 @@ max_conn_per_source = 3
 
     #[test]
     fn r_watcher_rolls_back_at_its_deadline_with_no_other_command() {
-        let Some(mut lab) = Lab::new("wd") else {
+        let Some(lab) = Lab::applied_9000("wd") else {
             return;
         };
-        lab.serve(&["hold@10.99.0.1:9000"]);
-        assert_eq!(
-            code(&lab.pw(POLICY, &["fw", "apply", "--confirm-within", "0"])),
-            0
-        );
         let before = lab.table();
         let second = opening_9000();
         let o = lab.pw(&second, &["fw", "apply", "--confirm-within", "2s"]);
@@ -2230,14 +2231,9 @@ max_conn_per_source = 3
 
     #[test]
     fn r_grants_survive_apply() {
-        let Some(mut lab) = Lab::new("gs") else {
+        let Some(lab) = Lab::applied_9000("gs") else {
             return;
         };
-        lab.serve(&["hold@10.99.0.1:9000"]);
-        assert_eq!(
-            code(&lab.pw(POLICY, &["fw", "apply", "--confirm-within", "0"])),
-            0
-        );
         let o = lab.pw(
             POLICY,
             &[
@@ -2406,14 +2402,9 @@ max_conn_per_source = 3
 
     #[test]
     fn r_revoke_on_a_store_that_refuses_writes_changes_nothing() {
-        let Some(mut lab) = Lab::new("rv") else {
+        let Some(lab) = Lab::applied_9000("rv") else {
             return;
         };
-        lab.serve(&["hold@10.99.0.1:9000"]);
-        assert_eq!(
-            code(&lab.pw(POLICY, &["fw", "apply", "--confirm-within", "0"])),
-            0
-        );
         let o = lab.pw(
             POLICY,
             &["grant", "9000", "--from", "10.99.0.2", "--for", "5m"],
@@ -2719,14 +2710,9 @@ max_conn_per_source = 3
 
     #[test]
     fn r_rollback_refuses_a_swapped_snapshot() {
-        let Some(mut lab) = Lab::new("sh") else {
+        let Some(lab) = Lab::applied_9000("sh") else {
             return;
         };
-        lab.serve(&["hold@10.99.0.1:9000"]);
-        assert_eq!(
-            code(&lab.pw(POLICY, &["fw", "apply", "--confirm-within", "0"])),
-            0
-        );
         let o = lab.pw(POLICY, &["fw", "apply", "--confirm-within", "1h"]);
         assert_eq!(code(&o), 0, "{}", stderr(&o));
         // Whoever can write the store swaps the snapshot for an open-everything table.
