@@ -2565,11 +2565,11 @@ max_conn_per_source = 3
             return;
         };
         lab.serve(&["hold@10.99.0.1:9000"]);
-        let scan = |extra: &[&str]| -> Value {
+        let scan = |target: &str, extra: &[&str]| -> Value {
             let mut args = vec![
                 env!("CARGO_BIN_EXE_portwarden"),
                 "scan",
-                "10.99.0.0/28",
+                target,
                 "-p",
                 "9000",
                 "--syn",
@@ -2578,10 +2578,10 @@ max_conn_per_source = 3
             ];
             args.extend_from_slice(extra);
             let o = lab.client.exec(&args);
-            assert_eq!(code(&o), 0, "{}", stderr(&o));
+            assert!(code(&o) < 2, "{}", stderr(&o));
             serde_json::from_slice(&o.stdout).unwrap()
         };
-        let v = scan(&[]);
+        let v = scan("10.99.0.0/28", &[]);
         let list = |k: &str| -> Vec<String> {
             v[k].as_array()
                 .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
@@ -2601,23 +2601,9 @@ max_conn_per_source = 3
         assert_eq!(open[0]["addr"], "10.99.0.1");
         // A host behind a DROP firewall answers no discovery probe: down, unless -Pn.
         drop_all_but_two(&lab);
-        let one = |extra: &[&str]| -> Value {
-            let mut args = vec![
-                env!("CARGO_BIN_EXE_portwarden"),
-                "scan",
-                "10.99.0.1",
-                "-p",
-                "9000",
-                "--syn",
-                "--json",
-                "-q",
-            ];
-            args.extend_from_slice(extra);
-            serde_json::from_slice(&lab.client.exec(&args).stdout).unwrap()
-        };
-        let v = one(&[]);
+        let v = scan("10.99.0.1", &[]);
         assert_eq!(v["hosts_down"], serde_json::json!(["10.99.0.1"]), "{v}");
-        let v = one(&["-Pn"]);
+        let v = scan("10.99.0.1", &["-Pn"]);
         assert!(v.get("hosts_down").is_none(), "{v}");
         assert_eq!(v["ports"][0]["state"], "open", "{v}");
     }
