@@ -5,6 +5,7 @@
 
 pub mod cert;
 pub mod connect;
+pub mod fingerprint;
 pub mod probe;
 pub mod scan;
 pub mod syn;

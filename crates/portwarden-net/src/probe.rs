@@ -55,6 +55,8 @@ pub struct ProbeResult {
     pub banner: Option<String>,
     /// The server accepted the connection but said nothing in time.
     pub stalled: bool,
+    /// Product and version, where what it said names them.
+    pub product: Option<crate::fingerprint::Product>,
 }
 
 impl ProbeResult {
@@ -66,6 +68,7 @@ impl ProbeResult {
             tls: TlsVerdict::Unknown,
             banner: None,
             stalled: false,
+            product: None,
         }
     }
 }
@@ -302,6 +305,11 @@ pub async fn probe(addr: SocketAddr, kind: ProbeKind, t: Duration) -> ProbeResul
                         Some(v) => {
                             r.identified = Some("postgresql".into());
                             r.tls = v;
+                            r.product = Some(crate::fingerprint::Product {
+                                product: "PostgreSQL DB".into(),
+                                version: None,
+                                extrainfo: None,
+                            });
                         }
                         None => identify_banner(&b, &mut r),
                     }
@@ -319,6 +327,7 @@ pub async fn probe(addr: SocketAddr, kind: ProbeKind, t: Duration) -> ProbeResul
                 r.identified = Some("ssh".into());
                 r.tls = TlsVerdict::Native;
                 r.banner = Some(sanitize(&b));
+                r.product = crate::fingerprint::ssh(&String::from_utf8_lossy(&b));
             } else {
                 r.stalled = b.is_empty();
                 r.banner = (!b.is_empty()).then(|| sanitize(&b));
@@ -336,6 +345,11 @@ pub async fn probe(addr: SocketAddr, kind: ProbeKind, t: Duration) -> ProbeResul
                 r.identified = Some("redis".into());
                 r.tls = TlsVerdict::None;
                 r.banner = Some(sanitize(&b));
+                r.product = Some(crate::fingerprint::Product {
+                    product: "Redis key-value store".into(),
+                    version: None,
+                    extrainfo: None,
+                });
             } else if is_tls_answer(&b) {
                 r.tls = TlsVerdict::Required;
             } else {
@@ -395,10 +409,28 @@ fn classify_http(b: &[u8], r: &mut ProbeResult) {
         r.identified = Some("http".into());
         r.tls = TlsVerdict::None;
         r.banner = Some(sanitize(b));
+        r.product = crate::fingerprint::http(&String::from_utf8_lossy(b));
     } else if b.is_empty() {
         r.stalled = true;
     } else if is_tls_answer(b) {
         r.tls = TlsVerdict::Required;
+    }
+}
+
+/// Product and version from a text greeting, whichever protocol it is.
+fn greeting_product(text: &str) -> Option<crate::fingerprint::Product> {
+    use crate::fingerprint as f;
+    let line = text.lines().next().unwrap_or("");
+    if line.starts_with("SSH-") {
+        f::ssh(line)
+    } else if line.starts_with("@RSYNCD") {
+        f::rsync(line)
+    } else if line.starts_with("220") {
+        f::ftp(line).or_else(|| f::smtp(line))
+    } else if line.starts_with("* OK") {
+        f::imap(line)
+    } else {
+        None
     }
 }
 
@@ -422,6 +454,7 @@ fn mysql_verdict(b: &[u8], r: &mut ProbeResult) -> bool {
     };
     r.identified = Some("mysql".into());
     r.banner = Some(sanitize(version.as_bytes()));
+    r.product = Some(crate::fingerprint::mysql(&version));
     r.tls = if caps & CLIENT_SSL != 0 {
         TlsVerdict::Offered
     } else {
@@ -436,6 +469,7 @@ fn identify_banner(b: &[u8], r: &mut ProbeResult) {
     }
     r.banner = Some(sanitize(b));
     let text = String::from_utf8_lossy(b);
+    r.product = greeting_product(&text);
     let (id, tls) = if text.starts_with("SSH-") {
         ("ssh", TlsVerdict::Native)
     } else if text.starts_with("@RSYNCD") {
@@ -474,6 +508,7 @@ async fn starttls(s: &mut TcpStream, kind: ProbeKind, t: Duration, r: &mut Probe
     if !greeting.starts_with(greet_ok) {
         return;
     }
+    r.product = greeting_product(&String::from_utf8_lossy(&greeting));
     r.identified = Some(id.into());
     if kind == ProbeKind::Imap && String::from_utf8_lossy(&greeting).contains(marker) {
         r.tls = TlsVerdict::Offered;

@@ -619,8 +619,17 @@ pub fn scan_table(d: &crate::cmd::scan::ScanDoc) -> io::Result<()> {
                 (None, _) => "-".into(),
             },
             p.tls.clone().unwrap_or_else(|| "-".into()),
-            match (&p.cert_subject, &p.cert_expires) {
-                (Some(s), Some(e)) => format!("cert {s}, expires {e}"),
+            match (&p.cert_subject, &p.cert_expires, &p.product) {
+                (Some(s), Some(e), _) => format!("cert {s}, expires {e}"),
+                (_, _, Some(product)) => [
+                    Some(product.clone()),
+                    p.version.clone(),
+                    p.extrainfo.as_ref().map(|x| format!("({x})")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" "),
                 _ => p.banner.clone().unwrap_or_default(),
             },
         ]);
@@ -785,14 +794,24 @@ pub fn scan_xml(d: &crate::cmd::scan::ScanDoc) -> String {
                 } else {
                     ""
                 };
+                // nmap's attributes: product, version, extrainfo (the banner where
+                // nothing better is known).
+                let attr = |k: &str, v: Option<&str>| {
+                    v.map_or(String::new(), |v| format!(" {k}=\"{}\"", xml_esc(v)))
+                };
                 s.push_str(&format!(
-                    "<service name=\"{}\"{tunnel} method=\"{}\" conf=\"{}\"{}/>",
+                    "<service name=\"{}\"{}{}{}{tunnel} method=\"{}\" conf=\"{}\"/>",
                     xml_esc(name),
+                    attr("product", p.product.as_deref()),
+                    attr("version", p.version.as_deref()),
+                    attr(
+                        "extrainfo",
+                        p.extrainfo
+                            .as_deref()
+                            .or(p.banner.as_deref().filter(|_| p.product.is_none()))
+                    ),
                     p.method,
                     if p.method == "probed" { 10 } else { 3 },
-                    p.banner
-                        .as_deref()
-                        .map_or(String::new(), |b| format!(" extrainfo=\"{}\"", xml_esc(b)))
                 ));
             }
             s.push_str("</port>\n");

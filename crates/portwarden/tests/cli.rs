@@ -1455,7 +1455,10 @@ mod scan {
             port
         };
         specs.push((serve(b"SSH-2.0-OpenSSH_9.2\r\n", false), "ssh"));
-        specs.push((serve(b"HTTP/1.0 200 OK\r\n\r\n", true), "http"));
+        specs.push((
+            serve(b"HTTP/1.0 200 OK\r\nServer: nginx/1.22.1\r\n\r\n", true),
+            "http",
+        ));
         specs.push((serve(b"+PONG\r\n", true), "redis"));
         specs.push((serve(b"N", true), "postgresql"));
         let silent = TcpListener::bind((addr, 0)).unwrap();
@@ -1479,6 +1482,18 @@ mod scan {
                 .unwrap();
             assert_eq!(p["service"], *name, "{p}");
             assert_eq!(p["method"], "probed");
+            // Product and version where the service names them (nmap -sV's fields).
+            let want = match *name {
+                "ssh" => Some(("OpenSSH", Some("9.2"))),
+                "http" => Some(("nginx", Some("1.22.1"))),
+                "redis" => Some(("Redis key-value store", None)),
+                "postgresql" => Some(("PostgreSQL DB", None)),
+                _ => None,
+            };
+            if let Some((product, version)) = want {
+                assert_eq!(p["product"], product, "{p}");
+                assert_eq!(p["version"].as_str(), version, "{p}");
+            }
         }
         let s = v["ports"]
             .as_array()

@@ -35,6 +35,14 @@ pub struct ScannedPort {
     /// Certificate expiry (UTC), where TLS was found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_expires: Option<String>,
+    /// Product, version and extra information, where what the service said names them
+    /// (nmap's `product`, `version`, `extrainfo`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extrainfo: Option<String>,
 }
 
 /// The `--json` document (also what `--diff` reads back).
@@ -217,6 +225,9 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
             banner: None,
             cert_subject: None,
             cert_expires: None,
+            product: None,
+            version: None,
+            extrainfo: None,
         })
         .collect();
     if a.service && protocol == Protocol::Tcp {
@@ -514,6 +525,11 @@ fn detect(
         }
         if f.banner.is_none() {
             f.banner = r.banner;
+        }
+        if let Some(p) = r.product {
+            f.product = Some(p.product);
+            f.version = p.version;
+            f.extrainfo = p.extrainfo;
         }
         let tls = serde_json::to_value(r.tls)
             .ok()
