@@ -68,19 +68,56 @@ impl ServerCertVerifier for SeeAnything {
 
 /// Connects, completes a TLS handshake and reads the leaf certificate.
 pub async fn certificate(addr: SocketAddr, t: Duration) -> Option<CertInfo> {
+    inside_tls(addr, t).await.0
+}
+
+/// What a TLS service shows: its leaf certificate, and, asked `HEAD /` inside the TLS
+/// session (ALPN `http/1.1`), the head of its HTTP answer when it speaks HTTP: an
+/// implicit-TLS HTTP server is `https`, not just "tls".
+pub async fn inside_tls(addr: SocketAddr, t: Duration) -> (Option<CertInfo>, Option<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+    let Ok(cfg) = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .ok()?
+    else {
+        return (None, None);
+    };
+    let mut cfg = cfg
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(SeeAnything(provider)))
         .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-    let tcp = timeout(t, TcpStream::connect(addr)).await.ok()?.ok()?;
+    let Ok(Ok(tcp)) = timeout(t, TcpStream::connect(addr)).await else {
+        return (None, None);
+    };
     let name = ServerName::IpAddress(addr.ip().into());
-    let tls = timeout(t, connector.connect(name, tcp)).await.ok()?.ok()?;
-    let der = tls.get_ref().1.peer_certificates()?.first()?.to_vec();
-    parse_certificate(&der)
+    let Ok(Ok(mut tls)) = timeout(t, connector.connect(name, tcp)).await else {
+        return (None, None);
+    };
+    let cert = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|der| parse_certificate(der));
+    if tls.write_all(&crate::probe::http_head(addr)).await.is_err() {
+        return (cert, None);
+    }
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + t;
+    while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match timeout(left, tls.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    let http = head
+        .starts_with(b"HTTP/")
+        .then(|| String::from_utf8_lossy(&head).into_owned());
+    (cert, http)
 }
 
 /// One DER element: (tag, contents, rest).

@@ -125,6 +125,48 @@ async fn a_real_tls_listener_answers_the_client_hello() {
 }
 
 #[tokio::test]
+async fn r_http_inside_tls_is_https_with_its_server_header() {
+    use tokio::io::AsyncReadExt;
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key = tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(
+        ck.signing_key.serialize_der().into(),
+    );
+    let mut cfg = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let addr = serve(move |s| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(mut tls) = acceptor.accept(s).await else {
+                return;
+            };
+            let mut b = [0u8; 512];
+            if let Ok(n) = tls.read(&mut b).await {
+                if b[..n].starts_with(b"HEAD / HTTP/1.1\r\nHost: ") {
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\n\r\n")
+                        .await;
+                    let _ = tls.flush().await;
+                }
+            }
+        }
+    })
+    .await;
+    let (cert, head) = portwarden_net::cert::inside_tls(addr, T).await;
+    assert!(cert.is_some());
+    let head = head.expect("an HTTP answer inside TLS");
+    let p = portwarden_net::fingerprint::http(&head).unwrap();
+    assert_eq!(
+        (p.product.as_str(), p.version.as_deref()),
+        ("nginx", Some("1.22.1"))
+    );
+}
+
+#[tokio::test]
 async fn ssh_http_redis_smtp() {
     let ssh = serve(|mut s| async move {
         let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n").await;

@@ -491,10 +491,20 @@ fn detect(
                         portwarden_net::probe::identify(addr, t).await
                     }
                 };
-                let cert = if r.tls == portwarden_net::TlsVerdict::Required {
-                    portwarden_net::cert::certificate(addr, t * 2).await
+                let (cert, https) = if r.tls == portwarden_net::TlsVerdict::Required {
+                    portwarden_net::cert::inside_tls(addr, t * 2).await
                 } else {
-                    None
+                    (None, None)
+                };
+                // HTTP inside the TLS session: `https`, with its Server header.
+                let r = match https {
+                    Some(head) => portwarden_net::ProbeResult {
+                        identified: Some("https".into()),
+                        banner: Some(portwarden_net::probe::sanitize(head.as_bytes())),
+                        product: portwarden_net::fingerprint::http(&head),
+                        ..r
+                    },
+                    None => r,
                 };
                 (i, (r, cert))
             });
