@@ -115,6 +115,13 @@ fn version_after<'a>(text: &'a str, key: &str) -> Option<&'a str> {
         .then_some(word)
 }
 
+/// What stands in parentheses right after `word`: `Postfix (Debian/GNU)` → `Debian/GNU`.
+fn paren_after<'a>(text: &'a str, word: &str) -> Option<&'a str> {
+    let (_, rest) = text.split_once(word)?;
+    let (inside, _) = rest.trim().strip_prefix('(')?.split_once(')')?;
+    Some(inside)
+}
+
 /// An FTP `220` greeting: vsftpd, ProFTPD, Pure-FTPd.
 pub fn ftp(greeting: &str) -> Option<Product> {
     let g = greeting.trim();
@@ -134,12 +141,7 @@ pub fn ftp(greeting: &str) -> Option<Product> {
 pub fn smtp(greeting: &str) -> Option<Product> {
     let g = greeting.trim();
     if g.contains("Postfix") {
-        let extra = g
-            .split_once("Postfix")
-            .and_then(|(_, r)| r.trim().strip_prefix('('))
-            .and_then(|r| r.split_once(')'))
-            .map(|(e, _)| e);
-        return Some(p("Postfix smtpd", None, extra));
+        return Some(p("Postfix smtpd", None, paren_after(g, "Postfix")));
     }
     if g.contains("Exim") {
         return Some(p("Exim smtpd", version_after(g, "Exim"), None));
@@ -154,12 +156,7 @@ pub fn smtp(greeting: &str) -> Option<Product> {
 pub fn imap(greeting: &str) -> Option<Product> {
     let g = greeting.trim();
     if g.contains("Dovecot") {
-        let extra = g
-            .split_once("Dovecot")
-            .and_then(|(_, r)| r.trim().strip_prefix('('))
-            .and_then(|r| r.split_once(')'))
-            .map(|(e, _)| e);
-        return Some(p("Dovecot imapd", None, extra));
+        return Some(p("Dovecot imapd", None, paren_after(g, "Dovecot")));
     }
     if g.contains("Cyrus") {
         return Some(p("Cyrus imapd", version_after(g, "v"), None));
