@@ -86,17 +86,37 @@ fn floor_char_boundary(s: &str, mut i: usize) -> usize {
 /// `\x1b`-style escapes, everything else as itself. The one escaping rule for text meant
 /// for a terminal; the binary's output module applies it to everything it prints.
 pub fn show_char(c: char, out: &mut String) {
-    if c.is_control() {
+    if !is_unsafe_char(c) {
+        out.push(c);
+    } else if u32::from(c) <= 0xff {
         out.push_str(&format!("\\x{:02x}", u32::from(c)));
     } else {
-        out.push(c);
+        out.push_str(&format!("\\u{{{:04x}}}", u32::from(c)));
     }
+}
+
+/// Characters never written raw to a terminal or a document: control characters, the
+/// format characters that reorder or hide text (bidi overrides and isolates, zero-width
+/// marks, the BOM), and U+FFFE/U+FFFF, which XML forbids.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200b}'..='\u{200f}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{fffe}'
+                | '\u{ffff}'
+        )
 }
 
 /// `s` with every control character escaped as [`show_char`] does, except those in
 /// `keep` (newlines, for multi-line text).
 pub fn escape_controls<'a>(s: &'a str, keep: &[char]) -> std::borrow::Cow<'a, str> {
-    if !s.chars().any(|c| c.is_control() && !keep.contains(&c)) {
+    if !s.chars().any(|c| is_unsafe_char(c) && !keep.contains(&c)) {
         return std::borrow::Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);

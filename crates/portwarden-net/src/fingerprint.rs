@@ -19,10 +19,11 @@ pub struct Product {
 }
 
 fn p(product: &str, version: Option<&str>, extrainfo: Option<&str>) -> Product {
+    // Every field, the product name included: it comes from the peer.
     let clean = |s: &str| {
         let t: String = s
             .chars()
-            .filter(|c| !c.is_control())
+            .filter(|c| !portwarden_core::diag::is_unsafe_char(*c))
             .take(80)
             .collect::<String>()
             .trim()
@@ -30,7 +31,7 @@ fn p(product: &str, version: Option<&str>, extrainfo: Option<&str>) -> Product {
         (!t.is_empty()).then_some(t)
     };
     Product {
-        product: product.to_string(),
+        product: clean(product).unwrap_or_else(|| "unknown".into()),
         version: version.and_then(clean),
         extrainfo: extrainfo.and_then(clean),
     }
@@ -243,10 +244,14 @@ mod tests {
             ("rsync".into(), None, s("protocol version 31.0"))
         );
         assert!(ftp("220 welcome").is_none());
-        // Control bytes never reach the fields.
+        // Control and format characters never reach the fields, the product included,
+        // and no field is longer than 80 characters.
         assert_eq!(
             pv(ssh("SSH-2.0-Evil_1\x1b[31m")).1.as_deref(),
             Some("1[31m")
         );
+        assert_eq!(pv(ssh("SSH-2.0-Op\x01en\u{202e}SSH_9.6")).0, "OpenSSH");
+        let long = format!("HTTP/1.1 200 OK\r\nServer: {}\r\n", "x".repeat(20_000));
+        assert_eq!(pv(http(&long)).0.len(), 80);
     }
 }

@@ -178,7 +178,7 @@ pub fn sanitize(b: &[u8]) -> String {
     let mut out = String::new();
     for chunk in line.utf8_chunks() {
         for c in chunk.valid().chars() {
-            if c.is_control() {
+            if portwarden_core::diag::is_unsafe_char(c) {
                 let mut buf = [0u8; 4];
                 for byte in c.encode_utf8(&mut buf).bytes() {
                     out.push_str(&format!("\\x{byte:02x}"));
@@ -288,8 +288,13 @@ pub async fn probe(addr: SocketAddr, kind: ProbeKind, t: Duration) -> ProbeResul
     match kind {
         ProbeKind::Tls => tls(&mut s, t, &mut r).await,
         ProbeKind::Mysql => {
+            // The packet length is three bytes, little-endian.
             let b = read_until(&mut s, t, |b| {
-                b.len() >= 4 && b.len() >= 4 + usize::from(b[0])
+                b.len() >= 4
+                    && b.len()
+                        >= 4 + (usize::from(b[0])
+                            | usize::from(b[1]) << 8
+                            | usize::from(b[2]) << 16)
             })
             .await;
             if !mysql_verdict(&b, &mut r) {

@@ -383,15 +383,17 @@ impl SynScanner {
         })
     }
 
-    /// Sends one ICMP echo request to each IPv4 target (the answers are read by the next
+    /// Sends two ICMP echo requests to each IPv4 target (the answers are read by the next
     /// `run`, into `echoed`): the ICMP half of host discovery.
     pub fn ping(&self, targets: &[IpAddr]) {
         let Some(fd) = &self.icmp else {
             return;
         };
-        for (i, t) in targets.iter().filter(|t| t.is_ipv4()).enumerate() {
+        // Twice: one lost request must not hide a host that answers only pings.
+        let v4: Vec<&IpAddr> = targets.iter().filter(|t| t.is_ipv4()).collect();
+        for (i, t) in v4.iter().chain(v4.iter()).enumerate() {
             let m = echo_request(self.sport, i as u16);
-            let (ss, len) = sockaddr(SocketAddr::new(*t, 0));
+            let (ss, len) = sockaddr(SocketAddr::new(**t, 0));
             // SAFETY: a valid buffer and sockaddr of the stated lengths.
             unsafe {
                 libc::sendto(

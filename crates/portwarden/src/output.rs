@@ -743,8 +743,11 @@ pub fn scan_grepable(d: &crate::cmd::scan::ScanDoc) -> String {
     s
 }
 
+/// Text for an XML attribute or element: markup escaped, and every character XML 1.0
+/// forbids (or a terminal should not get raw) shown as `\xNN` / `\u{NNNN}`.
 fn xml_esc(s: &str) -> String {
-    s.replace('&', "&amp;")
+    clean(s, false)
+        .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")

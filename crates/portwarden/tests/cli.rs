@@ -3023,3 +3023,54 @@ fn r_output_sanitised() {
     assert!(!err.contains(['\x1b', '\x07']), "{err:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn r_hostile_banners_cannot_break_the_outputs() {
+    use std::io::Write;
+    // An SSH-looking banner with control, format and XML-forbidden characters, and an
+    // HTTP server whose Server header is markup.
+    let ssh = std::net::TcpListener::bind("127.0.0.12:0").unwrap();
+    let http = std::net::TcpListener::bind("127.0.0.12:0").unwrap();
+    let ports = format!(
+        "{},{}",
+        ssh.local_addr().unwrap().port(),
+        http.local_addr().unwrap().port()
+    );
+    for (l, reply) in [
+        (
+            ssh,
+            "SSH-2.0-Op\u{1}en\u{202e}SSH_9.6 \u{fffe}x\u{1b}]0;pwned\u{7}\r\n".as_bytes(),
+        ),
+        (
+            http,
+            b"HTTP/1.1 200 OK\r\nServer: <x a=\"&\">/1 \"q\"\r\n\r\n".as_slice(),
+        ),
+    ] {
+        std::thread::spawn(move || {
+            for s in l.incoming().take(40) {
+                let Ok(mut s) = s else { continue };
+                std::thread::spawn(move || {
+                    let _ = s.write_all(reply);
+                    std::thread::sleep(std::time::Duration::from_millis(300));
+                });
+            }
+        });
+    }
+    let o = run(&["scan", "127.0.0.12", "-sV", "-p", &ports, "-oX", "-", "-q"]);
+    assert!(code(&o) < 2, "{}", stderr(&o));
+    let xml = String::from_utf8(o.stdout).unwrap();
+    for bad in ['\u{1}', '\u{1b}', '\u{7}', '\u{202e}', '\u{fffe}'] {
+        assert!(!xml.contains(bad), "{bad:?} reached the XML: {xml}");
+    }
+    assert!(xml.contains("product=\"OpenSSH\""), "{xml}");
+    assert!(xml.contains("&lt;x"), "{xml}");
+    assert!(!xml.contains("<x a="), "{xml}");
+    let o = run(&["scan", "127.0.0.12", "-sV", "-p", &ports]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    for bad in ['\u{1b}', '\u{7}', '\u{202e}'] {
+        assert!(
+            !table.contains(bad),
+            "{bad:?} reached the terminal: {table}"
+        );
+    }
+}

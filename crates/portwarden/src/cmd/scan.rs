@@ -474,10 +474,18 @@ fn detect(
             (i, SocketAddr::new(p.addr, p.port), kind)
         })
         .collect();
+    // Each port may take half a dozen connections at once: bounded by the descriptor
+    // limit, so a low limit slows detection instead of losing results.
+    let per_port = 6;
+    let limit =
+        (portwarden_net::scan::raise_nofile().saturating_sub(64) as usize / per_port).clamp(1, 512);
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(limit));
     let results = rt.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for (i, addr, kind) in jobs {
+            let gate = gate.clone();
             set.spawn(async move {
+                let _permit = gate.acquire_owned().await;
                 let t = super::facts::PROBE_TIMEOUT;
                 // The likely question for the port first; when it does not identify the
                 // service (or the port is unknown), every question at once.
