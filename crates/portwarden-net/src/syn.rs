@@ -221,6 +221,15 @@ pub fn echo_request(id: u16, seq: u16) -> Vec<u8> {
     m
 }
 
+/// The ICMPv6 echo request (type 128) of a host ping; the kernel fills the checksum.
+pub fn echo_request6(id: u16, seq: u16) -> Vec<u8> {
+    let mut m = vec![128, 0, 0, 0];
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(b"portwarden ping");
+    m
+}
+
 /// An ICMP echo reply to one of our pings: (the host that answered, identifier).
 fn parse_echo_reply(pkt: &[u8]) -> Option<(IpAddr, u16)> {
     let (from, icmp) = ipv4_payload(pkt, 1)?;
@@ -274,6 +283,7 @@ pub struct SynScanner {
     v4: Option<Fd>,
     v6: Option<Fd>,
     icmp: Option<Fd>,
+    icmp6: Option<Fd>,
     /// Holds the source port (never listens, never connects).
     _hold: Vec<std::net::TcpListener>,
     sport: u16,
@@ -350,6 +360,10 @@ impl SynScanner {
         let v6 = want6
             .then(|| raw_socket(libc::AF_INET6, libc::IPPROTO_TCP))
             .transpose()?;
+        // The kernel fills ICMPv6 checksums itself.
+        let icmp6 = want6
+            .then(|| raw_socket(libc::AF_INET6, libc::IPPROTO_ICMPV6))
+            .transpose()?;
         if let Some(fd) = &v6 {
             // The kernel computes (and checks) the TCP checksum at offset 16.
             let off: libc::c_int = 16;
@@ -377,23 +391,26 @@ impl SynScanner {
             v4,
             v6,
             icmp,
+            icmp6,
             _hold: hold,
             sport,
             sources,
         })
     }
 
-    /// Sends two ICMP echo requests to each IPv4 target (the answers are read by the next
+    /// Sends two ICMP (or ICMPv6) echo requests to each target (the answers are read by the next
     /// `run`, into `echoed`): the ICMP half of host discovery.
     pub fn ping(&self, targets: &[IpAddr]) {
-        let Some(fd) = &self.icmp else {
-            return;
-        };
         // Twice: one lost request must not hide a host that answers only pings.
-        let v4: Vec<&IpAddr> = targets.iter().filter(|t| t.is_ipv4()).collect();
-        for (i, t) in v4.iter().chain(v4.iter()).enumerate() {
-            let m = echo_request(self.sport, i as u16);
-            let (ss, len) = sockaddr(SocketAddr::new(**t, 0));
+        for (i, t) in targets.iter().chain(targets.iter()).enumerate() {
+            let (fd, m) = match t {
+                IpAddr::V4(_) => (&self.icmp, echo_request(self.sport, i as u16)),
+                IpAddr::V6(_) => (&self.icmp6, echo_request6(self.sport, i as u16)),
+            };
+            let Some(fd) = fd else {
+                continue;
+            };
+            let (ss, len) = sockaddr(SocketAddr::new(*t, 0));
             // SAFETY: a valid buffer and sockaddr of the stated lengths.
             unsafe {
                 libc::sendto(
@@ -491,10 +508,15 @@ impl SynScanner {
         let mut tokens = 1.0f64;
         let mut last_fill = Instant::now();
         let mut buf = vec![0u8; 65_536];
-        let fds: Vec<(libc::c_int, u8)> = [(&self.v4, 4u8), (&self.v6, 6), (&self.icmp, 1)]
-            .iter()
-            .filter_map(|(f, k)| f.as_ref().map(|f| (f.0, *k)))
-            .collect();
+        let fds: Vec<(libc::c_int, u8)> = [
+            (&self.v4, 4u8),
+            (&self.v6, 6),
+            (&self.icmp, 1),
+            (&self.icmp6, 58),
+        ]
+        .iter()
+        .filter_map(|(f, k)| f.as_ref().map(|f| (f.0, *k)))
+        .collect();
 
         let retries = |hosts: &HashMap<IpAddr, Host>, a: IpAddr| {
             hosts
@@ -633,6 +655,16 @@ impl SynScanner {
                         6 => from_sockaddr(&ss)
                             .and_then(|from| parse_reply(pkt, from))
                             .map(checked),
+                        58 => {
+                            // An ICMPv6 echo reply (type 129) to one of our pings.
+                            if pkt.len() >= 8
+                                && pkt[0] == 129
+                                && u16::from_be_bytes([pkt[4], pkt[5]]) == self.sport
+                            {
+                                out.echoed.extend(from_sockaddr(&ss));
+                            }
+                            None
+                        }
                         _ if parse_echo_reply(pkt).is_some_and(|(_, id)| id == self.sport) => {
                             if let Some((a, _)) = parse_echo_reply(pkt) {
                                 out.echoed.push(a);
@@ -640,12 +672,13 @@ impl SynScanner {
                             None
                         }
                         _ => parse_icmp_unreachable(pkt).map(|(a, p, sp, seq)| {
-                            (
-                                a,
-                                p,
-                                Some(PortState::Filtered),
-                                sp == self.sport && seq == cookie.of(a, p, self.sport),
-                            )
+                            let ours = sp == self.sport && seq == cookie.of(a, p, self.sport);
+                            // The target itself saying "unreachable" (port or protocol
+                            // unreachable) is alive, as nmap counts it.
+                            if ours && ipv4_payload(pkt, 1).is_some_and(|(from, _)| from == a) {
+                                out.echoed.push(a);
+                            }
+                            (a, p, Some(PortState::Filtered), ours)
                         }),
                     };
                     let Some((addr, port, Some(state), true)) = got else {

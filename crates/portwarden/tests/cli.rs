@@ -2621,6 +2621,10 @@ max_conn_per_source = 3
         let v = scan("10.99.0.1", &["-Pn"]);
         assert!(v.get("hosts_down").is_none(), "{v}");
         assert_eq!(v["ports"][0]["state"], "open", "{v}");
+        // Over IPv6 the same firewall lets ICMPv6 through: an echo reply is enough.
+        let v = scan("fd99::1", &[]);
+        assert!(v.get("hosts_down").is_none(), "{v}");
+        assert_eq!(v["hosts"], serde_json::json!(["fd99::1"]), "{v}");
     }
 
     #[test]
