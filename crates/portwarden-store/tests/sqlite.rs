@@ -1227,3 +1227,62 @@ fn r_rows_put_back_after_they_ended_open_nothing() {
     );
     assert!(!s.verify_ledger().unwrap().ok());
 }
+
+#[test]
+fn a_version_4_store_upgrades_with_its_grants_and_leases_still_in_force() {
+    let d = tempdir("v4-upgrade");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    s.grant(
+        100,
+        &[portwarden_store::GrantRecord {
+            addr: "10.0.0.9".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port: Port::new(9000).unwrap(),
+            expires_at: 10_000,
+            actor: "op".into(),
+        }],
+    )
+    .unwrap();
+    alloc(&mut s, 10, "alice", 100).unwrap();
+    drop(s);
+    // As the previous release left it: no v5 columns, no key, an anchor without the
+    // retention point.
+    raw(&d)
+        .execute_batch(
+            "ALTER TABLE leases DROP COLUMN ttl_max; ALTER TABLE leases DROP COLUMN mac; \
+             ALTER TABLE grants DROP COLUMN mac; PRAGMA user_version = 4;",
+        )
+        .unwrap();
+    std::fs::remove_file(d.join(portwarden_store::key::KEY_FILE)).unwrap();
+    let anchor = d.join(portwarden_store::anchor::ANCHOR_FILE);
+    let text = std::fs::read_to_string(&anchor).unwrap();
+    let v4: String = text.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&anchor, v4).unwrap();
+    let mut s = SqliteStore::open(&d, "local", false).unwrap();
+    assert_eq!(s.grants(200).unwrap().len(), 1, "the grant lost its force");
+    assert_eq!(
+        s.admitted_leases(200).unwrap().len(),
+        1,
+        "the lease lost its force"
+    );
+    let v = s.verify_ledger().unwrap();
+    assert!(v.ok(), "{v:?}");
+    let actions: Vec<String> = s
+        .ledger(None)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert!(
+        actions.iter().any(|a| a == "ledger.key-adopted"),
+        "{actions:?}"
+    );
+    assert!(
+        std::fs::read_to_string(&anchor)
+            .unwrap()
+            .contains("pruned 0")
+    );
+    // And it keeps working.
+    alloc(&mut s, 10, "bob", 300).unwrap();
+    assert!(s.verify_ledger().unwrap().ok());
+}
