@@ -649,7 +649,12 @@ pub fn scan_table(d: &crate::cmd::scan::ScanDoc) -> io::Result<()> {
     }
     let open = d.ports.iter().filter(|p| p.state == "open").count();
     s.push_str(&format!(
-        "scanned {} {} ports on {} host{} in {:.2} s: {open} open, {} closed, {} filtered{}\n",
+        "{} {} {} ports on {} host{} in {:.2} s: {open} open, {} closed, {} filtered{}\n",
+        if d.interrupted {
+            "interrupted: settled part of"
+        } else {
+            "scanned"
+        },
         d.ports_scanned,
         d.protocol,
         d.hosts.len(),

@@ -61,6 +61,9 @@ pub struct ScanDoc {
     pub closed: u64,
     pub probes: u64,
     pub self_connects: u64,
+    /// Stopped by a signal before every port was settled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub diff: Option<Diff>,
 }
@@ -250,6 +253,7 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
         closed: outcome.closed,
         probes: outcome.probes,
         self_connects: outcome.self_connects,
+        interrupted: outcome.interrupted,
         diff: None,
     };
     if let Some(old) = &old {
