@@ -546,6 +546,14 @@ impl SynScanner {
                 let Some((addr, port, tries)) = queue.pop_front() else {
                     break;
                 };
+                // This host's own address, our own source port: bound by us, listening
+                // for nobody, and its RST is the one we suppress. It is closed.
+                if port == self.sport && self.sources.get(&addr) == Some(&addr) {
+                    out.probes += 1;
+                    out.closed += 1;
+                    done += 1;
+                    continue;
+                }
                 let c = cookie.of(addr, port, self.sport);
                 match self.send(addr, port, c) {
                     // ENOBUFS: this destination's neighbour queue is full (it does not

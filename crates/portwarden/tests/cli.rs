@@ -2628,6 +2628,29 @@ max_conn_per_source = 3
     }
 
     #[test]
+    fn r_a_syn_scan_of_this_host_reports_its_own_source_port_closed() {
+        let Some(ns) = Netns::new("self") else {
+            return;
+        };
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        let o = ns.exec(&[
+            env!("CARGO_BIN_EXE_portwarden"),
+            "scan",
+            "127.0.0.1",
+            "-p-",
+            "--syn",
+            "-Pn",
+            "--json",
+            "-q",
+        ]);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        // Nothing listens in the fresh namespace: every port closed, none "filtered" by
+        // our own RST suppression.
+        assert_eq!(v["closed"], 65535, "{}", stderr(&o));
+        assert_eq!(v["ports"].as_array().unwrap().len(), 0, "{v}");
+    }
+
+    #[test]
     fn r_an_interrupted_syn_scan_removes_its_table() {
         let Some(lab) = Lab::new("si") else {
             return;
