@@ -17,7 +17,8 @@ use std::time::Instant;
 use portwarden_core::Protocol;
 
 use crate::scan::{
-    PortResult, PortState, ScanConfig, ScanOutcome, Timing, Window, loopback_source, sockaddr,
+    PortResult, PortState, ScanConfig, ScanOutcome, Timing, Window, loopback_source,
+    setsockopt_int, sockaddr,
 };
 
 /// A raw socket closed on drop (with a reset when it was connected).
@@ -32,19 +33,6 @@ impl Drop for Sock {
 
 fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
-}
-
-fn setsockopt_int(fd: libc::c_int, level: libc::c_int, name: libc::c_int, v: libc::c_int) {
-    // SAFETY: a valid descriptor and a pointer to a c_int of the stated size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
 }
 
 fn linger_zero(fd: libc::c_int) {

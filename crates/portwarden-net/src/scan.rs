@@ -237,6 +237,25 @@ impl Window {
 }
 
 /// A `sockaddr_storage` for an address, and its length.
+/// Sets an integer socket option (errors ignored: every caller has a fallback).
+pub(crate) fn setsockopt_int(
+    fd: libc::c_int,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) {
+    // SAFETY: a valid descriptor and a pointer to a c_int of the stated size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 pub(crate) fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is plain old data; zero is a valid bit pattern.
     let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };

@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use portwarden_core::Protocol;
 
-use crate::scan::{PortResult, PortState, ScanConfig, ScanOutcome, Timing, Window, sockaddr};
+use crate::scan::{
+    PortResult, PortState, ScanConfig, ScanOutcome, Timing, Window, setsockopt_int, sockaddr,
+};
 
 /// The fastest `--rate` accepted, in packets per second.
 pub const RATE_MAX: u32 = 1_000_000;
@@ -70,18 +72,8 @@ fn raw_socket(fam: libc::c_int, proto: libc::c_int) -> Result<Fd, SynError> {
     // Large buffers: answers arrive in bursts at high rates, and every probe to a host
     // whose address does not resolve stays charged to the socket until the neighbour
     // lookup fails (seconds), which would otherwise starve the probes to live hosts.
-    let size: libc::c_int = 16 << 20;
     for opt in [libc::SO_RCVBUFFORCE, libc::SO_SNDBUFFORCE] {
-        // SAFETY: a valid descriptor and a pointer to a c_int of the stated size.
-        unsafe {
-            libc::setsockopt(
-                fd.0,
-                libc::SOL_SOCKET,
-                opt,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        setsockopt_int(fd.0, libc::SOL_SOCKET, opt, 16 << 20);
     }
     Ok(fd)
 }
@@ -102,6 +94,23 @@ fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<IpAddr> {
         }
         _ => None,
     }
+}
+
+/// One datagram on a raw socket to `dst`.
+fn send_to(fd: &Fd, bytes: &[u8], dst: IpAddr) -> io::Result<()> {
+    let (ss, len) = sockaddr(SocketAddr::new(dst, 0));
+    // SAFETY: a valid buffer and sockaddr of the stated lengths.
+    let n = unsafe {
+        libc::sendto(
+            fd.0,
+            bytes.as_ptr().cast(),
+            bytes.len(),
+            0,
+            (&ss as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    };
+    if n < 0 { Err(last_err()) } else { Ok(()) }
 }
 
 /// The source address the kernel routes to `dst` from (a connected UDP socket's name).
@@ -316,17 +325,7 @@ fn hold_port() -> io::Result<(Vec<std::net::TcpListener>, u16)> {
         let fd6 =
             unsafe { libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
         if fd6 >= 0 {
-            let one: libc::c_int = 1;
-            // SAFETY: a valid descriptor and a c_int option.
-            unsafe {
-                libc::setsockopt(
-                    fd6,
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_V6ONLY,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
+            setsockopt_int(fd6, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1);
             let (ss, len) = sockaddr((Ipv6Addr::UNSPECIFIED, port).into());
             // SAFETY: as above.
             if unsafe { libc::bind(fd6, (&ss as *const libc::sockaddr_storage).cast(), len) } == 0 {
@@ -366,17 +365,7 @@ impl SynScanner {
             .transpose()?;
         if let Some(fd) = &v6 {
             // The kernel computes (and checks) the TCP checksum at offset 16.
-            let off: libc::c_int = 16;
-            // SAFETY: a valid descriptor and a c_int option.
-            unsafe {
-                libc::setsockopt(
-                    fd.0,
-                    libc::IPPROTO_IPV6,
-                    libc::IPV6_CHECKSUM,
-                    (&off as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
+            setsockopt_int(fd.0, libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 16);
         }
         // A target with no route (or a broadcast address, which a socket may not reach
         // without asking) gets no source: its probes fail at once, as filtered.
@@ -410,18 +399,8 @@ impl SynScanner {
             let Some(fd) = fd else {
                 continue;
             };
-            let (ss, len) = sockaddr(SocketAddr::new(*t, 0));
-            // SAFETY: a valid buffer and sockaddr of the stated lengths.
-            unsafe {
-                libc::sendto(
-                    fd.0,
-                    m.as_ptr().cast(),
-                    m.len(),
-                    0,
-                    (&ss as *const libc::sockaddr_storage).cast(),
-                    len,
-                )
-            };
+            // A lost ping is what the second one is for.
+            let _ = send_to(fd, &m, *t);
         }
     }
 
@@ -442,19 +421,7 @@ impl SynScanner {
             IpAddr::V6(_) => self.v6.as_ref(),
         }
         .ok_or_else(|| io::Error::other("no raw socket for this family"))?;
-        let (ss, len) = sockaddr(SocketAddr::new(dst, 0));
-        // SAFETY: a valid buffer and sockaddr of the stated lengths.
-        let n = unsafe {
-            libc::sendto(
-                fd.0,
-                seg.as_ptr().cast(),
-                seg.len(),
-                0,
-                (&ss as *const libc::sockaddr_storage).cast(),
-                len,
-            )
-        };
-        if n < 0 { Err(last_err()) } else { Ok(()) }
+        send_to(fd, &seg, dst)
     }
 
     /// Scans every (address, port) until done or `stop` is set (then what was learnt so
