@@ -1391,6 +1391,17 @@ fn vouched(
     }
 }
 
+/// An apply record's `before`, when the key's MAC over it verifies for transaction
+/// `txn`: (snapshot digest, deadline).
+fn apply_vouched<'a>(
+    key: &crate::key::HostKey,
+    txn: i64,
+    before: &'a str,
+) -> Option<(&'a str, Option<i64>)> {
+    let (digest, deadline, mac) = parse_vouched(before)?;
+    (key.mac(vouch_message(txn, deadline, digest).as_bytes()) == mac).then_some((digest, deadline))
+}
+
 /// An apply record's `before`: (digest, deadline, MAC).
 fn parse_vouched(before: &str) -> Option<(&str, Option<i64>, &str)> {
     let (rest, mac) = before.split_once(" mac:")?;
@@ -1612,23 +1623,17 @@ impl Store for SqliteStore {
             )
             .optional()
             .map_err(backend)?;
-        let row_seq: Option<i64> = self
+        // The row as stored now, not as `t` was read: it may have changed since.
+        let (row_seq, snapshot, deadline): (Option<i64>, Option<String>, Option<i64>) = self
             .conn
-            .query_row("SELECT ledger_seq FROM fw_txn WHERE id = ?1", [t.id], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT ledger_seq, snapshot, deadline FROM fw_txn WHERE id = ?1",
+                [t.id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()
             .map_err(backend)?
-            .flatten();
-        // Stored now, not as `t` was read: the row may have changed since.
-        let snapshot: Option<String> = self
-            .conn
-            .query_row("SELECT snapshot FROM fw_txn WHERE id = ?1", [t.id], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(backend)?
-            .flatten();
+            .unwrap_or_default();
         let found = snapshot_digest(snapshot.as_deref());
         let unvouched = |why: &str| StoreError::SnapshotUnvouched {
             id: t.id,
@@ -1637,25 +1642,17 @@ impl Store for SqliteStore {
         let Some((seq, Some(before))) = first else {
             return Err(unvouched("its apply has no ledger record"));
         };
-        let Some((recorded, vouched_deadline, mac)) = parse_vouched(&before) else {
+        if parse_vouched(&before).is_none() {
             return Err(unvouched("its apply record carries no MAC"));
-        };
+        }
         let Some(key) = &self.key else {
             return Err(unvouched("this host has no key"));
         };
-        if key.mac(vouch_message(t.id, vouched_deadline, recorded).as_bytes()) != mac {
+        let Some((recorded, vouched_deadline)) = apply_vouched(key, t.id, &before) else {
             return Err(unvouched("the MAC of its apply record does not verify"));
-        }
+        };
         // The deadline as stored now must be the one vouched for: a confirmed transaction
         // turned back into a pending one with a deadline is a replay.
-        let deadline: Option<i64> = self
-            .conn
-            .query_row("SELECT deadline FROM fw_txn WHERE id = ?1", [t.id], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(backend)?
-            .flatten();
         if deadline != vouched_deadline {
             return Err(unvouched("its deadline is not the one it was applied with"));
         }
@@ -1690,10 +1687,7 @@ impl Store for SqliteStore {
                     };
                     // Whatever that transaction's row says now: the record carries its
                     // deadline.
-                    let Some((digest, d, m)) = before.and_then(parse_vouched) else {
-                        return false;
-                    };
-                    key.mac(vouch_message(id, d, digest).as_bytes()) == m
+                    before.is_some_and(|b| apply_vouched(key, id, b).is_some())
                 }
                 _ => {
                     let to = if action == "fw.confirm" {

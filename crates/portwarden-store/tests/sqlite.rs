@@ -340,6 +340,23 @@ fn with_apply(tag: &str, deadline: Option<i64>) -> (PathBuf, SqliteStore, portwa
     (d, s, t)
 }
 
+/// A store in `d` with one grant (9000/tcp from 10.0.0.9) and one lease (port 20000).
+fn grant_and_lease(d: &std::path::Path) {
+    let mut s = SqliteStore::open(d, "local", true).unwrap();
+    s.grant(
+        100,
+        &[portwarden_store::GrantRecord {
+            addr: "10.0.0.9".parse().unwrap(),
+            protocol: Protocol::Tcp,
+            port: Port::new(9000).unwrap(),
+            expires_at: 10_000,
+            actor: "op".into(),
+        }],
+    )
+    .unwrap();
+    alloc(&mut s, 10, "alice", 100).unwrap();
+}
+
 fn mode(p: &std::path::Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
@@ -1046,20 +1063,7 @@ fn r_forged_later_records_do_not_switch_off_a_pending_rollback() {
 #[test]
 fn r_grant_and_lease_rows_written_behind_our_back_open_nothing() {
     let d = tempdir("forged-rows");
-    let mut s = SqliteStore::open(&d, "local", true).unwrap();
-    s.grant(
-        100,
-        &[portwarden_store::GrantRecord {
-            addr: "10.0.0.9".parse().unwrap(),
-            protocol: Protocol::Tcp,
-            port: Port::new(9000).unwrap(),
-            expires_at: 10_000,
-            actor: "op".into(),
-        }],
-    )
-    .unwrap();
-    alloc(&mut s, 10, "alice", 100).unwrap();
-    drop(s);
+    grant_and_lease(&d);
     let c = raw(&d);
     c.execute_batch(
         "INSERT INTO grants (addr, protocol, port, expires_at, actor, created_at) \
@@ -1231,20 +1235,7 @@ fn r_rows_put_back_after_they_ended_open_nothing() {
 #[test]
 fn a_version_4_store_upgrades_with_its_grants_and_leases_still_in_force() {
     let d = tempdir("v4-upgrade");
-    let mut s = SqliteStore::open(&d, "local", true).unwrap();
-    s.grant(
-        100,
-        &[portwarden_store::GrantRecord {
-            addr: "10.0.0.9".parse().unwrap(),
-            protocol: Protocol::Tcp,
-            port: Port::new(9000).unwrap(),
-            expires_at: 10_000,
-            actor: "op".into(),
-        }],
-    )
-    .unwrap();
-    alloc(&mut s, 10, "alice", 100).unwrap();
-    drop(s);
+    grant_and_lease(&d);
     // As the previous release left it: no v5 columns, no key, an anchor without the
     // retention point.
     raw(&d)

@@ -146,12 +146,6 @@ fn steady(listing: &str) -> String {
     out.join(" ")
 }
 
-fn still_pending(s: &SqliteStore, id: i64) -> anyhow::Result<bool> {
-    Ok(s.fw_txns()?
-        .iter()
-        .any(|t| t.id == id && t.state == FwState::Pending))
-}
-
 fn pending(s: &SqliteStore) -> anyhow::Result<Option<FwTxn>> {
     Ok(s.fw_txns()?
         .into_iter()
@@ -523,7 +517,7 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             // The watcher may have reached the deadline while nft ran (a large ruleset, a
             // loaded host): then what we just loaded is unconfirmed with nobody to roll it
             // back. Roll it back now.
-            if t.deadline.is_some() && !still_pending(&s, t.id)? {
+            if t.deadline.is_some() && pending(&s)?.is_none_or(|p| p.id != t.id) {
                 // Our own snapshot, taken by this process a moment ago.
                 let (grants, leases) = state_of(&s).unwrap_or_default();
                 let how = restore_nft(snapshot.as_ref(), &grants, &leases)?;
@@ -1044,10 +1038,14 @@ pub fn sync_leases(
     }
     let mut s = store(g)?;
     // Only leases portwarden wrote on this host open a port (closing one is always safe).
-    let admitted = s.admitted_leases(super::now())?;
+    let admitted: std::collections::HashSet<i64> = s
+        .admitted_leases(super::now())?
+        .iter()
+        .map(|l| l.id)
+        .collect();
     let add: Vec<portwarden_store::Lease> = add
         .into_iter()
-        .filter(|l| admitted.iter().any(|a| a.id == l.id))
+        .filter(|l| admitted.contains(&l.id))
         .collect();
     let text = portwarden_nft::lease_commands(&leased_ports(&add), &leased_ports(&del));
     if let Err(e) = nft::apply(&text) {
