@@ -22,9 +22,12 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from netns import listen, pair, sh  # noqa: E402
+from netns import teardown as netns_teardown  # noqa: E402
+from netns import timed as netns_timed  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.join(HERE, "..", "target", "release", "portwarden")
@@ -32,20 +35,8 @@ SRV, CLI = "pwbf-s", "pwbf-c"
 SADDR, CADDR = "10.79.0.1", "10.79.0.2"
 
 
-def sh(*cmd, check=True, **kw):
-    return subprocess.run(cmd, check=check, **kw)
-
-
 def setup(open_ports):
-    teardown()
-    sh("ip", "netns", "add", SRV)
-    sh("ip", "netns", "add", CLI)
-    sh("ip", "link", "add", "pwbfs", "netns", SRV, "type", "veth", "peer", "name", "pwbfc",
-       "netns", CLI)
-    for ns, dev, addr in [(SRV, "pwbfs", SADDR), (CLI, "pwbfc", CADDR)]:
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-        sh("ip", "-n", ns, "link", "set", dev, "up")
+    pair(SRV, CLI, "pwbfs", "pwbfc", [f"{SADDR}/24"], f"{CADDR}/24")
     ports = ", ".join(str(p) for p in open_ports)
     rules = f"""
 table inet pwbf {{
@@ -58,34 +49,15 @@ table inet pwbf {{
 }}
 """
     sh("ip", "netns", "exec", SRV, "nft", "-f", "-", input=rules.encode())
-    code = (
-        "import socket,sys,time\n"
-        "ls=[]\n"
-        "for p in sys.argv[1:]:\n"
-        "  s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-        "  s.bind(('0.0.0.0',int(p))); s.listen(4096); ls.append(s)\n"
-        "print('ready',flush=True)\n"
-        "time.sleep(3600)\n"
-    )
-    p = subprocess.Popen(["ip", "netns", "exec", SRV, "python3", "-c", code] +
-                         [str(x) for x in open_ports], stdout=subprocess.PIPE)
-    assert p.stdout.readline().strip() == b"ready"
-    return p
+    return listen(SRV, ["0.0.0.0"], open_ports)
 
 
 def teardown():
-    for ns in (SRV, CLI):
-        subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
+    netns_teardown(SRV, CLI)
 
 
 def timed(cmd):
-    t = time.perf_counter()
-    r = subprocess.run(["ip", "netns", "exec", CLI] + cmd, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE)
-    wall = time.perf_counter() - t
-    if r.returncode not in (0, 1):
-        sys.exit(f"{cmd[0]} failed ({r.returncode}): {r.stderr.decode()[-500:]}")
-    return wall, r.stdout.decode(errors="replace")
+    return netns_timed(CLI, cmd)
 
 
 def ours(out):

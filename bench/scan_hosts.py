@@ -20,9 +20,12 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from netns import listen, pair  # noqa: E402
+from netns import teardown as netns_teardown  # noqa: E402
+from netns import timed as netns_timed  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.join(HERE, "..", "target", "release", "portwarden")
@@ -31,52 +34,17 @@ ALIVE = ["10.79.1.1", "10.79.1.2", "10.79.1.3"]
 PORTS = [22, 80, 443]
 
 
-def sh(*cmd):
-    subprocess.run(cmd, check=True)
-
-
 def teardown():
-    for ns in (SRV, CLI):
-        subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
+    netns_teardown(SRV, CLI)
 
 
 def setup():
-    teardown()
-    sh("ip", "netns", "add", SRV)
-    sh("ip", "netns", "add", CLI)
-    sh("ip", "link", "add", "pwbhs", "netns", SRV, "type", "veth", "peer", "name", "pwbhc",
-       "netns", CLI)
-    for ns in (SRV, CLI):
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-    for a in ALIVE:
-        sh("ip", "-n", SRV, "addr", "add", f"{a}/24", "dev", "pwbhs")
-    sh("ip", "-n", CLI, "addr", "add", "10.79.1.254/24", "dev", "pwbhc")
-    sh("ip", "-n", SRV, "link", "set", "pwbhs", "up")
-    sh("ip", "-n", CLI, "link", "set", "pwbhc", "up")
-    code = (
-        "import socket,sys,time\n"
-        "ls=[]\n"
-        "for a in sys.argv[1].split(','):\n"
-        "  for p in sys.argv[2].split(','):\n"
-        "    s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-        "    s.bind((a,int(p))); s.listen(64); ls.append(s)\n"
-        "print('ready',flush=True)\n"
-        "time.sleep(3600)\n"
-    )
-    p = subprocess.Popen(["ip", "netns", "exec", SRV, "python3", "-c", code, ",".join(ALIVE),
-                          ",".join(map(str, PORTS))], stdout=subprocess.PIPE)
-    assert p.stdout.readline().strip() == b"ready"
-    return p
+    pair(SRV, CLI, "pwbhs", "pwbhc", [f"{a}/24" for a in ALIVE], "10.79.1.254/24")
+    return listen(SRV, ALIVE, PORTS)
 
 
 def timed(cmd):
-    t = time.perf_counter()
-    r = subprocess.run(["ip", "netns", "exec", CLI] + cmd, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE)
-    wall = time.perf_counter() - t
-    if r.returncode not in (0, 1):
-        sys.exit(f"{cmd[0]} failed ({r.returncode}): {r.stderr.decode()[-500:]}")
-    return wall, r.stdout.decode(errors="replace")
+    return netns_timed(CLI, cmd)
 
 
 def ours(out):
