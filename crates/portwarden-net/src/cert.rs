@@ -71,23 +71,29 @@ pub async fn certificate(addr: SocketAddr, t: Duration) -> Option<CertInfo> {
     inside_tls(addr, t).await.0
 }
 
+/// A TLS client that accepts any certificate (it looks, it does not trust), offering
+/// `alpn` when given.
+pub fn connector(alpn: Option<&[u8]>) -> Option<tokio_rustls::TlsConnector> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .ok()?;
+    let mut cfg = cfg
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SeeAnything(provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.map(|a| vec![a.to_vec()]).unwrap_or_default();
+    Some(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
+}
+
 /// What a TLS service shows: its leaf certificate, and, asked `HEAD /` inside the TLS
 /// session (ALPN `http/1.1`), the head of its HTTP answer when it speaks HTTP: an
 /// implicit-TLS HTTP server is `https`, not just "tls".
 pub async fn inside_tls(addr: SocketAddr, t: Duration) -> (Option<CertInfo>, Option<String>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let Ok(cfg) = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-    else {
+    let Some(connector) = connector(Some(b"http/1.1")) else {
         return (None, None);
     };
-    let mut cfg = cfg
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SeeAnything(provider)))
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
     let Ok(Ok(tcp)) = timeout(t, TcpStream::connect(addr)).await else {
         return (None, None);
     };

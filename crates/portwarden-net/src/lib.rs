@@ -7,6 +7,7 @@ pub mod cert;
 pub mod connect;
 pub mod fingerprint;
 pub mod probe;
+pub mod probedb;
 pub mod scan;
 pub mod syn;
 

@@ -360,6 +360,11 @@ pub struct ScanArgs {
     /// Detect services and TLS on open ports (`-sV` works too).
     #[arg(short = 's', long = "service")]
     pub service: bool,
+    /// nmap's service probe database for `-sV`: its probes are sent and its match lines
+    /// name the service, product and version (default: Debian's nmap package's file, when
+    /// installed; `none`: the built-in probes only).
+    #[arg(long, value_name = "FILE|none", requires = "service")]
+    pub probes_db: Option<PathBuf>,
     /// Largest per-probe timeout (the timeout adapts to the measured RTT below it).
     #[arg(long, value_name = "DURATION", default_value = "1s")]
     pub timeout: String,

@@ -619,19 +619,18 @@ pub fn scan_table(d: &crate::cmd::scan::ScanDoc) -> io::Result<()> {
                 (None, _) => "-".into(),
             },
             p.tls.clone().unwrap_or_else(|| "-".into()),
-            match (&p.cert_subject, &p.cert_expires, &p.product) {
-                (Some(s), Some(e), _) => format!("cert {s}, expires {e}"),
-                (_, _, Some(product)) => [
-                    Some(product.clone()),
-                    p.version.clone(),
-                    p.extrainfo.as_ref().map(|x| format!("({x})")),
-                ]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join(" "),
-                _ => p.banner.clone().unwrap_or_default(),
-            },
+            [
+                p.version_line(),
+                p.cert_subject
+                    .as_ref()
+                    .zip(p.cert_expires.as_ref())
+                    .map(|(s, e)| format!("cert {s}, expires {e}")),
+            ]
+            .into_iter()
+            .flatten()
+            .reduce(|a, b| format!("{a}; {b}"))
+            .or_else(|| p.banner.clone())
+            .unwrap_or_default(),
         ]);
     }
     if !d.ports.is_empty() {
@@ -722,8 +721,8 @@ pub fn scan_grepable(d: &crate::cmd::scan::ScanDoc) -> String {
                     p.state,
                     p.protocol,
                     p.service.clone().unwrap_or_default(),
-                    p.banner
-                        .clone()
+                    p.version_line()
+                        .or_else(|| p.banner.clone())
                         .unwrap_or_default()
                         .replace(['/', ','], " ")
                 )
@@ -797,18 +796,27 @@ pub fn scan_xml(d: &crate::cmd::scan::ScanDoc) -> String {
                 }
             ));
             if let Some(name) = &p.service {
-                let tunnel = if p.tls.as_deref() == Some("required") {
-                    " tunnel=\"ssl\""
-                } else {
-                    ""
+                // nmap's names: TLS is a tunnel, the service inside it is the name
+                // (`https` is `http` in a tunnel, `imap (tls)` is `imap`).
+                let tls = p.tls.as_deref() == Some("required");
+                let tunnel = if tls { " tunnel=\"ssl\"" } else { "" };
+                let name = match name.as_str() {
+                    "https" if tls => "http",
+                    n if tls => n.strip_suffix(" (tls)").unwrap_or(n),
+                    n => n,
                 };
                 // nmap's attributes: product, version, extrainfo (the banner where
                 // nothing better is known).
                 let attr = |k: &str, v: Option<&str>| {
                     v.map_or(String::new(), |v| format!(" {k}=\"{}\"", xml_esc(v)))
                 };
+                let cpe: String = p
+                    .cpe
+                    .iter()
+                    .map(|c| format!("<cpe>{}</cpe>", xml_esc(c)))
+                    .collect();
                 s.push_str(&format!(
-                    "<service name=\"{}\"{}{}{}{tunnel} method=\"{}\" conf=\"{}\"/>",
+                    "<service name=\"{}\"{}{}{}{}{}{}{tunnel} method=\"{}\" conf=\"{}\"{}",
                     xml_esc(name),
                     attr("product", p.product.as_deref()),
                     attr("version", p.version.as_deref()),
@@ -818,8 +826,16 @@ pub fn scan_xml(d: &crate::cmd::scan::ScanDoc) -> String {
                             .as_deref()
                             .or(p.banner.as_deref().filter(|_| p.product.is_none()))
                     ),
+                    attr("hostname", p.hostname.as_deref()),
+                    attr("ostype", p.ostype.as_deref()),
+                    attr("devicetype", p.devicetype.as_deref()),
                     p.method,
                     if p.method == "probed" { 10 } else { 3 },
+                    if cpe.is_empty() {
+                        "/>".to_string()
+                    } else {
+                        format!(">{cpe}</service>")
+                    },
                 ));
             }
             s.push_str("</port>\n");

@@ -43,6 +43,33 @@ pub struct ScannedPort {
     pub version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extrainfo: Option<String>,
+    /// What nmap's probe database adds (its `h/`, `o/`, `d/` and `cpe:` fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ostype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devicetype: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpe: Vec<String>,
+}
+
+impl ScannedPort {
+    /// nmap's VERSION column: product, version and `(extrainfo)`.
+    pub fn version_line(&self) -> Option<String> {
+        let product = self.product.clone()?;
+        Some(
+            [
+                Some(product),
+                self.version.clone(),
+                self.extrainfo.as_ref().map(|x| format!("({x})")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" "),
+        )
+    }
 }
 
 /// The `--json` document (also what `--diff` reads back).
@@ -137,6 +164,11 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
     };
     let hosts = resolve(&a.targets, a.max_hosts)?;
     let ports: Vec<u16> = ports.into_iter().collect();
+    let db = if a.service && protocol == Protocol::Tcp {
+        probes_db(g, a.probes_db.as_deref())
+    } else {
+        None
+    };
     if let Some(r) = a.rate {
         if r == 0 || r > portwarden_net::syn::RATE_MAX {
             bail!(
@@ -231,10 +263,14 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
             product: None,
             version: None,
             extrainfo: None,
+            hostname: None,
+            ostype: None,
+            devicetype: None,
+            cpe: Vec::new(),
         })
         .collect();
     if a.service && protocol == Protocol::Tcp {
-        detect(&runtime()?, &outcome.ports, &mut found);
+        detect(&runtime()?, &outcome.ports, &mut found, db);
     }
     let elapsed_ms = t0.elapsed().as_millis() as u64;
     let mut doc = ScanDoc {
@@ -457,12 +493,55 @@ fn syn_scan(
     out
 }
 
+/// nmap's probe database for `-sV`: the file given, or the distribution's when installed;
+/// `none` for the built-in probes only. A file that cannot be used is a warning, and the
+/// built-in probes carry on alone.
+fn probes_db(
+    g: &Global,
+    path: Option<&std::path::Path>,
+) -> Option<Arc<portwarden_net::probedb::ProbeDb>> {
+    use portwarden_net::probedb::ProbeDb;
+    let path = match path {
+        Some(p) if p.as_os_str() == "none" => return None,
+        Some(p) => p.to_path_buf(),
+        None => ProbeDb::default_path()?,
+    };
+    match ProbeDb::load(&path) {
+        Ok(db) => {
+            if let Some(first) = db.skipped.first() {
+                output::warn(
+                    g.quiet,
+                    &format!(
+                        "{} line{} of the probes database skipped; the first: {first}",
+                        db.skipped.len(),
+                        if db.skipped.len() == 1 { "" } else { "s" }
+                    ),
+                );
+            }
+            let (probes, matches) = db.counts();
+            output::verbose(
+                g.verbose,
+                &format!(
+                    "probes database {}: {probes} probes, {matches} match lines",
+                    path.display()
+                ),
+            );
+            Some(Arc::new(db))
+        }
+        Err(e) => {
+            output::warn(g.quiet, &format!("{e}; using the built-in probes"));
+            None
+        }
+    }
+}
+
 /// Service and TLS detection on open TCP ports: the likely probe for each port, all at
 /// once, with short timeouts.
 fn detect(
     rt: &tokio::runtime::Runtime,
     open: &[portwarden_net::scan::PortResult],
     found: &mut [ScannedPort],
+    db: Option<Arc<portwarden_net::probedb::ProbeDb>>,
 ) {
     let catalog = Catalog::builtin();
     let jobs: Vec<(usize, SocketAddr, portwarden_net::ProbeKind)> = open
@@ -478,9 +557,9 @@ fn detect(
             (i, SocketAddr::new(p.addr, p.port), kind)
         })
         .collect();
-    // Each port may take half a dozen connections at once: bounded by the descriptor
+    // Each port may take a dozen connections at once: bounded by the descriptor
     // limit, so a low limit slows detection instead of losing results.
-    let per_port = 6;
+    let per_port = 6 + portwarden_net::probedb::PER_PORT;
     let limit =
         (portwarden_net::scan::raise_nofile().saturating_sub(64) as usize / per_port).clamp(1, 512);
     let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(limit));
@@ -488,37 +567,56 @@ fn detect(
         let mut set = tokio::task::JoinSet::new();
         for (i, addr, kind) in jobs {
             let gate = gate.clone();
+            let db = db.clone();
             set.spawn(async move {
                 let _permit = gate.acquire_owned().await;
                 let t = super::facts::PROBE_TIMEOUT;
                 // The likely question for the port first; when it does not identify the
                 // service (or the port is unknown), every question at once.
-                let r = if kind == portwarden_net::ProbeKind::Banner {
-                    portwarden_net::probe::identify(addr, t).await
-                } else {
-                    let r = portwarden_net::probe(addr, kind, t).await;
-                    if r.identified.is_some() || r.tls == portwarden_net::TlsVerdict::Required {
-                        r
-                    } else {
+                let builtin = async {
+                    let r = if kind == portwarden_net::ProbeKind::Banner {
                         portwarden_net::probe::identify(addr, t).await
+                    } else {
+                        let r = portwarden_net::probe(addr, kind, t).await;
+                        if r.identified.is_some() || r.tls == portwarden_net::TlsVerdict::Required {
+                            r
+                        } else {
+                            portwarden_net::probe::identify(addr, t).await
+                        }
+                    };
+                    let (cert, https) = if r.tls == portwarden_net::TlsVerdict::Required {
+                        portwarden_net::cert::inside_tls(addr, t * 2).await
+                    } else {
+                        (None, None)
+                    };
+                    // HTTP inside the TLS session: `https`, with its Server header.
+                    let r = match https {
+                        Some(head) => portwarden_net::ProbeResult {
+                            identified: Some("https".into()),
+                            banner: Some(portwarden_net::probe::sanitize(head.as_bytes())),
+                            product: portwarden_net::fingerprint::http(&head),
+                            ..r
+                        },
+                        None => r,
+                    };
+                    (r, cert)
+                };
+                // nmap's database at the same time, and again inside TLS where the port
+                // turns out to require it.
+                let plain = async {
+                    match &db {
+                        Some(db) => db.clone().identify(addr, false, t).await,
+                        None => None,
                     }
                 };
-                let (cert, https) = if r.tls == portwarden_net::TlsVerdict::Required {
-                    portwarden_net::cert::inside_tls(addr, t * 2).await
-                } else {
-                    (None, None)
+                let ((r, cert), plain) = tokio::join!(builtin, plain);
+                let hit = match db {
+                    Some(db) if r.tls == portwarden_net::TlsVerdict::Required => {
+                        db.identify(addr, true, t).await.or(plain)
+                    }
+                    _ => plain,
                 };
-                // HTTP inside the TLS session: `https`, with its Server header.
-                let r = match https {
-                    Some(head) => portwarden_net::ProbeResult {
-                        identified: Some("https".into()),
-                        banner: Some(portwarden_net::probe::sanitize(head.as_bytes())),
-                        product: portwarden_net::fingerprint::http(&head),
-                        ..r
-                    },
-                    None => r,
-                };
-                (i, (r, cert))
+                (i, (r, cert, hit))
             });
         }
         let mut out = BTreeMap::new();
@@ -527,7 +625,7 @@ fn detect(
         }
         out
     });
-    for (i, (r, cert)) in results {
+    for (i, (r, cert, hit)) in results {
         let f = &mut found[i];
         if let Some(c) = cert {
             f.cert_subject = Some(c.subject);
@@ -553,11 +651,35 @@ fn detect(
             f.version = p.version;
             f.extrainfo = p.extrainfo;
         }
+        if let Some(h) = hit {
+            merge_hit(f, h);
+        }
         let tls = serde_json::to_value(r.tls)
             .ok()
             .and_then(|v| v.as_str().map(String::from));
         f.tls = tls.filter(|t| t != "unknown");
     }
+}
+
+/// What nmap's database says, over what the built-in probes found: the built-in name
+/// stays where a built-in probe recognised the service (it also judged TLS), the
+/// database's otherwise; a hard match's product and version are nmap's own.
+fn merge_hit(f: &mut ScannedPort, h: portwarden_net::probedb::Hit) {
+    if f.method != "probed" {
+        let name = h.service.strip_prefix("ssl/").unwrap_or(&h.service);
+        f.service = Some(name.to_string());
+        f.method = "probed".into();
+    }
+    if h.soft || h.product.is_none() && f.product.is_some() {
+        return;
+    }
+    f.product = h.product;
+    f.version = h.version;
+    f.extrainfo = h.extrainfo;
+    f.hostname = h.hostname;
+    f.ostype = h.ostype;
+    f.devicetype = h.devicetype;
+    f.cpe = h.cpe;
 }
 
 fn key(p: &ScannedPort) -> (IpAddr, u16, String) {
