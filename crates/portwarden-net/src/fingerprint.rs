@@ -54,12 +54,16 @@ pub fn ssh(banner: &str) -> Option<Product> {
         "dropbear" => "Dropbear sshd",
         other => other,
     };
-    // nmap writes the distribution comment with its dash as a space.
-    let extra = comment.map(|c| format!("{}; protocol {proto}", c.replacen('-', " ", 1)));
+    // nmap writes the distribution comment into the version, its dash as a space:
+    // `9.2p1 Debian 2+deb12u3`.
+    let version = match (version, comment) {
+        (Some(v), Some(c)) => Some(format!("{v} {}", c.replacen('-', " ", 1))),
+        (v, _) => v.map(String::from),
+    };
     Some(p(
         product,
-        version,
-        Some(extra.as_deref().unwrap_or(&format!("protocol {proto}"))),
+        version.as_deref(),
+        Some(&format!("protocol {proto}")),
     ))
 }
 
@@ -103,6 +107,38 @@ pub fn mysql(version: &str) -> Product {
             p("MySQL", Some(num), extra)
         }
     }
+}
+
+/// A MySQL/MariaDB error packet sent instead of the greeting (`Host … is not allowed to
+/// connect`, `blocked because of many connection errors`): which server, and why.
+pub fn mysql_refusal(code: u16, message: &str) -> Product {
+    let name = if message.contains("MariaDB") {
+        "MariaDB"
+    } else {
+        "MySQL"
+    };
+    let why = match code {
+        1130 => Some("unauthorized"),
+        1129 => Some("blocked - too many connection errors"),
+        _ => None,
+    };
+    p(name, None, why)
+}
+
+/// vsftpd's `500 OOPS: …` instead of a greeting: a broken configuration.
+pub fn vsftpd_oops(line: &str) -> Option<Product> {
+    let why = line.trim().strip_prefix("500 OOPS: ")?;
+    let why = why.strip_prefix("vsftpd: ").unwrap_or(why);
+    Some(p("vsftpd", None, Some(&format!("broken: {why}"))))
+}
+
+/// Redis's `INFO server` answer (given before authentication when none is set):
+/// `redis_version:7.0.15`.
+pub fn redis_info(info: &str) -> Product {
+    let version = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("redis_version:"));
+    p("Redis key-value store", version, None)
 }
 
 /// The word after `key` in `text` (case-insensitive), if it looks like a version.
@@ -167,8 +203,10 @@ pub fn imap(greeting: &str) -> Option<Product> {
 
 /// rsync's `@RSYNCD: 31.0` greeting: the protocol version.
 pub fn rsync(greeting: &str) -> Option<Product> {
+    // `@RSYNCD: 32.0 sha512 sha256 …`: the protocol's major number, as nmap gives it.
     let v = greeting.trim().strip_prefix("@RSYNCD:")?.trim();
-    Some(p("rsync", None, Some(&format!("protocol version {v}"))))
+    let major = v.split(['.', ' ']).next().unwrap_or(v);
+    Some(p("rsync", None, Some(&format!("protocol version {major}"))))
 }
 
 #[cfg(test)]
@@ -190,8 +228,8 @@ mod tests {
             pv(ssh("SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n")),
             (
                 "OpenSSH".into(),
-                s("9.2p1"),
-                s("Debian 2+deb12u3; protocol 2.0")
+                s("9.2p1 Debian 2+deb12u3"),
+                s("protocol 2.0")
             )
         );
         assert_eq!(
@@ -241,7 +279,32 @@ mod tests {
         );
         assert_eq!(
             pv(rsync("@RSYNCD: 31.0\n")),
-            ("rsync".into(), None, s("protocol version 31.0"))
+            ("rsync".into(), None, s("protocol version 31"))
+        );
+        assert_eq!(
+            pv(rsync("@RSYNCD: 32.0 sha512 sha256 sha1 md5 md4\n")).2,
+            s("protocol version 32")
+        );
+        assert_eq!(
+            pv(Some(mysql_refusal(
+                1130,
+                "Host '10.0.0.2' is not allowed to connect to this MariaDB server"
+            ))),
+            ("MariaDB".into(), None, s("unauthorized"))
+        );
+        assert_eq!(
+            pv(vsftpd_oops(
+                "500 OOPS: vsftpd: both local and anonymous access disabled!"
+            ))
+            .2,
+            s("broken: both local and anonymous access disabled!")
+        );
+        assert_eq!(
+            pv(Some(redis_info(
+                "$100\r\n# Server\r\nredis_version:7.0.15\r\n"
+            )))
+            .1,
+            s("7.0.15")
         );
         assert!(ftp("220 welcome").is_none());
         // Control and format characters never reach the fields, the product included,

@@ -219,6 +219,21 @@ pub fn is_redis_reply(b: &[u8]) -> bool {
     .any(|p| b.starts_with(p))
 }
 
+/// Whether a RESP bulk string (`$N\r\n` and N bytes) has all arrived, or is an error.
+fn redis_bulk_complete(b: &[u8]) -> bool {
+    if b.starts_with(b"-") {
+        return b.contains(&b'\n');
+    }
+    let Some(nl) = b.iter().position(|&c| c == b'\n') else {
+        return false;
+    };
+    let n: usize = std::str::from_utf8(&b[1..nl])
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
+    b.len() >= nl + 1 + n
+}
+
 /// One read: `Ok(n)` bytes appended (0 at end of stream), `Err(())` when time ran out.
 async fn read_once(s: &mut TcpStream, t: Duration, buf: &mut Vec<u8>) -> Result<usize, ()> {
     let mut chunk = [0u8; 4096];
@@ -350,11 +365,13 @@ pub async fn probe(addr: SocketAddr, kind: ProbeKind, t: Duration) -> ProbeResul
                 r.identified = Some("redis".into());
                 r.tls = TlsVerdict::None;
                 r.banner = Some(sanitize(&b));
-                r.product = Some(crate::fingerprint::Product {
-                    product: "Redis key-value store".into(),
-                    version: None,
-                    extrainfo: None,
-                });
+                // Without a password, `INFO server` answers before any AUTH: the version.
+                let mut info = String::new();
+                if b.starts_with(b"+PONG") && s.write_all(b"INFO server\r\n").await.is_ok() {
+                    let got = read_until(&mut s, t, redis_bulk_complete).await;
+                    info = String::from_utf8_lossy(&got).into_owned();
+                }
+                r.product = Some(crate::fingerprint::redis_info(&info));
             } else if is_tls_answer(&b) {
                 r.tls = TlsVerdict::Required;
             } else {
@@ -399,8 +416,6 @@ async fn tls(s: &mut TcpStream, t: Duration, r: &mut ProbeResult) {
     let b = read.buf;
     if is_tls_answer(&b) {
         r.tls = TlsVerdict::Required;
-    } else if b.starts_with(b"HTTP/") {
-        classify_http(&b, r);
     } else if b.is_empty() {
         r.stalled = read.timed_out;
     } else {
@@ -451,9 +466,36 @@ pub fn http_head(addr: SocketAddr) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A MySQL error packet (sequence 0, `0xff`, a two-byte code, the message): what a
+/// server sends a client it refuses before the greeting.
+pub fn parse_mysql_error(b: &[u8]) -> Option<(u16, String)> {
+    let len = usize::from(*b.first()?) | usize::from(*b.get(1)?) << 8;
+    if *b.get(2)? != 0 || *b.get(3)? != 0 || *b.get(4)? != 0xff || len < 3 {
+        return None;
+    }
+    let body = b.get(5..(4 + len).min(b.len()))?;
+    let code = u16::from_le_bytes([*body.first()?, *body.get(1)?]);
+    // A 4.1+ server puts `#` and a five-character SQL state before the message.
+    let msg = body.get(2..)?;
+    let msg = match msg.first() {
+        Some(b'#') => msg.get(6..).unwrap_or_default(),
+        _ => msg,
+    };
+    let text = String::from_utf8_lossy(msg);
+    // A real refusal is text about a host or a connection; anything else is not MySQL.
+    (text.contains("connect") || text.contains("Host") || text.contains("host"))
+        .then(|| (code, text.into_owned()))
+}
+
 /// A MySQL/MariaDB greeting is binary: what it says is its version and CLIENT_SSL, not
-/// its bytes. Whether `b` was one.
+/// its bytes. Whether `b` was one (or the error packet of a refusal).
 fn mysql_verdict(b: &[u8], r: &mut ProbeResult) -> bool {
+    if let Some((code, msg)) = parse_mysql_error(b) {
+        r.identified = Some("mysql".into());
+        r.banner = Some(sanitize(msg.as_bytes()));
+        r.product = Some(crate::fingerprint::mysql_refusal(code, &msg));
+        return true;
+    }
     let Some((version, caps)) = parse_mysql_greeting(b) else {
         return false;
     };
@@ -480,6 +522,9 @@ fn identify_banner(b: &[u8], r: &mut ProbeResult) {
     } else if text.starts_with("@RSYNCD") {
         ("rsync", TlsVerdict::None)
     } else if text.starts_with("220") && text.to_ascii_lowercase().contains("ftp") {
+        ("ftp", TlsVerdict::Unknown)
+    } else if let Some(p) = crate::fingerprint::vsftpd_oops(&text) {
+        r.product = Some(p);
         ("ftp", TlsVerdict::Unknown)
     } else if text.starts_with("220") {
         ("smtp", TlsVerdict::Unknown)
@@ -533,10 +578,10 @@ async fn starttls(s: &mut TcpStream, kind: ProbeKind, t: Duration, r: &mut Probe
     };
 }
 
-/// Identifies a service on an unknown port: the banner grab (raced against a
-/// ClientHello), HTTP, Redis and PostgreSQL questions, all at once on separate
-/// connections, so a silent service costs one timeout instead of one per question.
-pub async fn identify(addr: SocketAddr, t: Duration) -> ProbeResult {
+/// The banner grab (raced against a ClientHello), HTTP, Redis and PostgreSQL questions,
+/// all at once on separate connections, so a silent service costs one timeout instead of
+/// one per question.
+async fn identify_all(addr: SocketAddr, t: Duration) -> ProbeResult {
     let (banner, http, redis, pg) = tokio::join!(
         probe(addr, ProbeKind::Banner, t),
         probe(addr, ProbeKind::Http, t),
@@ -552,6 +597,27 @@ pub async fn identify(addr: SocketAddr, t: Duration) -> ProbeResult {
         }
     }
     banner
+}
+
+/// Identifies a service on an unknown port ([`identify_all`]), then asks a text
+/// protocol recognised by its greeting its own TLS question: FTP `FEAT` for `AUTH TLS`,
+/// SMTP `EHLO` and IMAP `CAPABILITY` for `STARTTLS`.
+pub async fn identify(addr: SocketAddr, t: Duration) -> ProbeResult {
+    let r = identify_all(addr, t).await;
+    let kind = match r.identified.as_deref() {
+        Some("ftp") => ProbeKind::Ftp,
+        Some("smtp") => ProbeKind::Smtp,
+        Some("imap") => ProbeKind::Imap,
+        _ => return r,
+    };
+    if r.tls != TlsVerdict::Unknown {
+        return r;
+    }
+    let asked = probe(addr, kind, t).await;
+    ProbeResult {
+        tls: asked.tls,
+        ..r
+    }
 }
 
 #[cfg(test)]

@@ -780,9 +780,11 @@ pub fn scan_xml(d: &crate::cmd::scan::ScanDoc) -> String {
         let mine: Vec<&crate::cmd::scan::ScannedPort> =
             d.ports.iter().filter(|p| p.addr == *h).collect();
         let closed = d.ports_scanned - mine.len();
-        s.push_str(&format!(
-            "<extraports state=\"closed\" count=\"{closed}\"/>\n"
-        ));
+        if closed > 0 {
+            s.push_str(&format!(
+                "<extraports state=\"closed\" count=\"{closed}\"/>\n"
+            ));
+        }
         for p in mine {
             s.push_str(&format!(
                 "<port protocol=\"{}\" portid=\"{}\"><state state=\"{}\" reason=\"{}\"/>",

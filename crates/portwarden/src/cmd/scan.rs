@@ -57,18 +57,15 @@ pub struct ScannedPort {
 impl ScannedPort {
     /// nmap's VERSION column: product, version and `(extrainfo)`.
     pub fn version_line(&self) -> Option<String> {
-        let product = self.product.clone()?;
-        Some(
-            [
-                Some(product),
-                self.version.clone(),
-                self.extrainfo.as_ref().map(|x| format!("({x})")),
-            ]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(" "),
-        )
+        let parts: Vec<String> = [
+            self.product.clone(),
+            self.version.clone(),
+            self.extrainfo.as_ref().map(|x| format!("({x})")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        (!parts.is_empty()).then(|| parts.join(" "))
     }
 }
 
@@ -270,7 +267,7 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
         })
         .collect();
     if a.service && protocol == Protocol::Tcp {
-        detect(&runtime()?, &outcome.ports, &mut found, db);
+        detect(g, &runtime()?, &outcome.ports, &mut found, db);
     }
     let elapsed_ms = t0.elapsed().as_millis() as u64;
     let mut doc = ScanDoc {
@@ -538,6 +535,7 @@ fn probes_db(
 /// Service and TLS detection on open TCP ports: the likely probe for each port, all at
 /// once, with short timeouts.
 fn detect(
+    g: &Global,
     rt: &tokio::runtime::Runtime,
     open: &[portwarden_net::scan::PortResult],
     found: &mut [ScannedPort],
@@ -652,6 +650,17 @@ fn detect(
             f.extrainfo = p.extrainfo;
         }
         if let Some(h) = hit {
+            output::verbose(
+                g.verbose,
+                &format!(
+                    "{}: {} {} by nmap's database, probe {}, line {}",
+                    SocketAddr::new(f.addr, f.port),
+                    h.service,
+                    if h.soft { "soft-matched" } else { "matched" },
+                    h.probe,
+                    h.line
+                ),
+            );
             merge_hit(f, h);
         }
         let tls = serde_json::to_value(r.tls)
@@ -663,18 +672,27 @@ fn detect(
 
 /// What nmap's database says, over what the built-in probes found: the built-in name
 /// stays where a built-in probe recognised the service (it also judged TLS), the
-/// database's otherwise; a hard match's product and version are nmap's own.
+/// database's otherwise; a hard match's fields, and a soft match's that names a product,
+/// are nmap's own.
 fn merge_hit(f: &mut ScannedPort, h: portwarden_net::probedb::Hit) {
     if f.method != "probed" {
         let name = h.service.strip_prefix("ssl/").unwrap_or(&h.service);
         f.service = Some(name.to_string());
         f.method = "probed".into();
     }
-    if h.soft || h.product.is_none() && f.product.is_some() {
+    // A soft match may still name the product (`PostgreSQL DB`, `9.6.0 or later`); a
+    // hard match is nmap's verdict as it stands (rsync: no product, a protocol version).
+    if h.soft && h.product.is_none() {
         return;
     }
+    // Where nmap names the same product without a version, the built-in probe's version
+    // stays (Redis's `INFO`).
+    let version = match (&h.version, f.product == h.product) {
+        (None, true) => f.version.take(),
+        _ => h.version,
+    };
     f.product = h.product;
-    f.version = h.version;
+    f.version = version;
     f.extrainfo = h.extrainfo;
     f.hostname = h.hostname;
     f.ostype = h.ostype;
