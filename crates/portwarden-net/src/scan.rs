@@ -153,6 +153,10 @@ impl Timing {
         }
     }
 
+    pub(crate) fn measured(&self) -> bool {
+        self.measured
+    }
+
     pub(crate) fn srtt_us(&self) -> u64 {
         (self.srtt * 1e6) as u64
     }

@@ -23,6 +23,9 @@ use crate::scan::{
     PortResult, PortState, ScanConfig, ScanOutcome, Timing, Window, setsockopt_int, sockaddr,
 };
 
+/// The least a host that has not answered yet waits on the group's RTT.
+const GROUP_MIN_TIMEOUT: Duration = Duration::from_millis(100);
+
 /// The fastest `--rate` accepted, in packets per second.
 pub const RATE_MAX: u32 = 1_000_000;
 
@@ -491,10 +494,26 @@ impl SynScanner {
                 .map_or(1, |h| h.max_answered_try + 1)
                 .min(cfg.retries)
         };
-        let timeout = |hosts: &HashMap<IpAddr, Host>, a: IpAddr| {
-            hosts
-                .get(&a)
-                .map_or(cfg.initial_timeout, |h| h.timing.timeout(cfg))
+        // Every first-try answer, from any host: the timeout of hosts that have not
+        // answered yet, like nmap's group timing, so a /24 of mostly silent addresses is
+        // not waited on at the initial timeout once its live hosts have shown the RTT.
+        let mut group = Timing::new();
+        let mut group_applied = false;
+        // Not below nmap's -T4 minimum of 100 ms: a host farther away than the ones that
+        // answered still answers within its second try.
+        let group_timeout = |group: &Timing| {
+            if group.measured() {
+                group
+                    .timeout(cfg)
+                    .max(GROUP_MIN_TIMEOUT.min(cfg.initial_timeout))
+            } else {
+                cfg.initial_timeout
+            }
+        };
+        let timeout = |hosts: &HashMap<IpAddr, Host>, group: &Timing, a: IpAddr| match hosts.get(&a)
+        {
+            Some(h) if h.timing.measured() => h.timing.timeout(cfg),
+            _ => group_timeout(group),
         };
 
         loop {
@@ -551,7 +570,12 @@ impl SynScanner {
                 tokens -= 1.0;
                 let now = Instant::now();
                 next_seq += 1;
-                deadlines.push(Reverse((now + timeout(&hosts, addr), next_seq, addr, port)));
+                deadlines.push(Reverse((
+                    now + timeout(&hosts, &group, addr),
+                    next_seq,
+                    addr,
+                    port,
+                )));
                 pending.insert(
                     (addr, port),
                     Probe {
@@ -666,11 +690,12 @@ impl SynScanner {
                         if let Some(h) = hosts.get_mut(&addr) {
                             if probe.tries == 0 {
                                 h.timing.sample(probe.sent.elapsed());
+                                group.sample(probe.sent.elapsed());
                             }
                             h.max_answered_try = h.max_answered_try.max(probe.tries);
                         }
                         if probe.tries > 0 {
-                            win.loss(timeout(&hosts, addr));
+                            win.loss(timeout(&hosts, &group, addr));
                         } else {
                             win.grow();
                         }
@@ -685,6 +710,20 @@ impl SynScanner {
                             protocol: Protocol::Tcp,
                             state,
                         });
+                    }
+                }
+            }
+            // The first RTT measured: the probes in flight to hosts that have said
+            // nothing yet wait the group's timeout from when they were sent, not the
+            // initial one.
+            if group.measured() && !group_applied {
+                group_applied = true;
+                for (&(a, p), probe) in pending.iter_mut() {
+                    if hosts.get(&a).is_some_and(|h| !h.timing.measured()) {
+                        next_seq += 1;
+                        probe.seq = next_seq;
+                        let d = probe.sent + group_timeout(&group);
+                        deadlines.push(Reverse((d, next_seq, a, p)));
                     }
                 }
             }
