@@ -1336,6 +1336,78 @@ mod scan {
         }
     }
 
+    /// A probe database that cannot be used is a warning; the built-in probes carry on
+    /// and the exit code is the scan's. A file with bad lines names each by
+    /// file:line:col, and its good lines still match.
+    #[test]
+    fn r_unusable_probe_databases_warn_and_fall_back() {
+        let l = TcpListener::bind("127.0.0.7:0").unwrap();
+        let port = l.local_addr().unwrap().port().to_string();
+        std::thread::spawn(move || {
+            for s in l.incoming().take(64) {
+                let Ok(mut s) = s else { continue };
+                std::thread::spawn(move || {
+                    let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n");
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                });
+            }
+        });
+        let dir = tempdir("probesdb");
+        let scan = |db: &str| {
+            let o = run(&[
+                "scan",
+                "127.0.0.7",
+                "-p",
+                &port,
+                "-sV",
+                "--json",
+                "--probes-db",
+                db,
+            ]);
+            let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+            (o, v)
+        };
+        let missing = dir.join("missing");
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "# nothing\n").unwrap();
+        for (db, says) in [
+            (
+                missing.display().to_string(),
+                "cannot read the probes database",
+            ),
+            (dir.display().to_string(), "cannot read the probes database"),
+            (empty.display().to_string(), "no usable probes"),
+        ] {
+            let (o, v) = scan(&db);
+            assert_eq!(code(&o), 0, "{db}: {}", stderr(&o));
+            assert!(stderr(&o).contains(says), "{db}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains("using the built-in probes"),
+                "{}",
+                stderr(&o)
+            );
+            assert_eq!(v["ports"][0]["service"], "ssh", "{db}: {v}");
+            assert_eq!(v["ports"][0]["product"], "OpenSSH", "{db}: {v}");
+        }
+        let bad = dir.join("bad");
+        std::fs::write(
+            &bad,
+            "Probe TCP NULL q||\nmatch ssh m|^SSH-([\\d.]+)-OpenSSH_(\\S+)| p/TestSSH/ v/$2/\nmatch broken m|unclosed\nwhat is this\n",
+        )
+        .unwrap();
+        let (o, v) = scan(bad.to_str().unwrap());
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("2 lines of the probes database skipped")
+                && err.contains(&format!("{}:3:14:", bad.display())),
+            "{err}"
+        );
+        // The good line matched: the database's product, over the built-in one.
+        assert_eq!(v["ports"][0]["product"], "TestSSH", "{v}");
+        assert_eq!(v["ports"][0]["version"], "9.2p1", "{v}");
+    }
+
     #[test]
     fn r5_service_detection_names_fake_servers() {
         let addr = "127.0.0.6";
@@ -2472,14 +2544,16 @@ max_conn_per_source = 3
             return;
         };
         lab.serve(&["hold@10.99.0.1:9000"]);
-        let scan = |target: &str, extra: &[&str]| -> Value {
+        // The SYN scan's discovery (ICMP echo, SYN to 80 and 443), and the connect scan's
+        // (a connection to 80 and 443, as without raw sockets).
+        let scan = |target: &str, engine: &str, extra: &[&str]| -> Value {
             let mut args = vec![
                 env!("CARGO_BIN_EXE_portwarden"),
                 "scan",
                 target,
                 "-p",
                 "9000",
-                "--syn",
+                engine,
                 "--json",
                 "-q",
             ];
@@ -2488,33 +2562,41 @@ max_conn_per_source = 3
             assert!(code(&o) < 2, "{}", stderr(&o));
             serde_json::from_slice(&o.stdout).unwrap()
         };
-        let v = scan("10.99.0.0/28", &[]);
-        let list = |k: &str| -> Vec<String> {
-            v[k].as_array()
-                .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
-                .unwrap_or_default()
-        };
-        let (up, down) = (list("hosts"), list("hosts_down"));
-        assert!(up.contains(&"10.99.0.1".to_string()), "{v}");
-        assert!(down.contains(&"10.99.0.9".to_string()), "{v}");
-        assert_eq!(up.len() + down.len(), 16, "{v}");
-        let open: Vec<&Value> = v["ports"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["state"] == "open")
-            .collect();
-        assert_eq!(open.len(), 1, "{v}");
-        assert_eq!(open[0]["addr"], "10.99.0.1");
+        for engine in ["--syn", "--connect"] {
+            let v = scan("10.99.0.0/28", engine, &[]);
+            let list = |k: &str| -> Vec<String> {
+                v[k].as_array()
+                    .map(|a| a.iter().map(|x| x.as_str().unwrap().to_string()).collect())
+                    .unwrap_or_default()
+            };
+            let (up, down) = (list("hosts"), list("hosts_down"));
+            assert!(up.contains(&"10.99.0.1".to_string()), "{engine}: {v}");
+            assert!(down.contains(&"10.99.0.9".to_string()), "{engine}: {v}");
+            assert_eq!(up.len() + down.len(), 16, "{engine}: {v}");
+            let open: Vec<&Value> = v["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["state"] == "open")
+                .collect();
+            assert_eq!(open.len(), 1, "{engine}: {v}");
+            assert_eq!(open[0]["addr"], "10.99.0.1");
+        }
         // A host behind a DROP firewall answers no discovery probe: down, unless -Pn.
         drop_all_but_two(&lab);
-        let v = scan("10.99.0.1", &[]);
-        assert_eq!(v["hosts_down"], serde_json::json!(["10.99.0.1"]), "{v}");
-        let v = scan("10.99.0.1", &["-Pn"]);
-        assert!(v.get("hosts_down").is_none(), "{v}");
-        assert_eq!(v["ports"][0]["state"], "open", "{v}");
+        for engine in ["--syn", "--connect"] {
+            let v = scan("10.99.0.1", engine, &[]);
+            assert_eq!(
+                v["hosts_down"],
+                serde_json::json!(["10.99.0.1"]),
+                "{engine}: {v}"
+            );
+            let v = scan("10.99.0.1", engine, &["-Pn"]);
+            assert!(v.get("hosts_down").is_none(), "{engine}: {v}");
+            assert_eq!(v["ports"][0]["state"], "open", "{engine}: {v}");
+        }
         // Over IPv6 the same firewall lets ICMPv6 through: an echo reply is enough.
-        let v = scan("fd99::1", &[]);
+        let v = scan("fd99::1", "--syn", &[]);
         assert!(v.get("hosts_down").is_none(), "{v}");
         assert_eq!(v["hosts"], serde_json::json!(["fd99::1"]), "{v}");
     }

@@ -221,7 +221,18 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
                 o.interrupted |= STOP.load(std::sync::atomic::Ordering::Relaxed);
                 o
             }
-            None => portwarden_net::connect::scan_tcp(&hosts, &ports, &cfg, progress),
+            None => {
+                // Unprivileged, or asked for: discovery by connecting to 80 and 443, as
+                // nmap does without raw sockets (loopback is always there).
+                let wanted = !a.no_ping && hosts.iter().any(|h| !h.is_loopback());
+                let up = if wanted {
+                    discover_by_connect(g, &hosts, &cfg)
+                } else {
+                    hosts.clone()
+                };
+                hosts_down = hosts.iter().filter(|h| !up.contains(h)).copied().collect();
+                portwarden_net::connect::scan_tcp(&up, &ports, &cfg, progress)
+            }
         },
         Protocol::Udp => runtime()?.block_on(scan_udp(&hosts, &ports, &cfg, progress)),
     };
@@ -369,6 +380,23 @@ fn discover(
         Arc::new(|_, _| {}),
         false,
     );
+    answered(g, hosts, &d)
+}
+
+/// Host discovery without raw sockets: a connection to 80 and 443 of each host (an
+/// accepted or a refused connection both mean the host is there); one retransmission.
+fn discover_by_connect(g: &Global, hosts: &[IpAddr], cfg: &ScanConfig) -> Vec<IpAddr> {
+    let probe = ScanConfig {
+        retries: 1,
+        ..cfg.clone()
+    };
+    let d = portwarden_net::connect::scan_tcp(hosts, &[80, 443], &probe, Arc::new(|_, _| {}));
+    answered(g, hosts, &d)
+}
+
+/// The hosts that answered a discovery round, in the order given: an echo, an open port,
+/// or a RST (counted, not listed: fewer filtered answers than the two probes).
+fn answered(g: &Global, hosts: &[IpAddr], d: &portwarden_net::scan::ScanOutcome) -> Vec<IpAddr> {
     let mut up: BTreeSet<IpAddr> = d.echoed.iter().copied().collect();
     up.extend(
         d.ports
@@ -376,8 +404,6 @@ fn discover(
             .filter(|p| p.state == PortState::Open)
             .map(|p| p.addr),
     );
-    // A RST is counted, not listed: the hosts with fewer filtered answers than probes
-    // answered something.
     for h in hosts {
         let silent = d
             .ports
