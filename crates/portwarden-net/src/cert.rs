@@ -115,6 +115,9 @@ pub async fn inside_tls(addr: SocketAddr, t: Duration) -> (Option<CertInfo>, Opt
     let deadline = tokio::time::Instant::now() + t;
     while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
         match timeout(left, tls.read(&mut chunk)).await {
             Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
             _ => break,

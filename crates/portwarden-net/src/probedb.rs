@@ -36,6 +36,45 @@ pub const PER_PORT: usize = 6;
 /// The most of an answer kept and matched (nmap keeps about as much).
 const MAX_ANSWER: usize = 32 * 1024;
 
+/// The largest database read (nmap's own is about 2.5 MB).
+pub const MAX_DB_BYTES: u64 = 32 * 1024 * 1024;
+
+/// A regular file's bytes, at most `limit`: opened without blocking (a FIFO with no
+/// writer must not hang the scan), refused unless it is a regular file.
+fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} bytes, more than the {limit} read", meta.len()),
+        ));
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    f.take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("more than the {limit} bytes read"),
+        ));
+    }
+    Ok(out)
+}
+
+/// How often a growing answer is judged at most, after its first read.
+const JUDGE_EVERY: Duration = Duration::from_millis(50);
+
 /// Why a database cannot be used (the caller warns and uses its built-in probes).
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -93,8 +132,8 @@ struct DbMatch {
     fields: [Option<String>; 6],
     cpe: Vec<String>,
     line: usize,
-    /// Compiled on first use; `None` when PCRE2 refuses the pattern.
-    regex: OnceLock<Option<pcre2::bytes::Regex>>,
+    /// Compiled on first use; PCRE2's message when it refuses the pattern.
+    regex: OnceLock<Result<pcre2::bytes::Regex, String>>,
 }
 
 /// What a match line says about an answer, its templates filled in.
@@ -303,7 +342,7 @@ impl ProbeDb {
     /// The database at `path`. Lines that do not parse are skipped and listed in
     /// `skipped`; a file that cannot be read, or holds no probe, is an error.
     pub fn load(path: &Path) -> Result<ProbeDb, DbError> {
-        let bytes = std::fs::read(path).map_err(|source| DbError::Read {
+        let bytes = read_regular(path, MAX_DB_BYTES).map_err(|source| DbError::Read {
             path: path.to_path_buf(),
             source,
         })?;
@@ -443,13 +482,25 @@ impl ProbeDb {
         )
     }
 
-    /// Compiles every pattern: the `file:line` of those PCRE2 refuses (they never match).
+    /// Compiles every pattern: those PCRE2 refuses (they never match), as
+    /// `file:line: message`.
     pub fn uncompilable(&self) -> Vec<String> {
+        for m in self.probes.iter().flat_map(|p| &p.matches) {
+            m.regex();
+        }
+        self.refused()
+    }
+
+    /// The patterns PCRE2 refused so far (they are compiled when first needed), as
+    /// `file:line: message`.
+    pub fn refused(&self) -> Vec<String> {
         self.probes
             .iter()
             .flat_map(|p| &p.matches)
-            .filter(|m| m.regex().is_none())
-            .map(|m| format!("{}:{}", self.path.display(), m.line))
+            .filter_map(|m| match m.regex.get() {
+                Some(Err(e)) => Some(format!("{}:{}: {e}", self.path.display(), m.line)),
+                _ => None,
+            })
             .collect()
     }
 
@@ -538,6 +589,9 @@ impl ProbeDb {
         }
         let order = self.order(addr.port(), tls, INTENSITY);
         let mut results: Vec<Option<Option<Hit>>> = vec![None; order.len()];
+        // The NULL probe's connection closed by the peer without a byte: nmap's
+        // `tcpwrapped`, when nothing else matches.
+        let mut wrapped = false;
         let mut set = tokio::task::JoinSet::new();
         let mut next = 0; // next to send
         let mut judged = 0; // next to judge
@@ -573,10 +627,14 @@ impl ProbeDb {
                 judged += 1;
             }
             if judged == order.len() {
-                return soft;
+                return soft.or_else(|| wrapped.then(Hit::tcpwrapped));
             }
             match set.join_next().await {
-                Some(Ok((i, hit))) => results[i] = Some(hit),
+                Some(Ok((i, Answer::Hit(hit)))) => results[i] = Some(hit.map(|h| *h)),
+                Some(Ok((i, Answer::ClosedEmpty))) => {
+                    wrapped |= i == 0 && Some(order[0]) == self.null;
+                    results[i] = Some(None);
+                }
                 Some(Err(_)) => {}
                 None => {
                     // Every sent probe came back; the unsent ones were skipped.
@@ -589,6 +647,26 @@ impl ProbeDb {
     }
 }
 
+impl Hit {
+    /// nmap's name for a port that accepts and closes without a word (TCP wrappers, a
+    /// firewall in front of the service, a server refusing our address).
+    fn tcpwrapped() -> Hit {
+        Hit {
+            service: "tcpwrapped".into(),
+            soft: true,
+            product: None,
+            version: None,
+            extrainfo: None,
+            hostname: None,
+            ostype: None,
+            devicetype: None,
+            cpe: Vec::new(),
+            probe: "NULL".into(),
+            line: 0,
+        }
+    }
+}
+
 impl DbMatch {
     fn regex(&self) -> Option<&pcre2::bytes::Regex> {
         self.regex
@@ -597,9 +675,10 @@ impl DbMatch {
                     .caseless(self.caseless)
                     .dotall(self.dotall)
                     .build(&self.pattern)
-                    .ok()
+                    .map_err(|e| e.to_string())
             })
             .as_ref()
+            .ok()
     }
 
     fn hit(&self, caps: &pcre2::bytes::Captures<'_>, probe: &str) -> Hit {
@@ -610,7 +689,7 @@ impl DbMatch {
                 .filter(|s| !s.is_empty())
         };
         Hit {
-            service: self.service.clone(),
+            service: safe(&self.service),
             soft: self.soft,
             product: fill(0),
             version: fill(1),
@@ -701,7 +780,15 @@ pub fn expand(template: &str, caps: &pcre2::bytes::Captures<'_>) -> String {
         }
     }
     out.push_str(rest);
-    out.trim().to_string()
+    safe(out.trim())
+}
+
+/// The database's own text without control or format characters (the peer's bytes are
+/// already `\xNN`): a hostile database file cannot reach a terminal or a document either.
+fn safe(s: &str) -> String {
+    s.chars()
+        .filter(|c| !portwarden_core::diag::is_unsafe_char(*c))
+        .collect()
 }
 
 /// `NAME(a,"b",…)` at the start of `s`: (arguments, unquoted; the rest after `)`).
@@ -729,41 +816,78 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// One probe on its own connection: sends it, reads, and matches after every read; the
 /// first hard match ends it early.
-async fn exchange(
-    db: &ProbeDb,
-    probe: usize,
-    addr: SocketAddr,
-    tls: bool,
-    t: Duration,
-) -> Option<Hit> {
-    let tcp = timeout(t, TcpStream::connect(addr)).await.ok()?.ok()?;
-    let mut s: Box<dyn Stream> = if tls {
-        let connector = crate::cert::connector(None)?;
-        let name = tokio_rustls::rustls::pki_types::ServerName::IpAddress(addr.ip().into());
-        Box::new(timeout(t, connector.connect(name, tcp)).await.ok()?.ok()?)
-    } else {
-        Box::new(tcp)
+async fn exchange(db: &ProbeDb, probe: usize, addr: SocketAddr, tls: bool, t: Duration) -> Answer {
+    let Some(mut s) = open(addr, tls, t).await else {
+        return Answer::Hit(None);
     };
     let p = &db.probes[probe];
-    if !p.payload.is_empty() {
-        timeout(t, s.write_all(&p.payload)).await.ok()?.ok()?;
+    if !p.payload.is_empty() && !matches!(timeout(t, s.write_all(&p.payload)).await, Ok(Ok(()))) {
+        return Answer::Hit(None);
     }
     let deadline = tokio::time::Instant::now() + t;
     let mut answer = Vec::new();
     let mut chunk = [0u8; 4096];
-    let mut best = None;
+    // Judged after a read that doubles the answer, or 50 ms after the last judgement: a
+    // peer that drips one byte at a time cannot make us run thousands of patterns per
+    // byte. Whatever is left unjudged is judged at the end.
+    let mut judged_len = 0;
+    let mut judged_at = tokio::time::Instant::now();
+    let mut closed_empty = false;
     while answer.len() < MAX_ANSWER {
+        // Checked before each read: a peer that keeps sending must not outlast the
+        // timeout (a ready read would win the race against an expired timer).
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
         match timeout(left, s.read(&mut chunk)).await {
             Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&chunk[..n]),
-            _ => break,
+            Ok(_) => {
+                closed_empty = answer.is_empty();
+                break;
+            }
+            Err(_) => break,
         }
-        best = db.judge(probe, &answer);
-        if best.as_ref().is_some_and(|h| !h.soft) {
-            return best;
+        answer.truncate(MAX_ANSWER);
+        if answer.len() >= judged_len * 2 || judged_at.elapsed() >= JUDGE_EVERY {
+            judged_len = answer.len();
+            judged_at = tokio::time::Instant::now();
+            let hit = db.judge(probe, &answer);
+            if hit.as_ref().is_some_and(|h| !h.soft) {
+                return Answer::Hit(hit.map(Box::new));
+            }
         }
     }
-    best
+    if closed_empty {
+        return Answer::ClosedEmpty;
+    }
+    Answer::Hit(
+        (!answer.is_empty())
+            .then(|| db.judge(probe, &answer))
+            .flatten()
+            .map(Box::new),
+    )
+}
+
+/// A connection to `addr`, inside TLS when `tls`.
+async fn open(addr: SocketAddr, tls: bool, t: Duration) -> Option<Box<dyn Stream>> {
+    let tcp = timeout(t, TcpStream::connect(addr)).await.ok()?.ok()?;
+    if !tls {
+        return Some(Box::new(tcp));
+    }
+    let connector = crate::cert::connector(None)?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    Some(Box::new(
+        timeout(t, connector.connect(name, tcp)).await.ok()?.ok()?,
+    ))
+}
+
+/// What one probe got.
+enum Answer {
+    /// What its answer matched, if anything.
+    Hit(Option<Box<Hit>>),
+    /// The peer closed the connection without a byte.
+    ClosedEmpty,
 }
 
 #[cfg(test)]
@@ -873,6 +997,62 @@ match broken m|unclosed
         );
         let h = db.judge(0, b"1\x1b[31m\xff").unwrap();
         assert_eq!(h.version.as_deref(), Some("1\\x1b[31m\\xff"));
+    }
+
+    #[test]
+    fn r_only_regular_files_of_bounded_size_are_read() {
+        let dir = std::env::temp_dir().join(format!("pw-probedb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A FIFO with no writer: refused at once, not waited on.
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = ProbeDb::load(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        // Larger than the limit (sparse): refused before it is read.
+        let big = dir.join("big");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_DB_BYTES + 1)
+            .unwrap();
+        let e = ProbeDb::load(&big).unwrap_err().to_string();
+        assert!(e.contains("more than"), "{e}");
+        assert!(ProbeDb::load(Path::new("/dev/zero")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A peer that keeps sending cannot hold a probe past its timeout, however fast it
+    /// drips (a ready read used to win every race against the expired timer).
+    #[tokio::test]
+    async fn r_a_dripping_peer_does_not_outlast_the_timeout() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            for _ in 0..64 {
+                let Ok((mut s, _)) = l.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let _ = s.write_all(b"HTTP/1.0 ").await;
+                    // At most 20 s of one byte per millisecond.
+                    for _ in 0..20_000 {
+                        if s.write_all(b"a").await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                });
+            }
+        });
+        let db = Arc::new(db());
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            db.identify(addr, false, Duration::from_millis(200)),
+        )
+        .await;
+        assert!(r.is_ok(), "the probes outlasted their 200 ms by far");
     }
 
     #[test]

@@ -720,7 +720,12 @@ pub fn scan_grepable(d: &crate::cmd::scan::ScanDoc) -> String {
                     p.port,
                     p.state,
                     p.protocol,
-                    p.service.clone().unwrap_or_default(),
+                    // nmap's escape: `/` in a field is `|`, and `,` separates ports.
+                    p.service
+                        .clone()
+                        .unwrap_or_default()
+                        .replace('/', "|")
+                        .replace(',', " "),
                     p.version_line()
                         .or_else(|| p.banner.clone())
                         .unwrap_or_default()

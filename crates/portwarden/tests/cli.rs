@@ -1336,6 +1336,55 @@ mod scan {
         }
     }
 
+    /// With nmap's database (installed by .ci/run): its hard match names the service over
+    /// the built-in guess (a `220` greeting is not always SMTP), the TLS question is asked
+    /// in that service's protocol, and a port that closes at once is `tcpwrapped`.
+    #[test]
+    fn r_nmaps_hard_match_names_the_service_over_a_guess() {
+        let serve = |greeting: &'static [u8]| {
+            let l = TcpListener::bind("127.0.0.8:0").unwrap();
+            let port = l.local_addr().unwrap().port();
+            std::thread::spawn(move || {
+                for s in l.incoming().take(200) {
+                    let Ok(mut s) = s else { continue };
+                    std::thread::spawn(move || {
+                        let _ = s.write_all(greeting);
+                        if !greeting.is_empty() {
+                            std::thread::sleep(std::time::Duration::from_millis(300));
+                        }
+                    });
+                }
+            });
+            port
+        };
+        let ftp = serve(b"220-FileZilla Server version 0.9.60 beta\r\n");
+        let wrapped = serve(b"");
+        let o = run(&[
+            "scan",
+            "127.0.0.8",
+            "-p",
+            &format!("{ftp},{wrapped}"),
+            "-sV",
+            "--json",
+        ]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let find = |port: u16| {
+            v["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["port"] == port)
+                .unwrap()
+                .clone()
+        };
+        let f = find(ftp);
+        assert_eq!(f["service"], "ftp", "{f}");
+        assert!(f["product"].as_str().unwrap().contains("FileZilla"), "{f}");
+        let w = find(wrapped);
+        assert_eq!(w["service"], "tcpwrapped", "{w}");
+    }
+
     /// A probe database that cannot be used is a warning; the built-in probes carry on
     /// and the exit code is the scan's. A file with bad lines names each by
     /// file:line:col, and its good lines still match.
@@ -1392,7 +1441,7 @@ mod scan {
         let bad = dir.join("bad");
         std::fs::write(
             &bad,
-            "Probe TCP NULL q||\nmatch ssh m|^SSH-([\\d.]+)-OpenSSH_(\\S+)| p/TestSSH/ v/$2/\nmatch broken m|unclosed\nwhat is this\n",
+            "Probe TCP NULL q||\nmatch x m|(unclosed| p/x/\nmatch ssh m|^SSH-([\\d.]+)-OpenSSH_(\\S+)| p/TestSSH/ v/$2/\nmatch broken m|unclosed\nwhat is this\n",
         )
         .unwrap();
         let (o, v) = scan(bad.to_str().unwrap());
@@ -1400,7 +1449,13 @@ mod scan {
         let err = stderr(&o);
         assert!(
             err.contains("2 lines of the probes database skipped")
-                && err.contains(&format!("{}:3:14:", bad.display())),
+                && err.contains(&format!("{}:4:14:", bad.display())),
+            "{err}"
+        );
+        // A pattern PCRE2 refuses is named too, once it was needed.
+        assert!(
+            err.contains("1 pattern of the probes database refused by PCRE2")
+                && err.contains(&format!("{}:2:", bad.display())),
             "{err}"
         );
         // The good line matched: the database's product, over the built-in one.

@@ -540,6 +540,9 @@ fn probes_db(
                         if db.skipped.len() == 1 { "" } else { "s" }
                     ),
                 );
+                for line in db.skipped.iter().take(100) {
+                    output::verbose(g.verbose, &format!("skipped {line}"));
+                }
             }
             let (probes, matches) = db.counts();
             output::verbose(
@@ -572,6 +575,9 @@ fn detect(
         .iter()
         .enumerate()
         .filter(|(_, p)| p.state == PortState::Open)
+        // The database's `Exclude` (printers, which print what they are sent): nothing
+        // is sent there, by either set of probes, as with nmap.
+        .filter(|(_, p)| !db.as_ref().is_some_and(|db| db.excluded(p.port)))
         .map(|(i, p)| {
             let entry = Port::new(p.port).and_then(|port| catalog.by_port(port, Protocol::Tcp));
             let kind = portwarden_net::probe::kind_for(
@@ -640,16 +646,44 @@ fn detect(
                     }
                     _ => plain,
                 };
-                (i, (r, cert, hit))
+                // nmap's database names another service than the built-in probes did:
+                // the TLS question is asked again in that service's own protocol
+                // (`ssl/…` is a TLS tunnel).
+                let mut tls = r.tls;
+                if let Some(h) = hit.as_ref().filter(|h| !h.soft) {
+                    let (name, ssl) = nmap_name(&h.service);
+                    if r.identified
+                        .as_deref()
+                        .is_none_or(|o| !same_service(o, name))
+                    {
+                        use portwarden_net::{ProbeKind, TlsVerdict};
+                        let k = portwarden_net::probe::kind_for(Some(name), false);
+                        tls = if ssl {
+                            TlsVerdict::Required
+                        } else if matches!(k, ProbeKind::Banner | ProbeKind::Tls) {
+                            if tls == TlsVerdict::Required {
+                                tls
+                            } else {
+                                TlsVerdict::Unknown
+                            }
+                        } else {
+                            portwarden_net::probe(addr, k, t).await.tls
+                        };
+                    }
+                }
+                (i, (r, cert, hit, tls))
             });
         }
         let mut out = BTreeMap::new();
-        while let Some(Ok((i, r))) = set.join_next().await {
-            out.insert(i, r);
+        // A task that panicked loses its own port's result, not the others'.
+        while let Some(joined) = set.join_next().await {
+            if let Ok((i, r)) = joined {
+                out.insert(i, r);
+            }
         }
         out
     });
-    for (i, (r, cert, hit)) in results {
+    for (i, (r, cert, hit, tls)) in results {
         let f = &mut found[i];
         if let Some(c) = cert {
             f.cert_subject = Some(c.subject);
@@ -689,10 +723,22 @@ fn detect(
             );
             merge_hit(f, h);
         }
-        let tls = serde_json::to_value(r.tls)
+        let tls = serde_json::to_value(tls)
             .ok()
             .and_then(|v| v.as_str().map(String::from));
         f.tls = tls.filter(|t| t != "unknown");
+    }
+    // Patterns are compiled when first needed: those PCRE2 refused never matched.
+    let refused = db.map(|db| db.refused()).unwrap_or_default();
+    if let Some(first) = refused.first() {
+        output::warn(
+            g.quiet,
+            &format!(
+                "{} pattern{} of the probes database refused by PCRE2 (never matched); the first: {first}",
+                refused.len(),
+                if refused.len() == 1 { "" } else { "s" }
+            ),
+        );
     }
 }
 
@@ -701,10 +747,20 @@ fn detect(
 /// database's otherwise; a hard match's fields, and a soft match's that names a product,
 /// are nmap's own.
 fn merge_hit(f: &mut ScannedPort, h: portwarden_net::probedb::Hit) {
-    if f.method != "probed" {
-        let name = h.service.strip_prefix("ssl/").unwrap_or(&h.service);
+    let (name, _) = nmap_name(&h.service);
+    let ours = f.service.as_deref().filter(|_| f.method == "probed");
+    // A hard match names the service unless the built-in probes found the same one
+    // (`https` for nmap's `http` in a tunnel); a soft one only where they found none.
+    let take = match ours {
+        None => true,
+        Some(o) => !h.soft && !same_service(o, name),
+    };
+    if take {
         f.service = Some(name.to_string());
         f.method = "probed".into();
+    }
+    if f.banner.as_deref() == Some("(silent)") {
+        f.banner = None;
     }
     // A soft match may still name the product (`PostgreSQL DB`, `9.6.0 or later`); a
     // hard match is nmap's verdict as it stands (rsync: no product, a protocol version).
@@ -724,6 +780,20 @@ fn merge_hit(f: &mut ScannedPort, h: portwarden_net::probedb::Hit) {
     f.ostype = h.ostype;
     f.devicetype = h.devicetype;
     f.cpe = h.cpe;
+}
+
+/// nmap's service name without its `ssl/` tunnel prefix, and whether it had one.
+fn nmap_name(service: &str) -> (&str, bool) {
+    match service.strip_prefix("ssl/") {
+        Some(n) => (n, true),
+        None => (service, false),
+    }
+}
+
+/// Whether a built-in name (`https`, `imap (tls)`, `tls`) is the service nmap names.
+fn same_service(ours: &str, nmap: &str) -> bool {
+    let ours = ours.strip_suffix(" (tls)").unwrap_or(ours);
+    ours == nmap || matches!((ours, nmap), ("https", "http") | ("tls", "ssl"))
 }
 
 fn key(p: &ScannedPort) -> (IpAddr, u16, String) {
