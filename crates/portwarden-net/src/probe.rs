@@ -10,6 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+/// How long a probe waits for each answer, in `check` and in `scan -sV`.
+pub const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+
 /// Which question to ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

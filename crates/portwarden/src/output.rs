@@ -46,6 +46,36 @@ pub fn verbose(level: u8, msg: &str) {
     }
 }
 
+/// A use-case's notes for the terminal: warnings unless `-q`, detail with `-v`, and the
+/// progress line cleared when it is done.
+pub struct CliNotes {
+    quiet: bool,
+    verbose: u8,
+    no_progress: bool,
+}
+
+impl CliNotes {
+    pub fn new(g: &crate::cli::Global) -> CliNotes {
+        CliNotes {
+            quiet: g.quiet,
+            verbose: g.verbose,
+            no_progress: g.quiet || g.json,
+        }
+    }
+}
+
+impl portwarden_ops::Notes for CliNotes {
+    fn warn(&self, msg: &str) {
+        warn(self.quiet, msg);
+    }
+    fn verbose(&self, msg: &str) {
+        verbose(self.verbose, msg);
+    }
+    fn progress_done(&self) {
+        progress_done(self.no_progress);
+    }
+}
+
 /// Prints a note on stderr unless quiet.
 pub fn note(quiet: bool, msg: &str) {
     if !quiet {
@@ -604,7 +634,7 @@ pub fn progress_done(quiet: bool) {
 }
 
 /// Open (and filtered) ports as a table, then a summary line and any diff.
-pub fn scan_table(d: &crate::cmd::scan::ScanDoc) -> io::Result<()> {
+pub fn scan_table(d: &portwarden_api::scan::ScanDoc) -> io::Result<()> {
     let mut s = String::new();
     let multi = d.hosts.len() > 1;
     let mut t = Table::new(&["HOST", "PORT", "STATE", "SERVICE", "TLS", "DETAIL"]);
@@ -701,7 +731,7 @@ pub fn scan_table(d: &crate::cmd::scan::ScanDoc) -> io::Result<()> {
 }
 
 /// nmap's greppable output (`-oG`).
-pub fn scan_grepable(d: &crate::cmd::scan::ScanDoc) -> String {
+pub fn scan_grepable(d: &portwarden_api::scan::ScanDoc) -> String {
     let mut s = format!(
         "# portwarden {} scan initiated {} as: portwarden {}\n",
         env!("CARGO_PKG_VERSION"),
@@ -763,7 +793,7 @@ fn xml_esc(s: &str) -> String {
 }
 
 /// nmap's XML output (`-oX`), the subset tools read: hosts, ports, states, services.
-pub fn scan_xml(d: &crate::cmd::scan::ScanDoc) -> String {
+pub fn scan_xml(d: &portwarden_api::scan::ScanDoc) -> String {
     let kind = if d.protocol == "udp" {
         "udp"
     } else {
@@ -782,7 +812,7 @@ pub fn scan_xml(d: &crate::cmd::scan::ScanDoc) -> String {
         s.push_str(&format!(
             "<host><status state=\"up\" reason=\"user-set\"/>\n<address addr=\"{h}\" addrtype=\"{fam}\"/>\n<ports>"
         ));
-        let mine: Vec<&crate::cmd::scan::ScannedPort> =
+        let mine: Vec<&portwarden_api::scan::ScannedPort> =
             d.ports.iter().filter(|p| p.addr == *h).collect();
         let closed = d.ports_scanned - mine.len();
         if closed > 0 {

@@ -13,6 +13,8 @@ const ADAPTERS: &[&str] = &[
     "portwarden-store",
     "portwarden-net",
 ];
+const API: &str = "portwarden-api";
+const OPS: &str = "portwarden-ops";
 const SERVER: &str = "portwarden-server";
 const BINARY: &str = "portwarden";
 
@@ -109,7 +111,11 @@ fn dependencies_point_down() {
             let ok = match krate.as_str() {
                 CORE => false,
                 k if ADAPTERS.contains(&k) => d == CORE,
-                SERVER => d == CORE || ADAPTERS.contains(&d.as_str()),
+                // The documents: plain data over core's types.
+                API => d == CORE,
+                // The use-cases: over the adapters, returning documents.
+                OPS => d == CORE || d == API || ADAPTERS.contains(&d.as_str()),
+                SERVER => d == CORE || d == API || d == OPS || ADAPTERS.contains(&d.as_str()),
                 BINARY => d != BINARY,
                 other => panic!("unknown workspace crate {other}: place it in the layering"),
             };
@@ -119,7 +125,7 @@ fn dependencies_point_down() {
         }
     }
     assert!(broken.is_empty(), "layering broken by: {broken:?}");
-    for expected in [CORE, SERVER, BINARY].iter().chain(ADAPTERS) {
+    for expected in [CORE, API, OPS, SERVER, BINARY].iter().chain(ADAPTERS) {
         assert!(edges.contains_key(*expected), "crate {expected} is missing");
     }
 }
@@ -138,11 +144,48 @@ fn core_does_no_async_io() {
     }
 }
 
+/// The documents carry no engine: nothing async, no database, no system calls.
+#[test]
+fn api_is_plain_data() {
+    let meta = metadata();
+    let closure = normal_closure(&meta, API);
+    for banned in ["tokio", "rusqlite", "libc", "pcre2"] {
+        assert!(
+            !closure.contains(banned),
+            "portwarden-api must not depend on {banned} (found in its dependency tree)"
+        );
+    }
+}
+
+/// No use-case prints: ops never names the terminal (its notes go to `Ctx::notes`).
+#[test]
+fn ops_never_prints() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../portwarden-ops/src");
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for banned in [
+            "println!",
+            "eprintln!",
+            "print!(",
+            "eprint!(",
+            "stdout()",
+            "stderr()",
+        ] {
+            assert!(
+                !text.contains(banned),
+                "{} uses {banned}: a use-case returns documents and notes",
+                path.display()
+            );
+        }
+    }
+}
+
 #[test]
 fn architecture_md_names_every_crate() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../ARCHITECTURE.md");
     let doc = std::fs::read_to_string(path).expect("ARCHITECTURE.md exists");
-    for c in [CORE, SERVER, BINARY].iter().chain(ADAPTERS) {
+    for c in [CORE, API, OPS, SERVER, BINARY].iter().chain(ADAPTERS) {
         assert!(
             doc.contains(&format!("`{c}`")),
             "ARCHITECTURE.md does not name `{c}`"

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
 
 use anyhow::Context;
 use portwarden_core::catalog::TlsStyle;
@@ -13,8 +12,7 @@ use portwarden_core::{Catalog, Policy, Protocol};
 use portwarden_net::ProbeKind;
 use portwarden_os::{Query, Walk};
 
-/// How long one probe exchange may take.
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+pub use portwarden_net::probe::PROBE_TIMEOUT;
 
 /// Where to connect for a listener: its own address, or loopback for a wildcard bind.
 fn probe_addr(addr: IpAddr, port: u16) -> SocketAddr {

@@ -1,154 +1,29 @@
-//! `portwarden scan`: targets and ports like nmap, the connect/UDP scanner, service and TLS
-//! detection, and nmap's output formats.
+//! `portwarden scan`: the flags into a [`ScanRequest`], the use-case in `portwarden-ops`,
+//! and its document out as a table, `--json`, `-oG` and `-oX`.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{Context, bail};
-use portwarden_core::catalog::TlsStyle;
-use portwarden_core::targets::{Target, expand, parse_ports, parse_target, top_ports};
+use anyhow::Context;
+use portwarden_api::scan::ScanDoc;
 use portwarden_core::units::HumanDuration;
-use portwarden_core::{Catalog, Port, Protocol};
-use portwarden_net::scan::{PortState, ScanConfig, scan_udp};
-use serde::{Deserialize, Serialize};
+use portwarden_ops::scan::ScanRequest;
 
 use crate::cli::{Global, ScanArgs};
 use crate::{Status, output};
 
-/// One reported port.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ScannedPort {
-    pub addr: IpAddr,
-    pub port: u16,
-    pub protocol: String,
-    pub state: String,
-    pub service: Option<String>,
-    /// Whether the service name comes from a probe (`probed`) or the port number (`table`).
-    pub method: String,
-    pub tls: Option<String>,
-    pub banner: Option<String>,
-    /// Certificate subject, where TLS was found.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_subject: Option<String>,
-    /// Certificate expiry (UTC), where TLS was found.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cert_expires: Option<String>,
-    /// Product, version and extra information, where what the service said names them
-    /// (nmap's `product`, `version`, `extrainfo`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub product: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub extrainfo: Option<String>,
-    /// What nmap's probe database adds (its `h/`, `o/`, `d/` and `cpe:` fields).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ostype: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub devicetype: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cpe: Vec<String>,
-}
+/// Set by SIGINT, SIGTERM or SIGHUP while a scan runs.
+static STOP: AtomicBool = AtomicBool::new(false);
 
-impl ScannedPort {
-    /// nmap's VERSION column: product, version and `(extrainfo)`.
-    pub fn version_line(&self) -> Option<String> {
-        let parts: Vec<String> = [
-            self.product.clone(),
-            self.version.clone(),
-            self.extrainfo.as_ref().map(|x| format!("({x})")),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        (!parts.is_empty()).then(|| parts.join(" "))
-    }
-}
-
-/// The `--json` document (also what `--diff` reads back).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ScanDoc {
-    pub args: String,
-    pub protocol: String,
-    pub started: i64,
-    pub elapsed_ms: u64,
-    pub hosts: Vec<IpAddr>,
-    /// Targets that answered no discovery probe and were not scanned.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub hosts_down: Vec<IpAddr>,
-    pub ports_scanned: usize,
-    pub ports: Vec<ScannedPort>,
-    pub closed: u64,
-    pub probes: u64,
-    pub self_connects: u64,
-    /// Stopped by a signal before every port was settled.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub interrupted: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub diff: Option<Diff>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct Diff {
-    pub added: Vec<ScannedPort>,
-    pub removed: Vec<ScannedPort>,
-}
-
-/// Resolves targets to addresses, refusing oversized blocks and unknown names.
-fn resolve(targets: &[String], max_hosts: u64) -> anyhow::Result<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    for t in targets {
-        match parse_target(t) {
-            Target::Addr(a) => out.push(a),
-            Target::Block(c) => out.extend(expand(c, max_hosts)?),
-            Target::Name(n) => {
-                let addrs: Vec<IpAddr> = (n.as_str(), 0)
-                    .to_socket_addrs()
-                    .with_context(|| format!("cannot resolve `{n}`"))?
-                    .map(|a| a.ip())
-                    .collect();
-                // Like nmap: the first address of a name (prefer IPv4).
-                let pick = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first());
-                match pick {
-                    Some(a) => out.push(*a),
-                    None => bail!("cannot resolve `{n}`: no addresses"),
-                }
-            }
-        }
-    }
-    let mut seen = BTreeSet::new();
-    out.retain(|a| seen.insert(*a));
-    if out.len() as u64 > max_hosts {
-        bail!("{} targets, more than --max-hosts {max_hosts}", out.len());
-    }
-    Ok(out)
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
 }
 
 pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
-    let protocol = if a.udp { Protocol::Udp } else { Protocol::Tcp };
-    let mut ports = match (&a.ports, a.top) {
-        (Some(spec), _) => parse_ports(spec)?,
-        (None, n) => top_ports(Catalog::builtin(), protocol, n.unwrap_or(1000)),
-    };
-    if let Some(ex) = &a.exclude_ports {
-        for p in parse_ports(ex)? {
-            ports.remove(&p);
-        }
-    }
-    if ports.is_empty() {
-        bail!("no ports left to scan after --exclude-ports");
-    }
-    let max: HumanDuration = a
+    let timeout: HumanDuration = a
         .timeout
         .parse()
         .with_context(|| format!("invalid --timeout `{}`", a.timeout))?;
-    if max.get().is_zero() {
-        bail!("invalid --timeout `{}`: must be above zero", a.timeout);
-    }
     let old: Option<ScanDoc> = match &a.diff {
         None => None,
         Some(p) => {
@@ -159,150 +34,52 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
             })?)
         }
     };
-    let hosts = resolve(&a.targets, a.max_hosts)?;
-    let ports: Vec<u16> = ports.into_iter().collect();
-    let db = if a.service && protocol == Protocol::Tcp {
-        probes_db(g, a.probes_db.as_deref())
-    } else {
-        None
-    };
-    if let Some(r) = a.rate {
-        if r == 0 || r > portwarden_net::syn::RATE_MAX {
-            bail!(
-                "invalid --rate {r}: between 1 and {} probes per second",
-                portwarden_net::syn::RATE_MAX
-            );
-        }
-    }
-    let mut cfg = ScanConfig {
-        protocol,
-        retries: a.retries,
+    let req = ScanRequest {
+        targets: a.targets.clone(),
+        ports: a.ports.clone(),
+        top: a.top,
+        exclude_ports: a.exclude_ports.clone(),
+        udp: a.udp,
+        syn: a.syn,
+        connect: a.connect,
+        no_ping: a.no_ping,
         rate: a.rate,
-        ..ScanConfig::default()
-    };
-    cfg.max_timeout = max.get();
-    cfg.initial_timeout = cfg.initial_timeout.min(cfg.max_timeout);
-    cfg.min_timeout = cfg.min_timeout.min(cfg.max_timeout);
-
-    // The TCP engine runs its own threads; tokio serves UDP probes and service detection.
-    let runtime = || {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(
-                std::thread::available_parallelism()
-                    .map_or(2, |n| n.get())
-                    .min(4),
-            )
-            .enable_all()
-            .build()
-            .context("cannot start the scan runtime")
-    };
-    let started = super::now();
-    let t0 = Instant::now();
-    let progress = output::Progress::new(g.quiet || g.json);
-    let progress: Arc<dyn Fn(u64, u64) + Send + Sync> = Arc::new(move |d, t| progress.update(d, t));
-    let mut hosts_down = Vec::new();
-    STOP.store(false, std::sync::atomic::Ordering::Relaxed);
-    let outcome = match protocol {
-        Protocol::Tcp => match tcp_engine(g, a, &hosts)? {
-            Some(syn) => {
-                let up = if a.no_ping {
-                    hosts.clone()
-                } else {
-                    discover(g, &syn, &hosts, &cfg)
-                };
-                hosts_down = hosts.iter().filter(|h| !up.contains(h)).copied().collect();
-                // Stopped during discovery: nothing more is sent.
-                let up = if STOP.load(std::sync::atomic::Ordering::Relaxed) {
-                    Vec::new()
-                } else {
-                    up
-                };
-                let mut o = syn_scan(g, &syn, &up, &ports, &cfg, progress, true);
-                o.interrupted |= STOP.load(std::sync::atomic::Ordering::Relaxed);
-                o
-            }
-            None => {
-                // Unprivileged, or asked for: discovery by connecting to 80 and 443, as
-                // nmap does without raw sockets (loopback is always there).
-                let wanted = !a.no_ping && hosts.iter().any(|h| !h.is_loopback());
-                let up = if wanted {
-                    discover_by_connect(g, &hosts, &cfg)
-                } else {
-                    hosts.clone()
-                };
-                hosts_down = hosts.iter().filter(|h| !up.contains(h)).copied().collect();
-                portwarden_net::connect::scan_tcp(&up, &ports, &cfg, progress)
-            }
-        },
-        Protocol::Udp => runtime()?.block_on(scan_udp(&hosts, &ports, &cfg, progress)),
-    };
-    output::progress_done(g.quiet || g.json);
-    if outcome.interrupted {
-        output::warn(
-            g.quiet,
-            "interrupted: the ports not yet settled are left out of what follows",
-        );
-    }
-
-    output::verbose(
-        g.verbose,
-        &format!(
-            "{} probes, srtt {} µs, {} self-connects discarded, {} descriptor shortages",
-            outcome.probes, outcome.srtt_us, outcome.self_connects, outcome.emfile
-        ),
-    );
-    let catalog = Catalog::builtin();
-    let mut found: Vec<ScannedPort> = outcome
-        .ports
-        .iter()
-        .map(|p| ScannedPort {
-            addr: p.addr,
-            port: p.port,
-            protocol: p.protocol.to_string(),
-            state: p.state.as_str().to_string(),
-            service: Port::new(p.port)
-                .and_then(|port| catalog.by_port(port, p.protocol))
-                .map(|e| e.name.clone()),
-            method: "table".into(),
-            tls: None,
-            banner: None,
-            cert_subject: None,
-            cert_expires: None,
-            product: None,
-            version: None,
-            extrainfo: None,
-            hostname: None,
-            ostype: None,
-            devicetype: None,
-            cpe: Vec::new(),
-        })
-        .collect();
-    if a.service && protocol == Protocol::Tcp {
-        detect(g, &runtime()?, &outcome.ports, &mut found, db);
-    }
-    let elapsed_ms = t0.elapsed().as_millis() as u64;
-    let mut doc = ScanDoc {
+        service: a.service,
+        probes_db: a.probes_db.clone(),
+        timeout: timeout.get(),
+        retries: a.retries,
+        max_hosts: a.max_hosts,
+        old,
         args: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
-        protocol: protocol.to_string(),
-        started,
-        elapsed_ms,
-        hosts: hosts
-            .iter()
-            .filter(|h| !hosts_down.contains(h))
-            .copied()
-            .collect(),
-        hosts_down,
-        ports_scanned: ports.len(),
-        ports: found,
-        closed: outcome.closed,
-        probes: outcome.probes,
-        self_connects: outcome.self_connects,
-        interrupted: outcome.interrupted,
-        diff: None,
     };
-    if let Some(old) = &old {
-        doc.diff = Some(diff(old, &doc));
+    let progress = output::Progress::new(g.quiet || g.json);
+    let mut ctx = portwarden_ops::Ctx::quiet(&STOP);
+    ctx.notes = Arc::new(output::CliNotes::new(g));
+    ctx.progress = Arc::new(move |d, t| progress.update(d, t));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(4),
+        )
+        .enable_all()
+        .build()
+        .context("cannot start the scan runtime")?;
+    // A signal stops the scan cleanly (the SYN scan's RST table is removed) instead of
+    // killing it; the previous dispositions come back afterwards.
+    STOP.store(false, Ordering::Relaxed);
+    let handler = on_signal as *const () as libc::sighandler_t;
+    let saved: Vec<(libc::c_int, libc::sighandler_t)> = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
+        .into_iter()
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        .map(|sig| (sig, unsafe { libc::signal(sig, handler) }))
+        .collect();
+    let doc = rt.block_on(portwarden_ops::scan::run(&ctx, &req));
+    for (sig, h) in saved {
+        // SAFETY: restores the disposition saved above.
+        unsafe { libc::signal(sig, h) };
     }
+    let doc = doc?;
     if let Some(p) = &a.grepable {
         super::write_output(p, output::scan_grepable(&doc).as_bytes(), a.force)?;
     }
@@ -314,512 +91,12 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
     } else if !g.quiet {
         output::scan_table(&doc)?;
     }
-    let any_open = doc.ports.iter().any(|p| p.state == "open");
-    if outcome.interrupted {
+    if doc.interrupted {
         return Ok(Status::Error);
     }
-    Ok(if any_open {
+    Ok(if doc.ports.iter().any(|p| p.state == "open") {
         Status::Ok
     } else {
         Status::Negative
     })
-}
-
-/// The TCP engine: the SYN scan (`Some`) when asked for, or by default as root for
-/// targets off loopback (like nmap); the connect scan otherwise, and as the fallback when
-/// raw sockets are refused (said with --verbose). An explicit `--syn` without the
-/// privilege is an error naming it.
-fn tcp_engine(
-    g: &Global,
-    a: &ScanArgs,
-    hosts: &[IpAddr],
-) -> anyhow::Result<Option<portwarden_net::syn::SynScanner>> {
-    use portwarden_net::syn::{SynError, SynScanner};
-    if a.connect {
-        return Ok(None);
-    }
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let wanted = a.syn || (root && !hosts.iter().any(|h| h.is_loopback()));
-    if !wanted {
-        return Ok(None);
-    }
-    match SynScanner::new(hosts) {
-        Ok(s) => Ok(Some(s)),
-        Err(e @ SynError::Privilege) if !a.syn => {
-            output::verbose(g.verbose, &format!("{e}; using the connect scan"));
-            Ok(None)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Host discovery, like nmap's as root: an ICMP echo request, and a SYN to 80 and 443
-/// (any answer, even a RST, means the host is there); one retransmission. The hosts that
-/// answer, in the order given.
-fn discover(
-    g: &Global,
-    syn: &portwarden_net::syn::SynScanner,
-    hosts: &[IpAddr],
-    cfg: &ScanConfig,
-) -> Vec<IpAddr> {
-    syn.ping(hosts);
-    let probe = ScanConfig {
-        retries: 1,
-        initial_window: (hosts.len() * 2).clamp(32, cfg.max_window),
-        ..cfg.clone()
-    };
-    // Without suppressing RSTs: a host whose SYN-ACK our kernel does not reset keeps a
-    // half-open connection for the same four-tuple the scan then probes.
-    let d = syn_scan(
-        g,
-        syn,
-        hosts,
-        &[80, 443],
-        &probe,
-        Arc::new(|_, _| {}),
-        false,
-    );
-    answered(g, hosts, &d)
-}
-
-/// Host discovery without raw sockets: a connection to 80 and 443 of each host (an
-/// accepted or a refused connection both mean the host is there); one retransmission.
-fn discover_by_connect(g: &Global, hosts: &[IpAddr], cfg: &ScanConfig) -> Vec<IpAddr> {
-    let probe = ScanConfig {
-        retries: 1,
-        ..cfg.clone()
-    };
-    let d = portwarden_net::connect::scan_tcp(hosts, &[80, 443], &probe, Arc::new(|_, _| {}));
-    answered(g, hosts, &d)
-}
-
-/// The hosts that answered a discovery round, in the order given: an echo, an open port,
-/// or a RST (counted, not listed: fewer filtered answers than the two probes).
-fn answered(g: &Global, hosts: &[IpAddr], d: &portwarden_net::scan::ScanOutcome) -> Vec<IpAddr> {
-    let mut up: BTreeSet<IpAddr> = d.echoed.iter().copied().collect();
-    up.extend(
-        d.ports
-            .iter()
-            .filter(|p| p.state == PortState::Open)
-            .map(|p| p.addr),
-    );
-    for h in hosts {
-        let silent = d
-            .ports
-            .iter()
-            .filter(|p| p.addr == *h && p.state == PortState::Filtered)
-            .count();
-        if silent < 2 {
-            up.insert(*h);
-        }
-    }
-    let up: Vec<IpAddr> = hosts.iter().filter(|h| up.contains(h)).copied().collect();
-    output::verbose(
-        g.verbose,
-        &format!(
-            "host discovery: {} of {} up (-Pn scans them all)",
-            up.len(),
-            hosts.len()
-        ),
-    );
-    up
-}
-
-/// Set by SIGINT, SIGTERM or SIGHUP while a SYN scan runs.
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Removes the RST-suppressing table when the scan ends, however it ends (a panic,
-/// SIGINT, SIGTERM or SIGHUP included; SIGKILL leaves it, and the next scan removes it).
-struct RstGuard(Option<u16>);
-
-impl Drop for RstGuard {
-    fn drop(&mut self) {
-        if let Some(port) = self.0 {
-            drop_scan_table(port);
-        }
-    }
-}
-
-fn drop_scan_table(port: u16) {
-    let _ = portwarden_os::nft::apply(&format!(
-        "table {t}\ndelete table {t}\n",
-        t = portwarden_nft::scan_table(port)
-    ));
-}
-
-/// Removes the tables of scans that are gone (killed): a table's port that can be bound
-/// again is held by no scan.
-fn drop_stale_scan_tables() {
-    let Ok(tables) = portwarden_os::nft::tables() else {
-        return;
-    };
-    for (family, name) in tables {
-        let Some(port) = name
-            .strip_prefix(portwarden_nft::SCAN_TABLE_PREFIX)
-            .and_then(|p| p.parse::<u16>().ok())
-        else {
-            continue;
-        };
-        if family == "inet" && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
-            drop_scan_table(port);
-        }
-    }
-}
-
-/// Runs the SYN scan with the kernel's RSTs from its source port dropped for its
-/// duration, and SIGINT turned into a clean stop.
-fn syn_scan(
-    g: &Global,
-    syn: &portwarden_net::syn::SynScanner,
-    hosts: &[IpAddr],
-    ports: &[u16],
-    cfg: &ScanConfig,
-    progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
-    suppress_rsts: bool,
-) -> portwarden_net::scan::ScanOutcome {
-    let sport = syn.source_port();
-    drop_stale_scan_tables();
-    let guard = RstGuard(if !suppress_rsts {
-        None
-    } else {
-        match portwarden_os::nft::apply(&portwarden_nft::scan_rst_rule(sport)) {
-            Ok(()) => Some(sport),
-            Err(e) => {
-                output::verbose(
-                    g.verbose,
-                    &format!("the kernel's RSTs are not suppressed ({e}); targets see them"),
-                );
-                None
-            }
-        }
-    });
-    output::verbose(g.verbose, &format!("SYN scan from source port {sport}"));
-    // SAFETY: installs a handler that only stores to an atomic (async-signal-safe); the
-    // previous disposition is restored below.
-    let handler = on_sigint as *const () as libc::sighandler_t;
-    let old: Vec<(libc::c_int, libc::sighandler_t)> = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
-        .into_iter()
-        // SAFETY: as above, for each signal.
-        .map(|sig| (sig, unsafe { libc::signal(sig, handler) }))
-        .collect();
-    let out = syn.run(hosts, ports, cfg, progress, &STOP);
-    for (sig, h) in old {
-        // SAFETY: restores the disposition saved above.
-        unsafe { libc::signal(sig, h) };
-    }
-    drop(guard);
-    out
-}
-
-/// nmap's probe database for `-sV`: the file given, or the distribution's when installed;
-/// `none` for the built-in probes only. A file that cannot be used is a warning, and the
-/// built-in probes carry on alone.
-fn probes_db(
-    g: &Global,
-    path: Option<&std::path::Path>,
-) -> Option<Arc<portwarden_net::probedb::ProbeDb>> {
-    use portwarden_net::probedb::ProbeDb;
-    let path = match path {
-        Some(p) if p.as_os_str() == "none" => return None,
-        Some(p) => p.to_path_buf(),
-        None => ProbeDb::default_path()?,
-    };
-    match ProbeDb::load(&path) {
-        Ok(db) => {
-            if let Some(first) = db.skipped.first() {
-                output::warn(
-                    g.quiet,
-                    &format!(
-                        "{} line{} of the probes database skipped; the first: {first}",
-                        db.skipped.len(),
-                        if db.skipped.len() == 1 { "" } else { "s" }
-                    ),
-                );
-                for line in db.skipped.iter().take(100) {
-                    output::verbose(g.verbose, &format!("skipped {line}"));
-                }
-            }
-            let (probes, matches) = db.counts();
-            output::verbose(
-                g.verbose,
-                &format!(
-                    "probes database {}: {probes} probes, {matches} match lines",
-                    path.display()
-                ),
-            );
-            Some(Arc::new(db))
-        }
-        Err(e) => {
-            output::warn(g.quiet, &format!("{e}; using the built-in probes"));
-            None
-        }
-    }
-}
-
-/// Service and TLS detection on open TCP ports: the likely probe for each port, all at
-/// once, with short timeouts.
-fn detect(
-    g: &Global,
-    rt: &tokio::runtime::Runtime,
-    open: &[portwarden_net::scan::PortResult],
-    found: &mut [ScannedPort],
-    db: Option<Arc<portwarden_net::probedb::ProbeDb>>,
-) {
-    let catalog = Catalog::builtin();
-    let jobs: Vec<(usize, SocketAddr, portwarden_net::ProbeKind)> = open
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.state == PortState::Open)
-        // The database's `Exclude` (printers, which print what they are sent): nothing
-        // is sent there, by either set of probes, as with nmap.
-        .filter(|(_, p)| !db.as_ref().is_some_and(|db| db.excluded(p.port)))
-        .map(|(i, p)| {
-            let entry = Port::new(p.port).and_then(|port| catalog.by_port(port, Protocol::Tcp));
-            let kind = portwarden_net::probe::kind_for(
-                entry.map(|e| e.name.as_str()),
-                entry.is_some_and(|e| e.tls == TlsStyle::Implicit),
-            );
-            (i, SocketAddr::new(p.addr, p.port), kind)
-        })
-        .collect();
-    // Each port may take a dozen connections at once: bounded by the descriptor
-    // limit, so a low limit slows detection instead of losing results.
-    let per_port = 6 + portwarden_net::probedb::PER_PORT;
-    let limit =
-        (portwarden_net::scan::raise_nofile().saturating_sub(64) as usize / per_port).clamp(1, 512);
-    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(limit));
-    let results = rt.block_on(async {
-        let mut set = tokio::task::JoinSet::new();
-        for (i, addr, kind) in jobs {
-            let gate = gate.clone();
-            let db = db.clone();
-            set.spawn(async move {
-                let _permit = gate.acquire_owned().await;
-                let t = super::facts::PROBE_TIMEOUT;
-                // The likely question for the port first; when it does not identify the
-                // service (or the port is unknown), every question at once.
-                let builtin = async {
-                    let r = if kind == portwarden_net::ProbeKind::Banner {
-                        portwarden_net::probe::identify(addr, t).await
-                    } else {
-                        let r = portwarden_net::probe(addr, kind, t).await;
-                        if r.identified.is_some() || r.tls == portwarden_net::TlsVerdict::Required {
-                            r
-                        } else {
-                            portwarden_net::probe::identify(addr, t).await
-                        }
-                    };
-                    let (cert, https) = if r.tls == portwarden_net::TlsVerdict::Required {
-                        portwarden_net::cert::inside_tls(addr, t * 2).await
-                    } else {
-                        (None, None)
-                    };
-                    // HTTP inside the TLS session: `https`, with its Server header.
-                    let r = match https {
-                        Some(head) => portwarden_net::ProbeResult {
-                            identified: Some("https".into()),
-                            banner: Some(portwarden_net::probe::sanitize(head.as_bytes())),
-                            product: portwarden_net::fingerprint::http(&head),
-                            ..r
-                        },
-                        None => r,
-                    };
-                    (r, cert)
-                };
-                // nmap's database at the same time, and again inside TLS where the port
-                // turns out to require it.
-                let plain = async {
-                    match &db {
-                        Some(db) => db.clone().identify(addr, false, t).await,
-                        None => None,
-                    }
-                };
-                let ((r, cert), plain) = tokio::join!(builtin, plain);
-                let hit = match db {
-                    Some(db) if r.tls == portwarden_net::TlsVerdict::Required => {
-                        db.identify(addr, true, t).await.or(plain)
-                    }
-                    _ => plain,
-                };
-                // nmap's database names another service than the built-in probes did:
-                // the TLS question is asked again in that service's own protocol
-                // (`ssl/…` is a TLS tunnel).
-                let mut tls = r.tls;
-                if let Some(h) = hit.as_ref().filter(|h| !h.soft) {
-                    let (name, ssl) = nmap_name(&h.service);
-                    if r.identified
-                        .as_deref()
-                        .is_none_or(|o| !same_service(o, name))
-                    {
-                        use portwarden_net::{ProbeKind, TlsVerdict};
-                        let k = portwarden_net::probe::kind_for(Some(name), false);
-                        tls = if ssl {
-                            TlsVerdict::Required
-                        } else if matches!(k, ProbeKind::Banner | ProbeKind::Tls) {
-                            if tls == TlsVerdict::Required {
-                                tls
-                            } else {
-                                TlsVerdict::Unknown
-                            }
-                        } else {
-                            portwarden_net::probe(addr, k, t).await.tls
-                        };
-                    }
-                }
-                (i, (r, cert, hit, tls))
-            });
-        }
-        let mut out = BTreeMap::new();
-        // A task that panicked loses its own port's result, not the others'.
-        while let Some(joined) = set.join_next().await {
-            if let Ok((i, r)) = joined {
-                out.insert(i, r);
-            }
-        }
-        out
-    });
-    for (i, (r, cert, hit, tls)) in results {
-        let f = &mut found[i];
-        if let Some(c) = cert {
-            f.cert_subject = Some(c.subject);
-            f.cert_expires = Some(portwarden_core::report::utc(c.not_after));
-        }
-        if let Some(id) = r.identified {
-            f.service = Some(id);
-            f.method = "probed".into();
-        } else if r.tls == portwarden_net::TlsVerdict::Required {
-            f.service = Some(match f.service.as_deref() {
-                Some("https") | None => "tls".into(),
-                Some(other) => format!("{other} (tls)"),
-            });
-            f.method = "probed".into();
-        } else if r.stalled {
-            f.banner = Some("(silent)".into());
-        }
-        if f.banner.is_none() {
-            f.banner = r.banner;
-        }
-        if let Some(p) = r.product {
-            f.product = Some(p.product);
-            f.version = p.version;
-            f.extrainfo = p.extrainfo;
-        }
-        if let Some(h) = hit {
-            output::verbose(
-                g.verbose,
-                &format!(
-                    "{}: {} {} by nmap's database, probe {}, line {}",
-                    SocketAddr::new(f.addr, f.port),
-                    h.service,
-                    if h.soft { "soft-matched" } else { "matched" },
-                    h.probe,
-                    h.line
-                ),
-            );
-            merge_hit(f, h);
-        }
-        let tls = serde_json::to_value(tls)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from));
-        f.tls = tls.filter(|t| t != "unknown");
-    }
-    // Patterns are compiled when first needed: those PCRE2 refused never matched.
-    let refused = db.map(|db| db.refused()).unwrap_or_default();
-    if let Some(first) = refused.first() {
-        output::warn(
-            g.quiet,
-            &format!(
-                "{} pattern{} of the probes database refused by PCRE2 (never matched); the first: {first}",
-                refused.len(),
-                if refused.len() == 1 { "" } else { "s" }
-            ),
-        );
-    }
-}
-
-/// What nmap's database says, over what the built-in probes found: the built-in name
-/// stays where a built-in probe recognised the service (it also judged TLS), the
-/// database's otherwise; a hard match's fields, and a soft match's that names a product,
-/// are nmap's own.
-fn merge_hit(f: &mut ScannedPort, h: portwarden_net::probedb::Hit) {
-    let (name, _) = nmap_name(&h.service);
-    let ours = f.service.as_deref().filter(|_| f.method == "probed");
-    // A hard match names the service unless the built-in probes found the same one
-    // (`https` for nmap's `http` in a tunnel); a soft one only where they found none.
-    let take = match ours {
-        None => true,
-        Some(o) => !h.soft && !same_service(o, name),
-    };
-    if take {
-        f.service = Some(name.to_string());
-        f.method = "probed".into();
-    }
-    if f.banner.as_deref() == Some("(silent)") {
-        f.banner = None;
-    }
-    // A soft match may still name the product (`PostgreSQL DB`, `9.6.0 or later`); a
-    // hard match is nmap's verdict as it stands (rsync: no product, a protocol version).
-    if h.soft && h.product.is_none() {
-        return;
-    }
-    // Where nmap names the same product without a version, the built-in probe's version
-    // stays (Redis's `INFO`).
-    let version = match (&h.version, f.product == h.product) {
-        (None, true) => f.version.take(),
-        _ => h.version,
-    };
-    f.product = h.product;
-    f.version = version;
-    f.extrainfo = h.extrainfo;
-    f.hostname = h.hostname;
-    f.ostype = h.ostype;
-    f.devicetype = h.devicetype;
-    f.cpe = h.cpe;
-}
-
-/// nmap's service name without its `ssl/` tunnel prefix, and whether it had one.
-fn nmap_name(service: &str) -> (&str, bool) {
-    match service.strip_prefix("ssl/") {
-        Some(n) => (n, true),
-        None => (service, false),
-    }
-}
-
-/// Whether a built-in name (`https`, `imap (tls)`, `tls`) is the service nmap names.
-fn same_service(ours: &str, nmap: &str) -> bool {
-    let ours = ours.strip_suffix(" (tls)").unwrap_or(ours);
-    ours == nmap || matches!((ours, nmap), ("https", "http") | ("tls", "ssl"))
-}
-
-fn key(p: &ScannedPort) -> (IpAddr, u16, String) {
-    (p.addr, p.port, p.protocol.clone())
-}
-
-/// Open ports added and removed since an earlier scan.
-fn diff(old: &ScanDoc, new: &ScanDoc) -> Diff {
-    let open = |d: &ScanDoc| -> BTreeMap<(IpAddr, u16, String), ScannedPort> {
-        d.ports
-            .iter()
-            .filter(|p| p.state == "open")
-            .map(|p| (key(p), p.clone()))
-            .collect()
-    };
-    let (a, b) = (open(old), open(new));
-    Diff {
-        added: b
-            .iter()
-            .filter(|(k, _)| !a.contains_key(*k))
-            .map(|(_, v)| v.clone())
-            .collect(),
-        removed: a
-            .iter()
-            .filter(|(k, _)| !b.contains_key(*k))
-            .map(|(_, v)| v.clone())
-            .collect(),
-    }
 }

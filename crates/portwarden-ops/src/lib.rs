@@ -1,0 +1,76 @@
+//! The use-cases, one module each, shared by the CLI and the daemon: async functions over
+//! a [`Ctx`] that return `portwarden-api` documents. They call the adapters (net, nft,
+//! os, store) and core; they never print (what a user should hear goes to
+//! [`Ctx::notes`]) and never read the wall clock but through [`Ctx::clock`].
+//!
+//! Moved here so far: `scan`. The other commands still live in the binary's `cmd/` and
+//! move here one by one (issue 12).
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+pub mod scan;
+
+/// The wall clock, injected so a test can set it.
+pub trait Clock: Send + Sync {
+    /// Unix seconds.
+    fn now(&self) -> i64;
+}
+
+/// The system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64)
+    }
+}
+
+/// Where a use-case says what a user should hear besides its document: warnings, detail
+/// for `-v`, and the end of a progress display.
+pub trait Notes: Send + Sync {
+    /// Something went less well than asked, and what was done instead.
+    fn warn(&self, msg: &str);
+    /// Detail, shown with `-v`.
+    fn verbose(&self, msg: &str);
+    /// The progress display (fed through [`Ctx::progress`]) is done.
+    fn progress_done(&self) {}
+}
+
+/// Notes nobody hears (tests, callers that want the document only).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Silent;
+
+impl Notes for Silent {
+    fn warn(&self, _: &str) {}
+    fn verbose(&self, _: &str) {}
+}
+
+/// What every use-case runs with.
+#[derive(Clone)]
+pub struct Ctx {
+    /// The wall clock.
+    pub clock: Arc<dyn Clock>,
+    /// Warnings and detail.
+    pub notes: Arc<dyn Notes>,
+    /// Progress: (done, total).
+    pub progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+    /// Set (by a signal handler, or the daemon's shutdown) to stop a long operation
+    /// cleanly; static, because a signal handler can only reach a static.
+    pub stop: &'static AtomicBool,
+}
+
+impl Ctx {
+    /// A context with the system clock, no notes and no progress display.
+    pub fn quiet(stop: &'static AtomicBool) -> Ctx {
+        Ctx {
+            clock: Arc::new(SystemClock),
+            notes: Arc::new(Silent),
+            progress: Arc::new(|_, _| {}),
+            stop,
+        }
+    }
+}
