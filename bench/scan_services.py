@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Service and version detection beside nmap -sV, on Debian's real servers.
 
-A server namespace runs the servers of the -sV test (crates/portwarden/tests/helpers/
-real_servers.py: OpenSSH twice, one on 5432; nginx over TLS and plain; Redis twice, one in
+A server namespace runs the servers of the -sV test (crates/portwarden-testkit/
+helpers/real_servers.py: OpenSSH twice, one on 5432; nginx over TLS and plain; Redis twice, one in
 protected mode; MariaDB; PostgreSQL with TLS; rsync; vsftpd with TLS), each on a random
 port of 10.79.2.1. Alternating, REPEAT times each, from a client namespace:
 
@@ -30,7 +30,7 @@ from netns import pair, teardown, timed  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.join(HERE, "..", "target", "release", "portwarden")
-HELPER = os.path.join(HERE, "..", "crates", "portwarden", "tests", "helpers",
+HELPER = os.path.join(HERE, "..", "crates", "portwarden-testkit", "helpers",
                       "real_servers.py")
 SRV, CLI = "pwbv-s", "pwbv-c"
 ADDR = "10.79.2.1"

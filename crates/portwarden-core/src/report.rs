@@ -505,17 +505,7 @@ mod tests {
 
     /// Compares with `tests/golden/NAME`; `UPDATE_GOLDEN=1` rewrites it.
     fn golden(name: &str, text: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden")
-            .join(name);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, text).unwrap();
-        }
-        let want = std::fs::read_to_string(&path).unwrap_or_default();
-        assert_eq!(
-            text, want,
-            "golden {name} differs (UPDATE_GOLDEN=1 rewrites it)"
-        );
+        portwarden_testkit::golden(env!("CARGO_MANIFEST_DIR"), name, text);
     }
 
     fn report() -> Report {

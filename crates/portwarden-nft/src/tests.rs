@@ -5,18 +5,7 @@ use portwarden_core::Catalog;
 use proptest::prelude::*;
 
 fn golden(name: &str, text: &str) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, text).unwrap();
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_default();
-    assert_eq!(
-        text, want,
-        "golden {name} differs (UPDATE_GOLDEN=1 rewrites it)"
-    );
+    portwarden_testkit::golden(env!("CARGO_MANIFEST_DIR"), name, text);
 }
 
 fn policy(src: &str) -> Policy {
@@ -480,7 +469,8 @@ mod nft_roundtrip {
     use std::io::Write;
     use std::process::{Command, Stdio};
 
-    struct Ns(String);
+    /// A namespace of the test's own (testkit's), with nft run inside it.
+    struct Ns(portwarden_testkit::Netns);
 
     impl Ns {
         fn new() -> Option<Ns> {
@@ -488,21 +478,12 @@ mod nft_roundtrip {
                 eprintln!("SKIP: nft is not installed");
                 return None;
             }
-            let name = format!("pw-nftrt-{}", std::process::id());
-            let ok = Command::new("ip")
-                .args(["netns", "add", &name])
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                eprintln!("SKIP: cannot create a network namespace (needs root and iproute2)");
-                return None;
-            }
-            Some(Ns(name))
+            portwarden_testkit::Netns::new("nftrt").map(Ns)
         }
 
         fn nft(&self, args: &[&str], input: Option<&str>) -> (bool, String, String) {
             let mut c = Command::new("ip")
-                .args(["netns", "exec", &self.0, "nft"])
+                .args(["netns", "exec", &self.0.name, "nft"])
                 .args(args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -519,12 +500,6 @@ mod nft_roundtrip {
                 String::from_utf8_lossy(&o.stdout).into_owned(),
                 String::from_utf8_lossy(&o.stderr).into_owned(),
             )
-        }
-    }
-
-    impl Drop for Ns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
         }
     }
 

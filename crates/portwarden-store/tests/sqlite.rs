@@ -2,25 +2,13 @@
 //! its triggers, tampering, retention, and refusing foreign or corrupt files.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 
 use portwarden_core::alloc::{AllocError, ReclaimAction, ReclaimReason};
 use portwarden_core::{Port, Protocol};
 use portwarden_store::{NewLease, SqliteStore, Store, StoreError};
 use proptest::prelude::*;
 
-fn tempdir(tag: &str) -> PathBuf {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "pw-store-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use portwarden_testkit::tempdir;
 
 fn lease_for(port: u16, owner: &str) -> NewLease {
     NewLease {
@@ -325,7 +313,14 @@ fn sha256_hex(text: &str) -> String {
 }
 
 /// A fresh store with one apply whose snapshot is an empty table of ours.
-fn with_apply(tag: &str, deadline: Option<i64>) -> (PathBuf, SqliteStore, portwarden_store::FwTxn) {
+fn with_apply(
+    tag: &str,
+    deadline: Option<i64>,
+) -> (
+    portwarden_testkit::Dir,
+    SqliteStore,
+    portwarden_store::FwTxn,
+) {
     let d = tempdir(tag);
     let mut s = SqliteStore::open(&d, "local", true).unwrap();
     let t = s

@@ -5,8 +5,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
-mod common;
-use common::Netns;
+use portwarden_testkit::{Netns, tempdir};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_portwarden"));
@@ -29,13 +28,6 @@ fn code(o: &Output) -> i32 {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pw-cli-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 #[test]
@@ -414,7 +406,7 @@ zone = "localhost"
 "#;
 
     struct Env {
-        dir: PathBuf,
+        dir: portwarden_testkit::Dir,
         policy: String,
         state: String,
     }
@@ -1058,18 +1050,8 @@ zone = "localhost"
 
     /// Golden JSON of (id, severity, subject), updated with UPDATE_GOLDEN=1.
     fn golden(name: &str, got: &Value) {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden")
-            .join(name);
         let text = serde_json::to_string_pretty(got).unwrap() + "\n";
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, &text).unwrap();
-        }
-        let want = std::fs::read_to_string(&path).unwrap_or_default();
-        assert_eq!(
-            text, want,
-            "golden {name} differs (UPDATE_GOLDEN=1 rewrites it)"
-        );
+        portwarden_testkit::golden(env!("CARGO_MANIFEST_DIR"), name, &text);
     }
 
     #[test]
@@ -1716,15 +1698,11 @@ mod firewall {
     struct Lab {
         server: Netns,
         client: Netns,
-        dir: PathBuf,
+        dir: portwarden_testkit::Dir,
     }
 
     fn helper(name: &str) -> String {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/helpers")
-            .join(name)
-            .display()
-            .to_string()
+        portwarden_testkit::helper(name).display().to_string()
     }
 
     impl Lab {
@@ -1733,7 +1711,7 @@ mod firewall {
                 eprintln!("SKIP: nft is not installed");
                 return None;
             }
-            let (server, client) = common::pair(
+            let (server, client) = portwarden_testkit::pair(
                 tag,
                 &["10.99.0.1/24", "fd99::1/64"],
                 &["10.99.0.2/24", "10.99.0.3/24", "fd99::2/64"],
@@ -2739,7 +2717,7 @@ max_conn_per_source = 3
         let bin = dir.join("portwarden");
         std::fs::copy(env!("CARGO_BIN_EXE_portwarden"), &bin).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        for d in [&dir, &bin] {
+        for d in [&*dir, bin.as_path()] {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let o = lab.client.exec(&[

@@ -1,13 +1,10 @@
 //! `scan -sV` against Debian's real servers (OpenSSH, nginx with a self-signed
 //! certificate, Redis, MariaDB, PostgreSQL with TLS, rsync, vsftpd with TLS), started by
-//! `tests/helpers/real_servers.py` on random ports of a non-loopback address in a
+//! portwarden-testkit's `helpers/real_servers.py` on random ports of a non-loopback address in a
 //! namespace of the test's own, and scanned from a second namespace over a veth pair.
 //! `.ci/run` installs the servers, nmap and ndiff.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
@@ -17,25 +14,22 @@ const SERVER: &str = "10.96.0.1";
 /// The servers, running in the lab's server namespace until drop.
 struct Lab {
     /// Held for its drop: the namespaces go with the lab.
-    _server: common::Netns,
-    client: common::Netns,
+    _server: portwarden_testkit::Netns,
+    client: portwarden_testkit::Netns,
     helper: Option<Child>,
     ports: serde_json::Map<String, Value>,
-    dir: PathBuf,
+    dir: portwarden_testkit::Dir,
 }
 
 impl Lab {
     fn new(tag: &str) -> Option<Lab> {
-        let (server, client) = common::pair(tag, &["10.96.0.1/24"], &["10.96.0.2/24"])?;
-        let dir = std::env::temp_dir().join(format!("pw-real-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let script =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/real_servers.py");
+        let (server, client) = portwarden_testkit::pair(tag, &["10.96.0.1/24"], &["10.96.0.2/24"])?;
+        let dir = portwarden_testkit::tempdir(&format!("real-{tag}"));
+        let script = portwarden_testkit::helper("real_servers.py");
         let mut helper = Command::new("ip")
             .args(["netns", "exec", &server.name, "python3"])
             .arg(&script)
-            .arg(&dir)
+            .arg(&*dir)
             .arg(SERVER)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -122,7 +116,6 @@ impl Drop for Lab {
             drop(h.stdin.take());
             let _ = h.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -1,10 +1,63 @@
-//! Helpers shared by the integration tests: network namespaces the tests create
-//! themselves, and veth pairs between them. Nothing here reaches another address.
-#![allow(dead_code)]
+//! Test helpers shared by every crate's tests (a dev-dependency only, never shipped):
+//! temporary directories that remove themselves, golden files, network namespaces and
+//! veth pairs the tests create themselves, and the helper scripts in `helpers/` (fake
+//! and real servers, a client). Nothing here sends traffic anywhere but loopback and
+//! those namespaces.
 
-use std::path::PathBuf;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+/// A temporary directory, removed (with what is in it) when dropped; derefs to its path.
+#[derive(Debug)]
+pub struct Dir(tempfile::TempDir);
+
+impl Deref for Dir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for Dir {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+/// A fresh directory `pw-{tag}-…` under the system's temporary directory.
+pub fn tempdir(tag: &str) -> Dir {
+    Dir(tempfile::Builder::new()
+        .prefix(&format!("pw-{tag}-"))
+        .tempdir()
+        .expect("a temporary directory"))
+}
+
+/// Compares `text` with `tests/golden/NAME` under `manifest_dir` (the calling crate's
+/// `CARGO_MANIFEST_DIR`); `UPDATE_GOLDEN=1` rewrites the file instead.
+pub fn golden(manifest_dir: &str, name: &str, text: &str) {
+    let path = Path::new(manifest_dir).join("tests/golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("the golden directory");
+        }
+        std::fs::write(&path, text).expect("the golden file");
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        text, want,
+        "golden {name} differs (UPDATE_GOLDEN=1 rewrites it)"
+    );
+}
+
+/// A helper script of `helpers/` (`fake_servers.py`, `net_client.py`, `real_servers.py`).
+pub fn helper(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("helpers")
+        .join(name)
+}
+
+/// Runs `ip` with these arguments: whether it succeeded.
 pub fn ip(args: &[&str]) -> bool {
     Command::new("ip")
         .args(args)
@@ -59,10 +112,9 @@ impl Netns {
         assert!(st.success(), "{cmd:?}");
     }
 
-    /// Starts `tests/helpers/fake_servers.py` inside and waits until it is ready.
+    /// Starts `helpers/fake_servers.py` inside and waits until it is ready.
     pub fn serve(&mut self, specs: &[&str]) {
-        let helper =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/helpers/fake_servers.py");
+        let helper = helper("fake_servers.py");
         let mut child = Command::new("ip")
             .args([
                 "netns",
