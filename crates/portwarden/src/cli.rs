@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+use portwarden_core::units::HumanDuration;
+use portwarden_core::{PortProto, PortRange};
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Governs the ports of mirror and replication servers from one declarative policy.
@@ -62,7 +65,7 @@ pub enum Command {
     Log(LogArgs),
     /// Pool occupation; `pools reserve` keeps the kernel's ephemeral picks out of pools.
     Pools(PoolsArgs),
-    /// Scan hosts for open ports (TCP connect or UDP), with service and TLS detection.
+    /// Scan hosts for open ports (SYN, TCP connect or UDP), with service and TLS detection.
     Scan(ScanArgs),
     /// The nftables firewall: plan, diff, apply with commit-confirm, confirm, rollback.
     #[command(subcommand)]
@@ -150,7 +153,7 @@ pub struct LsArgs {
     pub ipv6: bool,
     /// Only sockets whose local port is N or lies in FIRST-LAST.
     #[arg(long, value_name = "N|RANGE")]
-    pub port: Option<String>,
+    pub port: Option<PortRange>,
     /// Only sockets in this state (estab, listen, time-wait, unconn, ...); repeatable.
     #[arg(long, value_name = "STATE")]
     pub state: Vec<String>,
@@ -171,7 +174,7 @@ pub struct LsArgs {
 #[derive(Debug, Args)]
 pub struct WhoArgs {
     /// PORT or PORT/PROTO (tcp, udp); without a protocol both are searched.
-    #[arg(value_name = "PORT[/PROTO]")]
+    #[arg(value_name = "PORT[/PROTO]", value_parser = port_and_protocol)]
     pub port: String,
 }
 
@@ -187,7 +190,7 @@ pub struct AllocArgs {
     pub port: Option<u16>,
     /// Lease lifetime [default: the pool's lease_ttl, else 24h].
     #[arg(long, value_name = "DURATION")]
-    pub ttl: Option<String>,
+    pub ttl: Option<HumanDuration>,
     /// Lease owner [default: the invoking user].
     #[arg(long, value_name = "OWNER")]
     pub owner: Option<String>,
@@ -208,7 +211,7 @@ pub struct RenewArgs {
     pub id: i64,
     /// New lifetime from now [default: the pool's lease_ttl, else 24h].
     #[arg(long, value_name = "DURATION")]
-    pub ttl: Option<String>,
+    pub ttl: Option<HumanDuration>,
     /// Who you are [default: the invoking user].
     #[arg(long, value_name = "OWNER")]
     pub owner: Option<String>,
@@ -234,9 +237,9 @@ pub struct ReclaimArgs {
 pub struct LogArgs {
     #[command(subcommand)]
     pub command: Option<LogCommand>,
-    /// Only records from the last DURATION (e.g. 24h, 7d).
+    /// Only records from the last DURATION (e.g. 24h, 7d; 0: since the epoch, all).
     #[arg(long, value_name = "DURATION")]
-    pub since: Option<String>,
+    pub since: Option<HumanDuration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -328,14 +331,15 @@ pub struct ScanArgs {
         short = 'p',
         long = "ports",
         value_name = "SPEC",
-        allow_hyphen_values = true
+        allow_hyphen_values = true,
+        value_parser = port_list
     )]
     pub ports: Option<String>,
     /// The N most frequent ports of the catalog (default 1000 when -p is not given).
     #[arg(long, value_name = "N", conflicts_with = "ports")]
     pub top: Option<usize>,
     /// Ports to leave out.
-    #[arg(long, value_name = "SPEC")]
+    #[arg(long, value_name = "SPEC", value_parser = port_list)]
     pub exclude_ports: Option<String>,
     /// UDP scan instead of TCP (`-sU` works too).
     #[arg(short = 'u', long)]
@@ -367,7 +371,7 @@ pub struct ScanArgs {
     pub probes_db: Option<PathBuf>,
     /// Largest per-probe timeout (the timeout adapts to the measured RTT below it).
     #[arg(long, value_name = "DURATION", default_value = "1s")]
-    pub timeout: String,
+    pub timeout: HumanDuration,
     /// Retries for unanswered probes.
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub retries: u32,
@@ -406,7 +410,7 @@ pub enum FwCommand {
     Apply {
         /// Deadline for `fw confirm` (0: no confirmation needed).
         #[arg(long, value_name = "DURATION", default_value = "60s")]
-        confirm_within: String,
+        confirm_within: HumanDuration,
         /// nftables, or iptables-restore into our own chain for hosts without nftables
         /// (auto: nftables when `nft` is installed).
         #[arg(long, value_enum, default_value_t = FwBackend::Auto)]
@@ -430,16 +434,26 @@ pub enum FwCommand {
 #[derive(Debug, Args)]
 pub struct GrantArgs {
     /// PORT or PORT/PROTO (tcp by default).
-    #[arg(value_name = "PORT[/PROTO]", required_unless_present = "file")]
+    #[arg(
+        value_name = "PORT[/PROTO]",
+        required_unless_present = "file",
+        value_parser = port_with_protocol
+    )]
     pub port: Option<String>,
     /// The source address to admit.
-    #[arg(long = "from", value_name = "ADDR", required_unless_present = "file")]
+    #[arg(
+        long = "from",
+        value_name = "ADDR",
+        required_unless_present = "file",
+        value_parser = ip_address
+    )]
     pub from: Option<String>,
     /// How long the grant lasts.
     #[arg(
         long = "for",
         value_name = "DURATION",
-        required_unless_present = "file"
+        required_unless_present = "file",
+        value_parser = duration
     )]
     pub duration: Option<String>,
     /// Grants in batch, one `PORT[/PROTO] ADDR DURATION` per line (`-`: stdin).
@@ -450,10 +464,19 @@ pub struct GrantArgs {
 #[derive(Debug, Args)]
 pub struct RevokeArgs {
     /// PORT or PORT/PROTO (tcp by default).
-    #[arg(value_name = "PORT[/PROTO]", required_unless_present = "file")]
+    #[arg(
+        value_name = "PORT[/PROTO]",
+        required_unless_present = "file",
+        value_parser = port_with_protocol
+    )]
     pub port: Option<String>,
     /// The source address.
-    #[arg(long = "from", value_name = "ADDR", required_unless_present = "file")]
+    #[arg(
+        long = "from",
+        value_name = "ADDR",
+        required_unless_present = "file",
+        value_parser = ip_address
+    )]
     pub from: Option<String>,
     /// Revocations in batch, one `PORT[/PROTO] ADDR` per line (`-`: stdin).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["port", "from"])]
@@ -476,4 +499,46 @@ pub enum FwBackend {
     Nft,
     /// iptables-restore.
     Iptables,
+}
+
+// Flags checked at parse time: a bad port, duration or address is a usage error (exit 2)
+// before anything runs. Where a command also reads the same values from a file (grants),
+// the flag stays text and is parsed again by the same code the file goes through.
+
+/// `PORT` or `PORT/PROTO`, either protocol when none is given.
+fn port_and_protocol(s: &str) -> Result<String, String> {
+    let (p, proto) = s.split_once('/').unwrap_or((s, ""));
+    p.parse::<portwarden_core::Port>()
+        .map_err(|e| e.to_string())?;
+    if !proto.is_empty() {
+        proto
+            .parse::<portwarden_core::Protocol>()
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(s.to_string())
+}
+
+/// `PORT` or `PORT/PROTO` (tcp by default).
+fn port_with_protocol(s: &str) -> Result<String, String> {
+    s.parse::<PortProto>().map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+/// One IP address.
+fn ip_address(s: &str) -> Result<String, String> {
+    s.parse::<std::net::IpAddr>()
+        .map_err(|_| format!("`{s}` is not an IP address"))?;
+    Ok(s.to_string())
+}
+
+/// A duration (`90s`, `2h`, `7d`).
+fn duration(s: &str) -> Result<String, String> {
+    s.parse::<HumanDuration>().map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+/// A port list like nmap's `-p` (`22,80,8000-8100`, `-`).
+fn port_list(s: &str) -> Result<String, String> {
+    portwarden_core::targets::parse_ports(s).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
 }

@@ -51,7 +51,21 @@ fn main() -> ExitCode {
         Some("-Pn") => "--no-ping".into(),
         _ => a,
     });
-    let cli = cli::Cli::parse_from(args);
+    // Usage errors are one line in our own format, exit 2; help and version as clap has
+    // them.
+    let cli = match cli::Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            output::usage_error(&e.render().to_string());
+            return Status::Error.into();
+        }
+    };
     match cmd::run(cli) {
         Ok(status) => status.into(),
         Err(e) if is_broken_pipe(&e) => ExitCode::from(0),

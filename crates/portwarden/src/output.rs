@@ -39,6 +39,22 @@ pub fn error(e: &anyhow::Error) {
     let _ = writeln!(err, "portwarden: error: {}", clean(&format!("{e:#}"), true));
 }
 
+/// A usage error as clap renders it, as one line: `portwarden: error: …` (clap's hint
+/// lines, such as `For more information, try '--help'`, dropped; `--help` says it all).
+pub fn usage_error(rendered: &str) {
+    let first = rendered
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("invalid usage");
+    let msg = first.strip_prefix("error: ").unwrap_or(first);
+    let _ = writeln!(
+        io::stderr().lock(),
+        "portwarden: error: {}",
+        clean(msg, false)
+    );
+}
+
 /// Prints what is being done, on stderr, with `-v`.
 pub fn verbose(level: u8, msg: &str) {
     if level > 0 {

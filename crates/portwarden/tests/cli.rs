@@ -196,6 +196,45 @@ fn catalog_lists_and_shows() {
     );
 }
 
+/// Durations, ports and addresses are parsed with the flags: a bad one is a usage error
+/// (exit 2, one line) before anything runs, so not even the state directory is made.
+#[test]
+fn r_bad_flag_values_are_usage_errors_before_anything_runs() {
+    let dir = tempdir("flags");
+    let state = dir.join("state");
+    for args in [
+        &["alloc", "svc", "--ttl", "bogus"][..],
+        &["renew", "1", "--ttl", "3x"],
+        &["log", "--since", "5q"],
+        &["grant", "22", "--from", "1.2.3", "--for", "1h"],
+        &["grant", "22", "--from", "10.0.0.1", "--for", "forever"],
+        &["grant", "22/sctp", "--from", "10.0.0.1", "--for", "1h"],
+        &["revoke", "70000", "--from", "10.0.0.1"],
+        &["fw", "apply", "--confirm-within", "soon"],
+        &["scan", "127.0.0.1", "--exclude-ports", "0"],
+        &["ls", "--port", "9-1"],
+        &["who", "0"],
+    ] {
+        let o = bin()
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.starts_with("portwarden: error: invalid value"),
+            "{args:?}: {e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{args:?}: {e}");
+        assert!(
+            !state.exists(),
+            "{args:?} ran before its flags were checked"
+        );
+    }
+}
+
 #[test]
 fn usage_errors_exit_2() {
     for args in [
@@ -1601,7 +1640,7 @@ mod scan {
             (&["scan", "10.0.0.0/8"], "more than --max-hosts 256"),
             (
                 &["scan", "127.0.0.1", "--timeout", "soon"],
-                "invalid --timeout",
+                "invalid value 'soon' for '--timeout <DURATION>'",
             ),
         ] {
             let o = run(args);

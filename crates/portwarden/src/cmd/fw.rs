@@ -453,9 +453,7 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             confirm_within,
             backend,
         } => {
-            let within: HumanDuration = confirm_within
-                .parse()
-                .with_context(|| format!("invalid --confirm-within `{confirm_within}`"))?;
+            let within = *confirm_within;
             if within.get() > CONFIRM_MAX {
                 bail!(
                     "invalid --confirm-within `{confirm_within}`: at most {}; a rollback that far away protects nobody",

@@ -25,7 +25,7 @@ const DEFAULT_TTL_SECS: i64 = 86_400;
 /// A pool the policy at hand does not know (`renew` without `--policy`) is capped by what
 /// the lease recorded at allocation, `known_max`.
 fn ttl_secs(
-    arg: Option<&str>,
+    arg: Option<HumanDuration>,
     policy: &Policy,
     pool_name: Option<&str>,
     known_max: Option<i64>,
@@ -36,10 +36,10 @@ fn ttl_secs(
         (None, Some(m)) => m.max(1),
         (None, None) => DEFAULT_TTL_SECS,
     };
-    let Some(t) = arg else {
+    let Some(d) = arg else {
         return Ok(max);
     };
-    let d: HumanDuration = t.parse().with_context(|| format!("invalid --ttl `{t}`"))?;
+    let t = d;
     if d.get().is_zero() {
         bail!("invalid --ttl `{t}`: a lease must live longer than zero");
     }
@@ -142,7 +142,7 @@ pub fn alloc(g: &Global, a: &AllocArgs) -> anyhow::Result<Status> {
     }
     let svc = policy.service(&a.service).context("service vanished")?;
     let pool_name = req.pool.map(|p| p.name.clone());
-    let ttl = ttl_secs(a.ttl.as_deref(), policy, pool_name.as_deref(), None)?;
+    let ttl = ttl_secs(a.ttl, policy, pool_name.as_deref(), None)?;
     let ttl_max = ttl_secs(None, policy, pool_name.as_deref(), None)?;
     let owner = a.owner.clone().unwrap_or_else(super::user);
     let actor = super::user();
@@ -222,12 +222,7 @@ pub fn renew(g: &Global, a: &RenewArgs) -> anyhow::Result<Status> {
     let loaded = super::load_policy(g.policy.as_deref())?;
     let mut store = super::open_store(g, false).map_err(store_err)?;
     let lease = find_lease(&store, a.id)?;
-    let ttl = ttl_secs(
-        a.ttl.as_deref(),
-        &loaded.policy,
-        lease.pool.as_deref(),
-        lease.ttl_max,
-    )?;
+    let ttl = ttl_secs(a.ttl, &loaded.policy, lease.pool.as_deref(), lease.ttl_max)?;
     let now = super::now();
     let caller = a.owner.clone().unwrap_or_else(super::user);
     let l = store

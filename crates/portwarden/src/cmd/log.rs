@@ -1,7 +1,6 @@
 //! `portwarden log [verify|head|export|prune]`: the change ledger.
 
-use anyhow::{Context, bail};
-use portwarden_core::units::HumanDuration;
+use anyhow::bail;
 use portwarden_store::{Store, StoreError};
 
 use crate::cli::{ExportFormat, Global, LogArgs, LogCommand};
@@ -15,15 +14,11 @@ pub fn run(g: &Global, a: &LogArgs) -> anyhow::Result<Status> {
     };
     match &a.command {
         None => {
-            let since = match &a.since {
-                None => None,
-                Some(s) => {
-                    let d: HumanDuration = s
-                        .parse()
-                        .with_context(|| format!("invalid --since `{s}`"))?;
-                    Some(super::now() - d.get().as_secs() as i64)
-                }
-            };
+            // `--since 0` is since the epoch: everything.
+            let since = a.since.map(|d| match d.get().as_secs() {
+                0 => 0,
+                secs => super::now() - secs as i64,
+            });
             let entries = match &store {
                 Some(s) => s.ledger(since)?,
                 None => Vec::new(),

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, bail};
 use portwarden_core::facts::{Family, SocketFilter, SocketState, summarize};
-use portwarden_core::{Port, PortRange, Protocol};
+use portwarden_core::{Port, Protocol};
 use portwarden_os::{Query, Walk};
 
 use crate::cli::{Global, LsArgs, WhoArgs};
@@ -43,10 +43,7 @@ fn plan(a: &LsArgs) -> anyhow::Result<(SocketFilter, Query, bool)> {
         }
     }
     if let Some(p) = &a.port {
-        f.ports = Some(
-            p.parse::<PortRange>()
-                .with_context(|| format!("invalid --port `{p}`"))?,
-        );
+        f.ports = Some(*p);
     }
     f.pid = a.pid;
     f.process = a.process.clone();

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use portwarden_api::scan::ScanDoc;
-use portwarden_core::units::HumanDuration;
 use portwarden_ops::scan::ScanRequest;
 
 use crate::cli::{Global, ScanArgs};
@@ -20,10 +19,7 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
-    let timeout: HumanDuration = a
-        .timeout
-        .parse()
-        .with_context(|| format!("invalid --timeout `{}`", a.timeout))?;
+    let timeout = a.timeout;
     let old: Option<ScanDoc> = match &a.diff {
         None => None,
         Some(p) => {
