@@ -92,8 +92,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// Lowest severity that makes the command exit 1.
-    #[arg(long, value_enum, default_value_t = SeverityArg::High, value_name = "SEVERITY")]
+    /// Lowest severity that makes the command exit 1 (medium: anything worth fixing).
+    #[arg(long, value_enum, default_value_t = SeverityArg::Medium, value_name = "SEVERITY")]
     pub fail_on: SeverityArg,
 }
 
@@ -191,7 +191,8 @@ pub struct AllocArgs {
     /// Lease lifetime [default: the pool's lease_ttl, else 24h].
     #[arg(long, value_name = "DURATION")]
     pub ttl: Option<HumanDuration>,
-    /// Lease owner [default: the invoking user].
+    /// A label naming the lease's owner, which `renew` and `release` check [default: the
+    /// invoking user's name]; the ledger records who acted apart from it.
     #[arg(long, value_name = "OWNER")]
     pub owner: Option<String>,
     /// Allocate this many leases (each in its own transaction).
@@ -212,7 +213,7 @@ pub struct RenewArgs {
     /// New lifetime from now [default: the pool's lease_ttl, else 24h].
     #[arg(long, value_name = "DURATION")]
     pub ttl: Option<HumanDuration>,
-    /// Who you are [default: the invoking user].
+    /// The owner label the lease was given [default: the invoking user's name].
     #[arg(long, value_name = "OWNER")]
     pub owner: Option<String>,
 }
@@ -221,7 +222,7 @@ pub struct RenewArgs {
 pub struct ReleaseArgs {
     /// Lease id.
     pub id: i64,
-    /// Who you are [default: the invoking user].
+    /// The owner label the lease was given [default: the invoking user's name].
     #[arg(long, value_name = "OWNER")]
     pub owner: Option<String>,
 }

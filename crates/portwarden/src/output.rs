@@ -39,6 +39,27 @@ pub fn error(e: &anyhow::Error) {
     let _ = writeln!(err, "portwarden: error: {}", clean(&format!("{e:#}"), true));
 }
 
+/// The header of `alloc`'s rows (fixed widths: rows are printed as leases are granted).
+pub fn alloc_header() -> String {
+    format!(
+        "{:<8} {:<6} {:<5} {:<16} {:<10} EXPIRES\n",
+        "ID", "PORT", "PROTO", "SERVICE", "POOL"
+    )
+}
+
+/// One granted lease.
+pub fn alloc_row(l: &portwarden_store::Lease) -> String {
+    format!(
+        "{:<8} {:<6} {:<5} {:<16} {:<10} {}\n",
+        l.id,
+        l.port.to_string(),
+        l.protocol.to_string(),
+        clean(&l.service, false),
+        clean(l.pool.as_deref().unwrap_or("-"), false),
+        utc(l.expires_at)
+    )
+}
+
 /// A usage error as clap renders it, as one line: `portwarden: error: …` (clap's hint
 /// lines, such as `For more information, try '--help'`, dropped; `--help` says it all).
 pub fn usage_error(rendered: &str) {

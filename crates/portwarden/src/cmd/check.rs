@@ -99,7 +99,7 @@ fn record_identities(
         })
         .collect();
     let mut store = super::open_store(g, true)?;
-    let changes = store.record_identities(&records, super::now(), &super::user())?;
+    let changes = store.record_identities(&records, super::now(), &super::actor())?;
     let as_fact = |i: &portwarden_store::Identity| PortIdentity {
         protocol: i.protocol,
         port: i.port.get(),

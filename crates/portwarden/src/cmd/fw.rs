@@ -279,7 +279,7 @@ fn rollback_txn(s: &mut SqliteStore, t: &FwTxn, why: &str) -> anyhow::Result<Str
         t.id,
         FwState::RolledBack,
         super::now(),
-        &super::user(),
+        &super::actor(),
         &format!("{why}: {how}"),
     )?;
     Ok(how.to_string())
@@ -345,7 +345,7 @@ pub fn recover_expired(g: &Global) -> anyhow::Result<()> {
     s.record(
         now,
         Change {
-            actor: super::user(),
+            actor: super::actor(),
             action: "fw.watcher-rearmed".into(),
             subject: format!("fw txn {}", t.id),
             before: None,
@@ -495,7 +495,7 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             let now = super::now();
             let deadline =
                 (!within.get().is_zero()).then(|| now + within.get().as_secs().max(1) as i64);
-            let t = s.fw_begin(now, &super::user(), deadline, snapshot.clone(), &text)?;
+            let t = s.fw_begin(now, &super::actor(), deadline, snapshot.clone(), &text)?;
             let watcher = start_watcher(g, &mut s, &t)?;
             if let Err(e) = nft::apply(&text) {
                 stop_watcher(&FwTxn {
@@ -507,7 +507,7 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
                     t.id,
                     FwState::RolledBack,
                     super::now(),
-                    &super::user(),
+                    &super::actor(),
                     "apply failed",
                 )?;
                 return Err(e).context("nothing was applied");
@@ -545,7 +545,7 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
                 t.id,
                 FwState::Confirmed,
                 super::now(),
-                &super::user(),
+                &super::actor(),
                 "confirmed",
             )? {
                 output::text(&format!("confirmed firewall transaction {}\n", t.id))?;
@@ -690,7 +690,7 @@ fn apply_iptables(g: &Global, within: HumanDuration) -> anyhow::Result<Status> {
     let now = super::now();
     let deadline = (!within.get().is_zero()).then(|| now + within.get().as_secs().max(1) as i64);
     let text = format!("{}{}", ipt.v4, ipt.v6);
-    let t = s.fw_begin(now, &super::user(), deadline, snapshot.clone(), &text)?;
+    let t = s.fw_begin(now, &super::actor(), deadline, snapshot.clone(), &text)?;
     let watcher = start_watcher(g, &mut s, &t)?;
     let done = apply(Fam::V4, &ipt.v4).and_then(|()| apply(Fam::V6, &ipt.v6));
     if let Err(e) = done {
@@ -703,7 +703,7 @@ fn apply_iptables(g: &Global, within: HumanDuration) -> anyhow::Result<Status> {
             t.id,
             FwState::RolledBack,
             super::now(),
-            &super::user(),
+            &super::actor(),
             "apply failed",
         )?;
         return Err(e).context("nothing stays applied");
@@ -927,7 +927,7 @@ pub fn grant(g: &Global, a: &GrantArgs) -> anyhow::Result<Status> {
             protocol: i.protocol,
             port: i.port,
             expires_at: now + i.left.as_secs() as i64,
-            actor: super::user(),
+            actor: super::actor(),
         })
         .collect();
     if let Err(e) = s.grant(now, &records) {
@@ -962,7 +962,7 @@ pub fn revoke(g: &Global, a: &RevokeArgs) -> anyhow::Result<Status> {
     let (held, _) = state_of(&s)?;
     nft::apply(&portwarden_nft::revoke_commands(&keys))
         .context("nothing was revoked (is the grant still there?)")?;
-    if let Err(e) = s.revoke(super::now(), &super::user(), &keys) {
+    if let Err(e) = s.revoke(super::now(), &super::actor(), &keys) {
         let back: Vec<Grant> = held
             .into_iter()
             .filter(|h| keys.contains(&(h.addr, h.protocol, h.port)))
@@ -1060,7 +1060,7 @@ pub fn sync_leases(
         .map(|l| (l, "fw.lease-admit"))
         .chain(del.iter().map(|l| (l, "fw.lease-unadmit")))
         .map(|(l, action)| Change {
-            actor: super::user(),
+            actor: super::actor(),
             action: action.into(),
             subject: format!("{}/{}", l.port, l.protocol),
             before: None,

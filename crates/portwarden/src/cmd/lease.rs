@@ -145,7 +145,7 @@ pub fn alloc(g: &Global, a: &AllocArgs) -> anyhow::Result<Status> {
     let ttl = ttl_secs(a.ttl, policy, pool_name.as_deref(), None)?;
     let ttl_max = ttl_secs(None, policy, pool_name.as_deref(), None)?;
     let owner = a.owner.clone().unwrap_or_else(super::user);
-    let actor = super::user();
+    let actor = super::actor();
     let live = live_ports()?;
     let sysctls = portwarden_os::sysctl::read_host();
     let host = HostCheck {
@@ -184,8 +184,13 @@ pub fn alloc(g: &Global, a: &AllocArgs) -> anyhow::Result<Status> {
         });
         match r {
             Ok(l) => {
-                if !g.json {
-                    output::text(&format!("{}\n", l.port))?;
+                // A row as each lease is granted (a killed `--count` run has printed
+                // exactly what it got): the id is what `renew` and `release` take.
+                if !g.json && !g.quiet {
+                    if granted.is_empty() {
+                        output::text(&output::alloc_header())?;
+                    }
+                    output::text(&output::alloc_row(&l))?;
                 }
                 granted.push(l);
             }
@@ -226,7 +231,7 @@ pub fn renew(g: &Global, a: &RenewArgs) -> anyhow::Result<Status> {
     let now = super::now();
     let caller = a.owner.clone().unwrap_or_else(super::user);
     let l = store
-        .renew(a.id, &caller, now + ttl, now, &super::user())
+        .renew(a.id, &caller, now + ttl, now, &super::actor())
         .map_err(store_err)?;
     if g.json {
         output::json(&l)?;
@@ -246,7 +251,7 @@ pub fn release(g: &Global, a: &ReleaseArgs) -> anyhow::Result<Status> {
     let mut store = super::open_store(g, false).map_err(store_err)?;
     let caller = a.owner.clone().unwrap_or_else(super::user);
     let l = store
-        .release(a.id, &caller, super::now(), &super::user())
+        .release(a.id, &caller, super::now(), &super::actor())
         .map_err(store_err)?;
     drop(store);
     super::fw::sync_leases(g, &[], std::slice::from_ref(&l))?;
@@ -304,7 +309,7 @@ pub fn reclaim(g: &Global, a: &ReclaimArgs) -> anyhow::Result<Status> {
     let done = store
         .reclaim(
             now,
-            &super::user(),
+            &super::actor(),
             &|l: &Lease| listening.contains(&(l.protocol, l.port.get())),
             &|l: &Lease, heard| {
                 let pool = l.pool.as_deref().and_then(|p| policy.pool(p));
@@ -390,7 +395,7 @@ pub fn pools(g: &Global, a: &PoolsArgs) -> anyhow::Result<Status> {
                 .record(
                     super::now(),
                     Change {
-                        actor: super::user(),
+                        actor: super::actor(),
                         action: "sysctl.reserve".into(),
                         subject: "net.ipv4.ip_local_reserved_ports".into(),
                         before: Some(render(&current)),

@@ -56,7 +56,7 @@ pub fn run(g: &Global, a: &LogArgs) -> anyhow::Result<Status> {
             let mut store = store;
             if *repair {
                 if let Some(s) = store.as_mut() {
-                    for done in s.repair_ledger(super::now(), &super::user())? {
+                    for done in s.repair_ledger(super::now(), &super::actor())? {
                         output::warn(g.quiet, &format!("repaired: {done}"));
                     }
                 }
@@ -130,7 +130,7 @@ pub fn run(g: &Global, a: &LogArgs) -> anyhow::Result<Status> {
                 ))?;
                 return Ok(Status::Ok);
             }
-            let n = store.prune_ledger(cutoff, now, &super::user())?;
+            let n = store.prune_ledger(cutoff, now, &super::actor())?;
             if !g.quiet {
                 output::text(&format!(
                     "deleted {n} records older than {days} days through a checkpoint\n"
