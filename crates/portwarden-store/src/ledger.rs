@@ -112,6 +112,33 @@ pub struct Checkpoint {
     pub deleted: i64,
 }
 
+/// `(seq, hash)` as `{"seq": …, "hash": …}`.
+fn seq_and<S: serde::Serializer>(v: &Option<(i64, String)>, s: S) -> Result<S::Ok, S::Error> {
+    pair(v, "hash", s)
+}
+
+/// `(seq, why)` as `{"seq": …, "why": …}`.
+fn seq_and_why<S: serde::Serializer>(v: &Option<(i64, String)>, s: S) -> Result<S::Ok, S::Error> {
+    pair(v, "why", s)
+}
+
+fn pair<S: serde::Serializer>(
+    v: &Option<(i64, String)>,
+    name: &'static str,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    match v {
+        None => s.serialize_none(),
+        Some((seq, text)) => {
+            let mut m = s.serialize_map(Some(2))?;
+            m.serialize_entry("seq", seq)?;
+            m.serialize_entry(name, text)?;
+            m.end()
+        }
+    }
+}
+
 /// The outcome of walking a chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verification {
@@ -119,9 +146,12 @@ pub struct Verification {
     pub records: usize,
     /// First sequence number present.
     pub first_seq: Option<i64>,
-    /// Head: last sequence number and its hash.
+    /// Head: last sequence number and its hash (`{"seq", "hash"}`, as `log head` prints
+    /// it).
+    #[serde(serialize_with = "seq_and")]
     pub head: Option<(i64, String)>,
-    /// The first broken link: its sequence number and what is wrong.
+    /// The first broken link: its sequence number and what is wrong (`{"seq", "why"}`).
+    #[serde(serialize_with = "seq_and_why")]
     pub broken: Option<(i64, String)>,
     /// What else is wrong around the chain: a head anchor or exported head it does not
     /// reach, dropped append-only triggers, leases or transactions that refer to records

@@ -396,7 +396,7 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             format: FwFormat::Nft,
         } => {
             let (_, text) = render(g)?;
-            output::text(&text)?;
+            plan_out(g, "nft", &text)?;
             Ok(Status::Ok)
         }
         FwCommand::Plan {
@@ -404,7 +404,7 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
         } => {
             let loaded = super::load_policy(g.policy.as_deref())?;
             let ipt = iptables_rules(g, &loaded.policy)?;
-            output::text(&format!("{}{}", ipt.v4, ipt.v6))?;
+            plan_out(g, "iptables", &format!("{}{}", ipt.v4, ipt.v6))?;
             Ok(Status::Ok)
         }
         FwCommand::Diff => {
@@ -900,6 +900,20 @@ fn need_table() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `fw plan`: the ruleset text, or with `--json` a document holding it.
+fn plan_out(g: &Global, format: &str, text: &str) -> anyhow::Result<()> {
+    if g.json {
+        output::json(&serde_json::json!({
+            "api": portwarden_api::API_VERSION,
+            "format": format,
+            "ruleset": text,
+        }))?;
+    } else {
+        output::text(text)?;
+    }
+    Ok(())
+}
+
 pub fn grant(g: &Global, a: &GrantArgs) -> anyhow::Result<Status> {
     let list = items(
         a.file.as_deref(),
@@ -936,7 +950,23 @@ pub fn grant(g: &Global, a: &GrantArgs) -> anyhow::Result<Status> {
         let _ = nft::apply(&portwarden_nft::revoke_commands(&keys));
         return Err(e).context("nothing was granted");
     }
-    if !g.quiet {
+    if g.json {
+        let list: Vec<serde_json::Value> = records
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "addr": r.addr,
+                    "protocol": r.protocol.to_string(),
+                    "port": r.port.get(),
+                    "expires_at": r.expires_at,
+                })
+            })
+            .collect();
+        output::json(&serde_json::json!({
+            "api": portwarden_api::API_VERSION,
+            "granted": list,
+        }))?;
+    } else if !g.quiet {
         output::text(&format!(
             "granted {} source{}\n",
             grants.len(),
@@ -970,7 +1000,22 @@ pub fn revoke(g: &Global, a: &RevokeArgs) -> anyhow::Result<Status> {
         let _ = nft::apply(&portwarden_nft::grant_commands(&back));
         return Err(e).context("nothing was revoked");
     }
-    if !g.quiet {
+    if g.json {
+        let list: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|(addr, protocol, port)| {
+                serde_json::json!({
+                    "addr": addr,
+                    "protocol": protocol.to_string(),
+                    "port": port.get(),
+                })
+            })
+            .collect();
+        output::json(&serde_json::json!({
+            "api": portwarden_api::API_VERSION,
+            "revoked": list,
+        }))?;
+    } else if !g.quiet {
         output::text(&format!("revoked {}\n", keys.len()))?;
     }
     Ok(Status::Ok)

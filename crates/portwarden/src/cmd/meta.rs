@@ -13,9 +13,80 @@ pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<Status> {
     Ok(Status::Ok)
 }
 
+/// One page for every command (there are no per-command pages to refer to), with the
+/// sections a man page is expected to have.
 pub fn man() -> anyhow::Result<Status> {
+    let cmd = Cli::command();
+    let man = clap_mangen::Man::new(cmd.clone());
     let mut buf = Vec::new();
-    clap_mangen::Man::new(Cli::command()).render(&mut buf)?;
-    output::text(&String::from_utf8_lossy(&buf))?;
+    man.render_title(&mut buf)?;
+    man.render_name_section(&mut buf)?;
+    man.render_synopsis_section(&mut buf)?;
+    man.render_description_section(&mut buf)?;
+    man.render_options_section(&mut buf)?;
+    let mut text = String::from_utf8_lossy(&buf).into_owned();
+    text.push_str(".SH COMMANDS\n");
+    for sub in cmd.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+        text.push_str(&format!(
+            ".TP\n\\fBportwarden {}\\fR\n{}\n",
+            roff(sub.get_name()),
+            roff(&about)
+        ));
+    }
+    text.push_str(MAN_TAIL);
+    let mut version = Vec::new();
+    man.render_version_section(&mut version)?;
+    text.push_str(&String::from_utf8_lossy(&version));
+    output::text(&text)?;
     Ok(Status::Ok)
 }
+
+/// Text safe inside a roff line: backslashes and hyphens escaped, no line starting with
+/// a control character.
+fn roff(s: &str) -> String {
+    let t = s.replace('\\', "\\e").replace('-', "\\-");
+    match t.chars().next() {
+        Some('.' | '\'') => format!("\\&{t}"),
+        _ => t,
+    }
+}
+
+const MAN_TAIL: &str = r#".SH EXIT STATUS
+.TP
+.B 0
+Success.
+.TP
+.B 1
+A negative answer: findings at or above \fB\-\-fail\-on\fR (medium by default), a port
+nobody holds (\fBwho\fR), an exhausted pool, no open port found (\fBscan\fR).
+.TP
+.B 2
+A usage error (a bad flag or value, checked before anything runs) or a runtime error;
+stored state is left as it was.
+.SH ENVIRONMENT
+.TP
+.B PORTWARDEN_POLICY
+The policy file, as \fB\-\-policy\fR.
+.TP
+.B PORTWARDEN_STATE
+The state directory, as \fB\-\-state\-dir\fR.
+.TP
+.B SUDO_USER
+Recorded in the ledger with the acting user when portwarden runs under sudo.
+.TP
+.B XDG_STATE_HOME, HOME
+Where a user's state directory is when not root.
+.SH FILES
+.TP
+.I /var/lib/portwarden/
+The state directory as root: \fIportwarden.db\fR (SQLite: leases, grants, the ledger,
+firewall transactions), \fIportwarden.head\fR (the ledger's head anchor),
+\fIportwarden.key\fR (the host key; mode 0600, never in the database).
+.TP
+.I $XDG_STATE_HOME/portwarden/
+The state directory of other users (\fI~/.local/state/portwarden/\fR by default).
+.TP
+.I /usr/share/nmap/nmap\-service\-probes
+nmap's probe database, used by \fBscan \-sV\fR when present (\fB\-\-probes\-db\fR).
+"#;

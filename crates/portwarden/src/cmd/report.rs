@@ -18,7 +18,9 @@ pub fn run(g: &Global, a: &ReportArgs) -> anyhow::Result<Status> {
         last_change: &e.last_change,
         now: super::now(),
     });
-    let text = match a.format {
+    // `--json` is the JSON report, as on every other command.
+    let format = if g.json { ReportFormat::Json } else { a.format };
+    let text = match format {
         ReportFormat::Md => to_markdown(&r),
         ReportFormat::Html => to_html(&r),
         ReportFormat::Csv => to_csv(&r),
