@@ -3,13 +3,19 @@
 //! os, store) and core; they never print (what a user should hear goes to
 //! [`Ctx::notes`]) and never read the wall clock but through [`Ctx::clock`].
 //!
-//! Moved here so far: `scan`. The other commands still live in the binary's `cmd/` and
-//! move here one by one (issue 12).
+//! Moved here so far: `scan`, `check` (with `facts`, `policy` loading, the store's opening
+//! and `lease` facts). The other commands still live in the binary's `cmd/` and move here
+//! one by one (issue 12).
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+pub mod check;
+pub mod facts;
+pub mod lease;
+pub mod policy;
 pub mod scan;
+pub mod store;
 
 /// The wall clock, injected so a test can set it.
 pub trait Clock: Send + Sync {
@@ -61,6 +67,8 @@ pub struct Ctx {
     /// Set (by a signal handler, or the daemon's shutdown) to stop a long operation
     /// cleanly; static, because a signal handler can only reach a static.
     pub stop: &'static AtomicBool,
+    /// Who acts, as the ledger records it (`root (uid 0, sudo from alice)`).
+    pub actor: String,
 }
 
 impl Ctx {
@@ -71,6 +79,7 @@ impl Ctx {
             notes: Arc::new(Silent),
             progress: Arc::new(|_, _| {}),
             stop,
+            actor: "unknown".into(),
         }
     }
 }

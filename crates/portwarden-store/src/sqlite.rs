@@ -178,6 +178,9 @@ const SCHEMA_V5_COLUMNS: [(&str, &str, &str); 3] = [
     ("grants", "mac", "TEXT"),
 ];
 
+/// Where a store's warnings go once a sink is set.
+type WarningSink = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// The SQLite store.
 pub struct SqliteStore {
     conn: Connection,
@@ -191,7 +194,7 @@ pub struct SqliteStore {
     read_only: bool,
     /// Where warnings go (a write that committed but could not move the anchor);
     /// kept until a sink is set.
-    warn: Option<fn(&str)>,
+    warn: Option<WarningSink>,
     warnings: Vec<String>,
     /// The host key (`None` on read-only media without one).
     key: Option<crate::key::HostKey>,
@@ -419,18 +422,18 @@ impl SqliteStore {
     }
 
     fn warning(&mut self, w: String) {
-        match self.warn {
+        match &self.warn {
             Some(f) => f(&w),
             None => self.warnings.push(w),
         }
     }
 
     /// Sends warnings (also those from opening) to `f`.
-    pub fn on_warning(&mut self, f: fn(&str)) {
+    pub fn on_warning(&mut self, f: impl Fn(&str) + Send + Sync + 'static) {
         for w in std::mem::take(&mut self.warnings) {
             f(&w);
         }
-        self.warn = Some(f);
+        self.warn = Some(std::sync::Arc::new(f));
     }
 
     /// Whether writes would be accepted (`ReadOnly`, `Truncated` otherwise): asked before

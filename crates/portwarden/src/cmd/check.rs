@@ -1,22 +1,9 @@
-//! `portwarden check`: this host against its policy.
+//! `portwarden check`: this host against its policy (the use-case is `portwarden-ops`).
 
-use portwarden_core::Catalog;
-use portwarden_core::findings::{Finding, Severity, policy_findings};
-use portwarden_store::Store;
-use serde::Serialize;
+use portwarden_core::findings::Severity;
 
 use crate::cli::{CheckArgs, Global, SeverityArg};
 use crate::{Status, output};
-
-#[derive(Serialize)]
-struct Report<'a> {
-    policy: &'a str,
-    host: String,
-    fail_on: Severity,
-    exposure_total: f64,
-    exposure: &'a [portwarden_core::hostcheck::Exposure],
-    findings: &'a [Finding],
-}
 
 pub fn severity(s: SeverityArg) -> Severity {
     match s {
@@ -28,181 +15,32 @@ pub fn severity(s: SeverityArg) -> Severity {
     }
 }
 
-/// What the embedded store holds for the rules, when it exists.
-#[derive(Default)]
-struct StoreState {
-    leases: Vec<portwarden_store::Lease>,
-    broken: Option<(i64, String)>,
-    /// `PORT/PROTO` → the last ledger timestamp that touched it.
-    last_change: std::collections::BTreeMap<String, i64>,
-}
-
-fn read_store(g: &Global) -> anyhow::Result<StoreState> {
-    let s = match super::open_store(g, false) {
-        Ok(s) => s,
-        Err(portwarden_store::StoreError::Missing(_)) => return Ok(StoreState::default()),
-        Err(e) => return Err(e.into()),
-    };
-    let entries = s.ledger(None)?;
-    let broken = portwarden_store::ledger::verify(&entries).broken;
-    let last_change = entries.into_iter().map(|e| (e.subject, e.ts)).collect();
-    Ok(StoreState {
-        leases: s.leases()?,
-        broken,
-        last_change,
-    })
-}
-
-/// Lease, pool and ledger rules, over the store and the facts `check` gathered.
-fn store_rules(
-    policy: &portwarden_core::Policy,
-    st: &StoreState,
-    facts: &portwarden_core::hostcheck::HostFacts,
-) -> Vec<Finding> {
-    let leases = super::lease::lease_facts(&st.leases);
-    let listeners: Vec<portwarden_core::facts::Socket> =
-        facts.listeners.iter().map(|l| l.socket.clone()).collect();
-    portwarden_core::findings::store_findings(
-        policy,
-        &portwarden_core::findings::StoreFacts {
-            now: super::now(),
-            leases: &leases,
-            listeners: &listeners,
-            sysctls: &facts.sysctls,
-            ledger_broken: st.broken.as_ref().map(|(s, w)| (*s, w.as_str())),
-        },
-    )
-}
-
-/// Records who owns each managed port and reports changes since the last check.
-fn record_identities(
-    g: &Global,
-    policy: &portwarden_core::Policy,
-    facts: &portwarden_core::hostcheck::HostFacts,
-) -> anyhow::Result<Vec<Finding>> {
-    use portwarden_core::hostcheck::{PortIdentity, identity_change_findings, managed_identities};
-    let seen = managed_identities(policy, facts);
-    if seen.is_empty() {
-        return Ok(Vec::new());
-    }
-    let records: Vec<portwarden_store::Identity> = seen
-        .iter()
-        .filter_map(|i| {
-            Some(portwarden_store::Identity {
-                protocol: i.protocol,
-                port: portwarden_core::Port::new(i.port)?,
-                exe: i.exe.clone(),
-                sha256: i.sha256.clone(),
-                first_seen: 0,
-                last_seen: 0,
-            })
-        })
-        .collect();
-    let mut store = super::open_store(g, true)?;
-    let changes = store.record_identities(&records, super::now(), &super::actor())?;
-    let as_fact = |i: &portwarden_store::Identity| PortIdentity {
-        protocol: i.protocol,
-        port: i.port.get(),
-        exe: i.exe.clone(),
-        sha256: i.sha256.clone(),
-    };
-    let changes: Vec<(PortIdentity, PortIdentity)> = changes
-        .iter()
-        .map(|(o, n)| (as_fact(o), as_fact(n)))
-        .collect();
-    Ok(identity_change_findings(policy, &changes))
-}
-
-/// Everything `check` and `report` compute.
-pub struct Evaluation {
-    pub loaded: super::LoadedPolicy,
-    pub host: String,
-    pub facts: portwarden_core::hostcheck::HostFacts,
-    pub findings: Vec<Finding>,
-    pub exposure: Vec<portwarden_core::hostcheck::Exposure>,
-    pub exposure_total: f64,
-    pub last_change: std::collections::BTreeMap<String, i64>,
-}
-
-/// Loads the policy (stopping on its errors before any probe), gathers the facts and runs
-/// every rule.
-pub fn evaluate(g: &Global) -> anyhow::Result<Evaluation> {
-    let loaded = super::load_policy(g.policy.as_deref())?;
-    let mut findings = policy_findings(&loaded.policy, Catalog::builtin());
-    let st = read_store(g)?;
-    let leased = st
-        .leases
-        .iter()
-        .map(|l| (l.protocol, l.port.get()))
-        .collect();
-    output::verbose(
-        g.verbose,
-        &format!(
-            "policy: {}; store: {}",
-            loaded.name,
-            super::state_dir(g).display()
-        ),
-    );
-    let started = std::time::Instant::now();
-    let facts = super::facts::gather(&loaded.policy, leased, |w| output::warn(g.quiet, w))?;
-    output::verbose(
-        g.verbose,
-        &format!(
-            "gathered {} listeners ({} probed) in {} ms",
-            facts.listeners.len(),
-            facts.listeners.iter().filter(|l| l.probe.is_some()).count(),
-            started.elapsed().as_millis()
-        ),
-    );
-    findings.extend(store_rules(&loaded.policy, &st, &facts));
-    findings.extend(portwarden_core::hostcheck::host_findings(
-        &loaded.policy,
-        Catalog::builtin(),
-        &facts,
-    ));
-    findings.extend(record_identities(g, &loaded.policy, &facts)?);
-    portwarden_core::findings::sort(&mut findings);
-    let (exposure, exposure_total) =
-        portwarden_core::hostcheck::exposure(&loaded.policy, Catalog::builtin(), &facts);
-    let host = loaded
-        .policy
-        .host
-        .name
-        .clone()
-        .or_else(|| portwarden_os::hostname().ok())
-        .unwrap_or_else(|| "unknown".to_string());
-    Ok(Evaluation {
-        loaded,
-        host,
-        facts,
-        findings,
-        exposure,
-        exposure_total,
-        last_change: st.last_change,
-    })
+/// Runs the evaluation on a runtime of its own (the probes are async).
+pub fn evaluate(g: &Global) -> anyhow::Result<portwarden_ops::check::Evaluation> {
+    let ctx = super::ctx(g);
+    let state_dir = super::state_dir(g);
+    super::runtime()?.block_on(portwarden_ops::check::evaluate(
+        &ctx,
+        g.policy.as_deref(),
+        &state_dir,
+    ))
 }
 
 pub fn run(g: &Global, a: &CheckArgs) -> anyhow::Result<Status> {
     let fail_on = severity(a.fail_on);
     let e = evaluate(g)?;
+    let doc = e.doc(fail_on);
     if g.json {
-        output::json(&Report {
-            policy: &e.loaded.name,
-            host: e.host.clone(),
-            fail_on,
-            exposure_total: e.exposure_total,
-            exposure: &e.exposure,
-            findings: &e.findings,
-        })?;
+        output::json(&doc)?;
     } else if !g.quiet {
-        output::findings(&e.findings, &e.loaded.name, fail_on)?;
+        output::findings(&doc.findings, &doc.policy, fail_on)?;
         output::text(&format!(
             "exposure score {} over {} listening ports (docs/exposure.md)\n",
-            e.exposure_total,
-            e.exposure.len()
+            doc.exposure_total,
+            doc.exposure.len()
         ))?;
     }
-    Ok(if e.findings.iter().any(|f| f.severity >= fail_on) {
+    Ok(if doc.findings.iter().any(|f| f.severity >= fail_on) {
         Status::Negative
     } else {
         Status::Ok

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, bail};
 use portwarden_core::alloc::{
-    AllocError, HostCheck, LeaseFact, PortCheck, SplitMix, Unusable, pick, pool_usage,
-    reclaim_decision, request_for, reserved_with_pools,
+    AllocError, HostCheck, PortCheck, SplitMix, Unusable, pick, pool_usage, reclaim_decision,
+    request_for, reserved_with_pools,
 };
 use portwarden_core::facts::SocketState;
 use portwarden_core::units::HumanDuration;
@@ -335,22 +335,6 @@ pub fn reclaim(g: &Global, a: &ReclaimArgs) -> anyhow::Result<Status> {
     Ok(Status::Ok)
 }
 
-pub fn lease_facts(leases: &[Lease]) -> Vec<LeaseFact> {
-    leases
-        .iter()
-        .map(|l| LeaseFact {
-            id: l.id,
-            port: l.port,
-            protocol: l.protocol,
-            service: l.service.clone(),
-            pool: l.pool.clone(),
-            owner: l.owner.clone(),
-            process: l.process.clone(),
-            expires_at: l.expires_at,
-        })
-        .collect()
-}
-
 pub fn pools(g: &Global, a: &PoolsArgs) -> anyhow::Result<Status> {
     let loaded = super::load_policy(g.policy.as_deref())?;
     let policy = &loaded.policy;
@@ -362,7 +346,11 @@ pub fn pools(g: &Global, a: &PoolsArgs) -> anyhow::Result<Status> {
                 Err(StoreError::Missing(_)) => Vec::new(),
                 Err(e) => return Err(store_err(e)),
             };
-            let usage = pool_usage(policy, &lease_facts(&leases), &sysctls);
+            let usage = pool_usage(
+                policy,
+                &portwarden_ops::lease::lease_facts(&leases),
+                &sysctls,
+            );
             if g.json {
                 output::json(&usage)?;
             } else {

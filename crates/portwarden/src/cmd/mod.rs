@@ -3,7 +3,6 @@
 
 mod catalog;
 mod check;
-pub mod facts;
 pub mod fw;
 mod lease;
 mod log;
@@ -16,7 +15,6 @@ pub mod scan;
 use std::path::Path;
 
 use anyhow::Context;
-use portwarden_core::{Catalog, Policy};
 
 use crate::Status;
 use crate::cli::{Cli, Command};
@@ -70,68 +68,31 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
     }
 }
 
-/// A policy with the name it is known by in messages.
-pub struct LoadedPolicy {
-    pub name: String,
-    pub policy: Policy,
+pub use portwarden_ops::policy::{LoadedPolicy, POLICY_MAX_BYTES, load_policy, read_policy};
+
+/// Never set: the stop flag of commands no signal stops early.
+static NEVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The use-cases' context for this invocation: the system clock, notes on the terminal
+/// (`-q`, `-v`), no progress display, who acts.
+pub fn ctx(g: &crate::cli::Global) -> portwarden_ops::Ctx {
+    let mut c = portwarden_ops::Ctx::quiet(&NEVER);
+    c.notes = std::sync::Arc::new(crate::output::CliNotes::new(g));
+    c.actor = actor();
+    c
 }
 
-/// The largest policy file read, in bytes (docs/policy.md).
-pub const POLICY_MAX_BYTES: u64 = 16 << 20;
-
-/// Reads and validates a policy file; diagnostics come back as a `SourceErrors` error.
-/// Only a regular file (or a link to one) of at most [`POLICY_MAX_BYTES`] is read, and
-/// through a bounded reader, so a device, a FIFO or a file that grows while it is read
-/// cannot make the reader grow with it.
-pub fn read_policy(path: &Path) -> anyhow::Result<Policy> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let shown = path.display();
-    // O_NONBLOCK: opening a FIFO must not wait for a writer before we can refuse it.
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .with_context(|| format!("cannot read policy {shown}"))?;
-    let meta = f
-        .metadata()
-        .with_context(|| format!("cannot read policy {shown}"))?;
-    if !meta.is_file() {
-        anyhow::bail!("cannot read policy {shown}: not a regular file");
-    }
-    let too_big = || {
-        anyhow::anyhow!(
-            "cannot read policy {shown}: larger than the {} MiB limit",
-            POLICY_MAX_BYTES >> 20
+/// The runtime a command runs its use-case on (up to four workers).
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .min(4),
         )
-    };
-    if meta.len() > POLICY_MAX_BYTES {
-        return Err(too_big());
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    f.take(POLICY_MAX_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read policy {shown}"))?;
-    if bytes.len() as u64 > POLICY_MAX_BYTES {
-        return Err(too_big());
-    }
-    let src = String::from_utf8(bytes)
-        .map_err(|_| anyhow::anyhow!("cannot read policy {shown}: not UTF-8 text"))?;
-    Ok(Policy::parse(&shown.to_string(), &src, Catalog::builtin())?)
-}
-
-/// The `--policy` file, or the built-in baseline.
-pub fn load_policy(path: Option<&Path>) -> anyhow::Result<LoadedPolicy> {
-    match path {
-        Some(p) => Ok(LoadedPolicy {
-            name: p.display().to_string(),
-            policy: read_policy(p)?,
-        }),
-        None => Ok(LoadedPolicy {
-            name: "the built-in baseline policy".to_string(),
-            policy: Policy::baseline(),
-        }),
-    }
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")
 }
 
 /// Unix seconds now.

@@ -49,18 +49,10 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
         args: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
     };
     let progress = output::Progress::new(g.quiet || g.json);
-    let mut ctx = portwarden_ops::Ctx::quiet(&STOP);
-    ctx.notes = Arc::new(output::CliNotes::new(g));
+    let mut ctx = super::ctx(g);
+    ctx.stop = &STOP;
     ctx.progress = Arc::new(move |d, t| progress.update(d, t));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(
-            std::thread::available_parallelism()
-                .map_or(2, |n| n.get())
-                .min(4),
-        )
-        .enable_all()
-        .build()
-        .context("cannot start the scan runtime")?;
+    let rt = super::runtime()?;
     // A signal stops the scan cleanly (the SYN scan's RST table is removed) instead of
     // killing it; the previous dispositions come back afterwards.
     STOP.store(false, Ordering::Relaxed);

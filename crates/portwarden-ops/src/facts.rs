@@ -12,7 +12,9 @@ use portwarden_core::{Catalog, Policy, Protocol};
 use portwarden_net::ProbeKind;
 use portwarden_os::{Query, Walk};
 
-pub use portwarden_net::probe::PROBE_TIMEOUT;
+use portwarden_net::probe::PROBE_TIMEOUT;
+
+use crate::Ctx;
 
 /// Where to connect for a listener: its own address, or loopback for a wildcard bind.
 fn probe_addr(addr: IpAddr, port: u16) -> SocketAddr {
@@ -24,11 +26,12 @@ fn probe_addr(addr: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-/// Gathers everything; `warn` receives operator warnings.
-pub fn gather(
+/// Gathers everything; warnings go to `ctx.notes`. The socket walk is blocking work,
+/// the probes run on the caller's runtime.
+pub async fn gather(
+    ctx: &Ctx,
     policy: &Policy,
     leased: BTreeSet<(Protocol, u16)>,
-    mut warn: impl FnMut(&str),
 ) -> anyhow::Result<HostFacts> {
     let before = portwarden_os::host::listen_overflows();
     let mut inv = portwarden_os::sockets(&Query {
@@ -41,7 +44,7 @@ pub fn gather(
     portwarden_os::attach_owners(&mut inv, Walk::AllOwners)
         .context("cannot read process descriptors")?;
     for w in &inv.warnings {
-        warn(w);
+        ctx.notes.warn(w);
     }
     let mut ids = portwarden_os::host::Identities::default();
     let mut listeners: Vec<Listener> = inv
@@ -78,11 +81,7 @@ pub fn gather(
         );
         targets.push((i, probe_addr(s.local_addr, s.local_port), kind));
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the probe runtime")?;
-    let results = rt.block_on(async {
+    let results = {
         let mut set = tokio::task::JoinSet::new();
         for (i, addr, kind) in targets {
             set.spawn(async move { (i, portwarden_net::probe(addr, kind, PROBE_TIMEOUT).await) });
@@ -94,7 +93,7 @@ pub fn gather(
             }
         }
         out
-    });
+    };
     for (i, r) in results {
         let fact = ProbeFact {
             identified: r.identified,
