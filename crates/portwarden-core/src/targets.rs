@@ -80,6 +80,32 @@ pub fn top_ports(catalog: &Catalog, protocol: Protocol, n: usize) -> BTreeSet<u1
     out
 }
 
+/// nmap's `--top-ports N` from the text of its `nmap-services` (`name port/proto
+/// frequency …` lines): the `n` ports of `protocol` with the highest open frequency,
+/// ties by port number. Lines that do not parse are skipped. Pure: the caller reads the
+/// file.
+pub fn top_ports_from_services(text: &str, protocol: Protocol, n: usize) -> BTreeSet<u16> {
+    let proto = match protocol {
+        Protocol::Tcp => "tcp",
+        Protocol::Udp => "udp",
+    };
+    let mut ranked: Vec<(f64, u16)> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let _name = f.next()?;
+            let (port, p) = f.next()?.split_once('/')?;
+            let freq: f64 = f.next()?.parse().ok()?;
+            let port: u16 = port.parse().ok().filter(|&p| p > 0)?;
+            (p == proto && freq.is_finite()).then_some((freq, port))
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    ranked.dedup_by_key(|r| r.1);
+    ranked.into_iter().take(n).map(|(_, p)| p).collect()
+}
+
 /// One target as written: an address, a CIDR block, or a name to resolve.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -136,6 +162,17 @@ pub fn expand(c: Cidr, max: u64) -> Result<Vec<IpAddr>, TargetError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_ports_follow_nmaps_frequencies() {
+        let text = "# comment\nhttp\t80/tcp\t0.484143\t# WWW\nssh\t22/tcp\t0.182286\nx\t22/udp\t0.9\ntelnet\t23/tcp\t0.221265\nbad line\nzero\t0/tcp\t0.9\n";
+        let top = top_ports_from_services(text, Protocol::Tcp, 2);
+        assert_eq!(top, BTreeSet::from([80, 23]));
+        assert_eq!(
+            top_ports_from_services(text, Protocol::Udp, 5),
+            BTreeSet::from([22])
+        );
+    }
 
     #[test]
     fn port_lists_as_table() {

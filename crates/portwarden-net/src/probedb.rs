@@ -41,7 +41,7 @@ pub const MAX_DB_BYTES: u64 = 32 * 1024 * 1024;
 
 /// A regular file's bytes, at most `limit`: opened without blocking (a FIFO with no
 /// writer must not hang the scan), refused unless it is a regular file.
-fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()

@@ -77,12 +77,40 @@ fn resolve(targets: &[String], max_hosts: u64) -> anyhow::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
+/// Where nmap's port frequencies are installed (Debian's `nmap` package).
+pub const NMAP_SERVICES: &str = "/usr/share/nmap/nmap-services";
+
+/// The `n` most common ports: nmap's own ranking (its `nmap-services` frequencies) when
+/// installed, so `--top N` is nmap's `--top-ports N`; else the catalog's ports in order.
+fn top(ctx: &Ctx, protocol: Protocol, n: usize) -> std::collections::BTreeSet<u16> {
+    let path = std::path::Path::new(NMAP_SERVICES);
+    if let Ok(bytes) = portwarden_net::probedb::read_regular(path, 16 << 20) {
+        let ranked = portwarden_core::targets::top_ports_from_services(
+            &String::from_utf8_lossy(&bytes),
+            protocol,
+            n,
+        );
+        if !ranked.is_empty() {
+            ctx.notes.verbose(&format!(
+                "top {n} ports by nmap's frequencies ({NMAP_SERVICES})"
+            ));
+            return ranked;
+        }
+    }
+    let ports = top_ports(Catalog::builtin(), protocol, n);
+    ctx.notes.verbose(&format!(
+        "top {n} ports from the catalog ({} {protocol} ports there)",
+        top_ports(Catalog::builtin(), protocol, usize::MAX).len()
+    ));
+    ports
+}
+
 /// Runs the scan. Stops early, with `interrupted` set, when `ctx.stop` is set (SIGINT).
 pub async fn run(ctx: &Ctx, a: &ScanRequest) -> anyhow::Result<ScanDoc> {
     let protocol = if a.udp { Protocol::Udp } else { Protocol::Tcp };
     let mut ports = match (&a.ports, a.top) {
         (Some(spec), _) => parse_ports(spec)?,
-        (None, n) => top_ports(Catalog::builtin(), protocol, n.unwrap_or(1000)),
+        (None, n) => top(ctx, protocol, n.unwrap_or(1000)),
     };
     if let Some(ex) = &a.exclude_ports {
         for p in parse_ports(ex)? {

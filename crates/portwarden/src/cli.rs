@@ -336,7 +336,9 @@ pub struct ScanArgs {
         value_parser = port_list
     )]
     pub ports: Option<String>,
-    /// The N most frequent ports of the catalog (default 1000 when -p is not given).
+    /// The N most frequent ports (default 1000 when -p is not given): nmap's ranking from
+    /// its nmap-services file when installed, as nmap's --top-ports; else the catalog's
+    /// ports (about 730 TCP ports; a larger N scans them all).
     #[arg(long, value_name = "N", conflicts_with = "ports")]
     pub top: Option<usize>,
     /// Ports to leave out.
