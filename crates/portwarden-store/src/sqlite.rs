@@ -1566,7 +1566,10 @@ impl Store for SqliteStore {
                 )),
                 after: Some(ruleset.to_string()),
                 reason: Some(match deadline {
-                    Some(d) => format!("pending, rolls back at {d} unless confirmed"),
+                    Some(d) => format!(
+                        "pending, rolls back at {} unless confirmed",
+                        portwarden_core::report::utc(d)
+                    ),
                     None => "applied without confirmation".into(),
                 }),
             },
@@ -2509,7 +2512,10 @@ impl Store for SqliteStore {
                 subject: "ledger".into(),
                 before: None,
                 after: json(&cp),
-                reason: Some(format!("retention: records before {cutoff}")),
+                reason: Some(format!(
+                    "retention: records before {}",
+                    portwarden_core::report::utc(cutoff)
+                )),
             },
         )
         .map_err(backend)?;

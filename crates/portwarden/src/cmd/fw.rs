@@ -591,12 +591,12 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             };
             if g.json {
                 output::json(
-                    &serde_json::json!({"backend": backend, "table": exists, "last": last}),
+                    &serde_json::json!({"api": portwarden_api::API_VERSION, "backend": backend, "table": exists, "last": last}),
                 )?;
             } else {
                 let mut s = format!("{what}: {}\n", if exists { "present" } else { "absent" });
                 // A transaction closed without its rollback (one the key could not vouch
-                // for) leaves its ruleset live: say so rather than let "RolledBack" stand.
+                // for) leaves its ruleset live: say so rather than let "rolled-back" stand.
                 if let Some(t) = last.filter(|t| t.state == FwState::RolledBack && !ipt) {
                     if let (Some(applied), Ok(Some(live))) = (&t.listing, nft::list_table()) {
                         if steady(applied) == steady(&live) {
@@ -608,10 +608,14 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
                     }
                 }
                 if let Some(t) = last {
+                    // The state in the words `--json` uses.
+                    let state = serde_json::to_value(t.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_else(|| format!("{:?}", t.state));
                     s.push_str(&format!(
-                        "last transaction {}: {:?} at {}{}\n",
+                        "last transaction {}: {state} at {}{}\n",
                         t.id,
-                        t.state,
                         output::utc(t.created),
                         t.deadline.filter(|_| t.state == FwState::Pending).map_or(
                             String::new(),
