@@ -245,13 +245,21 @@ pub fn build(i: &Input<'_>) -> Report {
             })
             .collect();
         let key = format!("{}/{}", s.local_port, s.protocol);
+        // The management path is managed, by `[host] management`, not by a service.
+        let mgmt = svc.is_none()
+            && policy.host.management.ports.iter().any(|m| {
+                m.protocol == s.protocol && m.range.iter().any(|p| p.get() == s.local_port)
+            });
+        let leased = facts.leased.contains(&(s.protocol, s.local_port));
+        let guess = entry.map_or(String::new(), |e| format!(" ({})", e.name));
         rows.push(AuditRow {
             port: s.local_port,
             protocol: s.protocol,
-            service: match (svc, entry) {
-                (Some(svc), _) => svc.name.clone(),
-                (None, Some(e)) => format!("unmanaged ({})", e.name),
-                (None, None) => "unmanaged".into(),
+            service: match svc {
+                Some(svc) => svc.name.clone(),
+                None if mgmt => format!("host management{guess}"),
+                None if leased => format!("leased{guess}"),
+                None => format!("unmanaged{guess}"),
             },
             zone: match svc {
                 Some(svc) => svc.zone.to_string(),
@@ -261,14 +269,31 @@ pub fn build(i: &Input<'_>) -> Report {
                     Visibility::External => "external (observed)".into(),
                 },
             },
-            allowed_sources: svc.map_or_else(|| "-".into(), |svc| sources(policy, svc)),
+            allowed_sources: match svc {
+                Some(svc) => sources(policy, svc),
+                None if mgmt => policy
+                    .host
+                    .management
+                    .from
+                    .cidrs()
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                None => "-".into(),
+            },
             tls: tls_text(l.probe.as_ref().map(|p| p.tls)).into(),
             owner: if owners.is_empty() {
                 "unknown".into()
             } else {
                 owners.into_iter().collect::<Vec<_>>().join(", ")
             },
-            security_policy: svc.map_or_else(|| "undeclared".into(), policy_text),
+            security_policy: match svc {
+                Some(svc) => policy_text(svc),
+                None if mgmt => "management path (never locked out)".into(),
+                None if leased => "leased from a pool".into(),
+                None => "undeclared".into(),
+            },
             listening: true,
             exposure: exp
                 .iter()
@@ -557,6 +582,11 @@ mod tests {
             .collect();
         assert!(rows.contains(&(873, "mirror", false)), "{rows:?}");
         assert!(rows.contains(&(23, "unmanaged (telnet)", true)), "{rows:?}");
+        // The management path is managed, by [host] management.
+        assert!(
+            rows.contains(&(22, "host management (ssh)", true)),
+            "{rows:?}"
+        );
         let db = r.ports.iter().find(|p| p.port == 3306).unwrap();
         assert_eq!(db.last_updated, "2026-09-21T14:13:20Z");
         assert!(db.security_policy.contains("tls=required"));
