@@ -418,6 +418,10 @@ pub enum FwCommand {
         /// (auto: nftables when `nft` is installed).
         #[arg(long, value_enum, default_value_t = FwBackend::Auto)]
         backend: FwBackend,
+        /// Apply even when a zone names an interface this host lacks (its rules match
+        /// nothing until the interface appears; `fw plan` only warns).
+        #[arg(long)]
+        allow_missing_interface: bool,
     },
     /// Keep the pending apply (run it from a new connection, to prove you still get in).
     Confirm,

@@ -2528,6 +2528,47 @@ max_conn_per_source = 3
         );
     }
 
+    /// A zone interface the host lacks: `fw plan` warns and shows the ruleset, `fw apply`
+    /// refuses (nothing loaded) unless `--allow-missing-interface`.
+    #[test]
+    fn r_a_missing_interface_is_a_warning_for_plan_and_opt_in_for_apply() {
+        let Some(lab) = Lab::new("mi") else {
+            return;
+        };
+        let policy = "version = 1\n[zones]\ninternal = { interfaces = [\"eth9\"], cidrs = [\"10.0.0.0/8\"] }\n[[service]]\nname = \"db\"\ncatalog = \"mysql\"\nzone = \"internal\"\n";
+        let o = lab.pw(policy, &["fw", "plan"]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert!(stderr(&o).contains("interface `eth9`"), "{}", stderr(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("table inet portwarden"));
+        let o = lab.pw(policy, &["fw", "apply", "--confirm-within", "0"]);
+        assert_eq!(code(&o), 2, "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("--allow-missing-interface"),
+            "{}",
+            stderr(&o)
+        );
+        let listed = lab
+            .server
+            .exec(&["nft", "list", "table", "inet", "portwarden"]);
+        assert!(!listed.status.success(), "nothing was loaded");
+        let o = lab.pw(
+            policy,
+            &[
+                "fw",
+                "apply",
+                "--confirm-within",
+                "0",
+                "--allow-missing-interface",
+            ],
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        let listed = lab
+            .server
+            .exec(&["nft", "list", "table", "inet", "portwarden"]);
+        assert!(listed.status.success());
+        assert!(String::from_utf8_lossy(&listed.stdout).contains("eth9"));
+    }
+
     #[test]
     fn r_revoke_on_a_store_that_refuses_writes_changes_nothing() {
         let Some(lab) = Lab::applied_9000("rv") else {

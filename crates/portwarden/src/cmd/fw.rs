@@ -72,18 +72,44 @@ fn state_of(s: &SqliteStore) -> anyhow::Result<(Vec<Grant>, Vec<LeasedPort>)> {
 }
 
 /// The policy and its nftables text, after the lock-out guard on the rendered model.
-fn render(g: &Global) -> anyhow::Result<(portwarden_core::Policy, String)> {
+/// Renders the policy. A zone interface this host lacks is a warning when
+/// `allow_missing` (`fw plan`, `fw diff`, `fw apply --allow-missing-interface`: nft
+/// matches interfaces by name, so the rule takes effect when the interface appears), and
+/// an error otherwise.
+fn render(g: &Global, allow_missing: bool) -> anyhow::Result<(portwarden_core::Policy, String)> {
     let loaded = super::load_policy(g.policy.as_deref())?;
-    let interfaces = portwarden_os::host::interfaces()
+    let interfaces: Vec<String> = portwarden_os::host::interfaces()
         .into_iter()
         .map(|i| i.name)
         .collect();
+    let missing: Vec<String> = loaded
+        .policy
+        .zones
+        .iter()
+        .flat_map(|(kind, z)| z.interfaces.iter().map(move |i| (kind, i)))
+        .filter(|(_, i)| !interfaces.contains(i))
+        .map(|(kind, i)| {
+            format!("zone `{kind}` names interface `{i}`, which this host does not have")
+        })
+        .collect();
+    if allow_missing {
+        for m in &missing {
+            output::warn(
+                g.quiet,
+                &format!("{m}: its rules match nothing until it appears"),
+            );
+        }
+    } else if let Some(first) = missing.first() {
+        bail!(
+            "{first} (`fw apply --allow-missing-interface` applies it anyway: nft matches interfaces by name)"
+        );
+    }
     let (grants, leases) = live_state(g)?;
     let rs = portwarden_nft::render(
         &loaded.policy,
         &Options {
             ssh_peer: ssh_peer(),
-            interfaces: Some(interfaces),
+            interfaces: (!allow_missing).then_some(interfaces),
             grants,
             leases,
         },
@@ -395,7 +421,7 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
         FwCommand::Plan {
             format: FwFormat::Nft,
         } => {
-            let (_, text) = render(g)?;
+            let (_, text) = render(g, true)?;
             plan_out(g, "nft", &text)?;
             Ok(Status::Ok)
         }
@@ -408,7 +434,7 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
             Ok(Status::Ok)
         }
         FwCommand::Diff => {
-            let (_, text) = render(g)?;
+            let (_, text) = render(g, true)?;
             let s = store(g)?;
             let last = s
                 .fw_txns()?
@@ -452,6 +478,7 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
         FwCommand::Apply {
             confirm_within,
             backend,
+            allow_missing_interface,
         } => {
             let within = *confirm_within;
             if within.get() > CONFIRM_MAX {
@@ -473,9 +500,9 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
                 ),
             );
             if iptables {
-                return apply_iptables(g, within);
+                return apply_iptables(g, within, *allow_missing_interface);
             }
-            let (_, text) = render(g)?;
+            let (_, text) = render(g, *allow_missing_interface)?;
             let mut s = store(g)?;
             if let Some(t) = pending(&s)? {
                 bail!(portwarden_store::StoreError::Pending(t.id));
@@ -678,9 +705,13 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
 
 /// `fw apply` for hosts without nftables: the same model, as iptables-restore input into
 /// our chain, with the same commit-confirm.
-fn apply_iptables(g: &Global, within: HumanDuration) -> anyhow::Result<Status> {
+fn apply_iptables(
+    g: &Global,
+    within: HumanDuration,
+    allow_missing: bool,
+) -> anyhow::Result<Status> {
     use portwarden_os::iptables::{Fam, apply, check};
-    let (policy, _) = render(g)?; // the lock-out guard on the model
+    let (policy, _) = render(g, allow_missing)?; // the lock-out guard on the model
     let ipt = iptables_rules(g, &policy)?;
     let mut s = store(g)?;
     if let Some(t) = pending(&s)? {
