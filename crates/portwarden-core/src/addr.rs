@@ -222,9 +222,37 @@ impl AddrSet {
     }
 }
 
+/// Whether `a` can never be the source of a connection: unspecified, multicast or
+/// broadcast (also as an IPv4-mapped IPv6 address). A grant from one opens nothing.
+pub fn never_a_source(a: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let a = match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    };
+    a.is_unspecified() || a.is_multicast() || matches!(a, IpAddr::V4(v4) if v4.is_broadcast())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_that_are_never_a_source() {
+        for a in [
+            "0.0.0.0",
+            "::",
+            "255.255.255.255",
+            "224.0.0.1",
+            "ff02::1",
+            "::ffff:0.0.0.0",
+        ] {
+            assert!(never_a_source(a.parse().unwrap()), "{a}");
+        }
+        for a in ["10.0.0.1", "::1", "fd00::2", "::ffff:10.0.0.1"] {
+            assert!(!never_a_source(a.parse().unwrap()), "{a}");
+        }
+    }
 
     #[test]
     fn cidrs_parse_as_table() {

@@ -105,6 +105,31 @@ fn top(ctx: &Ctx, protocol: Protocol, n: usize) -> std::collections::BTreeSet<u1
     ports
 }
 
+/// Runs `fut` until it is done, or `stop` is set (checked every 50 ms): `None` when
+/// stopped.
+async fn until_stopped<T>(
+    stop: &'static std::sync::atomic::AtomicBool,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let watch = async {
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        v = fut => Some(v),
+        () = watch => None,
+    }
+}
+
+/// What a scan stopped before it settled anything reports.
+fn interrupted() -> portwarden_net::scan::ScanOutcome {
+    portwarden_net::scan::ScanOutcome {
+        interrupted: true,
+        ..Default::default()
+    }
+}
+
 /// Runs the scan. Stops early, with `interrupted` set, when `ctx.stop` is set (SIGINT).
 pub async fn run(ctx: &Ctx, a: &ScanRequest) -> anyhow::Result<ScanDoc> {
     let protocol = if a.udp { Protocol::Udp } else { Protocol::Tcp };
@@ -118,7 +143,11 @@ pub async fn run(ctx: &Ctx, a: &ScanRequest) -> anyhow::Result<ScanDoc> {
         }
     }
     if ports.is_empty() {
-        bail!("no ports left to scan after --exclude-ports");
+        bail!(if a.exclude_ports.is_some() {
+            "no ports left to scan after --exclude-ports"
+        } else {
+            "no ports to scan (--top 0?)"
+        });
     }
     if a.timeout.is_zero() {
         bail!("invalid --timeout: must be above zero");
@@ -189,7 +218,7 @@ pub async fn run(ctx: &Ctx, a: &ScanRequest) -> anyhow::Result<ScanDoc> {
                 let wanted = !a.no_ping && hosts.iter().any(|h| !h.is_loopback());
                 let (c, hosts2, ports2, cfg2) =
                     (ctx.clone(), hosts.clone(), ports.clone(), cfg.clone());
-                let (o, down) = tokio::task::spawn_blocking(move || {
+                let job = tokio::task::spawn_blocking(move || {
                     let up = if wanted {
                         discover_by_connect(&c, &hosts2, &cfg2)
                     } else {
@@ -201,14 +230,22 @@ pub async fn run(ctx: &Ctx, a: &ScanRequest) -> anyhow::Result<ScanDoc> {
                         portwarden_net::connect::scan_tcp(&up, &ports2, &cfg2, progress),
                         down,
                     )
-                })
-                .await
-                .context("the connect scan stopped")?;
-                hosts_down = down;
-                o
+                });
+                // The connect engine has no stop of its own: a stop abandons it (its
+                // threads end with the process) and reports nothing settled.
+                match until_stopped(stop, job).await {
+                    Some(r) => {
+                        let (o, down) = r.context("the connect scan stopped")?;
+                        hosts_down = down;
+                        o
+                    }
+                    None => interrupted(),
+                }
             }
         },
-        Protocol::Udp => scan_udp(&hosts, &ports, &cfg, progress).await,
+        Protocol::Udp => until_stopped(stop, scan_udp(&hosts, &ports, &cfg, progress))
+            .await
+            .unwrap_or_else(interrupted),
     };
     ctx.notes.progress_done();
     if outcome.interrupted {
@@ -246,8 +283,15 @@ pub async fn run(ctx: &Ctx, a: &ScanRequest) -> anyhow::Result<ScanDoc> {
             cpe: Vec::new(),
         })
         .collect();
-    if a.service && protocol == Protocol::Tcp {
-        detect(ctx, &outcome.ports, &mut found, db).await;
+    let mut stopped_detecting = false;
+    if a.service && protocol == Protocol::Tcp && !outcome.interrupted {
+        stopped_detecting = until_stopped(stop, detect(ctx, &outcome.ports, &mut found, db))
+            .await
+            .is_none();
+        if stopped_detecting {
+            ctx.notes
+                .warn("interrupted: service detection stopped; ports are named by number");
+        }
     }
     let elapsed_ms = t0.elapsed().as_millis() as u64;
     let mut doc = ScanDoc {
@@ -267,7 +311,7 @@ pub async fn run(ctx: &Ctx, a: &ScanRequest) -> anyhow::Result<ScanDoc> {
         closed: outcome.closed,
         probes: outcome.probes,
         self_connects: outcome.self_connects,
-        interrupted: outcome.interrupted,
+        interrupted: outcome.interrupted || stopped_detecting,
         diff: None,
     };
     if let Some(old) = &a.old {

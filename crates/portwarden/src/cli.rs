@@ -514,10 +514,13 @@ pub enum FwBackend {
 
 /// `PORT` or `PORT/PROTO`, either protocol when none is given.
 fn port_and_protocol(s: &str) -> Result<String, String> {
-    let (p, proto) = s.split_once('/').unwrap_or((s, ""));
+    let (p, proto) = match s.split_once('/') {
+        Some((p, proto)) => (p, Some(proto)),
+        None => (s, None),
+    };
     p.parse::<portwarden_core::Port>()
         .map_err(|e| e.to_string())?;
-    if !proto.is_empty() {
+    if let Some(proto) = proto {
         proto
             .parse::<portwarden_core::Protocol>()
             .map_err(|e| e.to_string())?;
@@ -531,10 +534,17 @@ fn port_with_protocol(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// One IP address.
+/// One IP address a connection can come from: not unspecified, multicast or broadcast
+/// (`0.0.0.0` would open the port to nobody, not to everyone).
 fn ip_address(s: &str) -> Result<String, String> {
-    s.parse::<std::net::IpAddr>()
+    let a: std::net::IpAddr = s
+        .parse()
         .map_err(|_| format!("`{s}` is not an IP address"))?;
+    if portwarden_core::addr::never_a_source(a) {
+        return Err(format!(
+            "`{s}` is never the source of a connection (unspecified, multicast or broadcast)"
+        ));
+    }
     Ok(s.to_string())
 }
 

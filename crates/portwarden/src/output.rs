@@ -36,7 +36,12 @@ pub fn error(e: &anyhow::Error) {
         );
         return;
     }
-    let _ = writeln!(err, "portwarden: error: {}", clean(&format!("{e:#}"), true));
+    // One line: a newline in a value the user gave (an owner, a service name) is escaped.
+    let _ = writeln!(
+        err,
+        "portwarden: error: {}",
+        clean(&format!("{e:#}"), false)
+    );
 }
 
 /// The header of `alloc`'s rows (fixed widths: rows are printed as leases are granted).
@@ -63,12 +68,20 @@ pub fn alloc_row(l: &portwarden_store::Lease) -> String {
 /// A usage error as clap renders it, as one line: `portwarden: error: …` (clap's hint
 /// lines, such as `For more information, try '--help'`, dropped; `--help` says it all).
 pub fn usage_error(rendered: &str) {
-    let first = rendered
+    // clap's message over several lines (the missing arguments, the possible values),
+    // folded into one; its usage and `--help` hint lines left out.
+    let parts: Vec<&str> = rendered
         .lines()
         .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("invalid usage");
-    let msg = first.strip_prefix("error: ").unwrap_or(first);
+        .filter(|l| !l.is_empty())
+        .filter(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .collect();
+    let joined = if parts.is_empty() {
+        "invalid usage".to_string()
+    } else {
+        parts.join(" ")
+    };
+    let msg = joined.strip_prefix("error: ").unwrap_or(&joined);
     let _ = writeln!(
         io::stderr().lock(),
         "portwarden: error: {}",

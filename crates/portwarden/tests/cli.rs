@@ -228,6 +228,9 @@ fn r_bad_flag_values_are_usage_errors_before_anything_runs() {
         &["scan", "127.0.0.1", "--exclude-ports", "0"],
         &["ls", "--port", "9-1"],
         &["who", "0"],
+        &["who", "22/"],
+        &["grant", "22", "--from", "0.0.0.0", "--for", "1h"],
+        &["grant", "22", "--from", "ff02::1", "--for", "1h"],
     ] {
         let o = bin()
             .arg("--state-dir")
@@ -685,7 +688,10 @@ zone = "localhost"
         let o = e.run(&["log", "verify"]);
         assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stdout));
         let head = String::from_utf8_lossy(&e.run(&["log", "head"]).stdout).into_owned();
-        assert!(head.starts_with("3 "), "{head}");
+        assert!(head.starts_with("3:"), "{head}");
+        // What `log head` prints is what `--expect-head` takes.
+        let o = e.run(&["log", "verify", "--expect-head", head.trim()]);
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
         let export =
             String::from_utf8_lossy(&e.run(&["log", "export", "--format", "jsonl"]).stdout)
                 .into_owned();
@@ -2862,6 +2868,40 @@ max_conn_per_source = 3
                 "SIG{name} left the table"
             );
         }
+        // The connect scan stops on a signal too (all 65535 filtered ports take about
+        // 12 s; stopped, it ends within a few hundred milliseconds).
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &lab.client.name])
+            .args([
+                env!("CARGO_BIN_EXE_portwarden"),
+                "scan",
+                "10.99.0.1",
+                "-Pn",
+                "-p-",
+                "--connect",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        // SAFETY: kill(2) on the PID of the child this test started.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let until = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(
+                Instant::now() < until,
+                "the connect scan did not stop on SIGINT"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(2), "{err}");
+        assert!(err.contains("interrupted"), "{err}");
     }
 
     #[test]

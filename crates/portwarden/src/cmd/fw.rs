@@ -641,7 +641,7 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
                         .and_then(|v| v.as_str().map(String::from))
                         .unwrap_or_else(|| format!("{:?}", t.state));
                     s.push_str(&format!(
-                        "last transaction {}: {state} at {}{}\n",
+                        "last transaction {}: {state}, applied at {}{}\n",
                         t.id,
                         output::utc(t.created),
                         t.deadline.filter(|_| t.state == FwState::Pending).map_or(
@@ -848,6 +848,9 @@ fn parse_item(port: &str, from: &str, dur: Option<&str>) -> anyhow::Result<Item>
     let addr: IpAddr = from
         .parse()
         .with_context(|| format!("`{from}` is not an IP address"))?;
+    if portwarden_core::addr::never_a_source(addr) {
+        bail!("`{from}` is never the source of a connection (unspecified, multicast or broadcast)");
+    }
     let left = match dur {
         None => Duration::ZERO,
         Some(d) => {

@@ -185,14 +185,25 @@ pub fn alloc(g: &Global, a: &AllocArgs) -> anyhow::Result<Status> {
         match r {
             Ok(l) => {
                 // A row as each lease is granted (a killed `--count` run has printed
-                // exactly what it got): the id is what `renew` and `release` take.
-                if !g.json && !g.quiet {
-                    if granted.is_empty() {
-                        output::text(&output::alloc_header())?;
-                    }
-                    output::text(&output::alloc_row(&l))?;
-                }
+                // exactly what it got): the id is what `renew` and `release` take. With
+                // -q, the port alone, for `PORT=$(portwarden -q alloc svc)`.
+                let shown = if g.json {
+                    Ok(())
+                } else if g.quiet {
+                    output::text(&format!("{}\n", l.port))
+                } else if granted.is_empty() {
+                    output::text(&output::alloc_header())
+                        .and_then(|()| output::text(&output::alloc_row(&l)))
+                } else {
+                    output::text(&output::alloc_row(&l))
+                };
                 granted.push(l);
+                if let Err(e) = shown {
+                    // Nobody reads any more (a closed pipe): no further lease, but the
+                    // ones granted are admitted like any other before the error stops us.
+                    super::fw::sync_leases(g, &granted, &[])?;
+                    return Err(e.into());
+                }
             }
             Err(StoreError::Refused(
                 e @ (AllocError::Exhausted { .. } | AllocError::Busy { .. }),

@@ -14,10 +14,15 @@ pub fn run(g: &Global, a: &LogArgs) -> anyhow::Result<Status> {
     };
     match &a.command {
         None => {
-            // `--since 0` is since the epoch: everything.
-            let since = a.since.map(|d| match d.get().as_secs() {
-                0 => 0,
-                secs => super::now() - secs as i64,
+            // `--since 0` is since the epoch: everything; anything longer than the epoch
+            // is too; under a second is the last second.
+            let since = a.since.map(|d| {
+                if d.get().is_zero() {
+                    0
+                } else {
+                    let secs = i64::try_from(d.get().as_secs().max(1)).unwrap_or(i64::MAX);
+                    super::now().saturating_sub(secs).max(0)
+                }
             });
             let entries = match &store {
                 Some(s) => s.ledger(since)?,
@@ -37,8 +42,10 @@ pub fn run(g: &Global, a: &LogArgs) -> anyhow::Result<Status> {
             let expect = match expect_head {
                 None => None,
                 Some(h) => {
+                    // `SEQ:HASH`, or `SEQ HASH` as older `log head` printed it.
                     let parsed = h
-                        .split_once(':')
+                        .trim()
+                        .split_once([':', ' '])
                         .and_then(|(seq, hash)| Some((seq.parse::<i64>().ok()?, hash)))
                         .filter(|(seq, hash)| {
                             *seq >= 0
@@ -92,7 +99,7 @@ pub fn run(g: &Global, a: &LogArgs) -> anyhow::Result<Status> {
                 }))?;
             } else {
                 match head {
-                    Some((seq, hash)) => output::text(&format!("{seq} {hash}\n"))?,
+                    Some((seq, hash)) => output::text(&format!("{seq}:{hash}\n"))?,
                     None => output::text("0 (empty ledger)\n")?,
                 }
             }

@@ -63,6 +63,8 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
         .map(|sig| (sig, unsafe { libc::signal(sig, handler) }))
         .collect();
     let doc = rt.block_on(portwarden_ops::scan::run(&ctx, &req));
+    // An engine abandoned on a stop may still be running: not waited for.
+    rt.shutdown_background();
     for (sig, h) in saved {
         // SAFETY: restores the disposition saved above.
         unsafe { libc::signal(sig, h) };
