@@ -299,6 +299,8 @@ fn r_json_means_json() {
         &["report"][..],
         &["fw", "plan"],
         &["fw", "plan", "--format", "iptables"],
+        &["log", "prune", "--dry-run"],
+        &["pools", "reserve", "--dry-run"],
     ] {
         let o = bin()
             .arg("--state-dir")

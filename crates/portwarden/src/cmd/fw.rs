@@ -442,6 +442,28 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
                 .rev()
                 .find(|t| t.state != FwState::RolledBack);
             let live = nft::list_table()?;
+            if g.json {
+                let old = last.as_ref().map(|t| t.ruleset.as_str()).unwrap_or("");
+                let changes = output::line_diff(old, &text);
+                let drift = match (&live, last.as_ref().and_then(|t| t.listing.as_ref())) {
+                    (Some(l), Some(at_apply)) if l != at_apply => {
+                        Some(output::line_diff(at_apply, l))
+                    }
+                    _ => None,
+                };
+                output::json(&serde_json::json!({
+                    "api": portwarden_api::API_VERSION,
+                    "since_transaction": last.as_ref().map(|t| t.id),
+                    "changes": changes.lines().collect::<Vec<_>>(),
+                    "live_table": live.is_some(),
+                    "live_changed": drift.as_ref().map(|d| d.lines().collect::<Vec<_>>()),
+                }))?;
+                return Ok(if changes.is_empty() {
+                    Status::Ok
+                } else {
+                    Status::Negative
+                });
+            }
             let mut out = String::new();
             match &last {
                 None => out.push_str("nothing applied yet; `fw apply` would load:\n"),

@@ -371,19 +371,36 @@ pub fn pools(g: &Global, a: &PoolsArgs) -> anyhow::Result<Status> {
         }
         Some(PoolsCommand::Reserve { dry_run }) => {
             let current = sysctls.ip_local_reserved_ports.clone();
-            let Some(new) = reserved_with_pools(policy, &current) else {
-                output::text("ip_local_reserved_ports already covers every pool\n")?;
-                return Ok(Status::Ok);
-            };
             let render = |v: &[portwarden_core::PortRange]| {
                 v.iter()
                     .map(|r| r.to_string())
                     .collect::<Vec<_>>()
                     .join(",")
             };
+            let doc = |value: &str, written: bool| {
+                output::json(&serde_json::json!({
+                    "api": portwarden_api::API_VERSION,
+                    "sysctl": "net.ipv4.ip_local_reserved_ports",
+                    "before": render(&current),
+                    "value": value,
+                    "written": written,
+                }))
+            };
+            let Some(new) = reserved_with_pools(policy, &current) else {
+                if g.json {
+                    doc(&render(&current), false)?;
+                } else {
+                    output::text("ip_local_reserved_ports already covers every pool\n")?;
+                }
+                return Ok(Status::Ok);
+            };
             let value = render(&new);
             if *dry_run {
-                output::text(&format!("net.ipv4.ip_local_reserved_ports = {value}\n"))?;
+                if g.json {
+                    doc(&value, false)?;
+                } else {
+                    output::text(&format!("net.ipv4.ip_local_reserved_ports = {value}\n"))?;
+                }
                 return Ok(Status::Ok);
             }
             portwarden_os::sysctl::write_reserved_ports(&value).context(
@@ -403,7 +420,9 @@ pub fn pools(g: &Global, a: &PoolsArgs) -> anyhow::Result<Status> {
                     },
                 )
                 .map_err(store_err)?;
-            if !g.quiet {
+            if g.json {
+                doc(&value, true)?;
+            } else if !g.quiet {
                 output::text(&format!("net.ipv4.ip_local_reserved_ports = {value}\n"))?;
             }
             Ok(Status::Ok)

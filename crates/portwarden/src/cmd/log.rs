@@ -120,8 +120,21 @@ pub fn run(g: &Global, a: &LogArgs) -> anyhow::Result<Status> {
             let days = i64::from(loaded.policy.compliance.ledger_retention_days);
             let now = super::now();
             let cutoff = now - days * 86_400;
+            let doc = |n: usize, done: bool| {
+                output::json(&serde_json::json!({
+                    "api": portwarden_api::API_VERSION,
+                    "records": n,
+                    "before": output::utc(cutoff),
+                    "retention_days": days,
+                    "deleted": done,
+                }))
+            };
             let Some(mut store) = store else {
-                output::text("empty ledger: nothing to prune\n")?;
+                if g.json {
+                    doc(0, false)?;
+                } else {
+                    output::text("empty ledger: nothing to prune\n")?;
+                }
                 return Ok(Status::Ok);
             };
             if *dry_run {
@@ -131,14 +144,20 @@ pub fn run(g: &Global, a: &LogArgs) -> anyhow::Result<Status> {
                     .iter()
                     .take_while(|e| e.ts < cutoff)
                     .count();
-                output::text(&format!(
-                    "would delete {n} records older than {days} days (before {})\n",
-                    output::utc(cutoff)
-                ))?;
+                if g.json {
+                    doc(n, false)?;
+                } else {
+                    output::text(&format!(
+                        "would delete {n} records older than {days} days (before {})\n",
+                        output::utc(cutoff)
+                    ))?;
+                }
                 return Ok(Status::Ok);
             }
             let n = store.prune_ledger(cutoff, now, &super::actor())?;
-            if !g.quiet {
+            if g.json {
+                doc(usize::try_from(n).unwrap_or(0), true)?;
+            } else if !g.quiet {
                 output::text(&format!(
                     "deleted {n} records older than {days} days through a checkpoint\n"
                 ))?;
