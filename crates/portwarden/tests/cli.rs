@@ -2828,8 +2828,10 @@ max_conn_per_source = 3
             return;
         };
         drop_all_but_two(&lab);
-        for (sig, name) in [(libc::SIGINT, "INT"), (libc::SIGTERM, "TERM")] {
-            // 65535 ports at 500 probes/s would take minutes: stopped after a moment.
+        // A scan of 10.99.0.1 (behind the DROP firewall) from the client, stopped by `sig`
+        // once `ready` holds: its exit code and stderr. The signal goes to the scanner
+        // itself (ip netns exec execs it: the PID is ours).
+        let interrupt = |engine: &[&str], ready: &dyn Fn() -> bool, sig: i32| {
             let mut child = Command::new("ip")
                 .args(["netns", "exec", &lab.client.name])
                 .args([
@@ -2838,32 +2840,35 @@ max_conn_per_source = 3
                     "10.99.0.1",
                     "-Pn",
                     "-p-",
-                    "--syn",
-                    "--rate",
-                    "500",
                 ])
+                .args(engine)
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            assert!(
-                eventually(5, || scan_tables(&lab).contains("portwarden_scan")),
-                "the scan never suppressed RSTs"
-            );
-            // The signal to the scanner itself (ip netns exec execs it: the PID is ours).
+            assert!(eventually(5, ready), "{engine:?}: never ready to interrupt");
             // SAFETY: kill(2) on the PID of the child this test started.
             unsafe { libc::kill(child.id() as i32, sig) };
-            let until = Instant::now() + Duration::from_secs(10);
+            let until = Instant::now() + Duration::from_secs(5);
             let status = loop {
                 if let Some(s) = child.try_wait().unwrap() {
                     break s;
                 }
-                assert!(Instant::now() < until, "the scan did not stop on SIG{name}");
-                std::thread::sleep(Duration::from_millis(100));
+                assert!(Instant::now() < until, "{engine:?} did not stop on {sig}");
+                std::thread::sleep(Duration::from_millis(50));
             };
             let mut err = String::new();
             std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-            assert_eq!(status.code(), Some(2), "SIG{name}: {err}");
+            (status.code(), err)
+        };
+        for (sig, name) in [(libc::SIGINT, "INT"), (libc::SIGTERM, "TERM")] {
+            // 65535 ports at 500 probes/s would take minutes: stopped after a moment.
+            let (code, err) = interrupt(
+                &["--syn", "--rate", "500"],
+                &|| scan_tables(&lab).contains("portwarden_scan"),
+                sig,
+            );
+            assert_eq!(code, Some(2), "SIG{name}: {err}");
             assert!(err.contains("interrupted"), "{err}");
             assert!(
                 !scan_tables(&lab).contains("portwarden_scan"),
@@ -2872,37 +2877,13 @@ max_conn_per_source = 3
         }
         // The connect scan stops on a signal too (all 65535 filtered ports take about
         // 12 s; stopped, it ends within a few hundred milliseconds).
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &lab.client.name])
-            .args([
-                env!("CARGO_BIN_EXE_portwarden"),
-                "scan",
-                "10.99.0.1",
-                "-Pn",
-                "-p-",
-                "--connect",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        // SAFETY: kill(2) on the PID of the child this test started.
-        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-        let until = Instant::now() + Duration::from_secs(5);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                Instant::now() < until,
-                "the connect scan did not stop on SIGINT"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-        assert_eq!(status.code(), Some(2), "{err}");
+        let started = Instant::now();
+        let (code, err) = interrupt(
+            &["--connect"],
+            &|| started.elapsed() > Duration::from_millis(500),
+            libc::SIGINT,
+        );
+        assert_eq!(code, Some(2), "{err}");
         assert!(err.contains("interrupted"), "{err}");
     }
 
