@@ -175,7 +175,14 @@ pub struct LsArgs {
 pub struct WhoArgs {
     /// PORT or PORT/PROTO (tcp, udp); without a protocol both are searched.
     #[arg(value_name = "PORT[/PROTO]", value_parser = port_and_protocol)]
-    pub port: String,
+    pub port: PortQuery,
+}
+
+/// `who`'s `PORT` or `PORT/PROTO`: the port, and the protocols to search.
+#[derive(Debug, Clone)]
+pub struct PortQuery {
+    pub port: portwarden_core::Port,
+    pub protocols: Vec<portwarden_core::Protocol>,
 }
 
 #[derive(Debug, Args)]
@@ -513,19 +520,22 @@ pub enum FwBackend {
 // the flag stays text and is parsed again by the same code the file goes through.
 
 /// `PORT` or `PORT/PROTO`, either protocol when none is given.
-fn port_and_protocol(s: &str) -> Result<String, String> {
+fn port_and_protocol(s: &str) -> Result<PortQuery, String> {
     let (p, proto) = match s.split_once('/') {
         Some((p, proto)) => (p, Some(proto)),
         None => (s, None),
     };
-    p.parse::<portwarden_core::Port>()
-        .map_err(|e| e.to_string())?;
-    if let Some(proto) = proto {
-        proto
-            .parse::<portwarden_core::Protocol>()
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(s.to_string())
+    let port = p
+        .parse()
+        .map_err(|e: portwarden_core::port::PortError| e.to_string())?;
+    let protocols = match proto {
+        None => portwarden_core::Protocol::ALL.to_vec(),
+        Some(x) => vec![
+            x.parse()
+                .map_err(|e: portwarden_core::port::PortError| e.to_string())?,
+        ],
+    };
+    Ok(PortQuery { port, protocols })
 }
 
 /// `PORT` or `PORT/PROTO` (tcp by default).

@@ -1,8 +1,8 @@
 //! `portwarden ls` and `portwarden who`: the socket inventory with owners.
 
 use anyhow::{Context, bail};
+use portwarden_core::Protocol;
 use portwarden_core::facts::{Family, SocketFilter, SocketState, summarize};
-use portwarden_core::{Port, Protocol};
 use portwarden_os::{Query, Walk};
 
 use crate::cli::{Global, LsArgs, WhoArgs};
@@ -106,21 +106,8 @@ pub fn ls(g: &Global, a: &LsArgs) -> anyhow::Result<Status> {
 }
 
 /// `PORT` (both protocols) or `PORT/PROTO`.
-fn parse_who(s: &str) -> anyhow::Result<(Port, Vec<Protocol>)> {
-    let (p, proto) = match s.split_once('/') {
-        Some((p, proto)) => (p, Some(proto)),
-        None => (s, None),
-    };
-    let port: Port = p.parse().with_context(|| format!("invalid port `{s}`"))?;
-    let protocols = match proto {
-        None => Protocol::ALL.to_vec(),
-        Some(x) => vec![x.parse().with_context(|| format!("invalid port `{s}`"))?],
-    };
-    Ok((port, protocols))
-}
-
 pub fn who(g: &Global, a: &WhoArgs) -> anyhow::Result<Status> {
-    let (port, protocols) = parse_who(&a.port)?;
+    let (port, protocols) = (a.port.port, a.port.protocols.clone());
     let query = Query {
         protocols: protocols.clone(),
         ..Query::default()
