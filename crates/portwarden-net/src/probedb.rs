@@ -1,5 +1,5 @@
 //! nmap's service probe database (`nmap-service-probes`, as Debian's `nmap` package
-//! installs it), read at run time and never copied: its `Probe`s are sent and their
+//! installs it; the caller reads it at run time, nothing is copied): its `Probe`s are sent and their
 //! answers matched against its `match`/`softmatch` lines with PCRE2, the engine nmap
 //! itself uses, so every service nmap knows is named the way nmap names it.
 //!
@@ -39,53 +39,12 @@ const MAX_ANSWER: usize = 32 * 1024;
 /// The largest database read (nmap's own is about 2.5 MB).
 pub const MAX_DB_BYTES: u64 = 32 * 1024 * 1024;
 
-/// A regular file's bytes, at most `limit`: opened without blocking (a FIFO with no
-/// writer must not hang the scan), refused unless it is a regular file.
-pub fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    if meta.len() > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{} bytes, more than the {limit} read", meta.len()),
-        ));
-    }
-    let mut out = Vec::with_capacity(meta.len() as usize);
-    f.take(limit + 1).read_to_end(&mut out)?;
-    if out.len() as u64 > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("more than the {limit} bytes read"),
-        ));
-    }
-    Ok(out)
-}
-
 /// How often a growing answer is judged at most, after its first read.
 const JUDGE_EVERY: Duration = Duration::from_millis(50);
 
 /// Why a database cannot be used (the caller warns and uses its built-in probes).
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    /// The file cannot be read.
-    #[error("cannot read the probes database {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
     /// Nothing in it parsed as a probe.
     #[error("{path}: no usable probes in the probes database")]
     Empty {
@@ -339,14 +298,11 @@ fn parse_match(rest: &str, soft: bool, line: usize) -> Result<DbMatch, (usize, S
 }
 
 impl ProbeDb {
-    /// The database at `path`. Lines that do not parse are skipped and listed in
-    /// `skipped`; a file that cannot be read, or holds no probe, is an error.
-    pub fn load(path: &Path) -> Result<ProbeDb, DbError> {
-        let bytes = read_regular(path, MAX_DB_BYTES).map_err(|source| DbError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let db = ProbeDb::parse(path, &bytes);
+    /// The database in `bytes` (read by the caller from `path`, at most
+    /// [`MAX_DB_BYTES`]). Lines that do not parse are skipped and listed in `skipped`; a
+    /// file that holds no probe is an error.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<ProbeDb, DbError> {
+        let db = ProbeDb::parse(path, bytes);
         if db.probes.is_empty() {
             return Err(DbError::Empty {
                 path: path.to_path_buf(),
@@ -1000,26 +956,9 @@ match broken m|unclosed
     }
 
     #[test]
-    fn r_only_regular_files_of_bounded_size_are_read() {
-        let dir = std::env::temp_dir().join(format!("pw-probedb-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        // A FIFO with no writer: refused at once, not waited on.
-        let fifo = dir.join("fifo");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let e = ProbeDb::load(&fifo).unwrap_err().to_string();
-        assert!(e.contains("not a regular file"), "{e}");
-        // Larger than the limit (sparse): refused before it is read.
-        let big = dir.join("big");
-        std::fs::File::create(&big)
-            .unwrap()
-            .set_len(MAX_DB_BYTES + 1)
-            .unwrap();
-        let e = ProbeDb::load(&big).unwrap_err().to_string();
-        assert!(e.contains("more than"), "{e}");
-        assert!(ProbeDb::load(Path::new("/dev/zero")).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
+    fn a_database_without_probes_is_refused() {
+        let e = ProbeDb::from_bytes(Path::new("t"), b"# nothing\n").unwrap_err();
+        assert!(e.to_string().contains("no usable probes"), "{e}");
     }
 
     /// A peer that keeps sending cannot hold a probe past its timeout, however fast it

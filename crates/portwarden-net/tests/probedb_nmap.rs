@@ -7,7 +7,8 @@ use portwarden_net::probedb::ProbeDb;
 
 fn nmap_db() -> ProbeDb {
     let path = ProbeDb::default_path().expect("nmap's nmap-service-probes is installed");
-    ProbeDb::load(Path::new(&path)).unwrap()
+    let bytes = std::fs::read(&path).unwrap();
+    ProbeDb::from_bytes(Path::new(&path), &bytes).unwrap()
 }
 
 #[test]

@@ -12,6 +12,7 @@ use std::sync::atomic::AtomicBool;
 
 pub mod check;
 pub mod facts;
+pub mod files;
 pub mod lease;
 pub mod policy;
 pub mod scan;

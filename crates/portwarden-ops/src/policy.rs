@@ -3,7 +3,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
 use portwarden_core::{Catalog, Policy};
 
 /// A policy with the name it is known by in messages.
@@ -20,37 +19,18 @@ pub const POLICY_MAX_BYTES: u64 = 16 << 20;
 /// through a bounded reader, so a device, a FIFO or a file that grows while it is read
 /// cannot make the reader grow with it.
 pub fn read_policy(path: &Path) -> anyhow::Result<Policy> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::io::ErrorKind;
     let shown = path.display();
-    // O_NONBLOCK: opening a FIFO must not wait for a writer before we can refuse it.
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .with_context(|| format!("cannot read policy {shown}"))?;
-    let meta = f
-        .metadata()
-        .with_context(|| format!("cannot read policy {shown}"))?;
-    if !meta.is_file() {
-        anyhow::bail!("cannot read policy {shown}: not a regular file");
-    }
-    let too_big = || {
-        anyhow::anyhow!(
+    let bytes = crate::files::read_regular(path, POLICY_MAX_BYTES).map_err(|e| match e.kind() {
+        ErrorKind::InvalidInput => {
+            anyhow::anyhow!("cannot read policy {shown}: not a regular file")
+        }
+        ErrorKind::FileTooLarge => anyhow::anyhow!(
             "cannot read policy {shown}: larger than the {} MiB limit",
             POLICY_MAX_BYTES >> 20
-        )
-    };
-    if meta.len() > POLICY_MAX_BYTES {
-        return Err(too_big());
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    f.take(POLICY_MAX_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("cannot read policy {shown}"))?;
-    if bytes.len() as u64 > POLICY_MAX_BYTES {
-        return Err(too_big());
-    }
+        ),
+        _ => anyhow::Error::new(e).context(format!("cannot read policy {shown}")),
+    })?;
     let src = String::from_utf8(bytes)
         .map_err(|_| anyhow::anyhow!("cannot read policy {shown}: not UTF-8 text"))?;
     Ok(Policy::parse(&shown.to_string(), &src, Catalog::builtin())?)

@@ -84,7 +84,7 @@ pub const NMAP_SERVICES: &str = "/usr/share/nmap/nmap-services";
 /// installed, so `--top N` is nmap's `--top-ports N`; else the catalog's ports in order.
 fn top(ctx: &Ctx, protocol: Protocol, n: usize) -> std::collections::BTreeSet<u16> {
     let path = std::path::Path::new(NMAP_SERVICES);
-    if let Ok(bytes) = portwarden_net::probedb::read_regular(path, 16 << 20) {
+    if let Ok(bytes) = crate::files::read_regular(path, 16 << 20) {
         let ranked = portwarden_core::targets::top_ports_from_services(
             &String::from_utf8_lossy(&bytes),
             protocol,
@@ -502,7 +502,10 @@ fn probes_db(
         Some(p) => p.to_path_buf(),
         None => ProbeDb::default_path()?,
     };
-    match ProbeDb::load(&path) {
+    let loaded = crate::files::read_regular(&path, portwarden_net::probedb::MAX_DB_BYTES)
+        .map_err(|e| format!("cannot read the probes database {}: {e}", path.display()))
+        .and_then(|bytes| ProbeDb::from_bytes(&path, &bytes).map_err(|e| e.to_string()));
+    match loaded {
         Ok(db) => {
             if let Some(first) = db.skipped.first() {
                 ctx.notes.warn(&format!(
