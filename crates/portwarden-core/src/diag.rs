@@ -113,6 +113,16 @@ pub fn is_unsafe_char(c: char) -> bool {
         )
 }
 
+/// At most `max` characters of `s`, without the [unsafe](is_unsafe_char) ones: for
+/// text from elsewhere (a peer's banner, a database file, the environment) kept as a
+/// label rather than shown escaped.
+pub fn strip_unsafe(s: &str, max: usize) -> String {
+    s.chars()
+        .filter(|c| !is_unsafe_char(*c))
+        .take(max)
+        .collect()
+}
+
 /// `s` with every control character escaped as [`show_char`] does, except those in
 /// `keep` (newlines, for multi-line text).
 pub fn escape_controls<'a>(s: &'a str, keep: &[char]) -> std::borrow::Cow<'a, str> {

@@ -21,11 +21,7 @@ pub struct Product {
 fn p(product: &str, version: Option<&str>, extrainfo: Option<&str>) -> Product {
     // Every field, the product name included: it comes from the peer.
     let clean = |s: &str| {
-        let t: String = s
-            .chars()
-            .filter(|c| !portwarden_core::diag::is_unsafe_char(*c))
-            .take(80)
-            .collect::<String>()
+        let t = portwarden_core::diag::strip_unsafe(s, 80)
             .trim()
             .to_string();
         (!t.is_empty()).then_some(t)

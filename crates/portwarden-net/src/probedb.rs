@@ -742,9 +742,7 @@ pub fn expand(template: &str, caps: &pcre2::bytes::Captures<'_>) -> String {
 /// The database's own text without control or format characters (the peer's bytes are
 /// already `\xNN`): a hostile database file cannot reach a terminal or a document either.
 fn safe(s: &str) -> String {
-    s.chars()
-        .filter(|c| !portwarden_core::diag::is_unsafe_char(*c))
-        .collect()
+    portwarden_core::diag::strip_unsafe(s, usize::MAX)
 }
 
 /// `NAME(a,"b",…)` at the start of `s`: (arguments, unquoted; the rest after `)`).

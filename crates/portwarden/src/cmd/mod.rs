@@ -126,12 +126,10 @@ pub fn actor() -> String {
         .ok()
         .filter(|s| !s.is_empty() && uid == 0)
         .map(|s| {
-            let s: String = s
-                .chars()
-                .filter(|c| !portwarden_core::diag::is_unsafe_char(*c))
-                .take(64)
-                .collect();
-            format!(", sudo from {s}")
+            format!(
+                ", sudo from {}",
+                portwarden_core::diag::strip_unsafe(&s, 64)
+            )
         })
         .unwrap_or_default();
     match name {
