@@ -55,3 +55,13 @@ def timed(ns, cmd):
     if r.returncode not in (0, 1):
         sys.exit(f"{cmd[0]} failed ({r.returncode}): {r.stderr.decode()[-500:]}")
     return wall, r.stdout.decode(errors="replace")
+
+
+def alternate(ns, tools, repeat):
+    """Runs each of `tools` ({name: command}) in ns, one after another, `repeat` rounds,
+    so the tools share the machine's noise: {name: [(wall seconds, stdout), ...]}."""
+    runs = {name: [] for name in tools}
+    for _ in range(repeat):
+        for name, cmd in tools.items():
+            runs[name].append(timed(ns, cmd))
+    return runs

@@ -27,7 +27,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from netns import listen, pair, sh  # noqa: E402
 from netns import teardown as netns_teardown  # noqa: E402
-from netns import timed as netns_timed  # noqa: E402
+from netns import alternate  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.join(HERE, "..", "target", "release", "portwarden")
@@ -54,10 +54,6 @@ table inet pwbf {{
 
 def teardown():
     netns_teardown(SRV, CLI)
-
-
-def timed(cmd):
-    return netns_timed(CLI, cmd)
 
 
 def ours(out):
@@ -109,9 +105,9 @@ def main():
     walls = {k: [] for k in tools}
     acc = {k: [] for k in tools}
     try:
-        for _ in range(a.repeat):
-            for name, (cmd, parse) in tools.items():
-                w, out = timed(cmd)
+        runs = alternate(CLI, {k: cmd for k, (cmd, _) in tools.items()}, a.repeat)
+        for name, (_, parse) in tools.items():
+            for w, out in runs[name]:
                 opened, other = parse(out)
                 walls[name].append(w)
                 acc[name].append((len(opened & set(open_ports)), len(opened - set(open_ports)),

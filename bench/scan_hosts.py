@@ -25,7 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from netns import listen, pair  # noqa: E402
 from netns import teardown as netns_teardown  # noqa: E402
-from netns import timed as netns_timed  # noqa: E402
+from netns import alternate  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.join(HERE, "..", "target", "release", "portwarden")
@@ -41,10 +41,6 @@ def teardown():
 def setup():
     pair(SRV, CLI, "pwbhs", "pwbhc", [f"{a}/24" for a in ALIVE], "10.79.1.254/24")
     return listen(SRV, ALIVE, PORTS)
-
-
-def timed(cmd):
-    return netns_timed(CLI, cmd)
 
 
 def ours(out):
@@ -80,9 +76,9 @@ def main():
     walls = {k: [] for k in tools}
     res = {k: [] for k in tools}
     try:
-        for _ in range(a.repeat):
-            for name, (cmd, parse) in tools.items():
-                w, out = timed(cmd)
+        runs = alternate(CLI, {k: cmd for k, (cmd, _) in tools.items()}, a.repeat)
+        for name, (_, parse) in tools.items():
+            for w, out in runs[name]:
                 up, opened = parse(out)
                 walls[name].append(w)
                 # The scanning host's own address is up for both tools.

@@ -26,7 +26,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from netns import pair, teardown, timed  # noqa: E402
+from netns import alternate, pair, teardown  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.join(HERE, "..", "target", "release", "portwarden")
@@ -66,13 +66,9 @@ def main():
             "portwarden": [a.bin, "scan", ADDR, "-p", ports, "-sV", "-q", "-oX", "-"],
             "nmap -sV": ["nmap", "-sV", "-Pn", "-p", ports, "-oX", "-", ADDR],
         }
-        walls = {k: [] for k in tools}
-        seen = {}
-        for _ in range(a.repeat):
-            for name, cmd in tools.items():
-                w, out = timed(CLI, cmd)
-                walls[name].append(w)
-                seen[name] = services(out)
+        runs = alternate(CLI, tools, a.repeat)
+        walls = {k: [w for w, _ in runs[k]] for k in tools}
+        seen = {k: services(runs[k][-1][1]) for k in tools}
     finally:
         srv.stdin.close()
         srv.wait()
