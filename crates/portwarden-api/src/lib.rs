@@ -3,6 +3,7 @@
 //! [`API_VERSION`]; plain serde data, no I/O, no logic beyond small views of the data.
 
 pub mod check;
+pub mod fw;
 pub mod scan;
 
 /// The version of every document's shape (`"api": 1`): bumped when a field changes its

@@ -13,6 +13,7 @@ use std::sync::atomic::AtomicBool;
 pub mod check;
 pub mod facts;
 pub mod files;
+pub mod fw;
 pub mod lease;
 pub mod policy;
 pub mod scan;

@@ -166,12 +166,56 @@ fn api_is_plain_data() {
     }
 }
 
+/// Every `.rs` file under `dir`.
+fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            out.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|x| x == "rs") {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The printer never reaches back into the commands (no import circle), and commands
+/// print through `output` only.
+#[test]
+fn output_never_imports_cmd_and_cmd_never_prints() {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+    for path in rust_files(&std::path::Path::new(src).join("output")) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("crate::cmd") && !text.contains("super::cmd"),
+            "{} imports from cmd",
+            path.display()
+        );
+    }
+    for path in rust_files(&std::path::Path::new(src).join("cmd")) {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for banned in [
+            "println!",
+            "eprintln!",
+            "print!(",
+            "eprint!(",
+            "stdout().lock",
+        ] {
+            assert!(
+                !text.contains(banned),
+                "{} uses {banned}: commands print through output",
+                path.display()
+            );
+        }
+    }
+}
+
 /// No use-case prints: ops never names the terminal (its notes go to `Ctx::notes`).
 #[test]
 fn ops_never_prints() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../portwarden-ops/src");
-    for e in std::fs::read_dir(dir).unwrap() {
-        let path = e.unwrap().path();
+    for path in rust_files(std::path::Path::new(dir)) {
         let text = std::fs::read_to_string(&path).unwrap();
         for banned in [
             "println!",

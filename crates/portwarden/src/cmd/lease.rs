@@ -201,7 +201,7 @@ pub fn alloc(g: &Global, a: &AllocArgs) -> anyhow::Result<Status> {
                 if let Err(e) = shown {
                     // Nobody reads any more (a closed pipe): no further lease, but the
                     // ones granted are admitted like any other before the error stops us.
-                    super::fw::sync_leases(g, &granted, &[])?;
+                    super::sync_leases(g, &granted, &[])?;
                     return Err(e.into());
                 }
             }
@@ -211,7 +211,7 @@ pub fn alloc(g: &Global, a: &AllocArgs) -> anyhow::Result<Status> {
                 if g.json {
                     output::json(&granted)?;
                 }
-                super::fw::sync_leases(g, &granted, &[])?;
+                super::sync_leases(g, &granted, &[])?;
                 output::refusal(&e.to_string());
                 return Ok(Status::Negative);
             }
@@ -221,7 +221,7 @@ pub fn alloc(g: &Global, a: &AllocArgs) -> anyhow::Result<Status> {
     if g.json {
         output::json(&granted)?;
     }
-    super::fw::sync_leases(g, &granted, &[])?;
+    super::sync_leases(g, &granted, &[])?;
     Ok(Status::Ok)
 }
 
@@ -265,7 +265,7 @@ pub fn release(g: &Global, a: &ReleaseArgs) -> anyhow::Result<Status> {
         .release(a.id, &caller, super::now(), &super::actor())
         .map_err(store_err)?;
     drop(store);
-    super::fw::sync_leases(g, &[], std::slice::from_ref(&l))?;
+    super::sync_leases(g, &[], std::slice::from_ref(&l))?;
     if g.json {
         output::json(&l)?;
     } else if !g.quiet {
@@ -336,7 +336,7 @@ pub fn reclaim(g: &Global, a: &ReclaimArgs) -> anyhow::Result<Status> {
             .filter(|r| matches!(r.action, portwarden_core::alloc::ReclaimAction::Retire(_)))
             .map(|r| r.lease.clone())
             .collect();
-        super::fw::sync_leases(g, &[], &retired)?;
+        super::sync_leases(g, &[], &retired)?;
     }
     if g.json {
         output::json(&done)?;

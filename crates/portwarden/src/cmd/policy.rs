@@ -121,7 +121,7 @@ fn init(g: &Global, path: Option<&Path>, force: bool, from_host: bool) -> anyhow
             path.display()
         );
     }
-    super::write_output(path, text.as_bytes(), force)?;
+    output::write_output(path, text.as_bytes(), force)?;
     if !stdout {
         output::note(g.quiet, &format!("wrote {}", path.display()));
     }

@@ -29,7 +29,7 @@ pub fn run(g: &Global, a: &ReportArgs) -> anyhow::Result<Status> {
     match &a.output {
         None => output::text(&text)?,
         Some(path) => {
-            super::write_output(path, text.as_bytes(), a.force)?;
+            output::write_output(path, text.as_bytes(), a.force)?;
             if path.as_os_str() != "-" {
                 output::note(g.quiet, &format!("wrote {}", path.display()));
             }

@@ -71,10 +71,10 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
     }
     let doc = doc?;
     if let Some(p) = &a.grepable {
-        super::write_output(p, output::scan_grepable(&doc).as_bytes(), a.force)?;
+        output::write_output(p, output::scan_grepable(&doc).as_bytes(), a.force)?;
     }
     if let Some(p) = &a.xml {
-        super::write_output(p, output::scan_xml(&doc).as_bytes(), a.force)?;
+        output::write_output(p, output::scan_xml(&doc).as_bytes(), a.force)?;
     }
     if g.json {
         output::json(&doc)?;

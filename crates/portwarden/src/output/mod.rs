@@ -1,7 +1,14 @@
 //! Everything the binary prints: tables, `--json` documents and error messages. Only this
 //! module writes to stdout or stderr.
 
+mod file;
+mod fw;
+pub mod printer;
+
 use std::io::{self, Write};
+
+pub use file::write_output;
+pub use printer::Printer;
 
 use portwarden_core::catalog::CatalogEntry;
 use portwarden_core::diag::SourceErrors;
@@ -936,20 +943,5 @@ pub fn scan_xml(d: &portwarden_api::scan::ScanDoc) -> String {
         d.hosts.len(),
         d.hosts.len()
     ));
-    s
-}
-
-/// Lines only in `new` with `+`, only in `old` with `-` (a set difference that keeps
-/// order; rulesets have no meaningful repeated lines).
-pub fn line_diff(old: &str, new: &str) -> String {
-    let o: std::collections::BTreeSet<&str> = old.lines().collect();
-    let n: std::collections::BTreeSet<&str> = new.lines().collect();
-    let mut s = String::new();
-    for l in old.lines().filter(|l| !n.contains(l)) {
-        s.push_str(&format!("- {l}\n"));
-    }
-    for l in new.lines().filter(|l| !o.contains(l)) {
-        s.push_str(&format!("+ {l}\n"));
-    }
     s
 }
