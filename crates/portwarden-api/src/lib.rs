@@ -4,6 +4,7 @@
 
 pub mod check;
 pub mod fw;
+pub mod lease;
 pub mod scan;
 
 /// The version of every document's shape (`"api": 1`): bumped when a field changes its

@@ -193,14 +193,14 @@ pub struct AllocArgs {
     #[arg(long, value_name = "POOL")]
     pub pool: Option<String>,
     /// Ask for this exact port.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: Option<u16>,
     /// Lease lifetime [default: the pool's lease_ttl, else 24h].
     #[arg(long, value_name = "DURATION")]
     pub ttl: Option<HumanDuration>,
     /// A label naming the lease's owner, which `renew` and `release` check [default: the
     /// invoking user's name]; the ledger records who acted apart from it.
-    #[arg(long, value_name = "OWNER")]
+    #[arg(long, value_name = "OWNER", value_parser = owner_label)]
     pub owner: Option<String>,
     /// Allocate this many leases (each in its own transaction).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -221,7 +221,7 @@ pub struct RenewArgs {
     #[arg(long, value_name = "DURATION")]
     pub ttl: Option<HumanDuration>,
     /// The owner label the lease was given [default: the invoking user's name].
-    #[arg(long, value_name = "OWNER")]
+    #[arg(long, value_name = "OWNER", value_parser = owner_label)]
     pub owner: Option<String>,
 }
 
@@ -230,7 +230,7 @@ pub struct ReleaseArgs {
     /// Lease id.
     pub id: i64,
     /// The owner label the lease was given [default: the invoking user's name].
-    #[arg(long, value_name = "OWNER")]
+    #[arg(long, value_name = "OWNER", value_parser = owner_label)]
     pub owner: Option<String>,
 }
 
@@ -539,6 +539,18 @@ fn port_and_protocol(s: &str) -> Result<PortQuery, String> {
 }
 
 /// `PORT` or `PORT/PROTO` (tcp by default).
+/// An owner label: 1 to 64 characters, none of them a control or format character (it
+/// is shown in tables and recorded in the ledger).
+fn owner_label(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().count() > 64 {
+        return Err("an owner label is 1 to 64 characters".into());
+    }
+    if portwarden_core::diag::strip_unsafe(s, 64) != s {
+        return Err("an owner label has no control or format characters".into());
+    }
+    Ok(s.to_string())
+}
+
 fn port_with_protocol(s: &str) -> Result<String, String> {
     s.parse::<PortProto>().map_err(|e| e.to_string())?;
     Ok(s.to_string())

@@ -120,6 +120,7 @@ pub fn now() -> i64 {
 pub fn user() -> String {
     for k in ["SUDO_USER", "USER", "LOGNAME"] {
         if let Ok(v) = std::env::var(k) {
+            let v = portwarden_core::diag::strip_unsafe(&v, 64);
             if !v.is_empty() {
                 return v;
             }

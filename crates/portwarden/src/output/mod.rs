@@ -3,6 +3,7 @@
 
 mod file;
 mod fw;
+pub mod lease;
 pub mod printer;
 
 use std::io::{self, Write};
@@ -49,27 +50,6 @@ pub fn error(e: &anyhow::Error) {
         "portwarden: error: {}",
         clean(&format!("{e:#}"), false)
     );
-}
-
-/// The header of `alloc`'s rows (fixed widths: rows are printed as leases are granted).
-pub fn alloc_header() -> String {
-    format!(
-        "{:<8} {:<6} {:<5} {:<16} {:<10} EXPIRES\n",
-        "ID", "PORT", "PROTO", "SERVICE", "POOL"
-    )
-}
-
-/// One granted lease.
-pub fn alloc_row(l: &portwarden_store::Lease) -> String {
-    format!(
-        "{:<8} {:<6} {:<5} {:<16} {:<10} {}\n",
-        l.id,
-        l.port.to_string(),
-        l.protocol.to_string(),
-        clean(&l.service, false),
-        clean(l.pool.as_deref().unwrap_or("-"), false),
-        utc(l.expires_at)
-    )
 }
 
 /// A usage error as clap renders it, as one line: `portwarden: error: …` (clap's hint
@@ -499,101 +479,6 @@ fn ago(secs: i64) -> String {
     } else {
         format!("{t} ago")
     }
-}
-
-/// The lease table.
-pub fn leases(leases: &[portwarden_store::Lease], now: i64) -> io::Result<()> {
-    if leases.is_empty() {
-        return text("no leases\n");
-    }
-    let mut t = Table::new(&[
-        "ID",
-        "PORT",
-        "PROTO",
-        "SERVICE",
-        "POOL",
-        "OWNER",
-        "STATE",
-        "EXPIRES",
-        "LAST-SEEN",
-    ]);
-    for l in leases {
-        t.row(vec![
-            l.id.to_string(),
-            l.port.to_string(),
-            l.protocol.to_string(),
-            l.service.clone(),
-            l.pool.clone().unwrap_or_else(|| "-".into()),
-            l.owner.clone(),
-            l.state.as_str().to_string(),
-            ago(now - l.expires_at),
-            l.last_seen_listening
-                .map_or("never".to_string(), |t| ago(now - t)),
-        ]);
-    }
-    text(&t.render())
-}
-
-/// What reclaim did.
-pub fn reclaimed(done: &[portwarden_store::Reclaimed], dry_run: bool) -> io::Result<()> {
-    if done.is_empty() {
-        return text("nothing to reclaim\n");
-    }
-    let mut s = String::new();
-    for r in done {
-        let what = match r.action {
-            portwarden_core::alloc::ReclaimAction::Retire(why) => format!(
-                "retire ({})",
-                match why {
-                    portwarden_core::alloc::ReclaimReason::Expired => "expired",
-                    portwarden_core::alloc::ReclaimReason::Idle => "idle",
-                }
-            ),
-            portwarden_core::alloc::ReclaimAction::Drain => {
-                "drain (expired, still listened on)".to_string()
-            }
-        };
-        s.push_str(&format!(
-            "{}lease {} {}/{} ({}, {}): {what}\n",
-            if dry_run { "would " } else { "" },
-            r.lease.id,
-            r.lease.port,
-            r.lease.protocol,
-            r.lease.service,
-            r.lease.owner
-        ));
-    }
-    text(&s)
-}
-
-/// Pool occupation.
-pub fn pools(usage: &[portwarden_core::alloc::PoolUsage]) -> io::Result<()> {
-    if usage.is_empty() {
-        return text("the policy declares no pools\n");
-    }
-    let mut t = Table::new(&[
-        "POOL",
-        "RANGE",
-        "PROTO",
-        "SIZE",
-        "LEASED",
-        "FREE",
-        "USED",
-        "EPHEMERAL-OVERLAP",
-    ]);
-    for u in usage {
-        t.row(vec![
-            u.name.clone(),
-            u.range.to_string(),
-            u.protocol.to_string(),
-            u.size.to_string(),
-            u.leased.to_string(),
-            u.free.to_string(),
-            format!("{:.1}%", u.utilisation * 100.0),
-            u.ephemeral_overlap.to_string(),
-        ]);
-    }
-    text(&t.render())
 }
 
 /// Ledger records as a table.
