@@ -14,8 +14,11 @@ pub mod check;
 pub mod facts;
 pub mod files;
 pub mod fw;
+pub mod inventory;
 pub mod lease;
+pub mod log;
 pub mod policy;
+pub mod report;
 pub mod scan;
 pub mod store;
 

@@ -49,3 +49,69 @@ pub fn load_policy(path: Option<&Path>) -> anyhow::Result<LoadedPolicy> {
         }),
     }
 }
+
+/// `policy check` of one file: its verdict, and the error to show a person (the
+/// diagnostics with their source lines) when it is not valid.
+pub fn check_file(path: &Path) -> (portwarden_api::policy::FileCheck, Option<anyhow::Error>) {
+    use portwarden_api::policy::FileCheck;
+    let file = path.display().to_string();
+    match read_policy(path) {
+        Ok(p) => (
+            FileCheck {
+                file,
+                valid: true,
+                services: Some(p.services.len()),
+                pools: Some(p.pools.len()),
+                balance_groups: Some(p.balance.len()),
+                errors: Vec::new(),
+                unreadable: None,
+            },
+            None,
+        ),
+        Err(e) => {
+            let (errors, unreadable) = match e.downcast_ref::<portwarden_core::diag::SourceErrors>()
+            {
+                Some(d) => (d.errors.clone(), None),
+                None => (Vec::new(), Some(format!("{e:#}"))),
+            };
+            (
+                FileCheck {
+                    file,
+                    valid: false,
+                    services: None,
+                    pools: None,
+                    balance_groups: None,
+                    errors,
+                    unreadable,
+                },
+                Some(e),
+            )
+        }
+    }
+}
+
+/// A draft policy from the host's listeners (owners resolved), or the commented starter.
+pub fn draft(ctx: &crate::Ctx, from_host: bool) -> anyhow::Result<String> {
+    use anyhow::Context;
+    if !from_host {
+        return Ok(portwarden_core::policy::STARTER_TOML.to_string());
+    }
+    let mut inv = portwarden_os::sockets(&portwarden_os::Query {
+        states: Some(vec![
+            portwarden_core::facts::SocketState::Listen,
+            portwarden_core::facts::SocketState::Unconn,
+        ]),
+        ..portwarden_os::Query::default()
+    })
+    .context("cannot read the socket table")?;
+    portwarden_os::attach_owners(&mut inv, portwarden_os::Walk::FirstOwner)?;
+    for w in &inv.warnings {
+        ctx.notes.warn(w);
+    }
+    let host = portwarden_os::hostname().unwrap_or_else(|_| "this-host".into());
+    Ok(portwarden_core::draft::draft(
+        &host,
+        &inv.sockets,
+        Catalog::builtin(),
+    ))
+}

@@ -155,8 +155,8 @@ pub struct LsArgs {
     #[arg(long, value_name = "N|RANGE")]
     pub port: Option<PortRange>,
     /// Only sockets in this state (estab, listen, time-wait, unconn, ...); repeatable.
-    #[arg(long, value_name = "STATE")]
-    pub state: Vec<String>,
+    #[arg(long, value_name = "STATE", value_parser = socket_state)]
+    pub state: Vec<portwarden_core::facts::SocketState>,
     /// Only sockets held by this process id (implies -p).
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,
@@ -539,6 +539,19 @@ fn port_and_protocol(s: &str) -> Result<PortQuery, String> {
 }
 
 /// `PORT` or `PORT/PROTO` (tcp by default).
+/// A socket state as `ss` names it (`estab`, `listen`, `time-wait`, …).
+fn socket_state(s: &str) -> Result<portwarden_core::facts::SocketState, String> {
+    use portwarden_core::facts::SocketState;
+    SocketState::parse(s).ok_or_else(|| {
+        format!(
+            "unknown socket state `{s}`: use one of {}",
+            SocketState::ALL
+                .map(|s| s.as_str().to_ascii_lowercase())
+                .join(", ")
+        )
+    })
+}
+
 /// An owner label: 1 to 64 characters, none of them a control or format character (it
 /// is shown in tables and recorded in the ledger).
 fn owner_label(s: &str) -> Result<String, String> {

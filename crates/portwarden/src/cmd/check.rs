@@ -30,16 +30,7 @@ pub fn run(g: &Global, a: &CheckArgs) -> anyhow::Result<Status> {
     let fail_on = severity(a.fail_on);
     let e = evaluate(g)?;
     let doc = e.doc(fail_on);
-    if g.json {
-        output::json(&doc)?;
-    } else if !g.quiet {
-        output::findings(&doc.findings, &doc.policy, fail_on)?;
-        output::text(&format!(
-            "exposure score {} over {} listening ports (docs/exposure.md)\n",
-            doc.exposure_total,
-            doc.exposure.len()
-        ))?;
-    }
+    output::Printer::stdout(g).doc(&doc)?;
     Ok(if doc.findings.iter().any(|f| f.severity >= fail_on) {
         Status::Negative
     } else {

@@ -2,20 +2,13 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
-use portwarden_core::diag::{Located, SourceErrors};
-use portwarden_core::policy::STARTER_TOML;
-use serde::Serialize;
+use anyhow::bail;
+use portwarden_api::API_VERSION;
+use portwarden_api::policy::PolicyCheckDoc;
 
+use crate::Status;
 use crate::cli::{Global, PolicyCommand};
-use crate::{Status, output};
-
-#[derive(Serialize)]
-struct FileResult {
-    file: String,
-    valid: bool,
-    errors: Vec<Located>,
-}
+use crate::output::{self, Printer};
 
 pub fn run(g: &Global, cmd: &PolicyCommand) -> anyhow::Result<Status> {
     match cmd {
@@ -28,89 +21,34 @@ pub fn run(g: &Global, cmd: &PolicyCommand) -> anyhow::Result<Status> {
     }
 }
 
+/// Every file checked; each invalid one's diagnostics on stderr (a person reads them with
+/// their source lines), the verdicts on stdout. Exit 2 when any is invalid.
 fn check(g: &Global, files: &[std::path::PathBuf]) -> anyhow::Result<Status> {
-    let mut results = Vec::new();
-    let mut status = Status::Ok;
+    let mut doc = PolicyCheckDoc {
+        api: API_VERSION,
+        files: Vec::new(),
+    };
     for f in files {
-        match super::read_policy(f) {
-            Ok(p) => {
-                if !g.json && !g.quiet {
-                    output::text(&format!(
-                        "{}: ok (services: {}, pools: {}, balance groups: {})\n",
-                        f.display(),
-                        p.services.len(),
-                        p.pools.len(),
-                        p.balance.len()
-                    ))?;
-                }
-                results.push(FileResult {
-                    file: f.display().to_string(),
-                    valid: true,
-                    errors: Vec::new(),
-                });
-            }
-            Err(e) => {
-                status = Status::Error;
-                match e.downcast::<SourceErrors>() {
-                    Ok(diags) => {
-                        if !g.json {
-                            output::error(&anyhow::Error::new(diags.clone()));
-                        }
-                        results.push(FileResult {
-                            file: f.display().to_string(),
-                            valid: false,
-                            errors: diags.errors,
-                        });
-                    }
-                    Err(other) => {
-                        if g.json {
-                            results.push(FileResult {
-                                file: f.display().to_string(),
-                                valid: false,
-                                errors: Vec::new(),
-                            });
-                        }
-                        output::error(&other);
-                    }
-                }
+        let (verdict, err) = portwarden_ops::policy::check_file(f);
+        if let Some(e) = err {
+            if !g.json || verdict.unreadable.is_some() {
+                output::error(&e);
             }
         }
+        doc.files.push(verdict);
     }
-    if g.json {
-        output::json(&results)?;
-    }
-    Ok(status)
-}
-
-/// A draft from the host's listeners (owners resolved), or the commented starter.
-fn initial_text(g: &Global, from_host: bool) -> anyhow::Result<String> {
-    if !from_host {
-        return Ok(STARTER_TOML.to_string());
-    }
-    let mut inv = portwarden_os::sockets(&portwarden_os::Query {
-        states: Some(vec![
-            portwarden_core::facts::SocketState::Listen,
-            portwarden_core::facts::SocketState::Unconn,
-        ]),
-        ..portwarden_os::Query::default()
+    Printer::stdout(g).doc(&doc)?;
+    Ok(if doc.files.iter().all(|f| f.valid) {
+        Status::Ok
+    } else {
+        Status::Error
     })
-    .context("cannot read the socket table")?;
-    portwarden_os::attach_owners(&mut inv, portwarden_os::Walk::FirstOwner)?;
-    for w in &inv.warnings {
-        output::warn(g.quiet, w);
-    }
-    let host = portwarden_os::hostname().unwrap_or_else(|_| "this-host".into());
-    Ok(portwarden_core::draft::draft(
-        &host,
-        &inv.sockets,
-        portwarden_core::Catalog::builtin(),
-    ))
 }
 
 fn init(g: &Global, path: Option<&Path>, force: bool, from_host: bool) -> anyhow::Result<Status> {
-    let text = initial_text(g, from_host)?;
+    let text = portwarden_ops::policy::draft(&super::ctx(g), from_host)?;
     let Some(path) = path else {
-        output::text(&text)?;
+        Printer::stdout(g).text(&text)?;
         return Ok(Status::Ok);
     };
     let stdout = path.as_os_str() == "-";

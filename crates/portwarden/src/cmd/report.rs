@@ -1,33 +1,29 @@
-//! `portwarden report`: the compliance report in md, html, json or csv.
+//! `portwarden report`: the compliance report in md, html, json or csv (the use-case is
+//! `portwarden_ops::report`).
 
-use portwarden_core::Catalog;
-use portwarden_core::report::{Input, build, to_csv, to_html, to_markdown};
+use portwarden_core::report::{to_csv, to_html, to_markdown};
 
+use crate::Status;
 use crate::cli::{Global, ReportArgs, ReportFormat};
-use crate::{Status, output};
+use crate::output::{self, Printer};
 
 pub fn run(g: &Global, a: &ReportArgs) -> anyhow::Result<Status> {
-    let e = super::check::evaluate(g)?;
-    let r = build(&Input {
-        policy: &e.loaded.policy,
-        policy_name: &e.loaded.name,
-        host: &e.host,
-        catalog: Catalog::builtin(),
-        facts: &e.facts,
-        findings: &e.findings,
-        last_change: &e.last_change,
-        now: super::now(),
-    });
+    let ctx = super::ctx(g);
+    let d = super::runtime()?.block_on(portwarden_ops::report::report(
+        &ctx,
+        g.policy.as_deref(),
+        &super::state_dir(g),
+    ))?;
     // `--json` is the JSON report, as on every other command.
     let format = if g.json { ReportFormat::Json } else { a.format };
     let text = match format {
-        ReportFormat::Md => to_markdown(&r),
-        ReportFormat::Html => to_html(&r),
-        ReportFormat::Csv => to_csv(&r),
-        ReportFormat::Json => serde_json::to_string_pretty(&r)? + "\n",
+        ReportFormat::Md => to_markdown(&d.report),
+        ReportFormat::Html => to_html(&d.report),
+        ReportFormat::Csv => to_csv(&d.report),
+        ReportFormat::Json => serde_json::to_string_pretty(&d)? + "\n",
     };
     match &a.output {
-        None => output::text(&text)?,
+        None => Printer::stdout(g).text(&text)?,
         Some(path) => {
             output::write_output(path, text.as_bytes(), a.force)?;
             if path.as_os_str() != "-" {

@@ -19,6 +19,12 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
+    let dash = |p: &Option<std::path::PathBuf>| p.as_ref().is_some_and(|p| p.as_os_str() == "-");
+    if g.json && (dash(&a.grepable) || dash(&a.xml)) {
+        anyhow::bail!(
+            "--json and -oG -/-oX - would both write to stdout: give the -o output a file"
+        );
+    }
     let timeout = a.timeout;
     let old: Option<ScanDoc> = match &a.diff {
         None => None,
@@ -76,11 +82,7 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
     if let Some(p) = &a.xml {
         output::write_output(p, output::scan_xml(&doc).as_bytes(), a.force)?;
     }
-    if g.json {
-        output::json(&doc)?;
-    } else if !g.quiet {
-        output::scan_table(&doc)?;
-    }
+    output::Printer::stdout(g).doc(&doc)?;
     if doc.interrupted {
         return Ok(Status::Error);
     }

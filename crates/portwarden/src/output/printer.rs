@@ -82,6 +82,17 @@ impl<W: Write> Printer<W> {
         w.flush()
     }
 
+    /// Writes one compact JSON object per line (a stream for log shippers: no envelope).
+    pub fn jsonl<T: Serialize>(&self, items: &[T]) -> io::Result<()> {
+        let mut w = self.w.borrow_mut();
+        let mut b = io::BufWriter::new(&mut *w);
+        for i in items {
+            serde_json::to_writer(&mut b, i).map_err(io::Error::from)?;
+            writeln!(b)?;
+        }
+        b.flush()
+    }
+
     /// Writes text, control characters other than newline and tab escaped.
     pub fn text(&self, s: &str) -> io::Result<()> {
         if s.is_empty() {

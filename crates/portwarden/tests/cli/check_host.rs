@@ -176,7 +176,7 @@ fn r4_identity_change_between_checks_is_a_finding_and_in_the_ledger() {
         .output()
         .unwrap();
     let log: Value = serde_json::from_slice(&o.stdout).unwrap();
-    let actions: Vec<&str> = log
+    let actions: Vec<&str> = log["records"]
         .as_array()
         .unwrap()
         .iter()

@@ -261,7 +261,7 @@ fn r7_whitelist_limits_grants_and_ipv6_in_namespaces() {
     assert_eq!(code(&lab.pw(POLICY, &["fw", "rollback"])), 1);
     let log = lab.pw(POLICY, &["log", "--json"]);
     let v: Value = serde_json::from_slice(&log.stdout).unwrap();
-    let actions: Vec<&str> = v
+    let actions: Vec<&str> = v["records"]
         .as_array()
         .unwrap()
         .iter()
@@ -478,7 +478,8 @@ fn r7_a_pending_apply_whose_watcher_died_rolls_back_on_the_next_start() {
 fn actions(lab: &Lab) -> Vec<String> {
     let o = lab.pw(POLICY, &["log", "--json"]);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    v.as_array()
+    v["records"]
+        .as_array()
         .unwrap()
         .iter()
         .map(|e| e["action"].as_str().unwrap().to_string())

@@ -129,10 +129,10 @@ fn policy_check_json_lists_every_error() {
     let o = run(&["policy", "check", "--json", p.to_str().unwrap()]);
     assert_eq!(code(&o), 2);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v[0]["valid"], false);
-    assert_eq!(v[0]["errors"].as_array().unwrap().len(), 4);
-    assert_eq!(v[0]["errors"][0]["line"], 5);
-    assert_eq!(v[0]["errors"][0]["col"], 8);
+    assert_eq!(v["files"][0]["valid"], false);
+    assert_eq!(v["files"][0]["errors"].as_array().unwrap().len(), 4);
+    assert_eq!(v["files"][0]["errors"][0]["line"], 5);
+    assert_eq!(v["files"][0]["errors"][0]["col"], 8);
 }
 
 #[test]
@@ -166,13 +166,13 @@ fn catalog_lists_and_shows() {
     let o = run(&["catalog", "--json"]);
     assert_eq!(code(&o), 0);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(v.as_array().unwrap().len() >= 60);
+    assert!(v["entries"].as_array().unwrap().len() >= 60);
     let o = run(&["catalog", "mariadb", "--json"]);
     assert_eq!(code(&o), 0);
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["name"], "mysql");
-    assert_eq!(v["tls"], "in-protocol");
-    assert_eq!(v["ports"][0], "3306/tcp");
+    assert_eq!(v["entry"]["name"], "mysql");
+    assert_eq!(v["entry"]["tls"], "in-protocol");
+    assert_eq!(v["entry"]["ports"][0], "3306/tcp");
     let o = run(&["catalog", "postgress"]);
     assert_eq!(code(&o), 2);
     assert!(
@@ -309,8 +309,8 @@ fn r_json_means_json() {
     assert_eq!(code(&pw(&["alloc", "s", "--no-probe"])), 0);
     let head: Value = serde_json::from_slice(&pw(&["--json", "log", "head"]).stdout).unwrap();
     let verify: Value = serde_json::from_slice(&pw(&["--json", "log", "verify"]).stdout).unwrap();
-    assert_eq!(head["seq"], 1, "{head}");
-    assert_eq!(verify["head"], head, "{verify}");
+    assert_eq!(head["head"]["seq"], 1, "{head}");
+    assert_eq!(verify["head"], head["head"], "{verify}");
 }
 
 #[test]

@@ -24,7 +24,7 @@ fn ls_json_reports_our_sockets_with_pids_and_states() {
 
     let (status, v) = json_of(&["ls", "--json", "--pid", &me]);
     assert_eq!(status, 0);
-    let got: BTreeSet<(String, String, u64, u64)> = v
+    let got: BTreeSet<(String, String, u64, u64)> = v["sockets"]
         .as_array()
         .unwrap()
         .iter()
@@ -48,7 +48,7 @@ fn ls_json_reports_our_sockets_with_pids_and_states() {
     .map(|(a, b, c, d)| (a.to_string(), b.to_string(), u64::from(c), u64::from(d)))
     .collect();
     assert_eq!(got, want);
-    for s in v.as_array().unwrap() {
+    for s in v["sockets"].as_array().unwrap() {
         let pids: Vec<u64> = s["owners"]
             .as_array()
             .unwrap()
@@ -61,7 +61,7 @@ fn ls_json_reports_our_sockets_with_pids_and_states() {
     // Listeners only, TCP only, by port.
     let port = lp.to_string();
     let (_, v) = json_of(&["ls", "--json", "-l", "-t", "--port", &port]);
-    let states: Vec<&str> = v
+    let states: Vec<&str> = v["sockets"]
         .as_array()
         .unwrap()
         .iter()
@@ -71,8 +71,8 @@ fn ls_json_reports_our_sockets_with_pids_and_states() {
 
     // Summary: the listener's row counts its one accepted connection.
     let (_, v) = json_of(&["ls", "--json", "--summary", "--port", &port]);
-    assert_eq!(v[0]["port"], lp);
-    assert_eq!(v[0]["states"]["established"], 1);
+    assert_eq!(v["ports"][0]["port"], lp);
+    assert_eq!(v["ports"][0]["states"]["established"], 1);
     drop((l, c, u));
 }
 
@@ -154,7 +154,7 @@ fn r3_proc_net_fallback_reports_the_same_sockets_with_a_warning() {
     );
     let key = |o: &Output| {
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-        let mut k: Vec<String> = v
+        let mut k: Vec<String> = v["sockets"]
             .as_array()
             .unwrap()
             .iter()

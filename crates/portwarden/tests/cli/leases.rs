@@ -112,7 +112,13 @@ fn r_first_allocs_race_on_a_fresh_state_dir() {
             let o = k.wait_with_output().unwrap();
             assert_eq!(code(&o), 0, "round {round}: {}", stderr(&o));
         }
-        assert_eq!(e.json(&["leases", "--json"])["leases"].as_array().unwrap().len(), 8);
+        assert_eq!(
+            e.json(&["leases", "--json"])["leases"]
+                .as_array()
+                .unwrap()
+                .len(),
+            8
+        );
         let _ = std::fs::remove_dir_all(&e.dir);
     }
 }
@@ -173,7 +179,13 @@ fn alloc_renew_release_and_the_ledger() {
     assert!(stderr(&o).contains("belongs to `alice`"), "{}", stderr(&o));
     let o = e.run(&["renew", &id, "--owner", "mallory"]);
     assert_eq!(code(&o), 2);
-    assert_eq!(e.json(&["leases", "--json"])["leases"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        e.json(&["leases", "--json"])["leases"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     let o = e.run(&["renew", &id, "--ttl", "2h"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let o = e.run(&["release", &id]);
@@ -182,7 +194,7 @@ fn alloc_renew_release_and_the_ledger() {
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains(&format!("no lease with id {id}")));
     let log = e.json(&["log", "--json"]);
-    let actions: Vec<&str> = log
+    let actions: Vec<&str> = log["records"]
         .as_array()
         .unwrap()
         .iter()
@@ -207,7 +219,7 @@ fn an_exhausted_pool_exits_1_and_writes_nothing() {
     let o = e.run(&["alloc", "small", "--count", "3"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let before = std::fs::read(e.db()).unwrap().len();
-    let log_before = e.json(&["log", "--json"]).as_array().unwrap().len();
+    let log_before = e.json(&["log", "--json"])["records"].as_array().unwrap().len();
     let o = e.run(&["alloc", "small"]);
     assert_eq!(code(&o), 1);
     let msg = stderr(&o);
@@ -216,10 +228,16 @@ fn an_exhausted_pool_exits_1_and_writes_nothing() {
         "{msg}"
     );
     assert_eq!(
-        e.json(&["log", "--json"]).as_array().unwrap().len(),
+        e.json(&["log", "--json"])["records"].as_array().unwrap().len(),
         log_before
     );
-    assert_eq!(e.json(&["leases", "--json"])["leases"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        e.json(&["leases", "--json"])["leases"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     let _ = before;
 }
 
@@ -427,11 +445,23 @@ fn check_reports_lease_rules() {
     let r = e.json(&["reclaim", "--dry-run", "--json"]);
     assert_eq!(r["reclaimed"].as_array().unwrap().len(), 1);
     assert_eq!(r["dry_run"], true);
-    assert_eq!(e.json(&["leases", "--json"])["leases"].as_array().unwrap().len(), 4);
+    assert_eq!(
+        e.json(&["leases", "--json"])["leases"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
     let r = e.json(&["reclaim", "--json"]);
     assert_eq!(r["reclaimed"][0]["action"], "retire");
     assert_eq!(r["reclaimed"][0]["reason"], "expired");
-    assert_eq!(e.json(&["leases", "--json"])["leases"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        e.json(&["leases", "--json"])["leases"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
 }
 
 #[test]

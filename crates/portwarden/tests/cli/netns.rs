@@ -61,6 +61,6 @@ fn pools_reserve_writes_the_namespace_sysctl_keeping_what_is_there() {
         .output()
         .unwrap();
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v[0]["action"], "sysctl.reserve");
-    assert_eq!(v[0]["before"], "8080");
+    assert_eq!(v["records"][0]["action"], "sysctl.reserve");
+    assert_eq!(v["records"][0]["before"], "8080");
 }
