@@ -5,7 +5,7 @@ use portwarden_core::hostcheck::Exposure;
 use serde::Serialize;
 
 /// The `check --json` document.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct CheckDoc {
     /// [`crate::API_VERSION`].
     pub api: u32,

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 /// `fw plan`: the ruleset the policy renders to.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct PlanDoc {
     pub api: u32,
     /// `nft` or `iptables`.
@@ -17,7 +17,7 @@ pub struct PlanDoc {
 
 /// `fw diff`: the rendered ruleset against the last one applied, and the live table
 /// against what was listed right after that apply.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct DiffDoc {
     pub api: u32,
     /// The last transaction not rolled back (`None`: nothing applied yet).
@@ -35,7 +35,7 @@ pub struct DiffDoc {
 }
 
 /// `fw apply`: the transaction it opened.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ApplyDoc {
     pub api: u32,
     pub txn: i64,
@@ -50,7 +50,7 @@ pub struct ApplyDoc {
 }
 
 /// `fw confirm` and `fw rollback`: what happened to the pending transaction.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct TxnDoc {
     pub api: u32,
     /// `confirm` or `rollback`.
@@ -64,7 +64,7 @@ pub struct TxnDoc {
 }
 
 /// A firewall transaction as `fw status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct FwTxnView {
     pub id: i64,
     /// When applied, unix seconds.
@@ -79,7 +79,7 @@ pub struct FwTxnView {
 }
 
 /// `fw status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct StatusDoc {
     pub api: u32,
     /// The backend of the last transaction: `nftables` or `iptables`.
@@ -95,7 +95,7 @@ pub struct StatusDoc {
 }
 
 /// One source admitted to one port.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct GrantItem {
     pub addr: IpAddr,
     pub protocol: String,
@@ -106,14 +106,14 @@ pub struct GrantItem {
 }
 
 /// `grant`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct GrantDoc {
     pub api: u32,
     pub granted: Vec<GrantItem>,
 }
 
 /// `revoke`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RevokeDoc {
     pub api: u32,
     pub revoked: Vec<GrantItem>,

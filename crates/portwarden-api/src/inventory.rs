@@ -6,7 +6,7 @@ use portwarden_core::facts::{PortSummary, Socket};
 use serde::Serialize;
 
 /// `ls`: the sockets that match, like `ss -tuanp`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct SocketsDoc {
     pub api: u32,
     /// Whether each socket's owning processes were resolved (`-p`, or a filter on them).
@@ -15,7 +15,7 @@ pub struct SocketsDoc {
 }
 
 /// `ls --summary`: one row per listening port with its connections per state.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct SummaryDoc {
     pub api: u32,
     pub owners: bool,
@@ -23,7 +23,7 @@ pub struct SummaryDoc {
 }
 
 /// `who PORT[/PROTO]`: what holds the port, every owning process.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct WhoDoc {
     pub api: u32,
     pub port: u16,

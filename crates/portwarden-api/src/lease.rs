@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// A port lease.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Lease {
     pub id: i64,
     /// `local`, or a fleet scope.
@@ -31,7 +31,7 @@ pub struct Lease {
 }
 
 /// `leases`: every lease in the store.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct LeasesDoc {
     pub api: u32,
     /// When the list was read, unix seconds (what "expires in" counts from).
@@ -40,7 +40,7 @@ pub struct LeasesDoc {
 }
 
 /// `alloc`: the leases granted, and why the next one was refused, if one was.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct AllocDoc {
     pub api: u32,
     pub leases: Vec<Lease>,
@@ -49,7 +49,7 @@ pub struct AllocDoc {
 }
 
 /// `renew` and `release`: the lease after the operation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct LeaseOpDoc {
     pub api: u32,
     /// `renew` or `release`.
@@ -58,7 +58,7 @@ pub struct LeaseOpDoc {
 }
 
 /// One lease `reclaim` retired or drained.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Reclaimed {
     /// The lease before.
     pub lease: Lease,
@@ -69,7 +69,7 @@ pub struct Reclaimed {
 }
 
 /// `reclaim`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ReclaimDoc {
     pub api: u32,
     /// Nothing was changed: this is what would be done.
@@ -78,7 +78,7 @@ pub struct ReclaimDoc {
 }
 
 /// One pool's occupation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Pool {
     pub name: String,
     /// `START-END`.
@@ -95,14 +95,14 @@ pub struct Pool {
 }
 
 /// `pools`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct PoolsDoc {
     pub api: u32,
     pub pools: Vec<Pool>,
 }
 
 /// `pools reserve`: the pools added to `net.ipv4.ip_local_reserved_ports`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ReserveDoc {
     pub api: u32,
     pub sysctl: String,

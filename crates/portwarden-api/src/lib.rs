@@ -15,3 +15,53 @@ pub mod scan;
 /// The version of every document's shape (`"api": 1`): bumped when a field changes its
 /// meaning or goes away; adding a field does not bump it.
 pub const API_VERSION: u32 = 1;
+
+/// One document shape: its name (`portwarden schema NAME`), the commands whose `--json`
+/// prints it, and its JSON Schema (2020-12).
+pub struct Document {
+    pub name: &'static str,
+    pub commands: &'static str,
+    pub schema: serde_json::Value,
+}
+
+fn doc<T: schemars::JsonSchema>(name: &'static str, commands: &'static str) -> Document {
+    let schema = schemars::SchemaGenerator::default().into_root_schema_for::<T>();
+    Document {
+        name,
+        commands,
+        schema: serde_json::to_value(&schema).unwrap_or_default(),
+    }
+}
+
+/// Every document, in the order `portwarden schema` lists them.
+pub fn documents() -> Vec<Document> {
+    vec![
+        doc::<check::CheckDoc>("check", "check"),
+        doc::<report::ReportDoc>("report", "report --json, report --format json"),
+        doc::<inventory::SocketsDoc>("sockets", "ls"),
+        doc::<inventory::SummaryDoc>("summary", "ls --summary"),
+        doc::<inventory::WhoDoc>("who", "who"),
+        doc::<scan::ScanDoc>("scan", "scan"),
+        doc::<lease::AllocDoc>("alloc", "alloc"),
+        doc::<lease::LeaseOpDoc>("lease-op", "renew, release"),
+        doc::<lease::LeasesDoc>("leases", "leases"),
+        doc::<lease::ReclaimDoc>("reclaim", "reclaim"),
+        doc::<lease::PoolsDoc>("pools", "pools"),
+        doc::<lease::ReserveDoc>("reserve", "pools reserve"),
+        doc::<fw::PlanDoc>("fw-plan", "fw plan"),
+        doc::<fw::DiffDoc>("fw-diff", "fw diff"),
+        doc::<fw::ApplyDoc>("fw-apply", "fw apply"),
+        doc::<fw::TxnDoc>("fw-txn", "fw confirm, fw rollback"),
+        doc::<fw::StatusDoc>("fw-status", "fw status"),
+        doc::<fw::GrantDoc>("grant", "grant"),
+        doc::<fw::RevokeDoc>("revoke", "revoke"),
+        doc::<log::LedgerDoc>("log", "log"),
+        doc::<log::Record>("log-record", "log export --format jsonl (one per line)"),
+        doc::<log::HeadDoc>("log-head", "log head"),
+        doc::<log::VerifyDoc>("log-verify", "log verify"),
+        doc::<log::PruneDoc>("log-prune", "log prune"),
+        doc::<catalog::CatalogDoc>("catalog", "catalog"),
+        doc::<catalog::EntryDoc>("catalog-entry", "catalog NAME"),
+        doc::<policy::PolicyCheckDoc>("policy-check", "policy check"),
+    ]
+}

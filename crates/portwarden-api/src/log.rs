@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// One ledger record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Record {
     /// From 1, contiguous.
     pub seq: i64,
@@ -28,35 +28,35 @@ pub struct Record {
 }
 
 /// `log`: records, oldest first.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct LedgerDoc {
     pub api: u32,
     pub records: Vec<Record>,
 }
 
 /// The last record: what an auditor keeps to check later that nothing was cut.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Head {
     pub seq: i64,
     pub hash: String,
 }
 
 /// `log head` (`head` is null for an empty ledger).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct HeadDoc {
     pub api: u32,
     pub head: Option<Head>,
 }
 
 /// Where the chain breaks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Broken {
     pub seq: i64,
     pub why: String,
 }
 
 /// `log verify`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct VerifyDoc {
     pub api: u32,
     /// Whether the chain is whole and nothing else is wrong.
@@ -75,7 +75,7 @@ pub struct VerifyDoc {
 }
 
 /// `log prune`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct PruneDoc {
     pub api: u32,
     /// Records deleted (or, with `deleted: false`, that would be).

@@ -5,7 +5,7 @@ use portwarden_core::diag::Located;
 use serde::Serialize;
 
 /// One policy file.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct FileCheck {
     pub file: String,
     pub valid: bool,
@@ -24,7 +24,7 @@ pub struct FileCheck {
 }
 
 /// `policy check FILE…`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct PolicyCheckDoc {
     pub api: u32,
     pub files: Vec<FileCheck>,

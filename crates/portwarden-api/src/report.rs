@@ -5,7 +5,7 @@ use portwarden_core::report::Report;
 use serde::Serialize;
 
 /// The `report --json` document: the report's fields beside `api`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ReportDoc {
     pub api: u32,
     #[serde(flatten)]

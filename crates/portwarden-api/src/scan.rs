@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 /// One reported port.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct ScannedPort {
     pub addr: IpAddr,
     pub port: u16,
@@ -58,7 +58,7 @@ impl ScannedPort {
 }
 
 /// The `--json` document (also what `--diff` reads back).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ScanDoc {
     /// The document's version ([`crate::API_VERSION`]); absent in documents written
     /// before it was versioned.
@@ -84,7 +84,7 @@ pub struct ScanDoc {
     pub diff: Option<Diff>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct Diff {
     pub added: Vec<ScannedPort>,
     pub removed: Vec<ScannedPort>,

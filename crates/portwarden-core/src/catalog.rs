@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::port::{Port, PortSpec, Protocol};
 
 /// How a protocol protects its traffic, when it does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TlsStyle {
     /// No encryption exists in the protocol.
@@ -52,7 +52,18 @@ impl fmt::Display for TlsStyle {
 
 /// How much harm disclosure of a service's data would do.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Sensitivity {
@@ -95,7 +106,7 @@ impl FromStr for Sensitivity {
 }
 
 /// One catalog entry.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct CatalogEntry {
     /// Unique name, as referenced by `catalog = "..."`.
     pub name: String,
@@ -104,6 +115,7 @@ pub struct CatalogEntry {
     /// Human name.
     pub title: String,
     /// Ports and protocols the service uses by default.
+    #[schemars(with = "Vec<String>")]
     pub ports: Vec<PortSpec>,
     /// How the protocol does TLS (or its own encryption).
     pub tls: TlsStyle,

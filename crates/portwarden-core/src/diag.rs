@@ -37,7 +37,7 @@ impl Diagnostic {
 }
 
 /// A diagnostic resolved to a line and column of a named file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Located {
     /// File name as the user gave it.
     pub file: String,

@@ -9,7 +9,9 @@ use serde::Serialize;
 use crate::port::{Port, PortRange, Protocol};
 
 /// A socket's state, as the kernel names TCP states (UDP uses `Unconn` and `Established`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum SocketState {
     /// Connection established (or a connected UDP socket).
@@ -140,7 +142,9 @@ impl fmt::Display for SocketState {
 }
 
 /// Address family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     /// IPv4.
@@ -150,7 +154,7 @@ pub enum Family {
 }
 
 /// One socket as the kernel reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Socket {
     /// tcp or udp.
     pub protocol: Protocol,
@@ -195,7 +199,7 @@ impl Socket {
 }
 
 /// A process holding a socket.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema)]
 pub struct Owner {
     /// Process id.
     pub pid: u32,
@@ -388,7 +392,7 @@ impl SocketFilter {
 }
 
 /// Connections per state on one listening port: the `ls --summary` row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PortSummary {
     /// The port.
     pub port: u16,

@@ -9,7 +9,9 @@ use crate::catalog::{Catalog, Sensitivity};
 use crate::policy::{FirewallMode, Policy, TlsRequirement, ZoneKind};
 
 /// How bad a finding is. Ordered: `Info < Low < Medium < High < Critical`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     /// Worth knowing.
@@ -58,7 +60,9 @@ impl fmt::Display for Severity {
 }
 
 /// The closed set of rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum RuleId {
     /// More externally exposed ports declared than the compliance limit.
@@ -142,7 +146,7 @@ impl RuleId {
 }
 
 /// One thing wrong, why it matters and how to fix it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Finding {
     /// Which rule.
     pub id: RuleId,

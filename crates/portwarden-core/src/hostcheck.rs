@@ -71,7 +71,9 @@ pub struct HostFacts {
 }
 
 /// From where a listener can be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Visibility {
     /// Loopback only.
@@ -581,7 +583,7 @@ fn tcp_settings(policy: &Policy, f: &HostFacts, out: &mut Vec<Finding>) {
 }
 
 /// One port's exposure score and its parts.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Exposure {
     /// Port.
     pub port: u16,

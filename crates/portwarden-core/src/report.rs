@@ -17,7 +17,7 @@ use crate::policy::{Placement, Policy, Service};
 use crate::port::Protocol;
 
 /// One audit-table row.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct AuditRow {
     /// Port.
     pub port: u16,
@@ -103,7 +103,7 @@ fn severity_counts(r: &Report) -> String {
 }
 
 /// The whole report.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Report {
     /// Host name.
     pub host: String,

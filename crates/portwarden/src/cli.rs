@@ -88,6 +88,11 @@ pub enum Command {
     },
     /// Print the manual page (roff) to stdout.
     Man,
+    /// List the `--json` documents, or print one's JSON Schema (docs/json.md).
+    Schema {
+        /// The document (`portwarden schema` lists them).
+        name: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,29 @@ pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<Status> {
     Ok(Status::Ok)
 }
 
+/// `portwarden schema [NAME]`: the documents and the commands that print them, or one
+/// document's JSON Schema.
+pub fn schema(g: &crate::cli::Global, name: Option<&str>) -> anyhow::Result<Status> {
+    let docs = portwarden_api::documents();
+    let out = output::Printer::stdout(g);
+    let Some(name) = name else {
+        let mut t = output::Table::new(&["DOCUMENT", "PRINTED BY"]);
+        for d in &docs {
+            t.row(vec![d.name.to_string(), d.commands.to_string()]);
+        }
+        out.text(&t.render())?;
+        return Ok(Status::Ok);
+    };
+    match docs.iter().find(|d| d.name == name) {
+        Some(d) => out.json_value(&d.schema)?,
+        None => anyhow::bail!(
+            "unknown document `{name}`: one of {}",
+            docs.iter().map(|d| d.name).collect::<Vec<_>>().join(", ")
+        ),
+    }
+    Ok(Status::Ok)
+}
+
 /// One page for every command (there are no per-command pages to refer to), with the
 /// sections a man page is expected to have.
 pub fn man() -> anyhow::Result<Status> {

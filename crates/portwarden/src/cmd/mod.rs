@@ -60,6 +60,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Catalog(a) => catalog::run(g, a),
         Command::Completions { shell } => meta::completions(*shell),
         Command::Man => meta::man(),
+        Command::Schema { name } => meta::schema(g, name.as_deref()),
     }
 }
 

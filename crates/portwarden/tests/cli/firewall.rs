@@ -1140,3 +1140,52 @@ fn r_rollback_refuses_a_swapped_snapshot() {
         "our table is removed, the swapped one never loaded"
     );
 }
+
+/// Every firewall document, as `--json` prints it in a namespace with real nftables,
+/// validates against its schema.
+#[test]
+fn r_firewall_json_documents_match_their_schemas() {
+    let Some(lab) = Lab::new("fwjs") else {
+        return;
+    };
+    let pw = |args: &[&str]| {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let o = lab.pw(POLICY, &a);
+        assert!(code(&o) < 2, "{args:?}: {}", stderr(&o));
+        o
+    };
+    assert_schema("fw-status", &pw(&["fw", "status"]).stdout);
+    assert_schema("fw-diff", &pw(&["fw", "diff"]).stdout);
+    let a = assert_schema(
+        "fw-apply",
+        &pw(&["fw", "apply", "--confirm-within", "1h"]).stdout,
+    );
+    assert!(a["deadline"].is_i64() && a["watcher_pid"].is_u64(), "{a}");
+    let s = assert_schema("fw-status", &pw(&["fw", "status"]).stdout);
+    assert_eq!(s["last"]["state"], "pending");
+    let c = assert_schema("fw-txn", &pw(&["fw", "confirm"]).stdout);
+    assert_eq!(
+        (c["action"].as_str(), c["done"].as_bool()),
+        (Some("confirm"), Some(true))
+    );
+    // Nothing pending: the refusal is a document too, and exit 1.
+    let o = pw(&["fw", "confirm"]);
+    assert_eq!(code(&o), 1);
+    assert_eq!(assert_schema("fw-txn", &o.stdout)["done"], false);
+    let g = pw(&["grant", "873", "--from", "10.99.0.3", "--for", "5m"]);
+    assert_eq!(assert_schema("grant", &g.stdout)["granted"][0]["port"], 873);
+    let r = pw(&["revoke", "873", "--from", "10.99.0.3"]);
+    assert_eq!(
+        assert_schema("revoke", &r.stdout)["revoked"][0]["addr"],
+        "10.99.0.3"
+    );
+    assert_schema("fw-diff", &pw(&["fw", "diff"]).stdout);
+    assert_schema(
+        "fw-apply",
+        &pw(&["fw", "apply", "--confirm-within", "1h"]).stdout,
+    );
+    let r = assert_schema("fw-txn", &pw(&["fw", "rollback"]).stdout);
+    assert_eq!(r["action"], "rollback");
+    assert!(r["detail"].as_str().unwrap().contains("restored"), "{r}");
+}

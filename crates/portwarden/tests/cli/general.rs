@@ -264,56 +264,6 @@ fn completions_and_man_render() {
 
 /// `--json` prints a JSON document on every command that has one, never text.
 #[test]
-fn r_json_means_json() {
-    let dir = tempdir("json");
-    let state = dir.join("state");
-    for args in [
-        &["report"][..],
-        &["fw", "plan"],
-        &["fw", "plan", "--format", "iptables"],
-        &["log", "prune", "--dry-run"],
-        &["pools", "reserve", "--dry-run"],
-    ] {
-        let o = bin()
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--json")
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(code(&o) < 2, "{args:?}: {}", stderr(&o));
-        let v: Result<Value, _> = serde_json::from_slice(&o.stdout);
-        assert!(
-            v.is_ok(),
-            "{args:?}: not JSON: {}",
-            String::from_utf8_lossy(&o.stdout)
-        );
-    }
-    // `log head` and `log verify` give the head in the same shape.
-    let policy = dir.join("p.toml");
-    std::fs::write(
-        &policy,
-        "version = 1\n[[pool]]\nname = \"p\"\nrange = \"20000-20099\"\n[[service]]\nname = \"s\"\npool = \"p\"\nzone = \"localhost\"\n",
-    )
-    .unwrap();
-    let pw = |args: &[&str]| {
-        bin()
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--policy")
-            .arg(&policy)
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    assert_eq!(code(&pw(&["alloc", "s", "--no-probe"])), 0);
-    let head: Value = serde_json::from_slice(&pw(&["--json", "log", "head"]).stdout).unwrap();
-    let verify: Value = serde_json::from_slice(&pw(&["--json", "log", "verify"]).stdout).unwrap();
-    assert_eq!(head["head"]["seq"], 1, "{head}");
-    assert_eq!(verify["head"], head["head"], "{verify}");
-}
-
-#[test]
 fn broken_pipe_exits_0_quietly() {
     let mut child = bin()
         .args(["catalog"])

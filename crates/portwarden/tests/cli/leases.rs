@@ -219,7 +219,10 @@ fn an_exhausted_pool_exits_1_and_writes_nothing() {
     let o = e.run(&["alloc", "small", "--count", "3"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let before = std::fs::read(e.db()).unwrap().len();
-    let log_before = e.json(&["log", "--json"])["records"].as_array().unwrap().len();
+    let log_before = e.json(&["log", "--json"])["records"]
+        .as_array()
+        .unwrap()
+        .len();
     let o = e.run(&["alloc", "small"]);
     assert_eq!(code(&o), 1);
     let msg = stderr(&o);
@@ -228,7 +231,10 @@ fn an_exhausted_pool_exits_1_and_writes_nothing() {
         "{msg}"
     );
     assert_eq!(
-        e.json(&["log", "--json"])["records"].as_array().unwrap().len(),
+        e.json(&["log", "--json"])["records"]
+            .as_array()
+            .unwrap()
+            .len(),
         log_before
     );
     assert_eq!(

@@ -5,6 +5,7 @@ mod check_host;
 mod firewall;
 mod general;
 mod inventory;
+mod json;
 mod leases;
 mod netns;
 mod outputs;
@@ -38,4 +39,42 @@ fn code(o: &Output) -> i32 {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Makes a schema strict: an object with declared properties allows no others, so a
+/// field a command prints but its document does not declare fails the check.
+fn strict(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if m.contains_key("properties") && !m.contains_key("additionalProperties") {
+                m.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            m.values_mut().for_each(strict);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strict),
+        _ => {}
+    }
+}
+
+/// Parses `stdout` and checks it against the JSON Schema of document `name`, as
+/// `portwarden schema NAME` prints it (made strict); every violation is reported.
+fn assert_schema(name: &str, stdout: &[u8]) -> Value {
+    let o = run(&["schema", name]);
+    assert_eq!(code(&o), 0, "schema {name}: {}", stderr(&o));
+    let mut schema: Value = serde_json::from_slice(&o.stdout).unwrap();
+    strict(&mut schema);
+    let v: Value = serde_json::from_slice(stdout).unwrap_or_else(|e| {
+        panic!(
+            "{name}: not JSON ({e}): {}",
+            String::from_utf8_lossy(stdout)
+        )
+    });
+    let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+    let errors: Vec<String> = validator
+        .iter_errors(&v)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
+    assert!(errors.is_empty(), "{name}: {errors:#?}\n{v:#}");
+    assert_eq!(v["api"], 1, "{name}: no \"api\": 1");
+    v
 }
