@@ -50,6 +50,7 @@ async fn mysql_greeting_with_and_without_client_ssl() {
     for ssl in [true, false] {
         let addr = serve(move |mut s| async move {
             let _ = s.write_all(&mysql_greeting(ssl)).await;
+            // Real time: a fake server holding its connection open while the probe reads.
             tokio::time::sleep(Duration::from_millis(300)).await;
         })
         .await;
@@ -170,6 +171,7 @@ async fn r_http_inside_tls_is_https_with_its_server_header() {
 async fn ssh_http_redis_smtp() {
     let ssh = serve(|mut s| async move {
         let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n").await;
+        // Real time: a fake server holding its connection open while the probe reads.
         tokio::time::sleep(Duration::from_millis(300)).await;
     })
     .await;
@@ -222,6 +224,7 @@ async fn ssh_http_redis_smtp() {
                 b"250-mx.example\r\n250 8BITMIME\r\n"
             };
             let _ = s.write_all(caps).await;
+            // Real time: a fake server holding its connection open while the probe reads.
             tokio::time::sleep(Duration::from_millis(200)).await;
         })
         .await;
@@ -241,6 +244,7 @@ async fn ssh_http_redis_smtp() {
 #[tokio::test]
 async fn a_silent_service_is_reported_stalled_within_the_timeout() {
     let silent = serve(|s| async move {
+        // Real time: the silent peer whose silence the probe's timeout must cut short.
         tokio::time::sleep(Duration::from_secs(5)).await;
         drop(s);
     })

@@ -3,9 +3,9 @@
 //! os, store) and core; they never print (what a user should hear goes to
 //! [`Ctx::notes`]) and never read the wall clock but through [`Ctx::clock`].
 //!
-//! Moved here so far: `scan`, `check` (with `facts`, `policy` loading, the store's opening
-//! and `lease` facts). The other commands still live in the binary's `cmd/` and move here
-//! one by one (issue 12).
+//! Async where the work is network I/O (`check`, `scan`, `report`); plain functions where
+//! it is SQLite, netlink and `nft` (leases, inventory, firewall, ledger), which the
+//! daemon runs on a blocking thread.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -37,6 +37,29 @@ impl Clock for SystemClock {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64)
+    }
+}
+
+/// A clock that moves only when told: tests step it past a lease's TTL or a deadline
+/// instead of sleeping.
+#[derive(Debug, Default)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    /// A clock standing at `secs`.
+    pub fn at(secs: i64) -> Arc<ManualClock> {
+        Arc::new(ManualClock(std::sync::atomic::AtomicI64::new(secs)))
+    }
+
+    /// Moves it by `secs` (negative: back).
+    pub fn advance(&self, secs: i64) {
+        self.0.fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

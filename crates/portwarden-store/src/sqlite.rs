@@ -209,6 +209,8 @@ pub struct SqliteStore {
     /// Writes committed since the anchor last moved.
     dirty: bool,
     anchored: std::time::Instant,
+    /// How far the anchor may lag behind the head ([`ANCHOR_LAG`]).
+    anchor_lag: Duration,
 }
 
 /// How far (in time) the head anchor may lag behind the committed head while a process
@@ -361,6 +363,7 @@ impl SqliteStore {
             repairable: false,
             dirty: false,
             anchored: std::time::Instant::now(),
+            anchor_lag: ANCHOR_LAG,
         };
         s.prepare()?;
         Ok(s)
@@ -411,7 +414,7 @@ impl SqliteStore {
     /// warning, never a failure, or a caller would retry what is already done.
     fn committed(&mut self) -> Result<(), StoreError> {
         self.dirty = true;
-        if self.anchored.elapsed() >= ANCHOR_LAG {
+        if self.anchored.elapsed() >= self.anchor_lag {
             if let Err(e) = self.advance_anchor() {
                 self.warning(format!(
                     "the change is committed, but {e}: truncation of the newest records cannot be shown until it moves"
@@ -426,6 +429,12 @@ impl SqliteStore {
             Some(f) => f(&w),
             None => self.warnings.push(w),
         }
+    }
+
+    /// Moves the anchor after every committed write instead of at most once per
+    /// [`ANCHOR_LAG`] (tests, and a daemon that wants no lag at the cost of a write each).
+    pub fn anchor_every_write(&mut self) {
+        self.anchor_lag = Duration::ZERO;
     }
 
     /// Sends warnings (also those from opening) to `f`.

@@ -844,7 +844,7 @@ fn r_an_anchor_that_cannot_move_after_a_commit_is_a_warning() {
         std::process::id()
     ));
     std::fs::create_dir(&tmp).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    s.anchor_every_write();
     let port = alloc(&mut s, 10, "alice", 100).expect("the committed lease is reported");
     assert!(WARNED.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     assert_eq!(s.leases().unwrap().len(), 1);

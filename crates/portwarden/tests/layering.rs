@@ -253,3 +253,35 @@ fn architecture_md_names_every_crate() {
         "ARCHITECTURE.md should stay under 150 lines"
     );
 }
+
+/// No test waits on the wall clock for a TTL or a deadline (those run on a manual clock):
+/// every sleep left in a test is commented `// Real time: …` with the real timer or
+/// process it waits for.
+#[test]
+fn every_sleep_in_a_test_waits_for_something_real() {
+    let crates = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let mut bare = Vec::new();
+    for c in std::fs::read_dir(crates).unwrap() {
+        let tests = c.unwrap().path().join("tests");
+        if !tests.is_dir() {
+            continue;
+        }
+        for path in rust_files(&tests) {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            for (i, l) in lines.iter().enumerate() {
+                // Spelt in two pieces, so this line does not match itself.
+                let sleeps = [concat!("thread::", "sleep("), concat!("time::", "sleep(")];
+                if sleeps.iter().any(|s| l.contains(s))
+                    && !(i > 0 && lines[i - 1].trim_start().starts_with("// Real time:"))
+                {
+                    bare.push(format!("{}:{}", path.display(), i + 1));
+                }
+            }
+        }
+    }
+    assert!(
+        bare.is_empty(),
+        "sleeps without a `// Real time:` reason: {bare:#?}"
+    );
+}

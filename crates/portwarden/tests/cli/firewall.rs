@@ -249,6 +249,7 @@ fn r7_whitelist_limits_grants_and_ipv6_in_namespaces() {
     let until = Instant::now() + Duration::from_secs(6);
     let mut closed = false;
     while Instant::now() < until {
+        // Real time: polling, bounded, for the kernel's timeout on the grant's set element.
         std::thread::sleep(Duration::from_millis(500));
         if !lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]) {
             closed = true;
@@ -296,6 +297,7 @@ fn r7_unconfirmed_applies_roll_back_and_confirmed_ones_stay() {
     assert_eq!(code(&lab.pw(&second, &["fw", "apply"])), 2);
     let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until && lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]) {
+        // Real time: polling, bounded, for the rollback watcher process at its deadline.
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(
@@ -311,6 +313,7 @@ fn r7_unconfirmed_applies_roll_back_and_confirmed_ones_stay() {
     );
     let o = lab.pw(&second, &["fw", "confirm"]);
     assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // Real time: past the deadline a confirmed apply no longer has (the watcher must not act).
     std::thread::sleep(Duration::from_secs(3));
     assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
 
@@ -423,6 +426,7 @@ fn r7_the_iptables_rendering_passes_the_same_subset() {
     assert!(lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
     let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until && lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]) {
+        // Real time: polling, bounded, for the rollback watcher process at its deadline.
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(
@@ -449,6 +453,7 @@ fn r7_a_pending_apply_whose_watcher_died_rolls_back_on_the_next_start() {
     // Kill the watcher we started (as a reboot would), by its PID.
     // SAFETY: kill(2) on a PID this test's command started and reported.
     unsafe { libc::kill(pid, libc::SIGKILL) };
+    // Real time: past the killed watcher's deadline, so the next command must re-arm it.
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
         lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]),
@@ -465,6 +470,7 @@ fn r7_a_pending_apply_whose_watcher_died_rolls_back_on_the_next_start() {
     );
     let until = Instant::now() + Duration::from_secs(8);
     while Instant::now() < until && lab.table() != before {
+        // Real time: polling, bounded, for the re-armed watcher's rollback.
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(!lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]));
@@ -493,6 +499,7 @@ fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         if f() {
             return true;
         }
+        // Real time: polling, bounded, for what a real process or the kernel does.
         std::thread::sleep(Duration::from_millis(200));
     }
     f()
@@ -1042,6 +1049,7 @@ fn r_an_interrupted_syn_scan_removes_its_table() {
                 break s;
             }
             assert!(Instant::now() < until, "{engine:?} did not stop on {sig}");
+            // Real time: polling, bounded, for the scan process to stop on its signal.
             std::thread::sleep(Duration::from_millis(50));
         };
         let mut err = String::new();

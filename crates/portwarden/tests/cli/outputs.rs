@@ -283,6 +283,7 @@ fn r_hostile_banners_cannot_break_the_outputs() {
                 let Ok(mut s) = s else { continue };
                 std::thread::spawn(move || {
                     let _ = s.write_all(reply);
+                    // Real time: a fake server holding its connection open while the scanner reads.
                     std::thread::sleep(std::time::Duration::from_millis(300));
                 });
             }

@@ -128,6 +128,7 @@ fn r_nmaps_hard_match_names_the_service_over_a_guess() {
                 std::thread::spawn(move || {
                     let _ = s.write_all(greeting);
                     if !greeting.is_empty() {
+                        // Real time: a fake server holding its connection open while the scanner reads.
                         std::thread::sleep(std::time::Duration::from_millis(300));
                     }
                 });
@@ -175,6 +176,7 @@ fn r_unusable_probe_databases_warn_and_fall_back() {
             let Ok(mut s) = s else { continue };
             std::thread::spawn(move || {
                 let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n");
+                // Real time: a fake server holding its connection open while the scanner reads.
                 std::thread::sleep(std::time::Duration::from_millis(200));
             });
         }
@@ -270,6 +272,7 @@ fn r5_service_detection_names_fake_servers() {
                         }
                     }
                     let _ = s.write_all(reply);
+                    // Real time: a fake server holding its connection open while the scanner reads.
                     std::thread::sleep(std::time::Duration::from_millis(300));
                 });
             }
