@@ -1,6 +1,7 @@
 //! The malformed-policy corpus: every file under `tests/data/bad-policies/` names, on its
 //! first line, the exact `line:col: message` diagnostics it must produce (`;;` between
 //! several; a trailing `*` matches any rest of the message).
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests read their fixtures
 
 use std::path::PathBuf;
 

@@ -1,5 +1,6 @@
 //! Property test: random mutations of valid policies never panic the parser or the
 //! validator, and every error they produce points inside the file.
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // tests read their fixtures
 
 use portwarden_core::findings::policy_findings;
 use portwarden_core::{Catalog, Policy};

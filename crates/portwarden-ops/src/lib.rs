@@ -6,6 +6,7 @@
 //! Async where the work is network I/O (`check`, `scan`, `report`); plain functions where
 //! it is SQLite, netlink and `nft` (leases, inventory, firewall, ledger), which the
 //! daemon runs on a blocking thread.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;

@@ -2,5 +2,5 @@
 //! wiring adapters together. Contains no domain logic.
 //!
 //! Empty until the daemon issue lands.
-#![deny(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![deny(missing_docs)]

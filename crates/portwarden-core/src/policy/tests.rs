@@ -1,3 +1,4 @@
+#![allow(clippy::disallowed_methods)] // the tests read the example policies
 //! Unit tests of policy parsing: valid files, defaults and cross-field rules.
 
 use super::*;
