@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod host;
+pub mod identity;
 pub mod inventory;
 pub mod iptables;
 mod netlink;

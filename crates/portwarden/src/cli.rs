@@ -599,3 +599,37 @@ fn port_list(s: &str) -> Result<String, String> {
     portwarden_core::targets::parse_ports(s).map_err(|e| e.to_string())?;
     Ok(s.to_string())
 }
+
+impl From<SeverityArg> for portwarden_core::findings::Severity {
+    fn from(s: SeverityArg) -> Self {
+        use portwarden_core::findings::Severity;
+        match s {
+            SeverityArg::Info => Severity::Info,
+            SeverityArg::Low => Severity::Low,
+            SeverityArg::Medium => Severity::Medium,
+            SeverityArg::High => Severity::High,
+            SeverityArg::Critical => Severity::Critical,
+        }
+    }
+}
+
+impl From<FwBackend> for portwarden_ops::fw::Backend {
+    fn from(b: FwBackend) -> Self {
+        use portwarden_ops::fw::Backend;
+        match b {
+            FwBackend::Auto => Backend::Auto,
+            FwBackend::Nft => Backend::Nft,
+            FwBackend::Iptables => Backend::Iptables,
+        }
+    }
+}
+
+impl From<FwFormat> for portwarden_ops::fw::Backend {
+    fn from(f: FwFormat) -> Self {
+        use portwarden_ops::fw::Backend;
+        match f {
+            FwFormat::Nft => Backend::Nft,
+            FwFormat::Iptables => Backend::Iptables,
+        }
+    }
+}

@@ -4,6 +4,7 @@
 mod cli;
 pub mod cmd;
 mod output;
+mod signals;
 
 use std::io;
 use std::process::ExitCode;

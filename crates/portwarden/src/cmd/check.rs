@@ -1,19 +1,7 @@
 //! `portwarden check`: this host against its policy (the use-case is `portwarden-ops`).
 
-use portwarden_core::findings::Severity;
-
-use crate::cli::{CheckArgs, Global, SeverityArg};
+use crate::cli::{CheckArgs, Global};
 use crate::{Status, output};
-
-pub fn severity(s: SeverityArg) -> Severity {
-    match s {
-        SeverityArg::Info => Severity::Info,
-        SeverityArg::Low => Severity::Low,
-        SeverityArg::Medium => Severity::Medium,
-        SeverityArg::High => Severity::High,
-        SeverityArg::Critical => Severity::Critical,
-    }
-}
 
 /// Runs the evaluation on a runtime of its own (the probes are async).
 pub fn evaluate(g: &Global) -> anyhow::Result<portwarden_ops::check::Evaluation> {
@@ -27,7 +15,7 @@ pub fn evaluate(g: &Global) -> anyhow::Result<portwarden_ops::check::Evaluation>
 }
 
 pub fn run(g: &Global, a: &CheckArgs) -> anyhow::Result<Status> {
-    let fail_on = severity(a.fail_on);
+    let fail_on = portwarden_core::findings::Severity::from(a.fail_on);
     let e = evaluate(g)?;
     let doc = e.doc(fail_on);
     output::Printer::stdout(g).doc(&doc)?;

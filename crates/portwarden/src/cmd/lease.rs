@@ -2,6 +2,7 @@
 //! `portwarden_ops::lease`).
 
 use portwarden_ops::lease::{self, AllocReq};
+use portwarden_os::identity::user;
 
 use crate::Status;
 use crate::cli::{AllocArgs, Global, PoolsArgs, PoolsCommand, ReclaimArgs, ReleaseArgs, RenewArgs};
@@ -15,90 +16,64 @@ pub fn alloc(g: &Global, a: &AllocArgs) -> anyhow::Result<Status> {
         port: a.port.and_then(portwarden_core::Port::new),
         count: a.count,
         ttl: a.ttl.map(|t| t.get()),
-        owner: a.owner.clone().unwrap_or_else(super::user),
+        owner: a.owner.clone().unwrap_or_else(user),
         seed: a.seed,
         bind_probe: !a.no_probe,
     };
-    let out = Printer::stdout(g);
+    let (s, out) = (super::site(g), Printer::stdout(g));
     // A row as each lease is granted (a killed `--count` run has printed exactly what it
     // got): the id is what `renew` and `release` take. With -q, the port alone.
     let mut first = true;
-    let mut row = |l: &portwarden_api::lease::Lease| {
-        let text = if g.json {
-            String::new()
-        } else if g.quiet {
-            format!("{}\n", l.port)
-        } else if std::mem::take(&mut first) {
-            alloc_header() + &alloc_row(l)
-        } else {
-            alloc_row(l)
-        };
-        out.text(&text)
+    let mut row = |l: &portwarden_api::lease::Lease| match (g.json, g.quiet) {
+        (true, _) => Ok(()),
+        (_, true) => out.text(&format!("{}\n", l.port)),
+        _ if std::mem::take(&mut first) => out.text(&(alloc_header() + &alloc_row(l))),
+        _ => out.text(&alloc_row(l)),
     };
-    let d = lease::alloc(
-        &super::ctx(g),
-        g.policy.as_deref(),
-        &super::state_dir(g),
-        &req,
-        &mut row,
-    )?;
+    let d = lease::alloc(&s.ctx, s.policy(), &s.dir, &req, &mut row)?;
     if g.json {
         out.doc(&d)?;
     }
-    match &d.refused {
-        Some(why) => {
-            output::refusal(why);
-            Ok(Status::Negative)
-        }
-        None => Ok(Status::Ok),
-    }
+    let Some(why) = &d.refused else {
+        return Ok(Status::Ok);
+    };
+    output::refusal(why);
+    Ok(Status::Negative)
 }
 
 pub fn renew(g: &Global, a: &RenewArgs) -> anyhow::Result<Status> {
-    let owner = a.owner.clone().unwrap_or_else(super::user);
+    let (s, owner) = (super::site(g), a.owner.clone().unwrap_or_else(user));
     let ttl = a.ttl.map(|t| t.get());
-    let d = lease::renew(
-        &super::ctx(g),
-        g.policy.as_deref(),
-        &super::state_dir(g),
-        a.id,
-        ttl,
-        &owner,
-    )?;
+    let d = lease::renew(&s.ctx, s.policy(), &s.dir, a.id, ttl, &owner)?;
     Printer::stdout(g).doc(&d)?;
     Ok(Status::Ok)
 }
 
 pub fn release(g: &Global, a: &ReleaseArgs) -> anyhow::Result<Status> {
-    let owner = a.owner.clone().unwrap_or_else(super::user);
-    let d = lease::release(&super::ctx(g), &super::state_dir(g), a.id, &owner)?;
-    Printer::stdout(g).doc(&d)?;
+    let (s, owner) = (super::site(g), a.owner.clone().unwrap_or_else(user));
+    Printer::stdout(g).doc(&lease::release(&s.ctx, &s.dir, a.id, &owner)?)?;
     Ok(Status::Ok)
 }
 
 pub fn list(g: &Global) -> anyhow::Result<Status> {
-    Printer::stdout(g).doc(&lease::list(&super::ctx(g), &super::state_dir(g))?)?;
+    let s = super::site(g);
+    Printer::stdout(g).doc(&lease::list(&s.ctx, &s.dir)?)?;
     Ok(Status::Ok)
 }
 
 pub fn reclaim(g: &Global, a: &ReclaimArgs) -> anyhow::Result<Status> {
-    let d = lease::reclaim(
-        &super::ctx(g),
-        g.policy.as_deref(),
-        &super::state_dir(g),
-        a.dry_run,
-    )?;
+    let s = super::site(g);
+    let d = lease::reclaim(&s.ctx, s.policy(), &s.dir, a.dry_run)?;
     Printer::stdout(g).doc(&d)?;
     Ok(Status::Ok)
 }
 
 pub fn pools(g: &Global, a: &PoolsArgs) -> anyhow::Result<Status> {
-    let (ctx, policy, dir) = (super::ctx(g), g.policy.as_deref(), super::state_dir(g));
-    let out = Printer::stdout(g);
+    let (s, out) = (super::site(g), Printer::stdout(g));
     match &a.command {
-        None => out.doc(&lease::pools(&ctx, policy, &dir)?)?,
+        None => out.doc(&lease::pools(&s.ctx, s.policy(), &s.dir)?)?,
         Some(PoolsCommand::Reserve { dry_run }) => {
-            out.doc(&lease::reserve(&ctx, policy, &dir, *dry_run)?)?
+            out.doc(&lease::reserve(&s.ctx, s.policy(), &s.dir, *dry_run)?)?
         }
     }
     Ok(Status::Ok)

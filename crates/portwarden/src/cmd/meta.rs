@@ -75,41 +75,5 @@ fn roff(s: &str) -> String {
     }
 }
 
-const MAN_TAIL: &str = r#".SH EXIT STATUS
-.TP
-.B 0
-Success.
-.TP
-.B 1
-A negative answer: findings at or above \fB\-\-fail\-on\fR (medium by default), a port
-nobody holds (\fBwho\fR), an exhausted pool, no open port found (\fBscan\fR).
-.TP
-.B 2
-A usage error (a bad flag or value, checked before anything runs) or a runtime error;
-stored state is left as it was.
-.SH ENVIRONMENT
-.TP
-.B PORTWARDEN_POLICY
-The policy file, as \fB\-\-policy\fR.
-.TP
-.B PORTWARDEN_STATE
-The state directory, as \fB\-\-state\-dir\fR.
-.TP
-.B SUDO_USER
-Recorded in the ledger with the acting user when portwarden runs under sudo.
-.TP
-.B XDG_STATE_HOME, HOME
-Where a user's state directory is when not root.
-.SH FILES
-.TP
-.I /var/lib/portwarden/
-The state directory as root: \fIportwarden.db\fR (SQLite: leases, grants, the ledger,
-firewall transactions), \fIportwarden.head\fR (the ledger's head anchor),
-\fIportwarden.key\fR (the host key; mode 0600, never in the database).
-.TP
-.I $XDG_STATE_HOME/portwarden/
-The state directory of other users (\fI~/.local/state/portwarden/\fR by default).
-.TP
-.I /usr/share/nmap/nmap\-service\-probes
-nmap's probe database, used by \fBscan \-sV\fR when present (\fB\-\-probes\-db\fR).
-"#;
+/// The sections clap_mangen does not write: EXIT STATUS, ENVIRONMENT, FILES, SEE ALSO.
+const MAN_TAIL: &str = include_str!("man_tail.roff");

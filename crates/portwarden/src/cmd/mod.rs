@@ -64,8 +64,6 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
     }
 }
 
-pub use portwarden_ops::policy::{LoadedPolicy, POLICY_MAX_BYTES, load_policy, read_policy};
-
 /// Gives a pending firewall apply whose rollback watcher died a new one; a store that
 /// refuses writes must not stop the command, so a failure is a warning.
 pub fn rearm(ctx: &portwarden_ops::Ctx, state_dir: &Path) {
@@ -76,15 +74,6 @@ pub fn rearm(ctx: &portwarden_ops::Ctx, state_dir: &Path) {
     }
 }
 
-/// Carries lease changes into the live firewall table (`portwarden_ops::fw::sync_leases`).
-pub fn sync_leases(
-    g: &crate::cli::Global,
-    added: &[portwarden_store::Lease],
-    removed: &[portwarden_store::Lease],
-) -> anyhow::Result<()> {
-    portwarden_ops::fw::sync_leases(&ctx(g), &state_dir(g), added, removed)
-}
-
 /// Never set: the stop flag of commands no signal stops early.
 static NEVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -93,8 +82,30 @@ static NEVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new
 pub fn ctx(g: &crate::cli::Global) -> portwarden_ops::Ctx {
     let mut c = portwarden_ops::Ctx::quiet(&NEVER);
     c.notes = std::sync::Arc::new(crate::output::CliNotes::new(g));
-    c.actor = actor();
+    c.actor = portwarden_os::identity::actor();
     c
+}
+
+/// What most use-cases take: the context, the `--policy` file and the state directory.
+pub struct Site {
+    pub ctx: portwarden_ops::Ctx,
+    pub policy: Option<std::path::PathBuf>,
+    pub dir: std::path::PathBuf,
+}
+
+impl Site {
+    pub fn policy(&self) -> Option<&Path> {
+        self.policy.as_deref()
+    }
+}
+
+/// This invocation's [`Site`].
+pub fn site(g: &crate::cli::Global) -> Site {
+    Site {
+        ctx: ctx(g),
+        policy: g.policy.clone(),
+        dir: state_dir(g),
+    }
 }
 
 /// The runtime a command runs its use-case on (up to four workers).
@@ -110,67 +121,6 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the runtime")
 }
 
-/// Unix seconds now.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// The invoking user's name, the default `--owner` label of a lease.
-pub fn user() -> String {
-    for k in ["SUDO_USER", "USER", "LOGNAME"] {
-        if let Ok(v) = std::env::var(k) {
-            let v = portwarden_core::diag::strip_unsafe(&v, 64);
-            if !v.is_empty() {
-                return v;
-            }
-        }
-    }
-    // SAFETY: getuid has no preconditions.
-    format!("uid:{}", unsafe { libc::getuid() })
-}
-
-/// Who acts, for the ledger: the real user's name from the password database (not the
-/// environment, which anyone sets) and uid, and the `sudo` caller when there is one:
-/// `root (uid 0, sudo from alice)`. `--owner` is only a label on a lease; this is who did it.
-pub fn actor() -> String {
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    let name = user_name(uid);
-    let sudo = std::env::var("SUDO_USER")
-        .ok()
-        .filter(|s| !s.is_empty() && uid == 0)
-        .map(|s| {
-            format!(
-                ", sudo from {}",
-                portwarden_core::diag::strip_unsafe(&s, 64)
-            )
-        })
-        .unwrap_or_default();
-    match name {
-        Some(n) => format!("{n} (uid {uid}{sudo})"),
-        None => format!("uid {uid}{sudo}"),
-    }
-}
-
-/// The password database's name for `uid`.
-fn user_name(uid: libc::uid_t) -> Option<String> {
-    let mut buf = vec![0 as libc::c_char; 4096];
-    // SAFETY: zeroed passwd is a valid out-parameter; getpwuid_r writes at most
-    // `buf.len()` bytes into `buf` and sets `result` to null or to `pw`.
-    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: as above; every pointer is valid for the call.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut result) };
-    if rc != 0 || result.is_null() || pw.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: getpwuid_r succeeded: pw_name points at a NUL-terminated string in `buf`.
-    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
-    Some(name.to_string_lossy().into_owned())
-}
-
 /// The state directory: `--state-dir`, or the default for this user.
 pub fn state_dir(g: &crate::cli::Global) -> std::path::PathBuf {
     if let Some(d) = &g.state_dir {
@@ -183,15 +133,4 @@ pub fn state_dir(g: &crate::cli::Global) -> std::path::PathBuf {
         std::env::var("XDG_STATE_HOME").ok().as_deref(),
         std::env::var("HOME").ok().as_deref(),
     )
-}
-
-/// Opens the embedded store; `create` makes it when missing.
-pub fn open_store(
-    g: &crate::cli::Global,
-    create: bool,
-) -> Result<portwarden_store::SqliteStore, portwarden_store::StoreError> {
-    let mut s = portwarden_store::SqliteStore::open(&state_dir(g), "local", create)?;
-    // Shown even with --quiet: a committed change whose anchor did not move matters.
-    s.on_warning(|m| crate::output::warn(false, m));
-    Ok(s)
 }

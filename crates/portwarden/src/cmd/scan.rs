@@ -2,7 +2,6 @@
 //! and its document out as a table, `--json`, `-oG` and `-oX`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use portwarden_api::scan::ScanDoc;
@@ -10,13 +9,6 @@ use portwarden_ops::scan::ScanRequest;
 
 use crate::cli::{Global, ScanArgs};
 use crate::{Status, output};
-
-/// Set by SIGINT, SIGTERM or SIGHUP while a scan runs.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
 
 pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
     let dash = |p: &Option<std::path::PathBuf>| p.as_ref().is_some_and(|p| p.as_os_str() == "-");
@@ -56,25 +48,16 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
     };
     let progress = output::Progress::new(g.quiet || g.json);
     let mut ctx = super::ctx(g);
-    ctx.stop = &STOP;
+    ctx.stop = &crate::signals::STOP;
     ctx.progress = Arc::new(move |d, t| progress.update(d, t));
     let rt = super::runtime()?;
     // A signal stops the scan cleanly (the SYN scan's RST table is removed) instead of
     // killing it; the previous dispositions come back afterwards.
-    STOP.store(false, Ordering::Relaxed);
-    let handler = on_signal as *const () as libc::sighandler_t;
-    let saved: Vec<(libc::c_int, libc::sighandler_t)> = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP]
-        .into_iter()
-        // SAFETY: the handler only stores to an atomic (async-signal-safe).
-        .map(|sig| (sig, unsafe { libc::signal(sig, handler) }))
-        .collect();
+    let guard = crate::signals::catch();
     let doc = rt.block_on(portwarden_ops::scan::run(&ctx, &req));
     // An engine abandoned on a stop may still be running: not waited for.
     rt.shutdown_background();
-    for (sig, h) in saved {
-        // SAFETY: restores the disposition saved above.
-        unsafe { libc::signal(sig, h) };
-    }
+    drop(guard);
     let doc = doc?;
     if let Some(p) = &a.grepable {
         output::write_output(p, output::scan_grepable(&doc).as_bytes(), a.force)?;
