@@ -6,7 +6,7 @@ use std::path::Path;
 use portwarden_api::check::CheckDoc;
 use portwarden_core::Catalog;
 use portwarden_core::findings::{Finding, Severity, policy_findings};
-use portwarden_store::Store;
+use portwarden_store::Journal;
 
 use crate::Ctx;
 use crate::policy::{LoadedPolicy, load_policy};

@@ -19,7 +19,9 @@ use portwarden_core::facts::SocketState;
 use portwarden_core::units::HumanDuration;
 use portwarden_core::{Policy, Port, Protocol};
 use portwarden_os::Query;
-use portwarden_store::{Change, LeaseProbe, NewLease, Store, StoreError};
+use portwarden_store::{
+    Change, Journal, LeaseProbe, LeaseStore, NewLease, SqliteLeases, StoreError,
+};
 
 use crate::Ctx;
 use portwarden_core::alloc::LeaseFact;
@@ -173,12 +175,12 @@ pub struct AllocReq {
 /// it is made (a killed `--count` run has said exactly what it got); when it fails (no
 /// one reads any more), no further lease is made. Every granted lease is admitted into
 /// the live firewall table before this returns, also on an error.
-pub fn alloc(
+pub async fn alloc(
     ctx: &Ctx,
     policy: Option<&Path>,
     state_dir: &Path,
     req: &AllocReq,
-    granted: &mut dyn FnMut(&portwarden_api::lease::Lease) -> std::io::Result<()>,
+    granted: &mut (dyn FnMut(&portwarden_api::lease::Lease) -> std::io::Result<()> + Send),
 ) -> anyhow::Result<AllocDoc> {
     let loaded = crate::policy::load_policy(policy)?;
     let policy = &loaded.policy;
@@ -219,7 +221,7 @@ pub fn alloc(
         allow_ephemeral: pick_req.pool.is_some_and(|p| p.allow_ephemeral),
         service: Some(&req.service),
     };
-    let mut store = crate::store::open(ctx, state_dir, true)?;
+    let store = SqliteLeases::new(crate::store::open(ctx, state_dir, true)?);
     let mut rng = SplitMix::new(req.seed.unwrap_or_else(|| {
         (ctx.clock.now() as u64) ^ (u64::from(std::process::id()) << 32) ^ 0x5eed
     }));
@@ -228,25 +230,27 @@ pub fn alloc(
     let mut unheard = None;
     for _ in 0..req.count {
         let now = ctx.clock.now();
-        let r = store.allocate(now, &ctx.actor, &mut |probe| {
-            let mut check = Combined {
-                host: &host,
-                leases: probe,
-                bind_probe: req.bind_probe,
-            };
-            let port = pick(&pick_req, &mut check, &mut rng)?;
-            Ok(NewLease {
-                scope: "local".into(),
-                protocol: pick_req.protocol,
-                port,
-                service: svc.name.clone(),
-                pool: pool_name.clone(),
-                owner: req.owner.clone(),
-                process: svc.process.clone(),
-                expires_at: now + ttl,
-                ttl_max: Some(ttl_max),
+        let r = store
+            .allocate(now, &ctx.actor, &mut |probe| {
+                let mut check = Combined {
+                    host: &host,
+                    leases: probe,
+                    bind_probe: req.bind_probe,
+                };
+                let port = pick(&pick_req, &mut check, &mut rng)?;
+                Ok(NewLease {
+                    scope: "local".into(),
+                    protocol: pick_req.protocol,
+                    port,
+                    service: svc.name.clone(),
+                    pool: pool_name.clone(),
+                    owner: req.owner.clone(),
+                    process: svc.process.clone(),
+                    expires_at: now + ttl,
+                    ttl_max: Some(ttl_max),
+                })
             })
-        });
+            .await;
         match r {
             Ok(l) => {
                 let heard = granted(&lease_doc(&l));
@@ -277,9 +281,10 @@ pub fn alloc(
     })
 }
 
-fn find_lease(store: &dyn Store, id: i64) -> anyhow::Result<Lease> {
+async fn find_lease(store: &dyn LeaseStore, id: i64) -> anyhow::Result<Lease> {
     store
-        .leases()?
+        .leases()
+        .await?
         .into_iter()
         .find(|l| l.id == id)
         .ok_or_else(|| StoreError::NotFound(id).into())
@@ -287,7 +292,7 @@ fn find_lease(store: &dyn Store, id: i64) -> anyhow::Result<Lease> {
 
 /// `renew`: a new lifetime from now, at most the pool's `lease_ttl`; `owner` must be the
 /// lease's owner label.
-pub fn renew(
+pub async fn renew(
     ctx: &Ctx,
     policy: Option<&Path>,
     state_dir: &Path,
@@ -296,11 +301,11 @@ pub fn renew(
     owner: &str,
 ) -> anyhow::Result<LeaseOpDoc> {
     let loaded = crate::policy::load_policy(policy)?;
-    let mut store = crate::store::open(ctx, state_dir, false)?;
-    let lease = find_lease(&store, id)?;
+    let store = SqliteLeases::new(crate::store::open(ctx, state_dir, false)?);
+    let lease = find_lease(&store, id).await?;
     let ttl = ttl_secs(ttl, &loaded.policy, lease.pool.as_deref(), lease.ttl_max)?;
     let now = ctx.clock.now();
-    let l = store.renew(id, owner, now + ttl, now, &ctx.actor)?;
+    let l = store.renew(id, owner, now + ttl, now, &ctx.actor).await?;
     Ok(LeaseOpDoc {
         api: API_VERSION,
         action: "renew".into(),
@@ -310,9 +315,16 @@ pub fn renew(
 
 /// `release`: the lease ends now (`owner` must be its owner label) and its port leaves
 /// the live firewall table.
-pub fn release(ctx: &Ctx, state_dir: &Path, id: i64, owner: &str) -> anyhow::Result<LeaseOpDoc> {
-    let mut store = crate::store::open(ctx, state_dir, false)?;
-    let l = store.release(id, owner, ctx.clock.now(), &ctx.actor)?;
+pub async fn release(
+    ctx: &Ctx,
+    state_dir: &Path,
+    id: i64,
+    owner: &str,
+) -> anyhow::Result<LeaseOpDoc> {
+    let store = SqliteLeases::new(crate::store::open(ctx, state_dir, false)?);
+    let l = store
+        .release(id, owner, ctx.clock.now(), &ctx.actor)
+        .await?;
     drop(store);
     crate::fw::sync_leases(ctx, state_dir, &[], std::slice::from_ref(&l))?;
     Ok(LeaseOpDoc {
@@ -323,20 +335,21 @@ pub fn release(ctx: &Ctx, state_dir: &Path, id: i64, owner: &str) -> anyhow::Res
 }
 
 /// The store's leases (none when there is no store yet).
-fn stored_leases(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<Vec<Lease>> {
+async fn stored_leases(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<Vec<Lease>> {
     match crate::store::open(ctx, state_dir, false) {
-        Ok(s) => Ok(s.leases()?),
+        Ok(s) => Ok(SqliteLeases::new(s).leases().await?),
         Err(StoreError::Missing(_)) => Ok(Vec::new()),
         Err(e) => Err(e.into()),
     }
 }
 
 /// `leases`.
-pub fn list(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<LeasesDoc> {
+pub async fn list(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<LeasesDoc> {
     Ok(LeasesDoc {
         api: API_VERSION,
         now: ctx.clock.now(),
-        leases: stored_leases(ctx, state_dir)?
+        leases: stored_leases(ctx, state_dir)
+            .await?
             .iter()
             .map(lease_doc)
             .collect(),
@@ -345,7 +358,7 @@ pub fn list(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<LeasesDoc> {
 
 /// `reclaim`: retires expired and idle leases and drains expired ones still listened
 /// on, by the pools' rules (`dry_run`: says what it would do).
-pub fn reclaim(
+pub async fn reclaim(
     ctx: &Ctx,
     policy: Option<&Path>,
     state_dir: &Path,
@@ -358,8 +371,8 @@ pub fn reclaim(
         dry_run,
         reclaimed,
     };
-    let mut store = match crate::store::open(ctx, state_dir, false) {
-        Ok(s) => s,
+    let store = match crate::store::open(ctx, state_dir, false) {
+        Ok(s) => SqliteLeases::new(s),
         Err(StoreError::Missing(_)) => return Ok(doc(Vec::new())),
         Err(e) => return Err(e.into()),
     };
@@ -374,16 +387,18 @@ pub fn reclaim(
         .map(|s| (s.protocol, s.local_port))
         .collect();
     let now = ctx.clock.now();
-    let done = store.reclaim(
-        now,
-        &ctx.actor,
-        &|l: &Lease| listening.contains(&(l.protocol, l.port.get())),
-        &|l: &Lease, heard| {
-            let pool = l.pool.as_deref().and_then(|p| policy.pool(p));
-            reclaim_decision(&l.view(), heard, pool, now)
-        },
-        dry_run,
-    )?;
+    let done = store
+        .reclaim(
+            now,
+            &ctx.actor,
+            &|l: &Lease| listening.contains(&(l.protocol, l.port.get())),
+            &|l: &Lease, heard| {
+                let pool = l.pool.as_deref().and_then(|p| policy.pool(p));
+                reclaim_decision(&l.view(), heard, pool, now)
+            },
+            dry_run,
+        )
+        .await?;
     drop(store);
     if !dry_run {
         let retired: Vec<Lease> = done
@@ -411,10 +426,10 @@ pub fn reclaim(
 }
 
 /// `pools`: each pool's occupation.
-pub fn pools(ctx: &Ctx, policy: Option<&Path>, state_dir: &Path) -> anyhow::Result<PoolsDoc> {
+pub async fn pools(ctx: &Ctx, policy: Option<&Path>, state_dir: &Path) -> anyhow::Result<PoolsDoc> {
     let loaded = crate::policy::load_policy(policy)?;
     let sysctls = portwarden_os::sysctl::read_host();
-    let leases = stored_leases(ctx, state_dir)?;
+    let leases = stored_leases(ctx, state_dir).await?;
     let usage = pool_usage(&loaded.policy, &lease_facts(&leases), &sysctls);
     Ok(PoolsDoc {
         api: API_VERSION,

@@ -8,7 +8,7 @@ use anyhow::bail;
 use portwarden_api::API_VERSION;
 use portwarden_api::log::{Broken, Head, HeadDoc, LedgerDoc, PruneDoc, Record, VerifyDoc};
 use portwarden_core::report::utc;
-use portwarden_store::{Entry, SqliteStore, Store, StoreError};
+use portwarden_store::{Entry, Journal, SqliteStore, StoreError};
 
 use crate::Ctx;
 

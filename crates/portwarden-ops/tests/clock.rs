@@ -56,10 +56,11 @@ async fn an_expired_lease_is_a_finding_until_reclaim_retires_it() {
     let a = lease::alloc(&ctx, p, &state, &req(Duration::from_secs(60)), &mut |_| {
         Ok(())
     })
+    .await
     .unwrap();
     assert_eq!(a.leases.len(), 1);
     assert_eq!(a.leases[0].expires_at, 1_800_000_060);
-    let listed = lease::list(&ctx, &state).unwrap();
+    let listed = lease::list(&ctx, &state).await.unwrap();
     assert_eq!(listed.now, 1_800_000_000);
 
     let check = |ctx: &Ctx| {
@@ -76,6 +77,7 @@ async fn an_expired_lease_is_a_finding_until_reclaim_retires_it() {
     assert!(!finding_ids(&check(&ctx).await).contains(&"expired-lease".to_string()));
     assert!(
         lease::reclaim(&ctx, p, &state, true)
+            .await
             .unwrap()
             .reclaimed
             .is_empty()
@@ -85,7 +87,7 @@ async fn an_expired_lease_is_a_finding_until_reclaim_retires_it() {
     clock.advance(61);
     let ids = finding_ids(&check(&ctx).await);
     assert!(ids.contains(&"expired-lease".to_string()), "{ids:?}");
-    let dry = lease::reclaim(&ctx, p, &state, true).unwrap();
+    let dry = lease::reclaim(&ctx, p, &state, true).await.unwrap();
     assert_eq!(dry.reclaimed.len(), 1);
     assert_eq!(
         (
@@ -95,13 +97,13 @@ async fn an_expired_lease_is_a_finding_until_reclaim_retires_it() {
         ("retire", "expired")
     );
     assert_eq!(
-        lease::list(&ctx, &state).unwrap().leases.len(),
+        lease::list(&ctx, &state).await.unwrap().leases.len(),
         1,
         "a dry run changes nothing"
     );
-    let done = lease::reclaim(&ctx, p, &state, false).unwrap();
+    let done = lease::reclaim(&ctx, p, &state, false).await.unwrap();
     assert_eq!(done.reclaimed.len(), 1);
-    assert!(lease::list(&ctx, &state).unwrap().leases.is_empty());
+    assert!(lease::list(&ctx, &state).await.unwrap().leases.is_empty());
     assert!(!finding_ids(&check(&ctx).await).contains(&"expired-lease".to_string()));
 
     // The ledger's times are the clock's.
@@ -114,8 +116,8 @@ async fn an_expired_lease_is_a_finding_until_reclaim_retires_it() {
     assert_eq!(log.records.last().unwrap().ts, 1_800_000_061);
 }
 
-#[test]
-fn a_renewal_counts_from_the_clock_and_is_capped_by_the_pool() {
+#[tokio::test]
+async fn a_renewal_counts_from_the_clock_and_is_capped_by_the_pool() {
     let dir = portwarden_testkit::tempdir("ops-renew");
     let policy = dir.join("p.toml");
     std::fs::write(&policy, POLICY).unwrap();
@@ -127,10 +129,13 @@ fn a_renewal_counts_from_the_clock_and_is_capped_by_the_pool() {
     let a = lease::alloc(&ctx, p, &state, &req(Duration::from_secs(600)), &mut |_| {
         Ok(())
     })
+    .await
     .unwrap();
     let id = a.leases[0].id;
     clock.advance(300);
-    let r = lease::renew(&ctx, p, &state, id, None, "alice").unwrap();
+    let r = lease::renew(&ctx, p, &state, id, None, "alice")
+        .await
+        .unwrap();
     assert_eq!(
         r.lease.expires_at,
         1_800_000_300 + 3600,
@@ -144,9 +149,28 @@ fn a_renewal_counts_from_the_clock_and_is_capped_by_the_pool() {
         Some(Duration::from_secs(7200)),
         "alice",
     )
+    .await
     .unwrap_err()
     .to_string();
     assert!(e.contains("at most 1h"), "{e}");
-    let e = lease::renew(&ctx, p, &state, id, None, "mallory").unwrap_err();
+    let e = lease::renew(&ctx, p, &state, id, None, "mallory")
+        .await
+        .unwrap_err();
     assert!(format!("{e:#}").contains("not `mallory`"), "{e:#}");
+}
+
+/// The daemon runs the lease use-cases on a multi-threaded runtime: their futures are Send.
+#[test]
+fn lease_futures_are_send() {
+    fn send<T: Send>(_: T) {}
+    let ctx = Ctx::quiet(&NEVER);
+    let dir = std::path::Path::new("/nonexistent");
+    let r = req(Duration::from_secs(1));
+    let mut heard = |_: &portwarden_api::lease::Lease| Ok(());
+    send(lease::alloc(&ctx, None, dir, &r, &mut heard));
+    send(lease::renew(&ctx, None, dir, 1, None, "a"));
+    send(lease::release(&ctx, dir, 1, "a"));
+    send(lease::list(&ctx, dir));
+    send(lease::reclaim(&ctx, None, dir, true));
+    send(lease::pools(&ctx, None, dir));
 }

@@ -1,6 +1,7 @@
-//! The `Store` trait and its implementations: SQLite (the embedded default) and, later,
-//! etcd (feature `etcd`). Leases, the hash-chained ledger and (later) firewall
-//! transactions. Knows no policy rules: callers pass decisions in as closures.
+//! The stores, in two traits: [`LeaseStore`] (async, optimistic: what a fleet shares;
+//! SQLite now, etcd with the fleet) and [`Journal`] (host-local: the hash-chained ledger,
+//! port identities, firewall transactions and grants). [`SqliteStore`] is the embedded
+//! default of both. Knows no policy rules: callers pass decisions in as closures.
 #![deny(missing_docs)]
 
 pub mod anchor;
@@ -284,8 +285,9 @@ pub struct GrantRecord {
     pub actor: String,
 }
 
-/// Where leases and the ledger live.
-pub trait Store {
+/// What stays on this host whatever stores the leases: the hash-chained ledger, the
+/// identities of managed ports, firewall transactions and grants. Synchronous: SQLite.
+pub trait Journal {
     /// Records a firewall apply (pending when it has a deadline); refuses while another is
     /// pending.
     fn fw_begin(
@@ -350,49 +352,6 @@ pub trait Store {
         actor: &str,
     ) -> Result<Vec<(Identity, Identity)>, StoreError>;
 
-    /// Creates a lease chosen by `decide`, which may probe existing leases; the lease and
-    /// its ledger record are written in one transaction, or nothing is.
-    fn allocate(
-        &mut self,
-        now: i64,
-        actor: &str,
-        decide: &mut dyn FnMut(&mut dyn LeaseProbe) -> Result<NewLease, AllocError>,
-    ) -> Result<Lease, StoreError>;
-
-    /// Every lease, by port.
-    fn leases(&self) -> Result<Vec<Lease>, StoreError>;
-
-    /// Extends a lease the caller owns.
-    fn renew(
-        &mut self,
-        id: i64,
-        caller: &str,
-        expires_at: i64,
-        now: i64,
-        actor: &str,
-    ) -> Result<Lease, StoreError>;
-
-    /// Deletes a lease the caller owns.
-    fn release(
-        &mut self,
-        id: i64,
-        caller: &str,
-        now: i64,
-        actor: &str,
-    ) -> Result<Lease, StoreError>;
-
-    /// Records one inventory observation per lease (`listening` says whether its port has
-    /// a listener), then applies what `decide` returns for each observed lease, in one
-    /// transaction. With `dry_run` nothing is written.
-    fn reclaim(
-        &mut self,
-        now: i64,
-        actor: &str,
-        listening: &dyn Fn(&Lease) -> bool,
-        decide: &dyn Fn(&Lease, bool) -> Option<ReclaimAction>,
-        dry_run: bool,
-    ) -> Result<Vec<Reclaimed>, StoreError>;
-
     /// Appends a record to the ledger (for changes made elsewhere: firewall, policy).
     fn record(&mut self, now: i64, change: Change) -> Result<Entry, StoreError>;
 
@@ -407,7 +366,7 @@ pub trait Store {
         expect: Option<(i64, &str)>,
     ) -> Result<Verification, StoreError>;
 
-    /// [`Store::verify_ledger_expecting`] without an exported head.
+    /// [`Journal::verify_ledger_expecting`] without an exported head.
     fn verify_ledger(&self) -> Result<Verification, StoreError> {
         self.verify_ledger_expecting(None)
     }
@@ -422,6 +381,133 @@ pub trait Store {
     /// Only the leading run of records older than `cutoff` goes: the first record at or
     /// after it ends the cut, whatever older timestamps follow.
     fn prune_ledger(&mut self, cutoff: i64, now: i64, actor: &str) -> Result<i64, StoreError>;
+}
+
+/// Leases: what a fleet shares (SQLite on one host, [`SqliteLeases`]; etcd across many).
+///
+/// Async, and optimistic: `allocate` may call `decide` more than once. It reads the
+/// leased set, lets `decide` pick through the [`LeaseProbe`], and commits only if no one
+/// claimed the port meanwhile; on a conflict it asks again. `decide` must therefore only
+/// decide (its side effects may repeat). Each operation writes its ledger record with it,
+/// or nothing.
+#[async_trait::async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Creates a lease chosen by `decide`; the lease and its ledger record are written
+    /// together, or nothing is.
+    async fn allocate(
+        &self,
+        now: i64,
+        actor: &str,
+        decide: &mut (
+                 dyn for<'p> FnMut(&'p mut dyn LeaseProbe) -> Result<NewLease, AllocError> + Send
+             ),
+    ) -> Result<Lease, StoreError>;
+
+    /// Every lease, by port.
+    async fn leases(&self) -> Result<Vec<Lease>, StoreError>;
+
+    /// Extends a lease the caller (its owner label) holds.
+    async fn renew(
+        &self,
+        id: i64,
+        caller: &str,
+        expires_at: i64,
+        now: i64,
+        actor: &str,
+    ) -> Result<Lease, StoreError>;
+
+    /// Deletes a lease the caller holds.
+    async fn release(
+        &self,
+        id: i64,
+        caller: &str,
+        now: i64,
+        actor: &str,
+    ) -> Result<Lease, StoreError>;
+
+    /// Records one inventory observation per lease (`listening` says whether its port has
+    /// a listener), then applies what `decide` returns for each, together. With `dry_run`
+    /// nothing is written.
+    async fn reclaim(
+        &self,
+        now: i64,
+        actor: &str,
+        listening: &(dyn for<'l> Fn(&'l Lease) -> bool + Sync),
+        decide: &(dyn for<'l> Fn(&'l Lease, bool) -> Option<ReclaimAction> + Sync),
+        dry_run: bool,
+    ) -> Result<Vec<Reclaimed>, StoreError>;
+}
+
+/// The embedded store's leases as a [`LeaseStore`]. SQLite decides inside one immediate
+/// transaction, so `decide` runs once; the calls are short and block the calling thread
+/// (a daemon runs them on a blocking thread).
+pub struct SqliteLeases(std::sync::Mutex<SqliteStore>);
+
+impl SqliteLeases {
+    /// Wraps an open store.
+    pub fn new(store: SqliteStore) -> SqliteLeases {
+        SqliteLeases(std::sync::Mutex::new(store))
+    }
+
+    /// The store back.
+    pub fn into_inner(self) -> SqliteStore {
+        self.0.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SqliteStore> {
+        // A panic while holding it left no half-done transaction (SQLite rolled back).
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait::async_trait]
+impl LeaseStore for SqliteLeases {
+    async fn allocate(
+        &self,
+        now: i64,
+        actor: &str,
+        decide: &mut (
+                 dyn for<'p> FnMut(&'p mut dyn LeaseProbe) -> Result<NewLease, AllocError> + Send
+             ),
+    ) -> Result<Lease, StoreError> {
+        self.lock().allocate(now, actor, decide)
+    }
+
+    async fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        self.lock().leases()
+    }
+
+    async fn renew(
+        &self,
+        id: i64,
+        caller: &str,
+        expires_at: i64,
+        now: i64,
+        actor: &str,
+    ) -> Result<Lease, StoreError> {
+        self.lock().renew(id, caller, expires_at, now, actor)
+    }
+
+    async fn release(
+        &self,
+        id: i64,
+        caller: &str,
+        now: i64,
+        actor: &str,
+    ) -> Result<Lease, StoreError> {
+        self.lock().release(id, caller, now, actor)
+    }
+
+    async fn reclaim(
+        &self,
+        now: i64,
+        actor: &str,
+        listening: &(dyn for<'l> Fn(&'l Lease) -> bool + Sync),
+        decide: &(dyn for<'l> Fn(&'l Lease, bool) -> Option<ReclaimAction> + Sync),
+        dry_run: bool,
+    ) -> Result<Vec<Reclaimed>, StoreError> {
+        self.lock().reclaim(now, actor, listening, decide, dry_run)
+    }
 }
 
 /// Where the embedded store lives when `--state-dir` is not given: `/var/lib/portwarden`

@@ -13,7 +13,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 use crate::anchor::{Anchor, Head};
 use crate::ledger::{self, CHECKPOINT, Change, Checkpoint, Entry, GENESIS, Verification};
 use crate::{
-    FwState, FwTxn, GrantRecord, Identity, Lease, LeaseProbe, NewLease, Reclaimed, Store,
+    FwState, FwTxn, GrantRecord, Identity, Journal, Lease, LeaseProbe, NewLease, Reclaimed,
     StoreError,
 };
 
@@ -1525,7 +1525,286 @@ fn tolerant_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Entry, (i64,
     Ok(build())
 }
 
-impl Store for SqliteStore {
+/// Leases: the synchronous calls behind [`crate::SqliteLeases`]'s [`crate::LeaseStore`].
+impl SqliteStore {
+    /// [`crate::LeaseStore::allocate`]: `decide` runs once, inside an immediate transaction.
+    pub fn allocate(
+        &mut self,
+        now: i64,
+        actor: &str,
+        decide: &mut dyn FnMut(&mut dyn LeaseProbe) -> Result<NewLease, AllocError>,
+    ) -> Result<Lease, StoreError> {
+        let scope = self.scope.clone();
+        self.writable()?;
+        let tx = immediate(&mut self.conn)?;
+        let new = {
+            let mut probe = Probe {
+                stmt: tx
+                    .prepare_cached(
+                        "SELECT 1 FROM leases WHERE scope = ?1 AND protocol = ?2 AND port = ?3",
+                    )
+                    .map_err(backend)?,
+                scope: &scope,
+                error: None,
+            };
+            let decided = decide(&mut probe);
+            if let Some(e) = probe.error {
+                return Err(backend(e));
+            }
+            decided?
+        };
+        let id: i64 = tx
+            .prepare_cached(
+                "INSERT INTO leases (scope, protocol, port, service, pool, owner, process, state, \
+                 created_at, expires_at, missed, ttl_max) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'planned', ?8, ?9, 0, ?10) \
+                 RETURNING id",
+            )
+            .map_err(backend)?
+            .query_row(
+                params![
+                    new.scope,
+                    new.protocol.as_str(),
+                    new.port.get(),
+                    new.service,
+                    new.pool,
+                    new.owner,
+                    new.process,
+                    now,
+                    new.expires_at,
+                    new.ttl_max
+                ],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        let lease = Lease {
+            id,
+            scope: new.scope,
+            protocol: new.protocol,
+            port: new.port,
+            service: new.service,
+            pool: new.pool,
+            owner: new.owner,
+            process: new.process,
+            state: LeaseState::Planned,
+            created_at: now,
+            expires_at: new.expires_at,
+            last_seen_listening: None,
+            missed: 0,
+            ttl_max: new.ttl_max,
+            mac: None,
+        };
+        let e = append(
+            &tx,
+            now,
+            lease_change(actor, "lease.alloc", &lease, None, json(&lease), None),
+        )
+        .map_err(backend)?;
+        // Bound to the record that made it.
+        let lease = Lease {
+            mac: self.key.as_ref().map(|k| lease_mac(k, e.seq, &lease)),
+            ..lease
+        };
+        // One statement for both: this is the allocation hot path.
+        tx.prepare_cached("UPDATE leases SET mac = ?2, ledger_seq = ?3 WHERE id = ?1")
+            .map_err(backend)?
+            .execute(params![id, lease.mac, e.seq])
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        self.committed()?;
+        Ok(lease)
+    }
+
+    /// [`crate::LeaseStore::leases`].
+    pub fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {LEASE_COLS} FROM leases ORDER BY scope, port, protocol"
+            ))
+            .map_err(backend)?;
+        let rows = st.query_map([], lease_row).map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    /// [`crate::LeaseStore::renew`].
+    pub fn renew(
+        &mut self,
+        id: i64,
+        caller: &str,
+        expires_at: i64,
+        now: i64,
+        actor: &str,
+    ) -> Result<Lease, StoreError> {
+        self.writable()?;
+        let tx = immediate(&mut self.conn)?;
+        let before = owned_lease(&tx, id, caller)?;
+        tx.execute(
+            "UPDATE leases SET expires_at = ?2 WHERE id = ?1",
+            params![id, expires_at],
+        )
+        .map_err(backend)?;
+        let after = Lease {
+            expires_at,
+            ..before.clone()
+        };
+        let e = append(
+            &tx,
+            now,
+            lease_change(
+                actor,
+                "lease.renew",
+                &after,
+                json(&before),
+                json(&after),
+                None,
+            ),
+        )
+        .map_err(backend)?;
+        set_lease_seq(&tx, id, e.seq)?;
+        tx.commit().map_err(backend)?;
+        self.committed()?;
+        Ok(after)
+    }
+
+    /// [`crate::LeaseStore::release`].
+    pub fn release(
+        &mut self,
+        id: i64,
+        caller: &str,
+        now: i64,
+        actor: &str,
+    ) -> Result<Lease, StoreError> {
+        self.writable()?;
+        let tx = immediate(&mut self.conn)?;
+        let before = owned_lease(&tx, id, caller)?;
+        tx.execute("DELETE FROM leases WHERE id = ?1", [id])
+            .map_err(backend)?;
+        append(
+            &tx,
+            now,
+            lease_change(actor, "lease.release", &before, json(&before), None, None),
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        self.committed()?;
+        Ok(before)
+    }
+
+    /// [`crate::LeaseStore::reclaim`].
+    pub fn reclaim(
+        &mut self,
+        now: i64,
+        actor: &str,
+        listening: &dyn Fn(&Lease) -> bool,
+        decide: &dyn Fn(&Lease, bool) -> Option<ReclaimAction>,
+        dry_run: bool,
+    ) -> Result<Vec<Reclaimed>, StoreError> {
+        self.writable()?;
+        let tx = immediate(&mut self.conn)?;
+        let leases: Vec<Lease> = {
+            let mut st = tx
+                .prepare(&format!("SELECT {LEASE_COLS} FROM leases ORDER BY id"))
+                .map_err(backend)?;
+            let rows = st.query_map([], lease_row).map_err(backend)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(backend)?
+        };
+        let mut out = Vec::new();
+        for l in leases {
+            let heard = listening(&l);
+            let v = portwarden_core::alloc::observe(&l.view(), heard, now);
+            let observed = Lease {
+                state: v.state,
+                last_seen_listening: v.last_seen_listening,
+                missed: v.missed,
+                ..l.clone()
+            };
+            tx.execute(
+                "UPDATE leases SET state = ?2, last_seen_listening = ?3, missed = ?4 WHERE id = ?1",
+                params![
+                    l.id,
+                    observed.state.as_str(),
+                    observed.last_seen_listening,
+                    observed.missed
+                ],
+            )
+            .map_err(backend)?;
+            if observed.state != l.state {
+                let e = append(
+                    &tx,
+                    now,
+                    lease_change(
+                        actor,
+                        "lease.active",
+                        &l,
+                        json(&l),
+                        json(&observed),
+                        Some("listener seen".into()),
+                    ),
+                )
+                .map_err(backend)?;
+                set_lease_seq(&tx, l.id, e.seq)?;
+            }
+            let Some(action) = decide(&observed, heard) else {
+                continue;
+            };
+            match action {
+                ReclaimAction::Retire(reason) => {
+                    tx.execute("DELETE FROM leases WHERE id = ?1", [l.id])
+                        .map_err(backend)?;
+                    append(
+                        &tx,
+                        now,
+                        lease_change(
+                            actor,
+                            "lease.reclaim",
+                            &l,
+                            json(&observed),
+                            None,
+                            json(&reason).map(|s| s.trim_matches('"').to_string()),
+                        ),
+                    )
+                    .map_err(backend)?;
+                }
+                ReclaimAction::Drain => {
+                    tx.execute("UPDATE leases SET state = 'draining' WHERE id = ?1", [l.id])
+                        .map_err(backend)?;
+                    let after = Lease {
+                        state: LeaseState::Draining,
+                        ..observed.clone()
+                    };
+                    let e = append(
+                        &tx,
+                        now,
+                        lease_change(
+                            actor,
+                            "lease.drain",
+                            &l,
+                            json(&observed),
+                            json(&after),
+                            Some("expired while still listened on".into()),
+                        ),
+                    )
+                    .map_err(backend)?;
+                    set_lease_seq(&tx, l.id, e.seq)?;
+                }
+            }
+            out.push(Reclaimed {
+                lease: observed,
+                action,
+            });
+        }
+        if dry_run {
+            tx.rollback().map_err(backend)?;
+        } else {
+            tx.commit().map_err(backend)?;
+            self.committed()?;
+        }
+        Ok(out)
+    }
+}
+
+impl Journal for SqliteStore {
     fn fw_begin(
         &mut self,
         now: i64,
@@ -1982,277 +2261,6 @@ impl Store for SqliteStore {
         tx.commit().map_err(backend)?;
         self.committed()?;
         Ok(changed)
-    }
-
-    fn allocate(
-        &mut self,
-        now: i64,
-        actor: &str,
-        decide: &mut dyn FnMut(&mut dyn LeaseProbe) -> Result<NewLease, AllocError>,
-    ) -> Result<Lease, StoreError> {
-        let scope = self.scope.clone();
-        self.writable()?;
-        let tx = immediate(&mut self.conn)?;
-        let new = {
-            let mut probe = Probe {
-                stmt: tx
-                    .prepare_cached(
-                        "SELECT 1 FROM leases WHERE scope = ?1 AND protocol = ?2 AND port = ?3",
-                    )
-                    .map_err(backend)?,
-                scope: &scope,
-                error: None,
-            };
-            let decided = decide(&mut probe);
-            if let Some(e) = probe.error {
-                return Err(backend(e));
-            }
-            decided?
-        };
-        let id: i64 = tx
-            .prepare_cached(
-                "INSERT INTO leases (scope, protocol, port, service, pool, owner, process, state, \
-                 created_at, expires_at, missed, ttl_max) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'planned', ?8, ?9, 0, ?10) \
-                 RETURNING id",
-            )
-            .map_err(backend)?
-            .query_row(
-                params![
-                    new.scope,
-                    new.protocol.as_str(),
-                    new.port.get(),
-                    new.service,
-                    new.pool,
-                    new.owner,
-                    new.process,
-                    now,
-                    new.expires_at,
-                    new.ttl_max
-                ],
-                |r| r.get(0),
-            )
-            .map_err(backend)?;
-        let lease = Lease {
-            id,
-            scope: new.scope,
-            protocol: new.protocol,
-            port: new.port,
-            service: new.service,
-            pool: new.pool,
-            owner: new.owner,
-            process: new.process,
-            state: LeaseState::Planned,
-            created_at: now,
-            expires_at: new.expires_at,
-            last_seen_listening: None,
-            missed: 0,
-            ttl_max: new.ttl_max,
-            mac: None,
-        };
-        let e = append(
-            &tx,
-            now,
-            lease_change(actor, "lease.alloc", &lease, None, json(&lease), None),
-        )
-        .map_err(backend)?;
-        // Bound to the record that made it.
-        let lease = Lease {
-            mac: self.key.as_ref().map(|k| lease_mac(k, e.seq, &lease)),
-            ..lease
-        };
-        // One statement for both: this is the allocation hot path.
-        tx.prepare_cached("UPDATE leases SET mac = ?2, ledger_seq = ?3 WHERE id = ?1")
-            .map_err(backend)?
-            .execute(params![id, lease.mac, e.seq])
-            .map_err(backend)?;
-        tx.commit().map_err(backend)?;
-        self.committed()?;
-        Ok(lease)
-    }
-
-    fn leases(&self) -> Result<Vec<Lease>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare(&format!(
-                "SELECT {LEASE_COLS} FROM leases ORDER BY scope, port, protocol"
-            ))
-            .map_err(backend)?;
-        let rows = st.query_map([], lease_row).map_err(backend)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
-    }
-
-    fn renew(
-        &mut self,
-        id: i64,
-        caller: &str,
-        expires_at: i64,
-        now: i64,
-        actor: &str,
-    ) -> Result<Lease, StoreError> {
-        self.writable()?;
-        let tx = immediate(&mut self.conn)?;
-        let before = owned_lease(&tx, id, caller)?;
-        tx.execute(
-            "UPDATE leases SET expires_at = ?2 WHERE id = ?1",
-            params![id, expires_at],
-        )
-        .map_err(backend)?;
-        let after = Lease {
-            expires_at,
-            ..before.clone()
-        };
-        let e = append(
-            &tx,
-            now,
-            lease_change(
-                actor,
-                "lease.renew",
-                &after,
-                json(&before),
-                json(&after),
-                None,
-            ),
-        )
-        .map_err(backend)?;
-        set_lease_seq(&tx, id, e.seq)?;
-        tx.commit().map_err(backend)?;
-        self.committed()?;
-        Ok(after)
-    }
-
-    fn release(
-        &mut self,
-        id: i64,
-        caller: &str,
-        now: i64,
-        actor: &str,
-    ) -> Result<Lease, StoreError> {
-        self.writable()?;
-        let tx = immediate(&mut self.conn)?;
-        let before = owned_lease(&tx, id, caller)?;
-        tx.execute("DELETE FROM leases WHERE id = ?1", [id])
-            .map_err(backend)?;
-        append(
-            &tx,
-            now,
-            lease_change(actor, "lease.release", &before, json(&before), None, None),
-        )
-        .map_err(backend)?;
-        tx.commit().map_err(backend)?;
-        self.committed()?;
-        Ok(before)
-    }
-
-    fn reclaim(
-        &mut self,
-        now: i64,
-        actor: &str,
-        listening: &dyn Fn(&Lease) -> bool,
-        decide: &dyn Fn(&Lease, bool) -> Option<ReclaimAction>,
-        dry_run: bool,
-    ) -> Result<Vec<Reclaimed>, StoreError> {
-        self.writable()?;
-        let tx = immediate(&mut self.conn)?;
-        let leases: Vec<Lease> = {
-            let mut st = tx
-                .prepare(&format!("SELECT {LEASE_COLS} FROM leases ORDER BY id"))
-                .map_err(backend)?;
-            let rows = st.query_map([], lease_row).map_err(backend)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(backend)?
-        };
-        let mut out = Vec::new();
-        for l in leases {
-            let heard = listening(&l);
-            let v = portwarden_core::alloc::observe(&l.view(), heard, now);
-            let observed = Lease {
-                state: v.state,
-                last_seen_listening: v.last_seen_listening,
-                missed: v.missed,
-                ..l.clone()
-            };
-            tx.execute(
-                "UPDATE leases SET state = ?2, last_seen_listening = ?3, missed = ?4 WHERE id = ?1",
-                params![
-                    l.id,
-                    observed.state.as_str(),
-                    observed.last_seen_listening,
-                    observed.missed
-                ],
-            )
-            .map_err(backend)?;
-            if observed.state != l.state {
-                let e = append(
-                    &tx,
-                    now,
-                    lease_change(
-                        actor,
-                        "lease.active",
-                        &l,
-                        json(&l),
-                        json(&observed),
-                        Some("listener seen".into()),
-                    ),
-                )
-                .map_err(backend)?;
-                set_lease_seq(&tx, l.id, e.seq)?;
-            }
-            let Some(action) = decide(&observed, heard) else {
-                continue;
-            };
-            match action {
-                ReclaimAction::Retire(reason) => {
-                    tx.execute("DELETE FROM leases WHERE id = ?1", [l.id])
-                        .map_err(backend)?;
-                    append(
-                        &tx,
-                        now,
-                        lease_change(
-                            actor,
-                            "lease.reclaim",
-                            &l,
-                            json(&observed),
-                            None,
-                            json(&reason).map(|s| s.trim_matches('"').to_string()),
-                        ),
-                    )
-                    .map_err(backend)?;
-                }
-                ReclaimAction::Drain => {
-                    tx.execute("UPDATE leases SET state = 'draining' WHERE id = ?1", [l.id])
-                        .map_err(backend)?;
-                    let after = Lease {
-                        state: LeaseState::Draining,
-                        ..observed.clone()
-                    };
-                    let e = append(
-                        &tx,
-                        now,
-                        lease_change(
-                            actor,
-                            "lease.drain",
-                            &l,
-                            json(&observed),
-                            json(&after),
-                            Some("expired while still listened on".into()),
-                        ),
-                    )
-                    .map_err(backend)?;
-                    set_lease_seq(&tx, l.id, e.seq)?;
-                }
-            }
-            out.push(Reclaimed {
-                lease: observed,
-                action,
-            });
-        }
-        if dry_run {
-            tx.rollback().map_err(backend)?;
-        } else {
-            tx.commit().map_err(backend)?;
-            self.committed()?;
-        }
-        Ok(out)
     }
 
     fn record(&mut self, now: i64, change: Change) -> Result<Entry, StoreError> {

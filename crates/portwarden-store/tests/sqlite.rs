@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use portwarden_core::alloc::{AllocError, ReclaimAction, ReclaimReason};
 use portwarden_core::{Port, Protocol};
-use portwarden_store::{NewLease, SqliteStore, Store, StoreError};
+use portwarden_store::{Journal, NewLease, SqliteStore, StoreError};
 use proptest::prelude::*;
 
 use portwarden_testkit::tempdir;

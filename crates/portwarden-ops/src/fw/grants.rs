@@ -14,7 +14,7 @@ use portwarden_core::units::HumanDuration;
 use portwarden_core::{Port, PortProto, Protocol};
 use portwarden_nft::Grant;
 use portwarden_os::nft;
-use portwarden_store::{GrantRecord, Store};
+use portwarden_store::{GrantRecord, Journal};
 
 use super::GRANT_MAX;
 use crate::Ctx;

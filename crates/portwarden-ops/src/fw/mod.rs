@@ -18,7 +18,7 @@ use portwarden_core::Protocol;
 use portwarden_core::report::utc;
 use portwarden_core::units::HumanDuration;
 use portwarden_nft::{Grant, LeasedPort, Options};
-use portwarden_store::{Change, FwState, FwTxn, SqliteStore, Store, StoreError};
+use portwarden_store::{Change, FwState, FwTxn, Journal, SqliteStore, StoreError};
 
 pub use backend::{Firewall, IPT_MARK, Iptables, Nft, nft_installed, of_ruleset};
 

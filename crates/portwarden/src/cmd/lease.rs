@@ -30,7 +30,7 @@ pub fn alloc(g: &Global, a: &AllocArgs) -> anyhow::Result<Status> {
         _ if std::mem::take(&mut first) => out.text(&(alloc_header() + &alloc_row(l))),
         _ => out.text(&alloc_row(l)),
     };
-    let d = lease::alloc(&s.ctx, s.policy(), &s.dir, &req, &mut row)?;
+    let d = super::block_on(lease::alloc(&s.ctx, s.policy(), &s.dir, &req, &mut row))?;
     if g.json {
         out.doc(&d)?;
     }
@@ -44,26 +44,27 @@ pub fn alloc(g: &Global, a: &AllocArgs) -> anyhow::Result<Status> {
 pub fn renew(g: &Global, a: &RenewArgs) -> anyhow::Result<Status> {
     let (s, owner) = (super::site(g), a.owner.clone().unwrap_or_else(user));
     let ttl = a.ttl.map(|t| t.get());
-    let d = lease::renew(&s.ctx, s.policy(), &s.dir, a.id, ttl, &owner)?;
+    let d = super::block_on(lease::renew(&s.ctx, s.policy(), &s.dir, a.id, ttl, &owner))?;
     Printer::stdout(g).doc(&d)?;
     Ok(Status::Ok)
 }
 
 pub fn release(g: &Global, a: &ReleaseArgs) -> anyhow::Result<Status> {
     let (s, owner) = (super::site(g), a.owner.clone().unwrap_or_else(user));
-    Printer::stdout(g).doc(&lease::release(&s.ctx, &s.dir, a.id, &owner)?)?;
+    let d = super::block_on(lease::release(&s.ctx, &s.dir, a.id, &owner))?;
+    Printer::stdout(g).doc(&d)?;
     Ok(Status::Ok)
 }
 
 pub fn list(g: &Global) -> anyhow::Result<Status> {
     let s = super::site(g);
-    Printer::stdout(g).doc(&lease::list(&s.ctx, &s.dir)?)?;
+    Printer::stdout(g).doc(&super::block_on(lease::list(&s.ctx, &s.dir))?)?;
     Ok(Status::Ok)
 }
 
 pub fn reclaim(g: &Global, a: &ReclaimArgs) -> anyhow::Result<Status> {
     let s = super::site(g);
-    let d = lease::reclaim(&s.ctx, s.policy(), &s.dir, a.dry_run)?;
+    let d = super::block_on(lease::reclaim(&s.ctx, s.policy(), &s.dir, a.dry_run))?;
     Printer::stdout(g).doc(&d)?;
     Ok(Status::Ok)
 }
@@ -71,7 +72,7 @@ pub fn reclaim(g: &Global, a: &ReclaimArgs) -> anyhow::Result<Status> {
 pub fn pools(g: &Global, a: &PoolsArgs) -> anyhow::Result<Status> {
     let (s, out) = (super::site(g), Printer::stdout(g));
     match &a.command {
-        None => out.doc(&lease::pools(&s.ctx, s.policy(), &s.dir)?)?,
+        None => out.doc(&super::block_on(lease::pools(&s.ctx, s.policy(), &s.dir))?)?,
         Some(PoolsCommand::Reserve { dry_run }) => {
             out.doc(&lease::reserve(&s.ctx, s.policy(), &s.dir, *dry_run)?)?
         }

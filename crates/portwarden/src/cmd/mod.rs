@@ -121,6 +121,16 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the runtime")
 }
 
+/// Runs a use-case that does no network I/O (the store, the socket table) to completion
+/// on a single-threaded runtime.
+pub fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?
+        .block_on(f)
+}
+
 /// The state directory: `--state-dir`, or the default for this user.
 pub fn state_dir(g: &crate::cli::Global) -> std::path::PathBuf {
     if let Some(d) = &g.state_dir {

@@ -3,7 +3,7 @@
 //! [`Render`], and `-q` its [`Render::quiet`] form. Generic over the writer, so every
 //! renderer is tested into a `Vec<u8>`.
 
-use std::cell::RefCell;
+use std::sync::Mutex;
 use std::io::{self, Write};
 
 use serde::Serialize;
@@ -33,7 +33,7 @@ pub trait Render {
 pub struct Printer<W: Write> {
     mode: Mode,
     verbose: u8,
-    w: RefCell<W>,
+    w: Mutex<W>,
 }
 
 impl Printer<io::Stdout> {
@@ -56,7 +56,7 @@ impl<W: Write> Printer<W> {
         Printer {
             mode,
             verbose,
-            w: RefCell::new(w),
+            w: Mutex::new(w),
         }
     }
 
@@ -76,7 +76,7 @@ impl<W: Write> Printer<W> {
 
     /// Writes a value as pretty JSON and a newline.
     pub fn json_value<T: Serialize + ?Sized>(&self, v: &T) -> io::Result<()> {
-        let mut w = self.w.borrow_mut();
+        let mut w = self.lock();
         serde_json::to_writer_pretty(&mut *w, v).map_err(io::Error::from)?;
         writeln!(w)?;
         w.flush()
@@ -84,7 +84,7 @@ impl<W: Write> Printer<W> {
 
     /// Writes one compact JSON object per line (a stream for log shippers: no envelope).
     pub fn jsonl<T: Serialize>(&self, items: &[T]) -> io::Result<()> {
-        let mut w = self.w.borrow_mut();
+        let mut w = self.lock();
         let mut b = io::BufWriter::new(&mut *w);
         for i in items {
             serde_json::to_writer(&mut b, i).map_err(io::Error::from)?;
@@ -98,7 +98,7 @@ impl<W: Write> Printer<W> {
         if s.is_empty() {
             return Ok(());
         }
-        let mut w = self.w.borrow_mut();
+        let mut w = self.lock();
         w.write_all(super::clean(s, true).as_bytes())?;
         w.flush()
     }
@@ -106,7 +106,12 @@ impl<W: Write> Printer<W> {
     /// The writer, back (tests read what was written).
     #[cfg(test)]
     pub fn into_inner(self) -> W {
-        self.w.into_inner()
+        self.w.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, W> {
+        // A panic mid-write leaves nothing a later write could make worse.
+        self.w.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
