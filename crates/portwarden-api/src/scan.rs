@@ -23,6 +23,9 @@ pub struct ScannedPort {
     /// Certificate expiry (UTC), where TLS was found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_expires: Option<String>,
+    /// The certificate's subject alternative names (DNS names, IP addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cert_names: Vec<String>,
     /// Product, version and extra information, where what the service said names them
     /// (nmap's `product`, `version`, `extrainfo`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

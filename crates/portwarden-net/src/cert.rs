@@ -1,7 +1,7 @@
 //! The certificate a TLS service presents: a real handshake (TLS 1.3 encrypts the
 //! certificate, so reading the ServerHello is not enough) with verification switched off
-//! — we want to see the certificate, not to trust it — and a minimal DER reader for the
-//! subject and the expiry.
+//! — we want to see the certificate, not to trust it — and the certificate read with
+//! `x509-parser`: subject, issuer, expiry and the subject alternative names.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +26,8 @@ pub struct CertInfo {
     pub issuer: String,
     /// Expiry, unix seconds.
     pub not_after: i64,
+    /// Subject alternative names: DNS names and IP addresses.
+    pub names: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -129,123 +131,46 @@ pub async fn inside_tls(addr: SocketAddr, t: Duration) -> (Option<CertInfo>, Opt
     (cert, http)
 }
 
-/// One DER element: (tag, contents, rest).
-fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let tag = *b.first()?;
-    let first = *b.get(1)?;
-    let (len, hdr) = if first & 0x80 == 0 {
-        (usize::from(first), 2)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for i in 0..n {
-            len = len << 8 | usize::from(*b.get(2 + i)?);
-        }
-        (len, 2 + n)
-    };
-    let end = hdr.checked_add(len)?;
-    Some((tag, b.get(hdr..end)?, b.get(end..)?))
-}
-
-/// Unix seconds from a UTCTime or GeneralizedTime.
-fn time(tag: u8, v: &[u8]) -> Option<i64> {
-    let s = std::str::from_utf8(v).ok()?.trim_end_matches('Z');
-    let (year, rest) = match tag {
-        0x17 => {
-            let yy: i64 = s.get(0..2)?.parse().ok()?;
-            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, s.get(2..)?)
-        }
-        0x18 => (s.get(0..4)?.parse().ok()?, s.get(4..)?),
-        _ => return None,
-    };
-    let n = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
-    let (m, d, hh, mm, ss) = (n(0)?, n(2)?, n(4)?, n(6)?, n(8).unwrap_or(0));
-    // Days from civil (Howard Hinnant).
-    let y = if m <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
-}
-
-/// `CN=…, O=…` from a Name.
-fn name(v: &[u8]) -> String {
-    let mut parts = Vec::new();
-    let mut rest = v;
-    while let Some((_, set, r)) = tlv(rest) {
-        rest = r;
-        let mut inner = set;
-        while let Some((_, atv, r2)) = tlv(inner) {
-            inner = r2;
-            let Some((0x06, oid, after)) = tlv(atv) else {
-                continue;
-            };
-            let Some((_, val, _)) = tlv(after) else {
-                continue;
-            };
-            let key = match oid {
-                [0x55, 0x04, 0x03] => "CN",
-                [0x55, 0x04, 0x0a] => "O",
-                [0x55, 0x04, 0x0b] => "OU",
-                [0x55, 0x04, 0x06] => "C",
-                [0x55, 0x04, 0x07] => "L",
-                [0x55, 0x04, 0x08] => "ST",
-                _ => continue,
-            };
-            parts.push(format!("{key}={}", String::from_utf8_lossy(val)));
-        }
-    }
-    parts.join(", ")
-}
-
-/// Subject, issuer and expiry of an X.509 certificate in DER.
+/// Subject, issuer, expiry and alternative names of an X.509 certificate in DER. Every
+/// ASN.1 string type of a name is read; a value that is none of them shows as hex.
 pub fn parse_certificate(der: &[u8]) -> Option<CertInfo> {
-    let (0x30, cert, _) = tlv(der)? else {
-        return None;
-    };
-    let (0x30, tbs, _) = tlv(cert)? else {
-        return None;
-    };
-    let mut rest = tbs;
-    let (mut tag, _, mut r) = tlv(rest)?;
-    if tag == 0xa0 {
-        rest = r; // explicit version
-        (tag, _, r) = tlv(rest)?;
-    }
-    if tag != 0x02 {
-        return None; // serial number
-    }
-    let (_, _, r) = tlv(r)?; // signature algorithm
-    let (_, issuer, r) = tlv(r)?;
-    let (0x30, validity, r) = tlv(r)? else {
-        return None;
-    };
-    let (_, _, v) = tlv(validity)?; // notBefore
-    let (t2, not_after, _) = tlv(v)?;
-    let (_, subject, _) = tlv(r)?;
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let names = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some((*d).to_string()),
+                    GeneralName::IPAddress(b) => match b.len() {
+                        4 => <[u8; 4]>::try_from(*b)
+                            .ok()
+                            .map(|a| std::net::Ipv4Addr::from(a).to_string()),
+                        16 => <[u8; 16]>::try_from(*b)
+                            .ok()
+                            .map(|a| std::net::Ipv6Addr::from(a).to_string()),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Some(CertInfo {
-        subject: name(subject),
-        issuer: name(issuer),
-        not_after: time(t2, not_after)?,
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        not_after: cert.validity().not_after.timestamp(),
+        names,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_convert() {
-        assert_eq!(time(0x17, b"700101000000Z"), Some(0));
-        assert_eq!(time(0x18, b"20000229000000Z"), Some(951_782_400));
-        assert_eq!(time(0x17, b"261118110640Z"), Some(1_795_000_000));
-        assert_eq!(time(0x05, b""), None);
-    }
 
     #[test]
     fn junk_is_not_a_certificate() {

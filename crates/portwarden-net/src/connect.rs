@@ -73,9 +73,9 @@ fn new_socket(dst: SocketAddr, src: Option<IpAddr>) -> Result<Sock, i32> {
     let s = Sock(fd);
     if let Some(src) = src {
         setsockopt_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1);
-        let (ss, len) = sockaddr(SocketAddr::new(src, 0));
-        // SAFETY: `ss` holds a valid sockaddr of `len` bytes.
-        if unsafe { libc::bind(fd, (&ss as *const libc::sockaddr_storage).cast(), len) } != 0 {
+        let sa = sockaddr(SocketAddr::new(src, 0));
+        // SAFETY: `sa` holds a valid sockaddr of `sa.len()` bytes.
+        if unsafe { libc::bind(fd, sa.as_ptr(), sa.len()) } != 0 {
             return Err(errno());
         }
     }
@@ -83,9 +83,9 @@ fn new_socket(dst: SocketAddr, src: Option<IpAddr>) -> Result<Sock, i32> {
 }
 
 fn connect(fd: libc::c_int, dst: SocketAddr) -> i32 {
-    let (ss, len) = sockaddr(dst);
-    // SAFETY: `ss` holds a valid sockaddr of `len` bytes.
-    let r = unsafe { libc::connect(fd, (&ss as *const libc::sockaddr_storage).cast(), len) };
+    let sa = sockaddr(dst);
+    // SAFETY: `sa` holds a valid sockaddr of `sa.len()` bytes.
+    let r = unsafe { libc::connect(fd, sa.as_ptr(), sa.len()) };
     if r == 0 { 0 } else { errno() }
 }
 
@@ -107,37 +107,19 @@ fn so_error(fd: libc::c_int) -> i32 {
 
 /// Whether a connected socket connected to itself (local address == remote address).
 fn self_connected(fd: libc::c_int, dst: SocketAddr) -> bool {
-    // SAFETY: zeroed sockaddr_storage is valid; getsockname writes at most `len` bytes.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: as above.
-    if unsafe {
-        libc::getsockname(
-            fd,
-            (&mut ss as *mut libc::sockaddr_storage).cast(),
-            &mut len,
-        )
-    } != 0
-    {
-        return false;
-    }
-    sockaddr(dst).0.ss_family == ss.ss_family && {
-        let (want, wl) = sockaddr(dst);
-        // SAFETY: both are valid byte ranges of their stated lengths.
-        let a = unsafe {
-            std::slice::from_raw_parts(
-                (&ss as *const libc::sockaddr_storage).cast::<u8>(),
-                len as usize,
-            )
-        };
-        let b = unsafe {
-            std::slice::from_raw_parts(
-                (&want as *const libc::sockaddr_storage).cast::<u8>(),
-                wl as usize,
-            )
-        };
-        a == b
-    }
+    // SAFETY: getsockname fills at most the storage and length socket2 hands it.
+    let local = unsafe {
+        socket2::SockAddr::try_init(|ss, len| {
+            if libc::getsockname(fd, ss.cast(), len) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    local
+        .ok()
+        .and_then(|(_, a)| a.as_socket())
+        .is_some_and(|a| a.ip() == dst.ip() && a.port() == dst.port())
 }
 
 enum Outcome {

@@ -240,7 +240,6 @@ impl Window {
     }
 }
 
-/// A `sockaddr_storage` for an address, and its length.
 /// Sets an integer socket option (errors ignored: every caller has a fallback).
 pub(crate) fn setsockopt_int(
     fd: libc::c_int,
@@ -260,29 +259,10 @@ pub(crate) fn setsockopt_int(
     }
 }
 
-pub(crate) fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain old data; zero is a valid bit pattern.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match a {
-        SocketAddr::V4(v4) => {
-            // SAFETY: sockaddr_storage is large enough and suitably aligned for sockaddr_in.
-            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = v4.port().to_be();
-            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            // SAFETY: as above, for sockaddr_in6.
-            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = v6.port().to_be();
-            sin6.sin6_addr.s6_addr = v6.ip().octets();
-            sin6.sin6_scope_id = v6.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
+/// The kernel's form of an address (`SockAddr::as_ptr`, `len` for bind, connect,
+/// sendto).
+pub(crate) fn sockaddr(a: SocketAddr) -> socket2::SockAddr {
+    socket2::SockAddr::from(a)
 }
 
 /// For a 127.0.0.0/8 target, a different loopback source address makes a self-connect

@@ -81,27 +81,9 @@ fn raw_socket(fam: libc::c_int, proto: libc::c_int) -> Result<Fd, SynError> {
     Ok(fd)
 }
 
-fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<IpAddr> {
-    match i32::from(ss.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the family says it is a sockaddr_in.
-            let sin = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
-            Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
-                sin.sin_addr.s_addr,
-            ))))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the family says it is a sockaddr_in6.
-            let sin6 = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
-            Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
-        }
-        _ => None,
-    }
-}
-
 /// One datagram on a raw socket to `dst`.
 fn send_to(fd: &Fd, bytes: &[u8], dst: IpAddr) -> io::Result<()> {
-    let (ss, len) = sockaddr(SocketAddr::new(dst, 0));
+    let sa = sockaddr(SocketAddr::new(dst, 0));
     // SAFETY: a valid buffer and sockaddr of the stated lengths.
     let n = unsafe {
         libc::sendto(
@@ -109,8 +91,8 @@ fn send_to(fd: &Fd, bytes: &[u8], dst: IpAddr) -> io::Result<()> {
             bytes.as_ptr().cast(),
             bytes.len(),
             0,
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len,
+            sa.as_ptr(),
+            sa.len(),
         )
     };
     if n < 0 { Err(last_err()) } else { Ok(()) }
@@ -312,9 +294,9 @@ fn hold_port() -> io::Result<(Vec<std::net::TcpListener>, u16)> {
         if fd < 0 {
             return Err(last_err());
         }
-        let (ss, len) = sockaddr((Ipv4Addr::UNSPECIFIED, 0).into());
-        // SAFETY: `ss` holds a valid sockaddr of `len` bytes.
-        if unsafe { libc::bind(fd, (&ss as *const libc::sockaddr_storage).cast(), len) } != 0 {
+        let sa = sockaddr((Ipv4Addr::UNSPECIFIED, 0).into());
+        // SAFETY: `sa` holds a valid sockaddr of `sa.len()` bytes.
+        if unsafe { libc::bind(fd, sa.as_ptr(), sa.len()) } != 0 {
             let e = last_err();
             // SAFETY: closing the descriptor we just made.
             unsafe { libc::close(fd) };
@@ -329,9 +311,9 @@ fn hold_port() -> io::Result<(Vec<std::net::TcpListener>, u16)> {
             unsafe { libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
         if fd6 >= 0 {
             setsockopt_int(fd6, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1);
-            let (ss, len) = sockaddr((Ipv6Addr::UNSPECIFIED, port).into());
+            let sa = sockaddr((Ipv6Addr::UNSPECIFIED, port).into());
             // SAFETY: as above.
-            if unsafe { libc::bind(fd6, (&ss as *const libc::sockaddr_storage).cast(), len) } == 0 {
+            if unsafe { libc::bind(fd6, sa.as_ptr(), sa.len()) } == 0 {
                 // SAFETY: `fd6` is a valid, owned socket descriptor.
                 held.push(unsafe { std::net::TcpListener::from_raw_fd(fd6) });
             } else {
@@ -622,21 +604,22 @@ impl SynScanner {
                 // Bounded per round: a flood of other traffic must not keep the loop
                 // from its deadlines or from a stop.
                 for _ in 0..4096 {
-                    // SAFETY: zeroed sockaddr_storage is valid; recvfrom writes at most
-                    // the buffer's and the address's lengths.
-                    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-                    let mut sl = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                    // SAFETY: as above.
-                    let n = unsafe {
-                        libc::recvfrom(
-                            *fd,
-                            buf.as_mut_ptr().cast(),
-                            buf.len(),
-                            0,
-                            (&mut ss as *mut libc::sockaddr_storage).cast(),
-                            &mut sl,
-                        )
+                    // SAFETY: recvfrom writes at most the buffer's length, and fills at
+                    // most the address storage and length socket2 hands it.
+                    let got = unsafe {
+                        socket2::SockAddr::try_init(|ss, sl| {
+                            Ok(libc::recvfrom(
+                                *fd,
+                                buf.as_mut_ptr().cast(),
+                                buf.len(),
+                                0,
+                                ss.cast(),
+                                sl,
+                            ))
+                        })
                     };
+                    let Ok((n, from)) = got else { break };
+                    let from = from.as_socket().map(|a| a.ip());
                     if n <= 0 {
                         break;
                     }
@@ -651,16 +634,14 @@ impl SynScanner {
                         4 => ipv4_payload(pkt, 6)
                             .and_then(|(from, tcp)| parse_reply(tcp, from))
                             .map(checked),
-                        6 => from_sockaddr(&ss)
-                            .and_then(|from| parse_reply(pkt, from))
-                            .map(checked),
+                        6 => from.and_then(|from| parse_reply(pkt, from)).map(checked),
                         58 => {
                             // An ICMPv6 echo reply (type 129) to one of our pings.
                             if pkt.len() >= 8
                                 && pkt[0] == 129
                                 && u16::from_be_bytes([pkt[4], pkt[5]]) == self.sport
                             {
-                                out.echoed.extend(from_sockaddr(&ss));
+                                out.echoed.extend(from);
                             }
                             None
                         }

@@ -118,6 +118,7 @@ async fn a_real_tls_listener_answers_the_client_hello() {
         .await
         .expect("certificate");
     assert_eq!(c.subject, "CN=rcgen self signed cert");
+    assert_eq!(c.names, ["localhost"], "the subject alternative names");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

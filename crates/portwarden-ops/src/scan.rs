@@ -274,6 +274,7 @@ pub async fn run(ctx: &Ctx, a: &ScanRequest) -> anyhow::Result<ScanDoc> {
             banner: None,
             cert_subject: None,
             cert_expires: None,
+            cert_names: Vec::new(),
             product: None,
             version: None,
             extrainfo: None,
@@ -656,6 +657,7 @@ async fn detect(
         let f = &mut found[i];
         if let Some(c) = cert {
             f.cert_subject = Some(c.subject);
+            f.cert_names = c.names;
             f.cert_expires = Some(portwarden_core::report::utc(c.not_after));
         }
         if let Some(id) = r.identified {

@@ -48,6 +48,9 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
     };
     let progress = output::Progress::new(g.quiet || g.json);
     let mut ctx = super::ctx(g);
+    let mut notes = output::CliNotes::new(g);
+    notes.progress = Some(progress.clone());
+    ctx.notes = Arc::new(notes);
     ctx.stop = &crate::signals::STOP;
     ctx.progress = Arc::new(move |d, t| progress.update(d, t));
     let rt = super::runtime()?;

@@ -91,7 +91,8 @@ pub fn verbose(level: u8, msg: &str) {
 pub struct CliNotes {
     quiet: bool,
     verbose: u8,
-    no_progress: bool,
+    /// The progress bar the use-case feeds, finished when it says it is done.
+    pub progress: Option<Progress>,
 }
 
 impl CliNotes {
@@ -99,7 +100,7 @@ impl CliNotes {
         CliNotes {
             quiet: g.quiet,
             verbose: g.verbose,
-            no_progress: g.quiet || g.json,
+            progress: None,
         }
     }
 }
@@ -112,7 +113,9 @@ impl portwarden_ops::Notes for CliNotes {
         verbose(self.verbose, msg);
     }
     fn progress_done(&self) {
-        progress_done(self.no_progress);
+        if let Some(p) = &self.progress {
+            p.finish();
+        }
     }
 }
 
@@ -210,48 +213,50 @@ fn ago(secs: i64) -> String {
     }
 }
 
-fn stderr_is_tty() -> bool {
-    // SAFETY: isatty has no preconditions.
-    unsafe { libc::isatty(2) == 1 }
-}
-
-/// A progress bar on stderr, only when stderr is a terminal.
+/// A progress bar on stderr (indicatif), only when stderr is a terminal and neither
+/// `-q` nor `--json` is given. Cloned into the use-case's progress callback; finished
+/// (drawn at its last count, then cleared) by the notes' `progress_done`.
+#[derive(Clone)]
 pub struct Progress {
-    on: bool,
-    last: std::sync::atomic::AtomicU64,
+    bar: Option<indicatif::ProgressBar>,
 }
 
 impl Progress {
-    /// A bar, silent when `quiet` or when stderr is not a terminal.
+    /// A bar, or nothing when `quiet` or when stderr is not a terminal.
     pub fn new(quiet: bool) -> Progress {
+        use std::io::IsTerminal;
+        let on = !quiet && io::stderr().is_terminal();
         Progress {
-            on: !quiet && stderr_is_tty(),
-            last: std::sync::atomic::AtomicU64::new(u64::MAX),
+            bar: on.then(|| {
+                let style = indicatif::ProgressStyle::with_template(
+                    "[{bar:25}] {percent:>3}% {pos}/{len} {elapsed}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("#>.");
+                indicatif::ProgressBar::with_draw_target(
+                    None,
+                    indicatif::ProgressDrawTarget::stderr(),
+                )
+                .with_style(style)
+            }),
         }
     }
 
-    /// Redraws at most once per percent.
+    /// Moves the bar to `done` of `total`.
     pub fn update(&self, done: u64, total: u64) {
-        if !self.on || total == 0 {
-            return;
+        if let Some(b) = &self.bar {
+            b.set_length(total);
+            b.set_position(done);
         }
-        let pct = done * 100 / total;
-        if self.last.swap(pct, std::sync::atomic::Ordering::Relaxed) == pct {
-            return;
-        }
-        let filled = (pct / 4) as usize;
-        let _ = write!(
-            io::stderr().lock(),
-            "\r[{}{}] {pct:3}% {done}/{total}",
-            "#".repeat(filled),
-            ".".repeat(25 - filled)
-        );
     }
-}
 
-/// Clears the progress line.
-pub fn progress_done(quiet: bool) {
-    if !quiet && stderr_is_tty() {
-        let _ = write!(io::stderr().lock(), "\r{}\r", " ".repeat(60));
+    /// Draws the last count and leaves it on its line (a record of what was done, as
+    /// nmap's last stats line).
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish();
+            // indicatif leaves the cursor at the end of the bar.
+            let _ = writeln!(io::stderr().lock());
+        }
     }
 }

@@ -3,8 +3,8 @@
 //! [`Render`], and `-q` its [`Render::quiet`] form. Generic over the writer, so every
 //! renderer is tested into a `Vec<u8>`.
 
-use std::sync::Mutex;
 use std::io::{self, Write};
+use std::sync::Mutex;
 
 use serde::Serialize;
 

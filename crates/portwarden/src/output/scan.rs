@@ -26,7 +26,10 @@ fn scan_table(d: &ScanDoc) -> String {
                 p.cert_subject
                     .as_ref()
                     .zip(p.cert_expires.as_ref())
-                    .map(|(s, e)| format!("cert {s}, expires {e}")),
+                    .map(|(s, e)| match p.cert_names.as_slice() {
+                        [] => format!("cert {s}, expires {e}"),
+                        n => format!("cert {s} ({}), expires {e}", n.join(" ")),
+                    }),
             ]
             .into_iter()
             .flatten()
