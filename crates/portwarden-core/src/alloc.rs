@@ -287,8 +287,21 @@ pub fn request_for<'a>(
 }
 
 /// A lease's place in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum LeaseState {
     /// Allocated, not yet seen listening.
     Planned,
@@ -301,11 +314,7 @@ pub enum LeaseState {
 impl LeaseState {
     /// Lowercase name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            LeaseState::Planned => "planned",
-            LeaseState::Active => "active",
-            LeaseState::Draining => "draining",
-        }
+        self.into()
     }
 
     /// Parses a stored name.

@@ -11,8 +11,21 @@ use serde::{Deserialize, Serialize};
 use crate::port::{Port, PortSpec, Protocol};
 
 /// How a protocol protects its traffic, when it does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum TlsStyle {
     /// No encryption exists in the protocol.
     None,
@@ -34,13 +47,7 @@ impl TlsStyle {
 
     /// Lowercase name as in the catalog file.
     pub fn as_str(self) -> &'static str {
-        match self {
-            TlsStyle::None => "none",
-            TlsStyle::Native => "native",
-            TlsStyle::Implicit => "implicit",
-            TlsStyle::Starttls => "starttls",
-            TlsStyle::InProtocol => "in-protocol",
-        }
+        self.into()
     }
 }
 
@@ -64,8 +71,11 @@ impl fmt::Display for TlsStyle {
     Serialize,
     Deserialize,
     schemars::JsonSchema,
+    strum::IntoStaticStr,
+    strum::EnumIter,
 )]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Sensitivity {
     /// Public data (package mirrors).
     Low,
@@ -79,11 +89,7 @@ pub enum Sensitivity {
 impl Sensitivity {
     /// Lowercase name as written in policies.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Sensitivity::Low => "low",
-            Sensitivity::Medium => "medium",
-            Sensitivity::High => "high",
-        }
+        self.into()
     }
 }
 

@@ -10,9 +10,21 @@ use crate::policy::{FirewallMode, Policy, TlsRequirement, ZoneKind};
 
 /// How bad a finding is. Ordered: `Info < Low < Medium < High < Critical`.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    schemars::JsonSchema,
+    strum::IntoStaticStr,
+    strum::EnumIter,
 )]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum Severity {
     /// Worth knowing.
     Info,
@@ -38,13 +50,7 @@ impl Severity {
 
     /// Lowercase name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-            Severity::Critical => "critical",
-        }
+        self.into()
     }
 
     /// Parses a lowercase name.
@@ -61,9 +67,21 @@ impl fmt::Display for Severity {
 
 /// The closed set of rules.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, schemars::JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    schemars::JsonSchema,
+    strum::IntoStaticStr,
+    strum::EnumIter,
 )]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum RuleId {
     /// More externally exposed ports declared than the compliance limit.
     TooManyExternalPorts,
@@ -117,31 +135,7 @@ pub enum RuleId {
 impl RuleId {
     /// Stable id as shown to operators.
     pub fn as_str(self) -> &'static str {
-        match self {
-            RuleId::TooManyExternalPorts => "too-many-external-ports",
-            RuleId::SensitiveWithoutTls => "sensitive-without-tls",
-            RuleId::HighRiskExposed => "high-risk-exposed",
-            RuleId::SensitiveOpenToAll => "sensitive-open-to-all",
-            RuleId::NoConnectionLimit => "no-connection-limit",
-            RuleId::ManagementOpenToAll => "management-open-to-all",
-            RuleId::FirewallMonitorOnly => "firewall-monitor-only",
-            RuleId::PoolUtilisation => "pool-utilisation",
-            RuleId::RetentionBelowMinimum => "retention-below-minimum",
-            RuleId::LedgerBroken => "ledger-broken",
-            RuleId::LeaseHeldByOther => "lease-held-by-other",
-            RuleId::ExpiredLease => "expired-lease",
-            RuleId::UnmanagedListener => "unmanaged-listener",
-            RuleId::ServiceNotListening => "service-not-listening",
-            RuleId::ListenerIdentityChanged => "listener-identity-changed",
-            RuleId::StalledService => "stalled-service",
-            RuleId::TlsNotRequired => "tls-not-required",
-            RuleId::TlsUnverified => "tls-unverified",
-            RuleId::ProtocolMixing => "protocol-mixing",
-            RuleId::PoolInEphemeralRange => "pool-in-ephemeral-range",
-            RuleId::TcpSettings => "tcp-settings",
-            RuleId::ListenOverflow => "listen-overflow",
-            RuleId::OtherFirewallManager => "other-firewall-manager",
-        }
+        self.into()
     }
 }
 

@@ -70,8 +70,21 @@ pub struct Management {
 }
 
 /// The three kinds of zone exposure is judged by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum ZoneKind {
     /// Reachable from outside the site.
     External,
@@ -87,11 +100,7 @@ impl ZoneKind {
 
     /// Lowercase name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            ZoneKind::External => "external",
-            ZoneKind::Internal => "internal",
-            ZoneKind::Localhost => "localhost",
-        }
+        self.into()
     }
 
     /// Parses a zone name.
@@ -158,8 +167,21 @@ pub enum Placement {
 }
 
 /// `tls = ...` on a service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    strum::IntoStaticStr,
+    strum::EnumIter,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum TlsRequirement {
     /// Plaintext is acceptable.
     None,
@@ -172,11 +194,7 @@ pub enum TlsRequirement {
 impl TlsRequirement {
     /// Lowercase name.
     pub fn as_str(self) -> &'static str {
-        match self {
-            TlsRequirement::None => "none",
-            TlsRequirement::Optional => "optional",
-            TlsRequirement::Required => "required",
-        }
+        self.into()
     }
 }
 
