@@ -94,7 +94,12 @@ pub fn check_file(path: &Path) -> (portwarden_api::policy::FileCheck, Option<any
 pub fn draft(ctx: &crate::Ctx, from_host: bool) -> anyhow::Result<String> {
     use anyhow::Context;
     if !from_host {
-        return Ok(portwarden_core::policy::STARTER_TOML.to_string());
+        let names: Vec<String> = portwarden_os::host::interfaces()
+            .into_iter()
+            .filter(|i| i.name != "lo" && !i.addrs.iter().all(|a| a.is_loopback()))
+            .map(|i| i.name)
+            .collect();
+        return Ok(portwarden_core::policy::starter_for(&names));
     }
     let mut inv = portwarden_os::sockets(&portwarden_os::Query {
         states: Some(vec![

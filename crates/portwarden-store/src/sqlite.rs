@@ -2060,7 +2060,11 @@ impl Journal for SqliteStore {
                     action: "fw.grant".into(),
                     subject: format!("{}/{}", g.port, g.protocol),
                     before: None,
-                    after: Some(format!("{} until {}", g.addr, g.expires_at)),
+                    after: Some(format!(
+                        "{} until {}",
+                        g.addr,
+                        portwarden_core::report::utc(g.expires_at)
+                    )),
                     reason: None,
                 },
             )

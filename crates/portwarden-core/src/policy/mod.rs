@@ -25,6 +25,30 @@ pub const BASELINE_TOML: &str = include_str!("../../data/baseline.toml");
 /// A commented starter policy for `policy init`.
 pub const STARTER_TOML: &str = include_str!("../../data/starter.toml");
 
+/// The starter with its zones on this host's interfaces (loopback left out): the first
+/// is external, the second internal; a zone with no interface to name keeps only its
+/// networks (or is commented out), so `fw apply` works on any host as written.
+pub fn starter_for(interfaces: &[String]) -> String {
+    let quoted = |i: &str| format!("{:?}", i);
+    let external = match interfaces.first() {
+        Some(i) => format!("external = {{ interfaces = [{}] }}", quoted(i)),
+        None => "# external = { interfaces = [\"eth0\"] }   # no interface found here".into(),
+    };
+    let internal = match interfaces.get(1) {
+        Some(i) => format!(
+            "internal = {{ interfaces = [{}], cidrs = [\"10.0.0.0/8\"] }}",
+            quoted(i)
+        ),
+        None => "internal = { cidrs = [\"10.0.0.0/8\"] }".into(),
+    };
+    STARTER_TOML
+        .replace(r#"external = { interfaces = ["eth0"] }"#, &external)
+        .replace(
+            r#"internal = { interfaces = ["eth1"], cidrs = ["10.0.0.0/8"] }"#,
+            &internal,
+        )
+}
+
 /// Policy language versions this build reads.
 pub const SUPPORTED_VERSION: i64 = 1;
 

@@ -129,3 +129,19 @@ zone = "localhost"
 "#);
     assert_eq!(p.services[0].catalog.as_deref(), Some("mysql"));
 }
+
+#[test]
+fn the_starter_names_this_hosts_interfaces_and_parses_with_any_number() {
+    for names in [vec![], vec!["enp3s0"], vec!["enp3s0", "wg0"]] {
+        let names: Vec<String> = names.into_iter().map(String::from).collect();
+        let text = starter_for(&names);
+        let p = ok(&text);
+        let named: Vec<&String> = [ZoneKind::External, ZoneKind::Internal]
+            .iter()
+            .filter_map(|k| p.zones.get(k))
+            .flat_map(|z| z.interfaces.iter())
+            .collect();
+        assert_eq!(named, names.iter().collect::<Vec<_>>(), "{text}");
+        assert!(!text.contains("eth1"), "{text}");
+    }
+}

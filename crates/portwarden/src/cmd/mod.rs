@@ -22,6 +22,17 @@ use crate::cli::{Cli, Command};
 /// Runs one command.
 pub fn run(cli: Cli) -> anyhow::Result<Status> {
     let g = &cli.global;
+    crate::output::verbose(
+        g.verbose,
+        &format!(
+            "policy: {}; state: {}; acting as {}",
+            g.policy
+                .as_ref()
+                .map_or("the built-in baseline".into(), |p| p.display().to_string()),
+            state_dir(g).display(),
+            portwarden_os::identity::actor()
+        ),
+    );
     // A pending firewall apply whose watcher died (killed, a reboot) gets a new one from
     // whichever command opens the store next; the firewall's own commands insist on it.
     if matches!(
