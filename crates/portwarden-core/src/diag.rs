@@ -126,6 +126,11 @@ pub fn strip_unsafe(s: &str, max: usize) -> String {
 /// `s` with every control character escaped as [`show_char`] does, except those in
 /// `keep` (newlines, for multi-line text).
 pub fn escape_controls<'a>(s: &'a str, keep: &[char]) -> std::borrow::Cow<'a, str> {
+    // Printable ASCII (the socket table's 40,000 rows) needs no decoding to be judged.
+    let printable = |b: u8| (0x20..0x7f).contains(&b) || keep.contains(&char::from(b));
+    if s.bytes().all(|b| b < 0x80 && printable(b)) {
+        return std::borrow::Cow::Borrowed(s);
+    }
     if !s.chars().any(|c| is_unsafe_char(c) && !keep.contains(&c)) {
         return std::borrow::Cow::Borrowed(s);
     }

@@ -285,3 +285,17 @@ fn every_sleep_in_a_test_waits_for_something_real() {
         "sleeps without a `// Real time:` reason: {bare:#?}"
     );
 }
+
+/// Commands stay thin: flags to a request, the use-case, the printer. A file that grows
+/// past this holds logic that belongs in ops or core.
+#[test]
+fn command_files_stay_thin() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/cmd");
+    for path in rust_files(std::path::Path::new(dir)) {
+        if path.file_name().is_some_and(|n| n == "mod.rs") {
+            continue;
+        }
+        let n = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert!(n <= 100, "{} has {n} lines", path.display());
+    }
+}

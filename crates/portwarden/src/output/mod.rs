@@ -5,6 +5,8 @@ mod catalog;
 mod check;
 mod file;
 mod fw;
+#[cfg(test)]
+mod golden;
 mod inventory;
 pub mod lease;
 mod log;
