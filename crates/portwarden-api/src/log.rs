@@ -31,6 +31,8 @@ pub struct Record {
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct LedgerDoc {
     pub api: u32,
+    /// `--since`: the records from this time on (unix seconds), else null (all).
+    pub since: Option<i64>,
     pub records: Vec<Record>,
 }
 

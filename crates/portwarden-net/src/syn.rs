@@ -39,7 +39,13 @@ pub enum SynError {
     Privilege,
     /// Anything else the kernel refused.
     #[error("cannot set up the SYN scan: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+impl From<io::Error> for SynError {
+    fn from(e: io::Error) -> Self {
+        SynError::Io(e)
+    }
 }
 
 struct Fd(libc::c_int);

@@ -21,10 +21,8 @@ struct StoreState {
 }
 
 fn read_store(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<StoreState> {
-    let s = match crate::store::open(ctx, state_dir, false) {
-        Ok(s) => s,
-        Err(portwarden_store::StoreError::Missing(_)) => return Ok(StoreState::default()),
-        Err(e) => return Err(e.into()),
+    let Some(s) = crate::store::open_existing(ctx, state_dir)? else {
+        return Ok(StoreState::default());
     };
     let entries = s.ledger(None)?;
     let broken = portwarden_store::ledger::verify(&entries).broken;

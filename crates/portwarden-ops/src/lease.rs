@@ -90,6 +90,9 @@ fn ttl_secs(
     if d.is_zero() {
         bail!("invalid --ttl `{t}`: a lease must live longer than zero");
     }
+    if d.subsec_nanos() != 0 {
+        bail!("invalid --ttl `{t}`: a lease lasts whole seconds");
+    }
     let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX).max(1);
     if secs > max {
         let limit = HumanDuration(Duration::from_secs(max as u64));
@@ -336,10 +339,9 @@ pub async fn release(
 
 /// The store's leases (none when there is no store yet).
 async fn stored_leases(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<Vec<Lease>> {
-    match crate::store::open(ctx, state_dir, false) {
-        Ok(s) => Ok(SqliteLeases::new(s).leases().await?),
-        Err(StoreError::Missing(_)) => Ok(Vec::new()),
-        Err(e) => Err(e.into()),
+    match crate::store::open_existing(ctx, state_dir)? {
+        Some(s) => Ok(SqliteLeases::new(s).leases().await?),
+        None => Ok(Vec::new()),
     }
 }
 
@@ -371,10 +373,8 @@ pub async fn reclaim(
         dry_run,
         reclaimed,
     };
-    let store = match crate::store::open(ctx, state_dir, false) {
-        Ok(s) => SqliteLeases::new(s),
-        Err(StoreError::Missing(_)) => return Ok(doc(Vec::new())),
-        Err(e) => return Err(e.into()),
+    let Some(store) = crate::store::open_existing(ctx, state_dir)?.map(SqliteLeases::new) else {
+        return Ok(doc(Vec::new()));
     };
     let inv = portwarden_os::sockets(&Query {
         states: Some(vec![SocketState::Listen, SocketState::Unconn]),

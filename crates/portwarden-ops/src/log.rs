@@ -8,7 +8,7 @@ use anyhow::bail;
 use portwarden_api::API_VERSION;
 use portwarden_api::log::{Broken, Head, HeadDoc, LedgerDoc, PruneDoc, Record, VerifyDoc};
 use portwarden_core::report::utc;
-use portwarden_store::{Entry, Journal, SqliteStore, StoreError};
+use portwarden_store::{Entry, Journal};
 
 use crate::Ctx;
 
@@ -29,13 +29,7 @@ pub fn record(e: &Entry) -> Record {
     }
 }
 
-fn open(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<Option<SqliteStore>> {
-    match crate::store::open(ctx, state_dir, false) {
-        Ok(s) => Ok(Some(s)),
-        Err(StoreError::Missing(_)) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
+use crate::store::open_existing as open;
 
 /// The cutoff of `log --since D`: `0` is since the epoch (everything), as is anything
 /// longer than the epoch; under a second is the last second.
@@ -56,6 +50,7 @@ pub fn list(ctx: &Ctx, state_dir: &Path, since: Option<Duration>) -> anyhow::Res
     };
     Ok(LedgerDoc {
         api: API_VERSION,
+        since,
         records,
     })
 }
@@ -107,7 +102,13 @@ pub fn verify(
     let v = match &store {
         Some(s) => s.verify_ledger_expecting(expect)?,
         None => {
+            // Nothing to verify is not a verified ledger: an audit of the wrong
+            // --state-dir must not pass.
             let mut v = portwarden_store::ledger::verify(&[]);
+            v.problems.push(format!(
+                "no ledger at {}: nothing was ever recorded there (a wrong --state-dir?)",
+                state_dir.display()
+            ));
             if let Some((seq, hash)) = expect {
                 v.check_head(&[], seq, hash, "the expected head");
             }

@@ -41,26 +41,50 @@ fn finding_ids(doc: &portwarden_api::check::CheckDoc) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn an_expired_lease_is_a_finding_until_reclaim_retires_it() {
-    let dir = portwarden_testkit::tempdir("ops-clock");
+/// A temp dir with [`POLICY`] and a state dir, and a context on a manual clock.
+struct Site {
+    _dir: portwarden_testkit::Dir,
+    policy: std::path::PathBuf,
+    state: std::path::PathBuf,
+    clock: std::sync::Arc<ManualClock>,
+    ctx: Ctx,
+}
+
+fn site(tag: &str) -> Site {
+    let dir = portwarden_testkit::tempdir(tag);
     let policy = dir.join("p.toml");
     std::fs::write(&policy, POLICY).unwrap();
-    let state = dir.join("state");
     let clock = ManualClock::at(1_800_000_000);
     let mut ctx = Ctx::quiet(&NEVER);
     ctx.clock = clock.clone();
     ctx.actor = "test".into();
+    Site {
+        state: dir.join("state"),
+        _dir: dir,
+        policy,
+        clock,
+        ctx,
+    }
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_a_finding_until_reclaim_retires_it() {
+    let site = site("ops-clock");
+    let (ctx, clock, state, policy) = (&site.ctx, &site.clock, &site.state, &site.policy);
     let p = Some(policy.as_path());
 
-    let a = lease::alloc(&ctx, p, &state, &req(Duration::from_secs(60)), &mut |_| {
-        Ok(())
-    })
+    let a = lease::alloc(
+        ctx,
+        p,
+        state,
+        &req(Duration::from_secs(60)),
+        &mut |_| Ok(()),
+    )
     .await
     .unwrap();
     assert_eq!(a.leases.len(), 1);
     assert_eq!(a.leases[0].expires_at, 1_800_000_060);
-    let listed = lease::list(&ctx, &state).await.unwrap();
+    let listed = lease::list(ctx, state).await.unwrap();
     assert_eq!(listed.now, 1_800_000_000);
 
     let check = |ctx: &Ctx| {
@@ -74,9 +98,9 @@ async fn an_expired_lease_is_a_finding_until_reclaim_retires_it() {
         }
     };
     // In force: no expiry finding, nothing to reclaim.
-    assert!(!finding_ids(&check(&ctx).await).contains(&"expired-lease".to_string()));
+    assert!(!finding_ids(&check(ctx).await).contains(&"expired-lease".to_string()));
     assert!(
-        lease::reclaim(&ctx, p, &state, true)
+        lease::reclaim(ctx, p, state, true)
             .await
             .unwrap()
             .reclaimed
@@ -85,9 +109,9 @@ async fn an_expired_lease_is_a_finding_until_reclaim_retires_it() {
 
     // A second past its TTL.
     clock.advance(61);
-    let ids = finding_ids(&check(&ctx).await);
+    let ids = finding_ids(&check(ctx).await);
     assert!(ids.contains(&"expired-lease".to_string()), "{ids:?}");
-    let dry = lease::reclaim(&ctx, p, &state, true).await.unwrap();
+    let dry = lease::reclaim(ctx, p, state, true).await.unwrap();
     assert_eq!(dry.reclaimed.len(), 1);
     assert_eq!(
         (
@@ -97,17 +121,17 @@ async fn an_expired_lease_is_a_finding_until_reclaim_retires_it() {
         ("retire", "expired")
     );
     assert_eq!(
-        lease::list(&ctx, &state).await.unwrap().leases.len(),
+        lease::list(ctx, state).await.unwrap().leases.len(),
         1,
         "a dry run changes nothing"
     );
-    let done = lease::reclaim(&ctx, p, &state, false).await.unwrap();
+    let done = lease::reclaim(ctx, p, state, false).await.unwrap();
     assert_eq!(done.reclaimed.len(), 1);
-    assert!(lease::list(&ctx, &state).await.unwrap().leases.is_empty());
-    assert!(!finding_ids(&check(&ctx).await).contains(&"expired-lease".to_string()));
+    assert!(lease::list(ctx, state).await.unwrap().leases.is_empty());
+    assert!(!finding_ids(&check(ctx).await).contains(&"expired-lease".to_string()));
 
     // The ledger's times are the clock's.
-    let log = portwarden_ops::log::list(&ctx, &state, None).unwrap();
+    let log = portwarden_ops::log::list(ctx, state, None).unwrap();
     assert!(
         log.records.iter().all(|r| r.ts >= 1_800_000_000),
         "{:?}",
@@ -118,22 +142,17 @@ async fn an_expired_lease_is_a_finding_until_reclaim_retires_it() {
 
 #[tokio::test]
 async fn a_renewal_counts_from_the_clock_and_is_capped_by_the_pool() {
-    let dir = portwarden_testkit::tempdir("ops-renew");
-    let policy = dir.join("p.toml");
-    std::fs::write(&policy, POLICY).unwrap();
-    let state = dir.join("state");
-    let clock = ManualClock::at(1_800_000_000);
-    let mut ctx = Ctx::quiet(&NEVER);
-    ctx.clock = clock.clone();
-    let p = Some(policy.as_path());
-    let a = lease::alloc(&ctx, p, &state, &req(Duration::from_secs(600)), &mut |_| {
+    let site = site("ops-renew");
+    let (ctx, clock, state) = (&site.ctx, &site.clock, &site.state);
+    let p = Some(site.policy.as_path());
+    let a = lease::alloc(ctx, p, state, &req(Duration::from_secs(600)), &mut |_| {
         Ok(())
     })
     .await
     .unwrap();
     let id = a.leases[0].id;
     clock.advance(300);
-    let r = lease::renew(&ctx, p, &state, id, None, "alice")
+    let r = lease::renew(ctx, p, state, id, None, "alice")
         .await
         .unwrap();
     assert_eq!(
@@ -141,19 +160,12 @@ async fn a_renewal_counts_from_the_clock_and_is_capped_by_the_pool() {
         1_800_000_300 + 3600,
         "the pool's lease_ttl"
     );
-    let e = lease::renew(
-        &ctx,
-        p,
-        &state,
-        id,
-        Some(Duration::from_secs(7200)),
-        "alice",
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let e = lease::renew(ctx, p, state, id, Some(Duration::from_secs(7200)), "alice")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("at most 1h"), "{e}");
-    let e = lease::renew(&ctx, p, &state, id, None, "mallory")
+    let e = lease::renew(ctx, p, state, id, None, "mallory")
         .await
         .unwrap_err();
     assert!(format!("{e:#}").contains("not `mallory`"), "{e:#}");

@@ -12,7 +12,9 @@ pub fn user() -> String {
         }
     }
     // SAFETY: getuid has no preconditions.
-    format!("uid:{}", unsafe { libc::getuid() })
+    let uid = unsafe { libc::getuid() };
+    // Without the environment (cron, systemd, `env -i`), the same name it usually has.
+    user_name(uid).unwrap_or_else(|| format!("uid:{uid}"))
 }
 
 /// Who acts, for the ledger: the real user's name from the password database (not the

@@ -174,14 +174,23 @@ pub fn attach_owners(inv: &mut Inventory, walk: Walk) -> io::Result<()> {
         } else {
             "run as root (or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH) to see them"
         };
+        let (s, ps) = (
+            plural(missing, "socket has", "sockets have"),
+            plural(map.unreadable, "process", "processes"),
+        );
         inv.warnings.push(format!(
-            "{missing} sockets have an unknown owner: the descriptors of {} processes could not be read; {how}",
+            "{missing} {s} an unknown owner: the descriptors of {} {ps} could not be read; {how}",
             map.unreadable
         ));
     } else if missing > 0 {
         inv.warnings.push(format!(
-            "{missing} sockets have no owner in this PID namespace (held by another namespace or the kernel)"
+            "{missing} {} no owner in this PID namespace (held by another namespace or the kernel)",
+            plural(missing, "socket has", "sockets have")
         ));
     }
     Ok(())
+}
+
+fn plural(n: usize, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 { one } else { many }
 }

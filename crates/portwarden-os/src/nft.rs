@@ -20,7 +20,13 @@ pub enum NftError {
     },
     /// Starting or talking to nft failed.
     #[error("running nft: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+impl From<io::Error> for NftError {
+    fn from(e: io::Error) -> Self {
+        NftError::Io(e)
+    }
 }
 
 fn binary() -> String {

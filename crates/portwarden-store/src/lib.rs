@@ -194,13 +194,12 @@ pub enum StoreError {
         why: String,
     },
     /// File system trouble.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         /// What was being done.
         context: String,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
+        /// The cause (in the message, so not also a `source`: a chain would say it twice).
+        cause: std::io::Error,
     },
     /// The database engine failed.
     #[error("store: {0}")]

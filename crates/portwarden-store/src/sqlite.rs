@@ -266,7 +266,7 @@ impl SqliteStore {
                 .create(dir)
                 .map_err(|source| StoreError::Io {
                     context: format!("cannot create state directory {}", dir.display()),
-                    source,
+                    cause: source,
                 })?;
         }
         if let Some(why) = crate::trust::distrust(dir, euid, true) {
@@ -313,7 +313,7 @@ impl SqliteStore {
                 Err(source) => {
                     return Err(StoreError::Io {
                         context: format!("cannot create {}", path.display()),
-                        source,
+                        cause: source,
                     });
                 }
             }
@@ -321,7 +321,7 @@ impl SqliteStore {
         let writable = dir_writable(dir) && file_writable(&path);
         let key = crate::key::HostKey::load(dir).map_err(|source| StoreError::Io {
             context: format!("cannot read the host key in {}", dir.display()),
-            source,
+            cause: source,
         })?;
         let had_key = key.is_some();
         let conn = if writable {
@@ -476,7 +476,7 @@ impl SqliteStore {
                 "cannot update the head anchor {}",
                 self.anchor.path().display()
             ),
-            source,
+            cause: source,
         })
     }
 
@@ -581,7 +581,7 @@ impl SqliteStore {
                     "cannot lock the head anchor {}",
                     self.anchor.path().display()
                 ),
-                source,
+                cause: source,
             })?)
         } else {
             None
@@ -766,7 +766,7 @@ impl SqliteStore {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         crate::key::HostKey::load_or_create(dir).map_err(|source| StoreError::Io {
             context: format!("cannot create the host key in {}", dir.display()),
-            source,
+            cause: source,
         })
     }
 
@@ -805,7 +805,7 @@ impl SqliteStore {
                     "cannot write the head anchor {}",
                     self.anchor.path().display()
                 ),
-                source,
+                cause: source,
             })?;
         Ok(())
     }
@@ -837,7 +837,7 @@ impl SqliteStore {
         let read = |a: &Anchor| {
             a.read().map_err(|source| StoreError::Io {
                 context: "cannot read the head anchor".into(),
-                source,
+                cause: source,
             })
         };
         let mut anchor = read(&self.anchor)?;
@@ -974,7 +974,7 @@ fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
         },
         Some(ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => StoreError::Io {
             context: format!("cannot open {}", path.display()),
-            source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, e.to_string()),
+            cause: std::io::Error::new(std::io::ErrorKind::PermissionDenied, e.to_string()),
         },
         _ => StoreError::Backend(e.to_string()),
     }
@@ -2481,7 +2481,7 @@ impl Journal for SqliteStore {
         if adopt {
             let held = self.anchor.lock().map_err(|source| StoreError::Io {
                 context: "cannot lock the head anchor".into(),
-                source,
+                cause: source,
             })?;
             self.adopt_anchor(&held)?;
             drop(held);
@@ -2551,7 +2551,7 @@ impl Journal for SqliteStore {
             .allow_pruned(through_seq)
             .map_err(|source| StoreError::Io {
                 context: "cannot record the retention point in the head anchor".into(),
-                source,
+                cause: source,
             })?;
         tx.commit().map_err(backend)?;
         self.committed()?;

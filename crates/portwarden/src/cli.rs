@@ -560,8 +560,8 @@ fn socket_state(s: &str) -> Result<portwarden_core::facts::SocketState, String> 
 /// An owner label: 1 to 64 characters, none of them a control or format character (it
 /// is shown in tables and recorded in the ledger).
 fn owner_label(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.chars().count() > 64 {
-        return Err("an owner label is 1 to 64 characters".into());
+    if s.trim().is_empty() || s.chars().count() > 64 {
+        return Err("an owner label is 1 to 64 characters, not only spaces".into());
     }
     if portwarden_core::diag::strip_unsafe(s, 64) != s {
         return Err("an owner label has no control or format characters".into());

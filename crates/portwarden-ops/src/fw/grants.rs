@@ -142,11 +142,11 @@ pub fn read_items(file: &Path, with_duration: bool) -> anyhow::Result<Vec<Item>>
     }
     if !bad.is_empty() {
         bail!(
-            "{} bad line{} in {}, nothing applied:\n{}",
+            "{} bad line{} in {}, nothing applied: {}",
             bad.len(),
             if bad.len() == 1 { "" } else { "s" },
             file.display(),
-            bad.join("\n")
+            bad.join("; ")
         );
     }
     Ok(good)
@@ -215,6 +215,18 @@ pub fn revoke(ctx: &Ctx, state_dir: &Path, list: &[Item]) -> anyhow::Result<Revo
     // record puts the grants back: the store and the kernel never disagree.
     s.check_writable().context("nothing was revoked")?;
     let (held, _) = super::state_of(ctx, &s)?;
+    // Say which grant is not there, rather than nft's "No such file or directory".
+    let missing: Vec<String> = keys
+        .iter()
+        .filter(|k| !held.iter().any(|h| (h.addr, h.protocol, h.port) == **k))
+        .map(|(a, p, port)| format!("{port}/{p} from {a}"))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "no grant for {} (expired, revoked, or never granted); nothing was revoked",
+            missing.join(", ")
+        );
+    }
     nft::apply(&portwarden_nft::revoke_commands(&keys))
         .context("nothing was revoked (is the grant still there?)")?;
     if let Err(e) = s.revoke(ctx.clock.now(), &ctx.actor, &keys) {

@@ -52,14 +52,7 @@ fn open(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<SqliteStore> {
     Ok(crate::store::open(ctx, state_dir, true)?)
 }
 
-/// The store at `state_dir`, `None` when there is none yet.
-fn open_existing(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<Option<SqliteStore>> {
-    match crate::store::open(ctx, state_dir, false) {
-        Ok(s) => Ok(Some(s)),
-        Err(StoreError::Missing(_)) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
+use crate::store::open_existing;
 
 /// The store's unexpired grants and leased ports. A grant row's time left is capped by
 /// [`GRANT_MAX`]: the store is not trusted to open a port for longer than `grant` can.
@@ -230,14 +223,16 @@ pub fn diff(ctx: &Ctx, policy: Option<&Path>, state_dir: &Path) -> anyhow::Resul
     let live = portwarden_os::nft::list_table()?;
     let old = last.as_ref().map(|t| t.ruleset.as_str()).unwrap_or("");
     let live_changed = match (&live, last.as_ref().and_then(|t| t.listing.as_ref())) {
-        (Some(l), Some(at_apply)) if l != at_apply => Some(line_diff(at_apply, l)),
+        (Some(l), Some(at_apply)) => {
+            Some(line_diff(&as_policy(at_apply), &as_policy(l))).filter(|d| !d.is_empty())
+        }
         _ => None,
     };
     Ok(DiffDoc {
         api: API_VERSION,
         since_transaction: last.as_ref().map(|t| t.id),
         since_at: last.as_ref().map(|t| t.created),
-        changes: line_diff(old, &text),
+        changes: line_diff(&as_policy(old), &as_policy(&text)),
         live_table: live.is_some(),
         live_changed,
     })
@@ -363,7 +358,8 @@ fn arm_watcher(state_dir: &Path, txn: i64) -> anyhow::Result<u32> {
 /// which rolls back at the deadline, or at once when it has passed; the delay is warned
 /// of and recorded. The rollback itself is always the watcher's, never the caller's.
 pub fn recover_expired(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<()> {
-    let Some(mut s) = open_existing(ctx, state_dir)? else {
+    // A store that cannot be opened is the command's own error to report, once.
+    let Ok(Some(mut s)) = open_existing(ctx, state_dir) else {
         return Ok(());
     };
     let Some(t) = pending(&s)? else {
@@ -425,6 +421,12 @@ pub fn apply(
     req: ApplyReq,
 ) -> anyhow::Result<ApplyDoc> {
     let within = req.confirm_within;
+    if within.subsec_nanos() != 0 {
+        bail!(
+            "invalid --confirm-within `{}`: a deadline is whole seconds",
+            HumanDuration(within)
+        );
+    }
     if within > CONFIRM_MAX {
         bail!(
             "invalid --confirm-within `{}`: at most {}; a rollback that far away protects nobody",
@@ -582,6 +584,60 @@ pub fn rollback(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<TxnDoc> {
     Ok(txn_doc("rollback", Some(t.id), true, how))
 }
 
+/// Sets whose elements are state, not policy: grants, leases, the scan guard's and the
+/// connection limits' dynamic sets.
+const STATE_SETS: [&str; 5] = ["grants_", "lease_", "blocked_", "scanrate_", "conn_"];
+
+/// A ruleset or listing as policy: without counters' values, timeouts and expiries, and
+/// without the elements of [`STATE_SETS`] (a grant made since the apply is not an edit
+/// of the table). Line by line, for `fw diff`.
+pub fn as_policy(text: &str) -> String {
+    let mut out = String::new();
+    let mut in_state_set = false;
+    let mut skipping_elements = false;
+    for line in text.lines() {
+        let t = line.trim_start();
+        if let Some(name) = t
+            .strip_prefix("set ")
+            .and_then(|r| r.split_whitespace().next())
+        {
+            in_state_set = STATE_SETS.iter().any(|p| name.starts_with(p));
+        }
+        if skipping_elements {
+            skipping_elements = !t.contains('}');
+            continue;
+        }
+        let mut line = line.to_string();
+        if in_state_set {
+            if t.starts_with("elements = {") {
+                skipping_elements = !t.contains('}');
+                continue;
+            }
+            if let (Some(a), Some(b)) = (line.find(" elements = {"), line.rfind("};")) {
+                line.replace_range(a..b + 2, "");
+            }
+        }
+        if t.starts_with("add element") && STATE_SETS.iter().any(|p| t.contains(&format!(" {p}"))) {
+            continue;
+        }
+        if t == "}" {
+            in_state_set = false;
+        }
+        let mut words = line.split(' ').peekable();
+        let mut kept = Vec::new();
+        while let Some(w) = words.next() {
+            if matches!(w, "packets" | "bytes" | "expires") {
+                words.next();
+                continue;
+            }
+            kept.push(w);
+        }
+        out.push_str(&kept.join(" "));
+        out.push('\n');
+    }
+    out
+}
+
 /// A listing without what changes by itself: counters, and the time left on grants.
 fn steady(listing: &str) -> String {
     let mut out = Vec::new();
@@ -595,6 +651,20 @@ fn steady(listing: &str) -> String {
         }
     }
     out.join(" ")
+}
+
+/// Whether the live table is still what rolled-back transaction `t` loaded, although
+/// its rollback would have changed it (an apply that left the table as it was, then
+/// rolled back, leaves it as it was too).
+fn closed_without_rollback(t: &FwTxn, live: &str) -> bool {
+    let Some(applied) = t.listing.as_deref() else {
+        return false;
+    };
+    let unchanged = t
+        .snapshot
+        .as_deref()
+        .is_some_and(|before| steady(before) == steady(applied));
+    steady(applied) == steady(live) && !unchanged
 }
 
 /// The words `--json` and the table use for a transaction's state.
@@ -624,9 +694,8 @@ pub fn status(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<StatusDoc> {
     let warning = last
         .filter(|t| t.state == FwState::RolledBack && fw.name() == "nftables")
         .and_then(|t| {
-            let applied = t.listing.as_ref()?;
             let live = portwarden_os::nft::list_table().ok()??;
-            (steady(applied) == steady(&live)).then(|| format!(
+            closed_without_rollback(t, &live).then(|| format!(
                 "the live table is still the one transaction {} applied: it was closed without being rolled back (see `portwarden log`)",
                 t.id
             ))
@@ -781,4 +850,58 @@ pub fn sync_leases(
         .collect();
     s.record_batch(ctx.clock.now(), changes)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_compares_policy_not_counters_grants_or_guard_state() {
+        let at_apply = "table inet portwarden {\n\tset grants_v4 {\n\t\ttype ipv4_addr . inet_proto . inet_service\n\t\tflags timeout\n\t}\n\tchain input {\n\t\ttcp dport 873 counter packets 0 bytes 0 accept\n\t}\n}\n";
+        let live = "table inet portwarden {\n\tset grants_v4 {\n\t\ttype ipv4_addr . inet_proto . inet_service\n\t\tflags timeout\n\t\telements = { 10.0.0.3 . tcp . 873 timeout 5m expires 4m2s,\n\t\t\t     10.0.0.4 . tcp . 873 timeout 5m expires 1m }\n\t}\n\tchain input {\n\t\ttcp dport 873 counter packets 12 bytes 720 accept\n\t}\n}\n";
+        assert_eq!(
+            line_diff(&as_policy(at_apply), &as_policy(live)),
+            Vec::<String>::new()
+        );
+        // A real edit still shows.
+        let edited = live.replace("dport 873", "dport 874");
+        let d = line_diff(&as_policy(at_apply), &as_policy(&edited));
+        assert!(
+            d.iter().any(|l| l.starts_with("+ ") && l.contains("874")),
+            "{d:?}"
+        );
+        // The rendered one-line form: grant elements and their add-element lines go.
+        let rendered = "  set grants_v4 { type ipv4_addr; flags timeout; elements = { 10.0.0.3 . tcp . 873 timeout 35s }; }\nadd element inet portwarden grants_v4 { 10.0.0.5 . tcp . 873 timeout 9s }\n";
+        let a = as_policy(rendered);
+        assert!(!a.contains("10.0.0."), "{a}");
+        assert!(a.contains("flags timeout;"), "{a}");
+    }
+
+    fn txn(snapshot: Option<&str>, listing: &str) -> FwTxn {
+        FwTxn {
+            id: 6,
+            created: 0,
+            deadline: None,
+            state: FwState::RolledBack,
+            snapshot: snapshot.map(String::from),
+            ruleset: String::new(),
+            listing: Some(listing.into()),
+            actor: "root".into(),
+            ledger_seq: None,
+            watcher_pid: None,
+        }
+    }
+
+    #[test]
+    fn status_warns_only_when_a_rollback_should_have_changed_the_table() {
+        let a = "table inet portwarden { counter packets 1 bytes 60 }";
+        let b = "table inet portwarden { tcp dport 22 accept }";
+        // Applied b over a, rolled back, and b is still live: closed without rollback.
+        assert!(closed_without_rollback(&txn(Some(a), b), b));
+        // The apply re-loaded the same table: its rollback leaves it too.
+        assert!(!closed_without_rollback(&txn(Some(b), b), b));
+        // Rolled back to a: nothing to say.
+        assert!(!closed_without_rollback(&txn(Some(a), b), a));
+    }
 }

@@ -19,6 +19,16 @@ pub fn schema(g: &crate::cli::Global, name: Option<&str>) -> anyhow::Result<Stat
     let docs = portwarden_api::documents();
     let out = output::Printer::stdout(g);
     let Some(name) = name else {
+        if out.json() {
+            let list: Vec<_> = docs
+                .iter()
+                .map(|d| serde_json::json!({"name": d.name, "commands": d.commands}))
+                .collect();
+            out.json_value(
+                &serde_json::json!({"api": portwarden_api::API_VERSION, "documents": list}),
+            )?;
+            return Ok(Status::Ok);
+        }
         let mut t = output::Table::new(&["DOCUMENT", "PRINTED BY"]);
         for d in &docs {
             t.row(vec![d.name.to_string(), d.commands.to_string()]);

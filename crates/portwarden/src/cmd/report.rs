@@ -8,6 +8,14 @@ use crate::cli::{Global, ReportArgs, ReportFormat};
 use crate::output::{self, Printer};
 
 pub fn run(g: &Global, a: &ReportArgs) -> anyhow::Result<Status> {
+    let other = match a.format {
+        ReportFormat::Html => Some("html"),
+        ReportFormat::Csv => Some("csv"),
+        _ => None,
+    };
+    if let Some(f) = other.filter(|_| g.json) {
+        anyhow::bail!("--json and --format {f} ask for two formats: give one");
+    }
     let ctx = super::ctx(g);
     let d = super::runtime()?.block_on(portwarden_ops::report::report(
         &ctx,

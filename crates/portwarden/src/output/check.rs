@@ -45,9 +45,10 @@ impl Render for CheckDoc {
     fn human(&self, _: u8) -> String {
         let mut s = findings(&self.findings, &self.policy, self.fail_on);
         s.push_str(&format!(
-            "exposure score {} over {} listening ports (docs/exposure.md)\n",
+            "exposure score {} over {} listening port{} (docs/exposure.md)\n",
             self.exposure_total,
-            self.exposure.len()
+            self.exposure.len(),
+            if self.exposure.len() == 1 { "" } else { "s" }
         ));
         s
     }

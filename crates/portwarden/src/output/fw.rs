@@ -73,9 +73,6 @@ impl Render for TxnDoc {
             _ => format!("{}\n", self.detail),
         }
     }
-    fn quiet(&self) -> String {
-        self.human(0)
-    }
 }
 
 impl Render for StatusDoc {

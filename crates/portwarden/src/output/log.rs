@@ -8,7 +8,10 @@ use super::printer::Render;
 impl Render for LedgerDoc {
     fn human(&self, verbose: u8) -> String {
         if self.records.is_empty() {
-            return "the ledger is empty\n".into();
+            return match self.since {
+                Some(t) => format!("no records since {}\n", super::utc(t)),
+                None => "the ledger is empty\n".into(),
+            };
         }
         let mut head = vec!["SEQ", "TIME", "ACTOR", "ACTION", "SUBJECT", "REASON"];
         if verbose > 0 {
@@ -143,6 +146,7 @@ mod tests {
     fn a_ledger_reason_cannot_drive_the_terminal() {
         let d = LedgerDoc {
             api: API_VERSION,
+            since: None,
             records: vec![portwarden_api::log::Record {
                 seq: 1,
                 ts: 0,
