@@ -143,6 +143,21 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_window_is_not_an_empty_ledger() {
+        let mut d = LedgerDoc {
+            api: API_VERSION,
+            since: Some(0),
+            records: vec![],
+        };
+        assert_eq!(
+            printed(&d, Mode::Human),
+            "no records since 1970-01-01T00:00:00Z\n"
+        );
+        d.since = None;
+        assert_eq!(printed(&d, Mode::Human), "the ledger is empty\n");
+    }
+
+    #[test]
     fn a_ledger_reason_cannot_drive_the_terminal() {
         let d = LedgerDoc {
             api: API_VERSION,

@@ -1188,6 +1188,14 @@ fn r_firewall_json_documents_match_their_schemas() {
         assert_schema("revoke", &r.stdout)["revoked"][0]["addr"],
         "10.99.0.3"
     );
+    // Again: the grant is gone, and the message says which, not nft's ENOENT.
+    let again = lab.pw(POLICY, &["revoke", "873", "--from", "10.99.0.3"]);
+    assert_eq!(code(&again), 2);
+    assert!(
+        stderr(&again).contains("no grant for 873/tcp from 10.99.0.3"),
+        "{}",
+        stderr(&again)
+    );
     assert_schema("fw-diff", &pw(&["fw", "diff"]).stdout);
     assert_schema(
         "fw-apply",

@@ -386,3 +386,79 @@ fn r2_policy_init_from_host_drafts_a_policy_that_manages_every_listener() {
         2
     );
 }
+
+/// What the review of the rework found, held: an audit of a wrong state directory does
+/// not pass, conflicting format flags are refused, sub-second lifetimes and blank owner
+/// labels are usage errors.
+#[test]
+fn r_wrong_state_dirs_and_conflicting_flags_are_said() {
+    let dir = tempdir("review");
+    let missing = dir.join("nope");
+    let o = run(&["--state-dir", missing.to_str().unwrap(), "log", "verify"]);
+    assert_eq!(code(&o), 1, "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no ledger at"));
+    let file = dir.join("file");
+    std::fs::write(&file, "x").unwrap();
+    let o = run(&["--state-dir", file.to_str().unwrap(), "leases"]);
+    assert_eq!(code(&o), 2);
+    let err = stderr(&o);
+    assert_eq!(err.lines().count(), 1, "said once: {err}");
+    assert!(err.contains("not a directory"), "{err}");
+    let o = run(&["--json", "report", "--format", "csv"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("two formats"), "{}", stderr(&o));
+    for args in [
+        &["alloc", "x", "--owner", " "][..],
+        &["alloc", "x", "--owner", "a\u{2028}b"],
+    ] {
+        let o = run(args);
+        assert_eq!(code(&o), 2, "{args:?}");
+    }
+    let policy = dir.join("p.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\n[[pool]]\nname = \"p\"\nrange = \"20000-20099\"\n[[service]]\nname = \"s\"\npool = \"p\"\nzone = \"localhost\"\n",
+    )
+    .unwrap();
+    let state = dir.join("state");
+    let p = policy.to_str().unwrap();
+    let s = state.to_str().unwrap();
+    let o = run(&[
+        "--policy",
+        p,
+        "--state-dir",
+        s,
+        "alloc",
+        "s",
+        "--ttl",
+        "1500ms",
+    ]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("whole seconds"), "{}", stderr(&o));
+    // Without USER or LOGNAME, the owner label is still the user's name, so a lease made
+    // by cron can be renewed from a shell.
+    let o = bin()
+        .args([
+            "--policy",
+            p,
+            "--state-dir",
+            s,
+            "--json",
+            "alloc",
+            "s",
+            "--no-probe",
+        ])
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .env_remove("SUDO_USER")
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        !v["leases"][0]["owner"]
+            .as_str()
+            .unwrap()
+            .starts_with("uid:"),
+        "{v}"
+    );
+}
