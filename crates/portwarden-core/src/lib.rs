@@ -20,6 +20,7 @@ pub mod report;
 pub mod targets;
 #[cfg(test)]
 mod testkit;
+pub mod time;
 pub mod units;
 
 pub use addr::{AddrSet, Cidr};

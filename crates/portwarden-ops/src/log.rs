@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::bail;
 use portwarden_api::API_VERSION;
 use portwarden_api::log::{Broken, Head, HeadDoc, LedgerDoc, PruneDoc, Record, VerifyDoc};
-use portwarden_core::report::utc;
+use portwarden_core::time::utc;
 use portwarden_store::{Entry, Journal};
 
 use crate::Ctx;

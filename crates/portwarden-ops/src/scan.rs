@@ -658,7 +658,7 @@ async fn detect(
         if let Some(c) = cert {
             f.cert_subject = Some(c.subject);
             f.cert_names = c.names;
-            f.cert_expires = Some(portwarden_core::report::utc(c.not_after));
+            f.cert_expires = Some(portwarden_core::time::utc(c.not_after));
         }
         if let Some(id) = r.identified {
             f.service = Some(id);

@@ -1856,7 +1856,7 @@ impl Journal for SqliteStore {
                 reason: Some(match deadline {
                     Some(d) => format!(
                         "pending, rolls back at {} unless confirmed",
-                        portwarden_core::report::utc(d)
+                        portwarden_core::time::utc(d)
                     ),
                     None => "applied without confirmation".into(),
                 }),
@@ -2063,7 +2063,7 @@ impl Journal for SqliteStore {
                     after: Some(format!(
                         "{} until {}",
                         g.addr,
-                        portwarden_core::report::utc(g.expires_at)
+                        portwarden_core::time::utc(g.expires_at)
                     )),
                     reason: None,
                 },
@@ -2535,7 +2535,7 @@ impl Journal for SqliteStore {
                 after: json(&cp),
                 reason: Some(format!(
                     "retention: records before {}",
-                    portwarden_core::report::utc(cutoff)
+                    portwarden_core::time::utc(cutoff)
                 )),
             },
         )

@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use portwarden_api::API_VERSION;
 use portwarden_api::fw::{ApplyDoc, DiffDoc, FwTxnView, PlanDoc, StatusDoc, TxnDoc};
 use portwarden_core::Protocol;
-use portwarden_core::report::utc;
+use portwarden_core::time::utc;
 use portwarden_core::units::HumanDuration;
 use portwarden_nft::{Grant, LeasedPort, Options};
 use portwarden_store::{Change, FwState, FwTxn, Journal, SqliteStore, StoreError};

@@ -202,7 +202,7 @@ pub fn refusal(msg: &str) {
 
 /// Unix seconds as `2026-11-28T18:24:47Z`.
 pub fn utc(secs: i64) -> String {
-    portwarden_core::report::utc(secs)
+    portwarden_core::time::utc(secs)
 }
 
 fn ago(secs: i64) -> String {
