@@ -22,6 +22,11 @@ use crate::Ctx;
 /// The largest grant file read (as for policies).
 const GRANT_FILE_MAX: u64 = crate::policy::POLICY_MAX_BYTES;
 
+/// The size limit in the words the policy reader uses.
+fn too_large() -> String {
+    format!("larger than the {} MiB limit", GRANT_FILE_MAX >> 20)
+}
+
 /// One grant or revocation: source (IPv4-mapped addresses as IPv4), protocol, port, and
 /// how long (zero for a revocation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,12 +49,16 @@ fn read_lines(path: &Path) -> anyhow::Result<Vec<(usize, Vec<String>)>> {
             .read_to_end(&mut bytes)
             .with_context(|| format!("cannot read {shown}"))?;
         if bytes.len() as u64 > GRANT_FILE_MAX {
-            bail!("{shown} is larger than {GRANT_FILE_MAX} bytes; nothing applied");
+            bail!("cannot read {shown}: {}; nothing applied", too_large());
         }
         bytes
     } else {
-        crate::files::read_regular(path, GRANT_FILE_MAX)
-            .with_context(|| format!("cannot read {shown}; nothing applied"))?
+        crate::files::read_regular(path, GRANT_FILE_MAX).map_err(|e| match e.kind() {
+            std::io::ErrorKind::FileTooLarge => {
+                anyhow::anyhow!("cannot read {shown}: {}; nothing applied", too_large())
+            }
+            _ => anyhow::Error::new(e).context(format!("cannot read {shown}; nothing applied")),
+        })?
     };
     let text = String::from_utf8(bytes).with_context(|| format!("{shown} is not UTF-8"))?;
     Ok(text

@@ -399,6 +399,16 @@ pub fn recover_expired(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<()> {
         },
     )?;
     ctx.notes.warn(&what);
+    if deadline <= now {
+        // The watcher rolls back at once: give it a moment (bounded), so that what this
+        // command goes on to show (`fw status`) is the state after that rollback.
+        for _ in 0..50 {
+            if pending(&s)?.is_none_or(|p| p.id != t.id) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     Ok(())
 }
 
