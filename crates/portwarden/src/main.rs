@@ -52,6 +52,21 @@ fn main() -> ExitCode {
         Some("-Pn") => "--no-ping".into(),
         _ => a,
     });
+    // clap would drop an escape sequence from a value before quoting it back, so the
+    // message would name a value nobody typed: such an argument is refused here, shown
+    // escaped.
+    let args: Vec<std::ffi::OsString> = args.collect();
+    if let Some(bad) = args
+        .iter()
+        .skip(1)
+        .filter_map(|a| a.to_str())
+        .find(|a| a.chars().any(portwarden_core::diag::is_unsafe_char))
+    {
+        output::usage_error(&format!(
+            "error: an argument holds a control or format character: `{bad}`"
+        ));
+        return Status::Error.into();
+    }
     // Usage errors are one line in our own format, exit 2; help and version as clap has
     // them.
     let cli = match cli::Cli::try_parse_from(args) {

@@ -404,6 +404,10 @@ fn r_wrong_state_dirs_and_conflicting_flags_are_said() {
     let err = stderr(&o);
     assert_eq!(err.lines().count(), 1, "said once: {err}");
     assert!(err.contains("not a directory"), "{err}");
+    // A value with an escape sequence is quoted back escaped, not as clap strips it.
+    let o = run(&["who", "\u{1b}[31m80"]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("`\\x1b[31m80`"), "{}", stderr(&o));
     let o = run(&["--json", "report", "--format", "csv"]);
     assert_eq!(code(&o), 2);
     assert!(stderr(&o).contains("two formats"), "{}", stderr(&o));
