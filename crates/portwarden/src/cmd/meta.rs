@@ -9,7 +9,7 @@ pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<Status> {
     let mut cmd = Cli::command();
     let mut buf = Vec::new();
     clap_complete::generate(shell, &mut cmd, "portwarden", &mut buf);
-    output::text(&String::from_utf8_lossy(&buf))?;
+    output::Printer::plain().text(&String::from_utf8_lossy(&buf))?;
     Ok(Status::Ok)
 }
 
@@ -71,7 +71,7 @@ pub fn man() -> anyhow::Result<Status> {
     let mut version = Vec::new();
     man.render_version_section(&mut version)?;
     text.push_str(&String::from_utf8_lossy(&version));
-    output::text(&text)?;
+    output::Printer::plain().text(&text)?;
     Ok(Status::Ok)
 }
 

@@ -20,7 +20,9 @@ use anyhow::Context;
 pub fn write_output(path: &Path, bytes: &[u8], force: bool) -> anyhow::Result<()> {
     use std::os::unix::fs::FileTypeExt;
     if path.as_os_str() == "-" || path == Path::new("/dev/stdout") {
-        return super::text(&String::from_utf8_lossy(bytes)).context("cannot write stdout");
+        return super::Printer::plain()
+            .text(&String::from_utf8_lossy(bytes))
+            .context("cannot write stdout");
     }
     if path == Path::new("/dev/stderr") {
         use std::io::Write;

@@ -128,13 +128,6 @@ pub fn note(quiet: bool, msg: &str) {
     }
 }
 
-/// Prints text on stdout, control characters other than newline and tab escaped.
-pub fn text(s: &str) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    out.write_all(clean(s, true).as_bytes())?;
-    out.flush()
-}
-
 /// Left-aligned columns separated by two spaces; the last column is not padded.
 pub struct Table {
     rows: Vec<Vec<String>>,

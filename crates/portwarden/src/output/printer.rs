@@ -50,6 +50,14 @@ impl Printer<io::Stdout> {
     }
 }
 
+impl Printer<io::Stdout> {
+    /// Stdout for text that is the answer whatever the flags: a completion script, the
+    /// man page, an `-o -` output.
+    pub fn plain() -> Printer<io::Stdout> {
+        Printer::new(Mode::Human, 0, io::stdout())
+    }
+}
+
 impl<W: Write> Printer<W> {
     /// A printer into `w`.
     pub fn new(mode: Mode, verbose: u8, w: W) -> Printer<W> {
