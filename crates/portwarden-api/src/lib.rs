@@ -5,12 +5,15 @@
 pub mod catalog;
 pub mod check;
 pub mod fw;
+pub mod health;
 pub mod inventory;
 pub mod lease;
 pub mod log;
 pub mod policy;
 pub mod report;
 pub mod scan;
+pub mod serve;
+pub mod token;
 
 /// The version of every document's shape (`"api": 1`): bumped when a field changes its
 /// meaning or goes away; adding a field does not bump it.
@@ -63,5 +66,11 @@ pub fn documents() -> Vec<Document> {
         doc::<catalog::CatalogDoc>("catalog", "catalog"),
         doc::<catalog::EntryDoc>("catalog-entry", "catalog NAME"),
         doc::<policy::PolicyCheckDoc>("policy-check", "policy check"),
+        doc::<serve::HealthDoc>("health", "GET /api/v1/health"),
+        doc::<health::PortsDoc>("ports", "GET /api/v1/ports"),
+        doc::<serve::ErrorDoc>("error", "any HTTP API error (4xx, 5xx)"),
+        doc::<token::TokenDoc>("token", "token create"),
+        doc::<token::TokensDoc>("tokens", "token list"),
+        doc::<token::TokenRevokeDoc>("token-revoke", "token revoke"),
     ]
 }

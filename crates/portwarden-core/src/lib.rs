@@ -8,6 +8,7 @@
 
 pub mod addr;
 pub mod alloc;
+pub mod auth;
 pub mod catalog;
 pub mod diag;
 pub mod draft;
@@ -49,5 +50,6 @@ mod names {
         same(crate::alloc::LeaseState::as_str);
         same(crate::catalog::TlsStyle::as_str);
         same(crate::catalog::Sensitivity::as_str);
+        same(crate::auth::Role::as_str);
     }
 }

@@ -9,7 +9,7 @@ use portwarden_core::findings::{Finding, Severity, policy_findings};
 use portwarden_store::Journal;
 
 use crate::Ctx;
-use crate::policy::{LoadedPolicy, load_policy};
+use crate::policy::LoadedPolicy;
 
 /// What the embedded store holds for the rules, when it exists.
 #[derive(Default)]
@@ -114,7 +114,7 @@ pub async fn evaluate(
     policy: Option<&Path>,
     state_dir: &Path,
 ) -> anyhow::Result<Evaluation> {
-    let loaded = load_policy(policy)?;
+    let loaded = crate::policy::load(ctx, policy)?;
     let mut findings = policy_findings(&loaded.policy, Catalog::builtin());
     let st = read_store(ctx, state_dir)?;
     let leased = st

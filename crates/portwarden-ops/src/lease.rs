@@ -185,7 +185,7 @@ pub async fn alloc(
     req: &AllocReq,
     granted: &mut (dyn FnMut(&portwarden_api::lease::Lease) -> std::io::Result<()> + Send),
 ) -> anyhow::Result<AllocDoc> {
-    let loaded = crate::policy::load_policy(policy)?;
+    let loaded = crate::policy::load(ctx, policy)?;
     let policy = &loaded.policy;
     let Some(svc) = policy.service(&req.service) else {
         let names: Vec<&str> = policy.services.iter().map(|s| s.name.as_str()).collect();
@@ -303,7 +303,7 @@ pub async fn renew(
     ttl: Option<Duration>,
     owner: &str,
 ) -> anyhow::Result<LeaseOpDoc> {
-    let loaded = crate::policy::load_policy(policy)?;
+    let loaded = crate::policy::load(ctx, policy)?;
     let store = SqliteLeases::new(crate::store::open(ctx, state_dir, false)?);
     let lease = find_lease(&store, id).await?;
     let ttl = ttl_secs(ttl, &loaded.policy, lease.pool.as_deref(), lease.ttl_max)?;
@@ -366,7 +366,7 @@ pub async fn reclaim(
     state_dir: &Path,
     dry_run: bool,
 ) -> anyhow::Result<ReclaimDoc> {
-    let loaded = crate::policy::load_policy(policy)?;
+    let loaded = crate::policy::load(ctx, policy)?;
     let policy = &loaded.policy;
     let doc = |reclaimed| ReclaimDoc {
         api: API_VERSION,
@@ -427,7 +427,7 @@ pub async fn reclaim(
 
 /// `pools`: each pool's occupation.
 pub async fn pools(ctx: &Ctx, policy: Option<&Path>, state_dir: &Path) -> anyhow::Result<PoolsDoc> {
-    let loaded = crate::policy::load_policy(policy)?;
+    let loaded = crate::policy::load(ctx, policy)?;
     let sysctls = portwarden_os::sysctl::read_host();
     let leases = stored_leases(ctx, state_dir).await?;
     let usage = pool_usage(&loaded.policy, &lease_facts(&leases), &sysctls);
@@ -457,7 +457,7 @@ pub fn reserve(
     state_dir: &Path,
     dry_run: bool,
 ) -> anyhow::Result<ReserveDoc> {
-    let loaded = crate::policy::load_policy(policy)?;
+    let loaded = crate::policy::load(ctx, policy)?;
     let current = portwarden_os::sysctl::read_host().ip_local_reserved_ports;
     let render = |v: &[portwarden_core::PortRange]| {
         v.iter()

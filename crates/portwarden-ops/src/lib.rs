@@ -15,6 +15,7 @@ pub mod check;
 pub mod facts;
 pub mod files;
 pub mod fw;
+pub mod health;
 pub mod inventory;
 pub mod lease;
 pub mod log;
@@ -22,6 +23,7 @@ pub mod policy;
 pub mod report;
 pub mod scan;
 pub mod store;
+pub mod token;
 
 /// The wall clock, injected so a test can set it.
 pub trait Clock: Send + Sync {
@@ -98,6 +100,9 @@ pub struct Ctx {
     pub stop: &'static AtomicBool,
     /// Who acts, as the ledger records it (`root (uid 0, sudo from alice)`).
     pub actor: String,
+    /// The policy already loaded, when the caller holds one (the daemon): use-cases run
+    /// under it instead of reading their `policy` path.
+    pub policy: Option<Arc<policy::LoadedPolicy>>,
 }
 
 impl Ctx {
@@ -109,6 +114,7 @@ impl Ctx {
             progress: Arc::new(|_, _| {}),
             stop,
             actor: "unknown".into(),
+            policy: None,
         }
     }
 }

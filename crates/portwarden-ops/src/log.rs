@@ -150,7 +150,7 @@ pub fn prune(
     state_dir: &Path,
     dry_run: bool,
 ) -> anyhow::Result<PruneDoc> {
-    let loaded = crate::policy::load_policy(policy)?;
+    let loaded = crate::policy::load(ctx, policy)?;
     let days = i64::from(loaded.policy.compliance.ledger_retention_days);
     let now = ctx.clock.now();
     let cutoff = now - days * 86_400;
@@ -176,4 +176,15 @@ pub fn prune(
     }
     let n = store.prune_ledger(cutoff, now, &ctx.actor)?;
     Ok(doc(usize::try_from(n).unwrap_or(0), true, false))
+}
+
+/// Appends one record for a change made outside the store (the daemon's policy reload,
+/// an alert's raise or clear).
+pub fn record_change(
+    ctx: &Ctx,
+    state_dir: &Path,
+    change: portwarden_store::Change,
+) -> anyhow::Result<Record> {
+    let mut s = crate::store::open(ctx, state_dir, true)?;
+    Ok(record(&s.record(ctx.clock.now(), change)?))
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use portwarden_core::{Catalog, Policy};
 
 /// A policy with the name it is known by in messages.
+#[derive(Debug, Clone)]
 pub struct LoadedPolicy {
     pub name: String,
     pub policy: Policy,
@@ -47,6 +48,16 @@ pub fn load_policy(path: Option<&Path>) -> anyhow::Result<LoadedPolicy> {
             name: "the built-in baseline policy".to_string(),
             policy: Policy::baseline(),
         }),
+    }
+}
+
+/// The policy a use-case runs under: the one the caller holds ([`Ctx::policy`], the
+/// daemon's, replaced only by a valid one on SIGHUP), else the `--policy` file or the
+/// baseline.
+pub fn load(ctx: &crate::Ctx, path: Option<&Path>) -> anyhow::Result<LoadedPolicy> {
+    match &ctx.policy {
+        Some(p) => Ok(LoadedPolicy::clone(p)),
+        None => load_policy(path),
     }
 }
 

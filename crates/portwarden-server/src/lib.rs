@@ -1,6 +1,304 @@
-//! The daemon: the axum HTTP API with auth, `/metrics`, the dashboard and periodic jobs,
-//! wiring adapters together. Contains no domain logic.
-//!
-//! Empty until the daemon issue lands.
+//! The daemon: the HTTP API with auth, `/metrics`, periodic jobs and the policy it
+//! serves under, wiring the use-cases of `portwarden-ops` to listeners. Contains no
+//! domain logic: every answer is an ops use-case's `portwarden-api` document.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![deny(missing_docs)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use portwarden_ops::policy::LoadedPolicy;
+use portwarden_ops::{Clock, Ctx};
+
+mod auth;
+mod http;
+pub mod jobs;
+mod listen;
+pub mod metrics;
+
+pub use http::router;
+
+/// The default API address: loopback, port 9217.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9217";
+
+/// How the daemon is asked to run (`portwarden serve`'s flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The API's address (`127.0.0.1:9217`).
+    pub listen: SocketAddr,
+    /// `/metrics` without a token, on a listener of its own.
+    pub metrics_listen: Option<SocketAddr>,
+    /// A Unix socket for local clients (the peer's uid is the actor; no token).
+    pub socket: Option<PathBuf>,
+    /// Certificate chain and key (PEM) for TLS on the TCP listeners.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Serve plain HTTP on a non-loopback address, said explicitly.
+    pub insecure_http: bool,
+    /// The policy file (`None`: the built-in baseline); re-read on SIGHUP.
+    pub policy: Option<PathBuf>,
+    /// The state directory of the store.
+    pub state_dir: PathBuf,
+    /// How often the periodic jobs run.
+    pub interval: Duration,
+    /// Open connections served at once per listener; more are closed at accept.
+    pub max_connections: usize,
+    /// A client has this long to send a request's headers (also the keep-alive idle
+    /// limit): slowloris clients are closed.
+    pub header_timeout: Duration,
+}
+
+impl Config {
+    /// The defaults of `portwarden serve`, for a state directory.
+    pub fn new(state_dir: PathBuf) -> Config {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9217)),
+            metrics_listen: None,
+            socket: None,
+            tls: None,
+            insecure_http: false,
+            policy: None,
+            state_dir,
+            interval: Duration::from_secs(10),
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Refuses plain HTTP on an address others can reach, unless said explicitly.
+    pub fn check(&self) -> anyhow::Result<()> {
+        for a in std::iter::once(self.listen).chain(self.metrics_listen) {
+            if !a.ip().is_loopback() && self.tls.is_none() && !self.insecure_http {
+                anyhow::bail!(
+                    "{a} is not a loopback address: serving the API there needs TLS (--tls-cert and --tls-key), or --insecure-http to say plain HTTP is meant"
+                );
+            }
+        }
+        if self.max_connections == 0 {
+            anyhow::bail!("--max-connections must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Set when the daemon stops: long use-cases (a scan) end early.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Warnings and detail of use-cases run by the daemon go to its log.
+struct LogNotes;
+
+impl portwarden_ops::Notes for LogNotes {
+    fn warn(&self, msg: &str) {
+        tracing::warn!("{msg}");
+    }
+    fn verbose(&self, msg: &str) {
+        tracing::debug!("{msg}");
+    }
+}
+
+/// What every request and job shares.
+pub struct App {
+    cfg: Config,
+    clock: Arc<dyn Clock>,
+    policy: RwLock<Arc<LoadedPolicy>>,
+    started: Instant,
+    /// The jobs' last runs, for `/api/v1/health` and metrics.
+    pub jobs: jobs::Board,
+    failures: Mutex<auth::Failures>,
+    /// The last evaluation a job made (findings for metrics).
+    latest: Mutex<Option<jobs::Latest>>,
+}
+
+impl App {
+    /// Loads the policy (a bad one is an error: the daemon does not start on it).
+    pub fn new(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<App>> {
+        let policy = portwarden_ops::policy::load_policy(cfg.policy.as_deref())?;
+        Ok(Arc::new(App {
+            jobs: jobs::Board::new(cfg.interval),
+            cfg,
+            clock,
+            policy: RwLock::new(Arc::new(policy)),
+            started: Instant::now(),
+            failures: Mutex::new(auth::Failures::default()),
+            latest: Mutex::new(None),
+        }))
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<LoadedPolicy> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The context a use-case runs with for `actor`: the daemon's clock and policy.
+    pub fn ctx(&self, actor: &str) -> Ctx {
+        let mut c = Ctx::quiet(&STOP);
+        c.clock = self.clock.clone();
+        c.notes = Arc::new(LogNotes);
+        c.actor = actor.to_string();
+        c.policy = Some(self.policy());
+        c
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.cfg.state_dir
+    }
+
+    /// Re-reads the policy file: a valid one replaces the one in force, a bad one is
+    /// refused and the old one kept; either way the ledger says so. Returns the error of
+    /// a refused one.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let Some(path) = self.cfg.policy.as_deref() else {
+            tracing::info!("SIGHUP: no policy file (the built-in baseline): nothing to re-read");
+            return Ok(());
+        };
+        let ctx = self.ctx("portwarden serve (SIGHUP)");
+        let res = portwarden_ops::policy::load_policy(Some(path));
+        let (action, reason) = match &res {
+            Ok(_) => ("policy.reload", None),
+            Err(e) => (
+                "policy.reload-refused",
+                Some(format!("{e:#}; the policy in force is kept")),
+            ),
+        };
+        let recorded = portwarden_ops::log::record_change(
+            &ctx,
+            &self.cfg.state_dir,
+            portwarden_store::Change {
+                actor: ctx.actor.clone(),
+                action: action.into(),
+                subject: path.display().to_string(),
+                before: None,
+                after: None,
+                reason: reason.clone(),
+            },
+        );
+        if let Err(e) = recorded {
+            tracing::warn!("cannot record the policy reload in the ledger: {e:#}");
+        }
+        match res {
+            Ok(p) => {
+                tracing::info!(policy = %p.name, "policy re-read");
+                match self.policy.write() {
+                    Ok(mut w) => *w = Arc::new(p),
+                    Err(w) => *w.into_inner() = Arc::new(p),
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!("policy refused, the one in force is kept: {e:#}");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Sets up the log: text with colours on a terminal, else plain text; JSON lines when
+/// asked. Logs go to stderr.
+pub fn init_logging(json: bool, verbose: u8) {
+    use std::io::IsTerminal;
+    let level = match verbose {
+        0 => tracing::Level::INFO,
+        1 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    let b = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        b.json().flatten_event(true).try_init()
+    } else {
+        b.with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
+}
+
+/// Runs the daemon until SIGTERM or SIGINT: binds every listener, starts the jobs, tells
+/// systemd it is ready; on SIGHUP re-reads the policy. On stop: no new connections,
+/// in-flight requests finish (bounded), jobs stop, the store is closed.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    cfg.check()?;
+    let app = App::new(cfg.clone(), Arc::new(portwarden_ops::SystemClock))?;
+    let tls = match &cfg.tls {
+        Some((cert, key)) => Some(listen::tls_acceptor(cert, key)?),
+        None => None,
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let api = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    tracing::info!(addr = %api.local_addr()?, kind = "api", tls = tls.is_some(), "listening");
+    tasks.spawn(listen::tcp(
+        api,
+        tls.clone(),
+        http::router(app.clone()),
+        cfg.clone(),
+        stop_rx.clone(),
+    ));
+    if let Some(m) = cfg.metrics_listen {
+        let l = tokio::net::TcpListener::bind(m)
+            .await
+            .with_context(|| format!("cannot listen on {m}"))?;
+        tracing::info!(addr = %l.local_addr()?, kind = "metrics", tls = tls.is_some(), "listening");
+        tasks.spawn(listen::tcp(
+            l,
+            tls.clone(),
+            http::metrics_router(app.clone()),
+            cfg.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    if let Some(path) = &cfg.socket {
+        let l = listen::unix_listener(path)?;
+        tracing::info!(path = %path.display(), kind = "socket", "listening");
+        tasks.spawn(listen::unix(
+            l,
+            http::router(app.clone()),
+            cfg.clone(),
+            stop_rx.clone(),
+        ));
+    }
+    let jobs = jobs::spawn_all(app.clone(), stop_rx.clone());
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    wait_for_stop(&app).await?;
+    tracing::info!("stopping: finishing requests in flight");
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    STOP.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    // Listeners drain their connections (bounded in `listen`); jobs end their run.
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(Err(e)) = r {
+            tracing::warn!("listener: {e:#}");
+        }
+    }
+    jobs.stop().await;
+    if let Some(path) = &cfg.socket {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT, re-reading the policy on each SIGHUP meanwhile.
+async fn wait_for_stop(app: &Arc<App>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                let app = app.clone();
+                let _ = tokio::task::spawn_blocking(move || app.reload()).await;
+            }
+        }
+    }
+}

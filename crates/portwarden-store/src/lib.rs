@@ -153,6 +153,9 @@ pub enum StoreError {
         "firewall transaction {0} is pending: `portwarden fw confirm` or `portwarden fw rollback` first"
     )]
     Pending(i64),
+    /// Something of that name exists already.
+    #[error("{0}")]
+    Exists(String),
     /// The store does not exist yet.
     #[error("no store at {0} yet")]
     Missing(PathBuf),
@@ -284,6 +287,21 @@ pub struct GrantRecord {
     pub actor: String,
 }
 
+/// An API token of the daemon: only the SHA-256 of its secret is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenRecord {
+    /// Its name: the actor the ledger records for its requests.
+    pub name: String,
+    /// What it may do.
+    pub role: portwarden_core::auth::Role,
+    /// SHA-256 of the secret, lowercase hex.
+    pub sha256: String,
+    /// When it was made, unix seconds.
+    pub created_at: i64,
+    /// Who made it.
+    pub actor: String,
+}
+
 /// What stays on this host whatever stores the leases: the hash-chained ledger, the
 /// identities of managed ports, firewall transactions and grants. Synchronous: SQLite.
 pub trait Journal {
@@ -373,6 +391,19 @@ pub trait Journal {
     /// Re-creates dropped append-only triggers and closes an open retention gate, with a
     /// ledger record; returns what was repaired.
     fn repair_ledger(&mut self, now: i64, actor: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Stores a new API token (`Exists` when the name is taken), with its ledger record.
+    fn token_create(&mut self, now: i64, t: &TokenRecord) -> Result<(), StoreError>;
+
+    /// Every API token, by name.
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError>;
+
+    /// The token whose secret hashes to `sha256`, if its row is vouched for by this
+    /// host's key (a row written into the database by hand opens nothing).
+    fn token_by_hash(&self, sha256: &str) -> Result<Option<TokenRecord>, StoreError>;
+
+    /// Deletes a token, with its ledger record; `false` when there was none of that name.
+    fn token_revoke(&mut self, now: i64, actor: &str, name: &str) -> Result<bool, StoreError>;
 
     /// Deletes records older than `cutoff` after writing a checkpoint the chain verifies
     /// through; returns how many were deleted.

@@ -14,13 +14,13 @@ use crate::anchor::{Anchor, Head};
 use crate::ledger::{self, CHECKPOINT, Change, Checkpoint, Entry, GENESIS, Verification};
 use crate::{
     FwState, FwTxn, GrantRecord, Identity, Journal, Lease, LeaseProbe, NewLease, Reclaimed,
-    StoreError,
+    StoreError, TokenRecord,
 };
 
 /// SQLite `application_id` of a portwarden store: "PWRD".
 pub const APPLICATION_ID: i64 = 0x5057_5244;
 /// Current schema version (`user_version`).
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 /// File name inside the state directory.
 pub const DB_FILE: &str = "portwarden.db";
 
@@ -177,6 +177,19 @@ const SCHEMA_V5_COLUMNS: [(&str, &str, &str); 3] = [
     ("leases", "mac", "TEXT"),
     ("grants", "mac", "TEXT"),
 ];
+
+/// Version 6: the daemon's API tokens (the SHA-256 of each secret, never the secret),
+/// each row MACed by the host key.
+const SCHEMA_V6: &str = r#"
+CREATE TABLE IF NOT EXISTS tokens (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL CHECK (role IN ('read', 'operate', 'admin')),
+    sha256 TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    mac TEXT
+);
+"#;
 
 /// Where a store's warnings go once a sink is set.
 type WarningSink = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
@@ -636,6 +649,9 @@ impl SqliteStore {
                             .map_err(backend)?;
                     }
                 }
+            }
+            if ver < 6 {
+                tx.execute_batch(SCHEMA_V6).map_err(backend)?;
             }
             // Version 5: from now on a missing anchor is damage, not age. A store made
             // before anchors (or before they kept the pruned point) adopts one now, once,
@@ -1100,6 +1116,43 @@ fn lease_mac(k: &crate::key::HostKey, seq: i64, l: &Lease) -> String {
         .as_bytes(),
     );
     format!("{seq}:{m}")
+}
+
+/// The MAC of a token row: its name, role and secret's digest, bound to the ledger
+/// record that made it. Stored as `SEQ:HEX`.
+fn token_mac(k: &crate::key::HostKey, seq: i64, t: &TokenRecord) -> String {
+    let m = k.mac(
+        format!(
+            "portwarden token\n{seq}\n{}\n{}\n{}",
+            t.name,
+            t.role.as_str(),
+            t.sha256
+        )
+        .as_bytes(),
+    );
+    format!("{seq}:{m}")
+}
+
+const TOKEN_COLS: &str = "name, role, sha256, created_at, actor, mac";
+
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(TokenRecord, Option<String>)> {
+    let role: String = r.get(1)?;
+    Ok((
+        TokenRecord {
+            name: r.get(0)?,
+            role: role.parse().map_err(|_| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    1,
+                    rusqlite::types::Type::Text,
+                    format!("unknown role {role:?}").into(),
+                )
+            })?,
+            sha256: r.get(2)?,
+            created_at: r.get(3)?,
+            actor: r.get(4)?,
+        },
+        r.get(5)?,
+    ))
 }
 
 /// The sequence number a `SEQ:HEX` MAC is bound to.
@@ -2119,6 +2172,111 @@ impl Journal for SqliteStore {
         }
         tx.commit().map_err(backend)?;
         self.committed()
+    }
+
+    fn token_create(&mut self, now: i64, t: &TokenRecord) -> Result<(), StoreError> {
+        self.writable()?;
+        let tx = immediate(&mut self.conn)?;
+        let taken: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM tokens WHERE name = ?1",
+                [&t.name],
+                |r| r.get(0),
+            )
+            .map_err(backend)?;
+        if taken > 0 {
+            return Err(StoreError::Exists(format!(
+                "a token named `{}` exists: revoke it first",
+                t.name
+            )));
+        }
+        let e = append(
+            &tx,
+            now,
+            Change {
+                actor: t.actor.clone(),
+                action: "token.create".into(),
+                subject: format!("token:{}", t.name),
+                before: None,
+                after: Some(format!("role {}", t.role.as_str())),
+                reason: None,
+            },
+        )
+        .map_err(backend)?;
+        tx.execute(
+            &format!("INSERT INTO tokens ({TOKEN_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+            params![
+                t.name,
+                t.role.as_str(),
+                t.sha256,
+                t.created_at,
+                t.actor,
+                self.key.as_ref().map(|k| token_mac(k, e.seq, t))
+            ],
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        self.committed()
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT {TOKEN_COLS} FROM tokens ORDER BY name"))
+            .map_err(backend)?;
+        let rows = st.query_map([], token_row).map_err(backend)?;
+        rows.map(|r| r.map(|(t, _)| t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)
+    }
+
+    fn token_by_hash(&self, sha256: &str) -> Result<Option<TokenRecord>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                &format!("SELECT {TOKEN_COLS} FROM tokens WHERE sha256 = ?1"),
+                [sha256],
+                token_row,
+            )
+            .optional()
+            .map_err(backend)?;
+        let (Some((t, Some(mac))), Some(k)) = (row, &self.key) else {
+            return Ok(None);
+        };
+        let vouched = mac_seq(&mac).is_some_and(|seq| token_mac(k, seq, &t) == mac);
+        Ok(vouched.then_some(t))
+    }
+
+    fn token_revoke(&mut self, now: i64, actor: &str, name: &str) -> Result<bool, StoreError> {
+        self.writable()?;
+        let tx = immediate(&mut self.conn)?;
+        let role: Option<String> = tx
+            .query_row("SELECT role FROM tokens WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(backend)?;
+        let Some(role) = role else {
+            return Ok(false);
+        };
+        tx.execute("DELETE FROM tokens WHERE name = ?1", [name])
+            .map_err(backend)?;
+        append(
+            &tx,
+            now,
+            Change {
+                actor: actor.to_string(),
+                action: "token.revoke".into(),
+                subject: format!("token:{name}"),
+                before: Some(format!("role {role}")),
+                after: None,
+                reason: None,
+            },
+        )
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        self.committed()?;
+        Ok(true)
     }
 
     fn fw_txns(&self) -> Result<Vec<FwTxn>, StoreError> {

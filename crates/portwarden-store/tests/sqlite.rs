@@ -1272,3 +1272,69 @@ fn a_version_4_store_upgrades_with_its_grants_and_leases_still_in_force() {
     alloc(&mut s, 10, "bob", 300).unwrap();
     assert!(s.verify_ledger().unwrap().ok());
 }
+
+fn token(
+    name: &str,
+    role: portwarden_core::auth::Role,
+    secret: &str,
+) -> portwarden_store::TokenRecord {
+    portwarden_store::TokenRecord {
+        name: name.into(),
+        role,
+        sha256: sha256_hex(secret),
+        created_at: 100,
+        actor: "root".into(),
+    }
+}
+
+#[test]
+fn tokens_are_kept_by_digest_recorded_and_a_hand_written_row_opens_nothing() {
+    use portwarden_core::auth::Role;
+    let d = tempdir("tokens");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    s.token_create(100, &token("ci", Role::Operate, "secret-1"))
+        .unwrap();
+    let before = s.ledger(None).unwrap().len();
+    // A second token of the same name is refused and writes nothing.
+    assert!(matches!(
+        s.token_create(101, &token("ci", Role::Admin, "secret-2")),
+        Err(StoreError::Exists(_))
+    ));
+    assert_eq!(s.ledger(None).unwrap().len(), before);
+    let found = s.token_by_hash(&sha256_hex("secret-1")).unwrap().unwrap();
+    assert_eq!((found.name.as_str(), found.role), ("ci", Role::Operate));
+    assert!(s.token_by_hash(&sha256_hex("secret-2")).unwrap().is_none());
+    // The secret itself is nowhere in the database.
+    let db = std::fs::read(d.join(portwarden_store::DB_FILE)).unwrap();
+    assert!(!db.windows(8).any(|w| w == b"secret-1"));
+    // A row written behind the store's back (or with its role raised) opens nothing.
+    let c = raw(&d);
+    c.execute(
+        "INSERT INTO tokens (name, role, sha256, created_at, actor, mac) VALUES ('evil', 'admin', ?1, 1, 'x', '1:00')",
+        [sha256_hex("forged")],
+    )
+    .unwrap();
+    c.execute("UPDATE tokens SET role = 'admin' WHERE name = 'ci'", [])
+        .unwrap();
+    drop(c);
+    let s2 = SqliteStore::open(&d, "local", false).unwrap();
+    assert!(s2.token_by_hash(&sha256_hex("forged")).unwrap().is_none());
+    assert!(s2.token_by_hash(&sha256_hex("secret-1")).unwrap().is_none());
+    drop(s2);
+    let mut s = SqliteStore::open(&d, "local", false).unwrap();
+    assert!(s.token_revoke(200, "root", "ci").unwrap());
+    assert!(!s.token_revoke(201, "root", "ci").unwrap());
+    let actions: Vec<String> = s
+        .ledger(None)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert!(actions.contains(&"token.create".to_string()));
+    assert_eq!(actions.last().unwrap(), "token.revoke");
+    assert_eq!(
+        s.tokens().unwrap().len(),
+        1,
+        "only the hand-written row is left"
+    );
+}

@@ -88,11 +88,95 @@ pub enum Command {
     },
     /// Print the manual page (roff) to stdout.
     Man,
+    /// Run the daemon: the HTTP API, /metrics, periodic jobs (SIGHUP re-reads the policy).
+    Serve(ServeArgs),
+    /// The daemon's API tokens: create (shown once), list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// List the `--json` documents, or print one's JSON Schema (docs/json.md).
     Schema {
         /// The document (`portwarden schema` lists them).
         name: Option<String>,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The API's address (a non-loopback one needs --tls-cert/--tls-key or --insecure-http).
+    #[arg(long, value_name = "ADDR:PORT", default_value = portwarden_server::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// Serve /metrics without a token on a listener of its own.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// A Unix socket for local use without tokens (the peer's user acts; root administers).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// TLS certificate chain (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address (said explicitly).
+    #[arg(long)]
+    pub insecure_http: bool,
+    /// How often the periodic jobs run.
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = positive_duration)]
+    pub interval: HumanDuration,
+    /// Connections served at once per listener; more are closed at accept.
+    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_connections: u32,
+    /// The log's format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Lines for a person.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token; prints the secret alone (or `{"name","role","token"}` with --json), once.
+    Create {
+        /// Its name: the actor the ledger records for its requests.
+        name: String,
+        /// What it may do.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token; exit 1 if there was none of that name.
+    Revoke {
+        /// Its name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    /// Reads only.
+    Read,
+    /// Reads and changes (leases, firewall, grants).
+    Operate,
+    /// Everything, tokens included.
+    Admin,
+}
+
+impl From<RoleArg> for portwarden_core::auth::Role {
+    fn from(r: RoleArg) -> Self {
+        use portwarden_core::auth::Role;
+        match r {
+            RoleArg::Read => Role::Read,
+            RoleArg::Operate => Role::Operate,
+            RoleArg::Admin => Role::Admin,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -560,12 +644,7 @@ fn socket_state(s: &str) -> Result<portwarden_core::facts::SocketState, String> 
 /// An owner label: 1 to 64 characters, none of them a control or format character (it
 /// is shown in tables and recorded in the ledger).
 fn owner_label(s: &str) -> Result<String, String> {
-    if s.trim().is_empty() || s.chars().count() > 64 {
-        return Err("an owner label is 1 to 64 characters, not only spaces".into());
-    }
-    if portwarden_core::diag::strip_unsafe(s, 64) != s {
-        return Err("an owner label has no control or format characters".into());
-    }
+    portwarden_core::auth::check_owner_label(s)?;
     Ok(s.to_string())
 }
 
@@ -632,4 +711,17 @@ impl From<FwFormat> for portwarden_ops::fw::Backend {
             FwFormat::Iptables => Backend::Iptables,
         }
     }
+}
+
+/// A job interval: at least a second.
+fn positive_duration(s: &str) -> Result<HumanDuration, String> {
+    let d: HumanDuration = s
+        .parse()
+        .map_err(|e: portwarden_core::units::UnitError| e.to_string())?;
+    if d.get() < std::time::Duration::from_secs(1) {
+        return Err(format!(
+            "`{s}` is under a second: the jobs run at most once a second"
+        ));
+    }
+    Ok(d)
 }

@@ -259,3 +259,23 @@ pub fn revoke(ctx: &Ctx, state_dir: &Path, list: &[Item]) -> anyhow::Result<Revo
             .collect(),
     })
 }
+
+/// The grants in force, as the store holds them (`GET /api/v1/fw/grants`).
+pub fn active(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<GrantDoc> {
+    let held = match crate::store::open_existing(ctx, state_dir)? {
+        Some(s) => s.grants(ctx.clock.now())?,
+        None => Vec::new(),
+    };
+    Ok(GrantDoc {
+        api: API_VERSION,
+        granted: held
+            .iter()
+            .map(|r| GrantItem {
+                addr: r.addr,
+                protocol: r.protocol.to_string(),
+                port: r.port.get(),
+                expires_at: Some(r.expires_at),
+            })
+            .collect(),
+    })
+}

@@ -182,7 +182,7 @@ pub fn plan(
     state_dir: &Path,
     format: Backend,
 ) -> anyhow::Result<PlanDoc> {
-    let loaded = crate::policy::load_policy(policy)?;
+    let loaded = crate::policy::load(ctx, policy)?;
     let (format, ruleset) = if format == Backend::Iptables {
         ("iptables", render_iptables(ctx, &loaded.policy, state_dir)?)
     } else {
@@ -213,7 +213,7 @@ pub fn line_diff(old: &str, new: &str) -> Vec<String> {
 /// `fw diff`: the rendered ruleset against the last one applied (not rolled back), and
 /// the live table against what nft listed right after that apply.
 pub fn diff(ctx: &Ctx, policy: Option<&Path>, state_dir: &Path) -> anyhow::Result<DiffDoc> {
-    let loaded = crate::policy::load_policy(policy)?;
+    let loaded = crate::policy::load(ctx, policy)?;
     let text = render(ctx, &loaded.policy, state_dir, true)?;
     let last = open(ctx, state_dir)?
         .fw_txns()?
@@ -244,6 +244,15 @@ fn pending(s: &SqliteStore) -> anyhow::Result<Option<FwTxn>> {
         .into_iter()
         .rev()
         .find(|t| t.state == FwState::Pending))
+}
+
+/// The id of the firewall apply waiting for its confirm, if one is (the store only:
+/// no `nft` run, so a metrics scrape can ask).
+pub fn pending_txn(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<Option<i64>> {
+    match open_existing(ctx, state_dir)? {
+        Some(s) => Ok(pending(&s)?.map(|t| t.id)),
+        None => Ok(None),
+    }
 }
 
 /// Restores the firewall as it was before `t`: its snapshot, or none of ours at all. A
@@ -451,7 +460,7 @@ pub fn apply(
         Backend::Auto => &Iptables,
     };
     ctx.notes.verbose(&format!("backend: {}", fw.name()));
-    let loaded = crate::policy::load_policy(policy)?;
+    let loaded = crate::policy::load(ctx, policy)?;
     // The lock-out guard on the model, whichever backend carries it.
     let mut text = render(ctx, &loaded.policy, state_dir, req.allow_missing_interface)?;
     if fw.name() == "iptables" {

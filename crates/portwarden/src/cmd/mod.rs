@@ -11,6 +11,7 @@ mod meta;
 mod policy;
 mod report;
 pub mod scan;
+mod serve;
 
 use std::path::Path;
 
@@ -72,6 +73,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Completions { shell } => meta::completions(*shell),
         Command::Man => meta::man(),
         Command::Schema { name } => meta::schema(g, name.as_deref()),
+        Command::Serve(a) => serve::serve(g, a),
+        Command::Token(c) => serve::token(g, c),
     }
 }
 

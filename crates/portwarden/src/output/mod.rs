@@ -13,6 +13,7 @@ mod log;
 mod policy;
 pub mod printer;
 mod scan;
+mod token;
 
 use std::io::{self, Write};
 

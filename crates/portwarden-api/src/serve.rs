@@ -1,0 +1,108 @@
+//! The daemon's own documents: request bodies of the HTTP API's mutations (unknown
+//! fields refused), its error body, and `/api/v1/health`.
+
+use portwarden_core::auth::Role;
+use serde::{Deserialize, Serialize};
+
+/// Every error the HTTP API answers with (4xx, 5xx).
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct ErrorDoc {
+    pub api: u32,
+    /// A short fixed word: `unauthorized`, `forbidden`, `bad-request`, `not-found`,
+    /// `conflict`, `too-large`, `rate-limited`, `internal`.
+    pub error: String,
+    /// What was wrong, for a person.
+    pub detail: String,
+}
+
+/// One periodic job of the daemon.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct JobDoc {
+    pub name: String,
+    pub interval_secs: u64,
+    pub runs: u64,
+    pub failures: u64,
+    /// Unix seconds of the last run's start.
+    pub last_run: Option<i64>,
+    pub last_duration_ms: Option<u64>,
+    /// The last run's error; `None` when it succeeded.
+    pub last_error: Option<String>,
+}
+
+/// `GET /api/v1/health`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct HealthDoc {
+    pub api: u32,
+    /// `ok`, or `degraded` when a job's last run failed.
+    pub status: String,
+    pub version: String,
+    /// The policy in force.
+    pub policy: String,
+    pub uptime_secs: u64,
+    /// The ledger's head as the daemon last saw it, so an outside copy can show truncation.
+    pub ledger_head: Option<crate::log::Head>,
+    pub jobs: Vec<JobDoc>,
+}
+
+/// `POST /api/v1/leases`.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AllocBody {
+    pub service: String,
+    pub pool: Option<String>,
+    pub port: Option<u16>,
+    /// How many leases (1 to 1024).
+    pub count: Option<u32>,
+    /// A duration (`1h`, `30m`).
+    pub ttl: Option<String>,
+    /// The owner label [default: the token's name].
+    pub owner: Option<String>,
+}
+
+/// `POST /api/v1/leases/{id}/renew`.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenewBody {
+    pub ttl: Option<String>,
+    pub owner: Option<String>,
+}
+
+/// `POST /api/v1/leases/{id}/release`.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseBody {
+    pub owner: Option<String>,
+}
+
+/// `POST /api/v1/fw/apply`.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyBody {
+    /// The commit-confirm window [default: 60s]; `0` applies without confirmation.
+    pub confirm_within: Option<String>,
+    /// `auto`, `nft` or `iptables` [default: auto].
+    pub backend: Option<String>,
+    #[serde(default)]
+    pub allow_missing_interface: bool,
+}
+
+/// `POST /api/v1/fw/grants` (with `for`) and `DELETE /api/v1/fw/grants` (without).
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GrantBody {
+    /// `PORT` or `PORT/PROTO`.
+    pub port: String,
+    /// The source address.
+    pub from: String,
+    /// How long (`2h`): required to grant, refused to revoke.
+    #[serde(rename = "for")]
+    pub duration: Option<String>,
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBody {
+    pub name: String,
+    pub role: Role,
+}

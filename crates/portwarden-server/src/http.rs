@@ -1,0 +1,713 @@
+//! The HTTP API under `/api/v1`: each handler turns the request into an ops use-case's
+//! arguments, runs it on a blocking thread (SQLite, netlink and `nft` are plain calls)
+//! and answers with its document. Every error is `{api, error, detail}`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use portwarden_api::API_VERSION;
+use portwarden_api::serve::{
+    AllocBody, ApplyBody, ErrorDoc, GrantBody, HealthDoc, ReleaseBody, RenewBody, TokenBody,
+};
+use portwarden_core::units::HumanDuration;
+use portwarden_store::StoreError;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::App;
+use crate::auth::Caller;
+
+/// The largest request body read, in bytes.
+pub const BODY_LIMIT: usize = 64 << 10;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    error: &'static str,
+    detail: String,
+}
+
+impl ApiError {
+    /// An error with its status and word.
+    pub fn new(status: StatusCode, error: &'static str, detail: String) -> ApiError {
+        ApiError {
+            status,
+            error,
+            detail,
+        }
+    }
+
+    fn bad(detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad-request", detail.into())
+    }
+
+    /// A failure of the daemon, not of the request.
+    pub fn internal(detail: String) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
+    }
+
+    /// A use-case's error: the store's kinds by what they mean to a client; anything
+    /// else is the use-case refusing what was asked.
+    fn of(e: anyhow::Error) -> ApiError {
+        let detail = format!("{e:#}");
+        let status = match e.chain().find_map(|c| c.downcast_ref::<StoreError>()) {
+            Some(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "not-found"),
+            Some(StoreError::NotOwner { .. }) => (StatusCode::FORBIDDEN, "forbidden"),
+            Some(StoreError::Exists(_) | StoreError::Pending(_) | StoreError::Refused(_)) => {
+                (StatusCode::CONFLICT, "conflict")
+            }
+            Some(
+                StoreError::Backend(_)
+                | StoreError::Io { .. }
+                | StoreError::Corrupt { .. }
+                | StoreError::Foreign { .. }
+                | StoreError::TooNew { .. }
+                | StoreError::Untrusted(_)
+                | StoreError::Truncated(_)
+                | StoreError::ReadOnly { .. },
+            ) => (StatusCode::SERVICE_UNAVAILABLE, "store-unavailable"),
+            _ => (StatusCode::UNPROCESSABLE_ENTITY, "refused"),
+        };
+        ApiError::new(status.0, status.1, detail)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorDoc {
+            api: API_VERSION,
+            error: self.error.to_string(),
+            detail: self.detail,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type Answer = Result<Response, ApiError>;
+
+fn ok<T: Serialize>(doc: T) -> Answer {
+    Ok(Json(doc).into_response())
+}
+
+/// Runs a use-case on a blocking thread (it may drive async parts on the runtime).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce(&tokio::runtime::Handle) -> anyhow::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let h = tokio::runtime::Handle::current();
+    match tokio::task::spawn_blocking(move || f(&h)).await {
+        Ok(r) => r.map_err(ApiError::of),
+        Err(e) => Err(ApiError::internal(format!("the use-case failed: {e}"))),
+    }
+}
+
+/// A JSON body: malformed, unknown fields or over [`BODY_LIMIT`] are 4xx.
+fn body<T: DeserializeOwned>(b: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let b = b.map_err(|e| {
+        let st = e.status();
+        if st == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                st,
+                "too-large",
+                format!("the body is over the {} KiB limit", BODY_LIMIT >> 10),
+            )
+        } else {
+            ApiError::bad(e.body_text())
+        }
+    })?;
+    // An empty body is an empty object: every field of a mutation's body is optional
+    // where it can be.
+    let b: &[u8] = if b.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &b
+    };
+    serde_json::from_slice(b).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+/// Query parameters, each name known to the endpoint.
+struct Params(BTreeMap<String, String>);
+
+impl Params {
+    fn of(
+        q: Result<Query<BTreeMap<String, String>>, QueryRejection>,
+        known: &[&str],
+    ) -> Result<Params, ApiError> {
+        let Query(m) = q.map_err(|e| ApiError::bad(e.body_text()))?;
+        if let Some(k) = m.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(ApiError::bad(format!(
+                "unknown query parameter `{k}` (known: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        Ok(Params(m))
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+
+    fn flag(&self, k: &str) -> Result<bool, ApiError> {
+        match self.get(k) {
+            None => Ok(false),
+            Some("" | "1" | "true" | "yes") => Ok(true),
+            Some("0" | "false" | "no") => Ok(false),
+            Some(v) => Err(ApiError::bad(format!("`{k}={v}`: use true or false"))),
+        }
+    }
+}
+
+fn duration(what: &str, v: &str) -> Result<std::time::Duration, ApiError> {
+    v.parse::<HumanDuration>()
+        .map(HumanDuration::get)
+        .map_err(|e| ApiError::bad(format!("{what}: {e}")))
+}
+
+fn owner(o: Option<String>, c: &Caller) -> Result<String, ApiError> {
+    let o = o.unwrap_or_else(|| c.name.clone());
+    portwarden_core::auth::check_owner_label(&o)
+        .map_err(|e| ApiError::bad(format!("owner: {e}")))?;
+    Ok(o)
+}
+
+/// A lease id in a path: digits only, so `../x` or `1;drop` never reach anything.
+fn lease_id(p: &str) -> Result<i64, ApiError> {
+    if p.is_empty() || p.len() > 18 || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::bad(format!("`{p}` is not a lease id")));
+    }
+    p.parse()
+        .map_err(|_| ApiError::bad(format!("`{p}` is not a lease id")))
+}
+
+type Q = Result<Query<BTreeMap<String, String>>, QueryRejection>;
+
+/// The API (behind auth), `/metrics` (behind auth) and the JSON fallbacks.
+pub fn router(app: Arc<App>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/check", get(check))
+        .route("/api/v1/sockets", get(sockets))
+        .route("/api/v1/leases", get(leases).post(alloc))
+        .route("/api/v1/leases/reclaim", post(reclaim))
+        .route("/api/v1/leases/{id}/renew", post(renew))
+        .route("/api/v1/leases/{id}/release", post(release))
+        .route("/api/v1/pools", get(pools))
+        .route("/api/v1/fw/plan", get(fw_plan))
+        .route("/api/v1/fw/diff", get(fw_diff))
+        .route("/api/v1/fw/status", get(fw_status))
+        .route("/api/v1/fw/apply", post(fw_apply))
+        .route("/api/v1/fw/confirm", post(fw_confirm))
+        .route("/api/v1/fw/rollback", post(fw_rollback))
+        .route("/api/v1/fw/grants", get(grants).post(grant).delete(revoke))
+        .route("/api/v1/ledger", get(ledger))
+        .route("/api/v1/ledger/head", get(ledger_head))
+        .route("/api/v1/ledger/verify", get(ledger_verify))
+        .route("/api/v1/report", get(report))
+        .route("/api/v1/tokens", get(tokens).post(token_create))
+        .route("/api/v1/tokens/{name}", axum::routing::delete(token_revoke))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::auth::require,
+        ));
+    api.fallback(not_found)
+        .method_not_allowed_fallback(not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(app)
+}
+
+/// `/metrics` alone, without a token: the `--metrics-listen` listener.
+pub fn metrics_router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_allowed)
+        .with_state(app)
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        format!("no endpoint {}", uri.path()),
+    )
+}
+
+async fn not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        format!("{} does not take {method}", uri.path()),
+    )
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Answer {
+    let text = blocking(move |_| crate::metrics::scrape(&app)).await?;
+    let mut r = text.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(r)
+}
+
+async fn health(State(app): State<Arc<App>>, q: Q) -> Answer {
+    Params::of(q, &[])?;
+    let head = {
+        let app = app.clone();
+        blocking(move |_| portwarden_ops::log::head(&app.ctx("health"), app.state_dir())).await?
+    };
+    let jobs = app.jobs.docs();
+    let degraded = jobs.iter().any(|j| j.last_error.is_some());
+    ok(HealthDoc {
+        api: API_VERSION,
+        status: if degraded { "degraded" } else { "ok" }.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        policy: app.policy().name.clone(),
+        uptime_secs: app.started.elapsed().as_secs(),
+        ledger_head: head.head,
+        jobs,
+    })
+}
+
+async fn check(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
+    let p = Params::of(q, &["fail_on"])?;
+    let fail_on = match p.get("fail_on") {
+        None => portwarden_core::findings::Severity::Medium,
+        Some(s) => portwarden_core::findings::Severity::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                ApiError::bad(format!(
+                    "fail_on `{s}`: info, low, medium, high or critical"
+                ))
+            })?,
+    };
+    let e = blocking(move |h| {
+        h.block_on(portwarden_ops::check::evaluate(
+            &app.ctx(&c.actor),
+            None,
+            app.state_dir(),
+        ))
+    })
+    .await?;
+    ok(e.doc(fail_on))
+}
+
+async fn sockets(State(_app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
+    let p = Params::of(
+        q,
+        &[
+            "tcp",
+            "udp",
+            "ipv4",
+            "ipv6",
+            "listen",
+            "state",
+            "port",
+            "pid",
+            "process",
+            "processes",
+            "summary",
+        ],
+    )?;
+    let req = portwarden_ops::inventory::LsReq {
+        tcp: p.flag("tcp")?,
+        udp: p.flag("udp")?,
+        ipv4: p.flag("ipv4")?,
+        ipv6: p.flag("ipv6")?,
+        listen: p.flag("listen")?,
+        states: match p.get("state") {
+            None => Vec::new(),
+            Some(s) => s
+                .split(',')
+                .map(|x| {
+                    portwarden_core::facts::SocketState::parse(x)
+                        .ok_or_else(|| ApiError::bad(format!("state `{x}` is not a socket state")))
+                })
+                .collect::<Result<_, _>>()?,
+        },
+        port: p
+            .get("port")
+            .map(|v| {
+                v.parse()
+                    .map_err(|e| ApiError::bad(format!("port `{v}`: {e}")))
+            })
+            .transpose()?,
+        pid: p
+            .get("pid")
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| ApiError::bad(format!("pid `{v}` is not a number")))
+            })
+            .transpose()?,
+        process: p.get("process").map(str::to_string),
+        processes: p.flag("processes")?,
+    };
+    let summary = p.flag("summary")?;
+    let ctx = _app.ctx(&c.actor);
+    if summary {
+        ok(blocking(move |_| portwarden_ops::inventory::summary(&ctx, &req)).await?)
+    } else {
+        ok(blocking(move |_| portwarden_ops::inventory::ls(&ctx, &req)).await?)
+    }
+}
+
+async fn leases(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
+    Params::of(q, &[])?;
+    ok(blocking(move |h| {
+        h.block_on(portwarden_ops::lease::list(
+            &app.ctx(&c.actor),
+            app.state_dir(),
+        ))
+    })
+    .await?)
+}
+
+async fn alloc(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    b: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let b: AllocBody = body(b)?;
+    let count = b.count.unwrap_or(1);
+    if !(1..=1024).contains(&count) {
+        return Err(ApiError::bad(format!("count {count}: 1 to 1024")));
+    }
+    let port = match b.port {
+        None => None,
+        Some(p) => Some(
+            portwarden_core::Port::new(p).ok_or_else(|| ApiError::bad("port 0 is not a port"))?,
+        ),
+    };
+    let req = portwarden_ops::lease::AllocReq {
+        owner: owner(b.owner, &c)?,
+        service: b.service,
+        pool: b.pool,
+        port,
+        count,
+        ttl: b.ttl.as_deref().map(|t| duration("ttl", t)).transpose()?,
+        seed: None,
+        bind_probe: true,
+    };
+    let d = blocking(move |h| {
+        h.block_on(portwarden_ops::lease::alloc(
+            &app.ctx(&c.actor),
+            None,
+            app.state_dir(),
+            &req,
+            &mut |_| Ok(()),
+        ))
+    })
+    .await?;
+    let status = if d.leases.is_empty() && d.refused.is_some() {
+        StatusCode::CONFLICT
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(d)).into_response())
+}
+
+async fn renew(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let id = lease_id(&id)?;
+    let b: RenewBody = body(b)?;
+    let ttl = b.ttl.as_deref().map(|t| duration("ttl", t)).transpose()?;
+    let who = owner(b.owner, &c)?;
+    ok(blocking(move |h| {
+        h.block_on(portwarden_ops::lease::renew(
+            &app.ctx(&c.actor),
+            None,
+            app.state_dir(),
+            id,
+            ttl,
+            &who,
+        ))
+    })
+    .await?)
+}
+
+async fn release(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let id = lease_id(&id)?;
+    let b: ReleaseBody = body(b)?;
+    let who = owner(b.owner, &c)?;
+    ok(blocking(move |h| {
+        h.block_on(portwarden_ops::lease::release(
+            &app.ctx(&c.actor),
+            app.state_dir(),
+            id,
+            &who,
+        ))
+    })
+    .await?)
+}
+
+async fn reclaim(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
+    let dry_run = Params::of(q, &["dry_run"])?.flag("dry_run")?;
+    ok(blocking(move |h| {
+        h.block_on(portwarden_ops::lease::reclaim(
+            &app.ctx(&c.actor),
+            None,
+            app.state_dir(),
+            dry_run,
+        ))
+    })
+    .await?)
+}
+
+async fn pools(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
+    Params::of(q, &[])?;
+    ok(blocking(move |h| {
+        h.block_on(portwarden_ops::lease::pools(
+            &app.ctx(&c.actor),
+            None,
+            app.state_dir(),
+        ))
+    })
+    .await?)
+}
+
+fn backend(v: Option<&str>) -> Result<portwarden_ops::fw::Backend, ApiError> {
+    use portwarden_ops::fw::Backend;
+    match v {
+        None | Some("auto") => Ok(Backend::Auto),
+        Some("nft") => Ok(Backend::Nft),
+        Some("iptables") => Ok(Backend::Iptables),
+        Some(o) => Err(ApiError::bad(format!(
+            "backend `{o}`: auto, nft or iptables"
+        ))),
+    }
+}
+
+async fn fw_plan(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
+    let p = Params::of(q, &["format"])?;
+    let format = match backend(p.get("format"))? {
+        portwarden_ops::fw::Backend::Auto => portwarden_ops::fw::Backend::Nft,
+        b => b,
+    };
+    ok(blocking(move |_| {
+        portwarden_ops::fw::plan(&app.ctx(&c.actor), None, app.state_dir(), format)
+    })
+    .await?)
+}
+
+async fn fw_diff(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
+    Params::of(q, &[])?;
+    ok(
+        blocking(move |_| portwarden_ops::fw::diff(&app.ctx(&c.actor), None, app.state_dir()))
+            .await?,
+    )
+}
+
+async fn fw_status(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
+    Params::of(q, &[])?;
+    ok(blocking(move |_| portwarden_ops::fw::status(&app.ctx(&c.actor), app.state_dir())).await?)
+}
+
+async fn fw_apply(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    b: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let b: ApplyBody = body(b)?;
+    let req = portwarden_ops::fw::ApplyReq {
+        confirm_within: duration(
+            "confirm_within",
+            b.confirm_within.as_deref().unwrap_or("60s"),
+        )?,
+        backend: backend(b.backend.as_deref())?,
+        allow_missing_interface: b.allow_missing_interface,
+    };
+    ok(
+        blocking(move |_| {
+            portwarden_ops::fw::apply(&app.ctx(&c.actor), None, app.state_dir(), req)
+        })
+        .await?,
+    )
+}
+
+async fn fw_txn(app: Arc<App>, c: Caller, confirm: bool) -> Answer {
+    let d = blocking(move |_| {
+        let ctx = app.ctx(&c.actor);
+        if confirm {
+            portwarden_ops::fw::confirm(&ctx, app.state_dir())
+        } else {
+            portwarden_ops::fw::rollback(&ctx, app.state_dir())
+        }
+    })
+    .await?;
+    let status = if d.done {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    Ok((status, Json(d)).into_response())
+}
+
+async fn fw_confirm(State(app): State<Arc<App>>, Extension(c): Extension<Caller>) -> Answer {
+    fw_txn(app, c, true).await
+}
+
+async fn fw_rollback(State(app): State<Arc<App>>, Extension(c): Extension<Caller>) -> Answer {
+    fw_txn(app, c, false).await
+}
+
+async fn grants(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
+    Params::of(q, &[])?;
+    ok(
+        blocking(move |_| portwarden_ops::fw::grants::active(&app.ctx(&c.actor), app.state_dir()))
+            .await?,
+    )
+}
+
+fn grant_item(
+    b: &GrantBody,
+    with_duration: bool,
+) -> Result<portwarden_ops::fw::grants::Item, ApiError> {
+    match (&b.duration, with_duration) {
+        (None, true) => return Err(ApiError::bad("`for`: how long the grant lasts (`2h`)")),
+        (Some(_), false) => return Err(ApiError::bad("`for` is not taken by a revocation")),
+        _ => {}
+    }
+    portwarden_ops::fw::grants::parse_item(&b.port, &b.from, b.duration.as_deref())
+        .map_err(|e| ApiError::bad(format!("{e:#}")))
+}
+
+async fn grant(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    b: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let item = grant_item(&body(b)?, true)?;
+    ok(blocking(move |_| {
+        portwarden_ops::fw::grants::grant(&app.ctx(&c.actor), app.state_dir(), &[item])
+    })
+    .await?)
+}
+
+async fn revoke(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    b: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let item = grant_item(&body(b)?, false)?;
+    ok(blocking(move |_| {
+        portwarden_ops::fw::grants::revoke(&app.ctx(&c.actor), app.state_dir(), &[item])
+    })
+    .await?)
+}
+
+async fn ledger(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
+    let p = Params::of(q, &["since"])?;
+    let since = p.get("since").map(|s| duration("since", s)).transpose()?;
+    ok(
+        blocking(move |_| portwarden_ops::log::list(&app.ctx(&c.actor), app.state_dir(), since))
+            .await?,
+    )
+}
+
+async fn ledger_head(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
+    Params::of(q, &[])?;
+    ok(blocking(move |_| portwarden_ops::log::head(&app.ctx(&c.actor), app.state_dir())).await?)
+}
+
+async fn ledger_verify(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    q: Q,
+) -> Answer {
+    let p = Params::of(q, &["expect_head"])?;
+    let expect = p
+        .get("expect_head")
+        .map(|h| portwarden_ops::log::parse_head(h).map_err(|e| ApiError::bad(format!("{e:#}"))))
+        .transpose()?;
+    ok(blocking(move |_| {
+        portwarden_ops::log::verify(&app.ctx(&c.actor), app.state_dir(), expect.as_ref(), false)
+    })
+    .await?)
+}
+
+async fn report(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
+    use portwarden_core::report::{to_csv, to_html, to_markdown};
+    let p = Params::of(q, &["format"])?;
+    let format = p.get("format").unwrap_or("json").to_string();
+    if !matches!(format.as_str(), "json" | "md" | "html" | "csv") {
+        return Err(ApiError::bad(format!(
+            "format `{format}`: json, md, html or csv"
+        )));
+    }
+    let d = blocking(move |h| {
+        h.block_on(portwarden_ops::report::report(
+            &app.ctx(&c.actor),
+            None,
+            app.state_dir(),
+        ))
+    })
+    .await?;
+    let (text, ty) = match format.as_str() {
+        "md" => (to_markdown(&d.report), "text/markdown; charset=utf-8"),
+        "html" => (to_html(&d.report), "text/html; charset=utf-8"),
+        "csv" => (to_csv(&d.report), "text/csv; charset=utf-8"),
+        _ => return ok(d),
+    };
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static(ty))], text).into_response())
+}
+
+async fn tokens(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
+    Params::of(q, &[])?;
+    ok(blocking(move |_| portwarden_ops::token::list(&app.ctx(&c.actor), app.state_dir())).await?)
+}
+
+async fn token_create(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    b: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let b: TokenBody = body(b)?;
+    portwarden_core::auth::check_token_name(&b.name)
+        .map_err(|e| ApiError::bad(format!("name: {e}")))?;
+    ok(blocking(move |_| {
+        portwarden_ops::token::create(&app.ctx(&c.actor), app.state_dir(), &b.name, b.role)
+    })
+    .await?)
+}
+
+async fn token_revoke(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Answer {
+    portwarden_core::auth::check_token_name(&name)
+        .map_err(|e| ApiError::bad(format!("name: {e}")))?;
+    let d = blocking(move |_| {
+        portwarden_ops::token::revoke(&app.ctx(&c.actor), app.state_dir(), &name)
+    })
+    .await?;
+    let status = if d.revoked {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    Ok((status, Json(d)).into_response())
+}
