@@ -204,6 +204,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/leases/{id}/renew", post(renew))
         .route("/api/v1/leases/{id}/release", post(release))
         .route("/api/v1/pools", get(pools))
+        .route("/api/v1/ports", get(ports))
         .route("/api/v1/fw/plan", get(fw_plan))
         .route("/api/v1/fw/diff", get(fw_diff))
         .route("/api/v1/fw/status", get(fw_status))
@@ -280,6 +281,14 @@ async fn health(State(app): State<Arc<App>>, q: Q) -> Answer {
         ledger_head: head.head,
         jobs,
     })
+}
+
+async fn ports(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
+    Params::of(q, &[])?;
+    let doc =
+        blocking(move |_| portwarden_ops::health::sample(&app.ctx(&c.actor), app.state_dir()))
+            .await?;
+    ok(doc)
 }
 
 async fn check(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {

@@ -223,6 +223,8 @@ pub fn init_logging(json: bool, verbose: u8) {
 /// in-flight requests finish (bounded), jobs stop, the store is closed.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     cfg.check()?;
+    // Caught before anything says it listens: a SIGHUP sent at once must not kill us.
+    let signals = Signals::new()?;
     let app = App::new(cfg.clone(), Arc::new(portwarden_ops::SystemClock))?;
     let tls = match &cfg.tls {
         Some((cert, key)) => Some(listen::tls_acceptor(cert, key)?),
@@ -266,7 +268,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let jobs = jobs::spawn_all(app.clone(), stop_rx.clone());
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    wait_for_stop(&app).await?;
+    signals.wait_for_stop(&app).await;
     tracing::info!("stopping: finishing requests in flight");
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     STOP.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -285,19 +287,33 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT, re-reading the policy on each SIGHUP meanwhile.
-async fn wait_for_stop(app: &Arc<App>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot catch SIGINT")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                let app = app.clone();
-                let _ = tokio::task::spawn_blocking(move || app.reload()).await;
+/// The signals the daemon acts on, caught from its start.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot catch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot catch SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot catch SIGHUP")?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT, re-reading the policy on each SIGHUP meanwhile.
+    async fn wait_for_stop(mut self, app: &Arc<App>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    let app = app.clone();
+                    let _ = tokio::task::spawn_blocking(move || app.reload()).await;
+                }
             }
         }
     }

@@ -82,7 +82,7 @@ pub mod names {
     };
     /// Findings of the last inventory, by rule and severity.
     pub const FINDINGS: Def = Def {
-        name: "portwarden_findings_findings",
+        name: "portwarden_findings",
         help: "Findings of the last inventory job, by rule and severity",
         kind: "gauge",
         labels: &["rule", "severity"],
@@ -117,7 +117,7 @@ pub mod names {
     };
     /// Grants in force.
     pub const FW_GRANTS: Def = Def {
-        name: "portwarden_fw_grants_active_grants",
+        name: "portwarden_fw_grants_active",
         help: "Time-limited firewall grants in force",
         kind: "gauge",
         labels: &[],
@@ -138,7 +138,7 @@ pub mod names {
     };
     /// Whether a job's last run failed.
     pub const JOB_FAILED: Def = Def {
-        name: "portwarden_job_last_failed_bool",
+        name: "portwarden_job_last_failed",
         help: "Whether a periodic job's last run failed (1) or not (0)",
         kind: "gauge",
         labels: &["job"],

@@ -129,6 +129,10 @@ pub struct ServeArgs {
     /// The log's format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// How long a client has to send a request's headers (and how long an idle
+    /// keep-alive connection stays open).
+    #[arg(long, value_name = "D", default_value = "10s", value_parser = positive_duration)]
+    pub header_timeout: HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

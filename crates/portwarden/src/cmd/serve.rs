@@ -17,6 +17,7 @@ pub fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<Status> {
     cfg.policy = g.policy.clone();
     cfg.interval = a.interval.get();
     cfg.max_connections = a.max_connections as usize;
+    cfg.header_timeout = a.header_timeout.get();
     super::runtime()?.block_on(portwarden_server::serve(cfg))?;
     Ok(Status::Ok)
 }

@@ -10,6 +10,7 @@ mod leases;
 mod netns;
 mod outputs;
 mod scan;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,0 +1,151 @@
+//! The daemon's jobs and scrape, driven on a manual clock: no sleeping, no sockets of
+//! its own beyond the host's socket dump.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use portwarden_ops::ManualClock;
+use portwarden_server::jobs::{Job, run_once};
+use portwarden_server::metrics::names;
+use portwarden_server::{App, Config};
+
+const POLICY: &str = r#"
+version = 1
+[[pool]]
+name = "mirrors"
+range = "21300-21399"
+lease_ttl = "1d"
+reclaim_idle = "10m"
+[[service]]
+name = "rsync-mirror"
+pool = "mirrors"
+zone = "localhost"
+"#;
+
+fn app(tag: &str) -> (portwarden_testkit::Dir, Arc<ManualClock>, Arc<App>) {
+    let dir = portwarden_testkit::tempdir(tag);
+    std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+    let mut cfg = Config::new(dir.join("state"));
+    cfg.policy = Some(dir.join("policy.toml"));
+    let clock = ManualClock::at(1_800_000_000);
+    let app = App::new(cfg, clock.clone()).unwrap();
+    (dir, clock, app)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn the_reclaim_job_retires_an_idle_lease_and_the_pool_shows_it() {
+    let (_dir, clock, app) = app("srv-reclaim");
+    let rt = rt();
+    let ctx = app.ctx("token:ci");
+    let req = portwarden_ops::lease::AllocReq {
+        service: "rsync-mirror".into(),
+        pool: None,
+        port: None,
+        count: 1,
+        ttl: None,
+        owner: "ci".into(),
+        seed: Some(7),
+        bind_probe: false,
+    };
+    let a = rt
+        .block_on(portwarden_ops::lease::alloc(
+            &ctx,
+            None,
+            app.state_dir(),
+            &req,
+            &mut |_| Ok(()),
+        ))
+        .unwrap();
+    assert_eq!(a.leases.len(), 1);
+    let leased = |app: &Arc<App>| {
+        rt.block_on(portwarden_ops::lease::pools(
+            &app.ctx("t"),
+            None,
+            app.state_dir(),
+        ))
+        .unwrap()
+        .pools[0]
+            .leased
+    };
+    assert_eq!(leased(&app), 1);
+    // Not idle long enough yet: sampled (missed) but kept, however often the job runs.
+    for _ in 0..5 {
+        run_once(&app, Job::Reclaim, rt.handle()).unwrap();
+        clock.advance(60);
+    }
+    assert_eq!(leased(&app), 1, "five minutes idle of ten: kept");
+    // Past the idle time, with enough missed samples: retired by the job.
+    clock.advance(6 * 60);
+    run_once(&app, Job::Reclaim, rt.handle()).unwrap();
+    assert_eq!(leased(&app), 0, "idle over ten minutes: reclaimed");
+    let log = portwarden_ops::log::list(&app.ctx("t"), app.state_dir(), None).unwrap();
+    let last = log.records.last().unwrap();
+    assert!(last.action.starts_with("lease."), "{last:?}");
+    assert!(last.actor.contains("reclaim job"), "{last:?}");
+    let jobs = app.jobs.docs();
+    let j = jobs.iter().find(|j| j.name == "reclaim").unwrap();
+    assert_eq!(j.last_run, Some(1_800_000_000 + 11 * 60));
+    assert!(j.last_error.is_none());
+}
+
+#[test]
+fn a_scrape_exposes_exactly_the_named_families_with_their_labels() {
+    let (_dir, _clock, app) = app("srv-scrape");
+    let rt = rt();
+    run_once(&app, Job::Inventory, rt.handle()).unwrap();
+    let app2 = app.clone();
+    let text = rt
+        .block_on(async move {
+            tokio::task::spawn_blocking(move || portwarden_server::metrics::scrape(&app2)).await
+        })
+        .unwrap()
+        .unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let mut typed = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            let d = names::ALL
+                .iter()
+                .find(|d| d.name == name)
+                .unwrap_or_else(|| panic!("`{name}` is not in names::ALL"));
+            assert_eq!(d.kind, kind, "{name}");
+            typed.insert(name.to_string());
+        } else if !line.starts_with('#') {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let d = names::ALL.iter().find(|d| d.name == name).unwrap();
+            let labels: Vec<&str> = line
+                .split_once('{')
+                .map(|(_, l)| l.split_once('}').unwrap().0)
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    l.split(',')
+                        .map(|kv| kv.split_once('=').unwrap().0)
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert_eq!(labels, d.labels, "{line}");
+        }
+    }
+    let all: BTreeSet<String> = names::ALL.iter().map(|d| d.name.to_string()).collect();
+    assert_eq!(typed, all, "every named family is exposed, and no other");
+    for d in names::ALL {
+        assert!(d.name.starts_with("portwarden_"), "{}", d.name);
+    }
+    // The pool's row is there with its size.
+    let size = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"portwarden_pool_size_ports{pool="mirrors",protocol="tcp"} "#)
+        })
+        .unwrap_or_else(|| panic!("no size row for the pool: {text}"));
+    assert_eq!(size.parse::<f64>().unwrap(), 100.0);
+}

@@ -1,0 +1,674 @@
+//! `portwarden serve` over real HTTP on 127.0.0.1:0: auth and roles on every endpoint,
+//! the ledger's actor, SIGHUP, `/metrics` through promtool, and hostile clients.
+
+use super::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const POLICY: &str = r#"
+version = 1
+[[pool]]
+name = "mirrors"
+range = "21100-21199"
+lease_ttl = "1h"
+[[service]]
+name = "rsync-mirror"
+pool = "mirrors"
+zone = "localhost"
+"#;
+
+/// A daemon this test started; stopped by its pid (SIGTERM, then SIGKILL) on drop.
+struct Daemon {
+    child: std::process::Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    dir: portwarden_testkit::Dir,
+    read: String,
+    operate: String,
+    admin: String,
+}
+
+fn token(state: &str, name: &str, role: &str) -> String {
+    let o = run(&[
+        "--state-dir",
+        state,
+        "token",
+        "create",
+        name,
+        "--role",
+        role,
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+impl Daemon {
+    fn start(tag: &str, extra: &[&str]) -> Daemon {
+        let dir = tempdir(tag);
+        std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+        let state = dir.join("state").display().to_string();
+        let (read, operate, admin) = (
+            token(&state, "reader", "read"),
+            token(&state, "ci", "operate"),
+            token(&state, "boss", "admin"),
+        );
+        let policy = dir.join("policy.toml").display().to_string();
+        let mut child = bin()
+            .args(["--state-dir", &state, "--policy", &policy, "serve"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                "--interval",
+                "1s",
+            ])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn serve");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if v["message"] == "listening" && v["kind"] == "api" {
+                        let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+                    }
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the daemon never said where it listens: {:?}",
+                    log.lock().unwrap()
+                )
+            })
+            .parse()
+            .unwrap();
+        Daemon {
+            child,
+            addr,
+            log,
+            dir,
+            read,
+            operate,
+            admin,
+        }
+    }
+
+    fn state(&self) -> String {
+        self.dir.join("state").display().to_string()
+    }
+
+    fn req(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        http(self.addr, method, path, token, body)
+    }
+
+    fn json(&self, method: &str, path: &str, token: &str, body: Option<&str>) -> (u16, Value) {
+        let (st, b) = self.req(method, path, Some(token), body);
+        let v = serde_json::from_str(&b).unwrap_or_else(|e| panic!("{method} {path}: {e}: {b}"));
+        (st, v)
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of the child this test spawned.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    fn ledger(&self) -> Vec<Value> {
+        let o = run(&["--state-dir", &self.state(), "--json", "log"]);
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["records"].as_array().unwrap().clone()
+    }
+
+    fn head(&self) -> Value {
+        let o = run(&["--state-dir", &self.state(), "--json", "log", "head"]);
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()["head"].clone()
+    }
+
+    /// Waits (bounded) for a ledger record of `action`.
+    fn wait_record(&self, action: &str) -> Value {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(r) = self.ledger().into_iter().find(|r| r["action"] == action) {
+                return r;
+            }
+            assert!(
+                Instant::now() < until,
+                "no {action} record: {:?}",
+                self.log.lock().unwrap()
+            );
+            // Real time: the daemon handles the signal on its own thread.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of the child this test spawned.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            // Real time: the daemon drains its connections before it exits.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request on its own connection: (status, body).
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = token {
+        head += &format!("Authorization: Bearer {t}\r\n");
+    }
+    let body = body.unwrap_or("");
+    head += &format!(
+        "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("{method} {path}: no status line: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Each endpoint, the role it needs, and a request the role can make without touching
+/// the host's firewall (a refused body past auth is fine: it shows auth let it in).
+const ENDPOINTS: &[(&str, &str, &str, Option<&str>)] = &[
+    ("GET", "/api/v1/health", "read", None),
+    ("GET", "/api/v1/check", "read", None),
+    ("GET", "/api/v1/sockets?listen=true", "read", None),
+    ("GET", "/api/v1/leases", "read", None),
+    (
+        "POST",
+        "/api/v1/leases",
+        "operate",
+        Some(r#"{"service":"rsync-mirror","ttl":"10m"}"#),
+    ),
+    (
+        "POST",
+        "/api/v1/leases/reclaim?dry_run=true",
+        "operate",
+        None,
+    ),
+    ("POST", "/api/v1/leases/999999/renew", "operate", Some("{}")),
+    (
+        "POST",
+        "/api/v1/leases/999999/release",
+        "operate",
+        Some("{}"),
+    ),
+    ("GET", "/api/v1/pools", "read", None),
+    ("GET", "/api/v1/ports", "read", None),
+    ("GET", "/api/v1/fw/plan", "read", None),
+    ("GET", "/api/v1/fw/grants", "read", None),
+    (
+        "POST",
+        "/api/v1/fw/apply",
+        "operate",
+        Some(r#"{"confirm_within":"not-a-duration"}"#),
+    ),
+    ("POST", "/api/v1/fw/confirm", "operate", None),
+    ("POST", "/api/v1/fw/rollback", "operate", None),
+    (
+        "POST",
+        "/api/v1/fw/grants",
+        "operate",
+        Some(r#"{"port":"70000","from":"127.0.0.1","for":"1h"}"#),
+    ),
+    (
+        "DELETE",
+        "/api/v1/fw/grants",
+        "operate",
+        Some(r#"{"port":"nope","from":"127.0.0.1"}"#),
+    ),
+    ("GET", "/api/v1/ledger", "read", None),
+    ("GET", "/api/v1/ledger/head", "read", None),
+    ("GET", "/api/v1/ledger/verify", "read", None),
+    ("GET", "/api/v1/report?format=md", "read", None),
+    ("GET", "/api/v1/tokens", "admin", None),
+    (
+        "POST",
+        "/api/v1/tokens",
+        "admin",
+        Some(r#"{"name":"made-by-api","role":"read"}"#),
+    ),
+    ("DELETE", "/api/v1/tokens/nobody", "admin", None),
+    ("GET", "/metrics", "read", None),
+];
+
+#[test]
+fn every_endpoint_answers_401_without_a_token_403_below_its_role_and_serves_its_role() {
+    let d = Daemon::start("serve-auth", &[]);
+    let rank = |r: &str| {
+        ["read", "operate", "admin"]
+            .iter()
+            .position(|x| *x == r)
+            .unwrap()
+    };
+    for (method, path, need, body) in ENDPOINTS {
+        let (st, b) = d.req(method, path, None, *body);
+        assert_eq!(st, 401, "{method} {path} without a token: {b}");
+        let e: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(e["error"], "unauthorized", "{b}");
+        for (role, tok) in [
+            ("read", &d.read),
+            ("operate", &d.operate),
+            ("admin", &d.admin),
+        ] {
+            let (st, b) = d.req(method, path, Some(tok), *body);
+            if rank(role) < rank(need) {
+                assert_eq!(st, 403, "{method} {path} as {role}: {b}");
+                let e: Value = serde_json::from_str(&b).unwrap();
+                assert_eq!(e["error"], "forbidden");
+            } else {
+                assert!(
+                    !matches!(st, 401 | 403 | 500),
+                    "{method} {path} as {role}: {st} {b}"
+                );
+            }
+        }
+    }
+    // The reads are their documents, as the CLI prints them.
+    let (st, v) = d.json("GET", "/api/v1/leases", &d.read, None);
+    assert_eq!((st, v["api"].as_u64()), (200, Some(1)), "{v}");
+    assert!(!v["leases"].as_array().unwrap().is_empty());
+    let (st, v) = d.json("GET", "/api/v1/health", &d.read, None);
+    assert_eq!(st, 200);
+    assert!(
+        v["policy"].as_str().unwrap().ends_with("policy.toml"),
+        "{v}"
+    );
+    // The token made through the API works, and revoking it ends it.
+    let made = d.ledger();
+    assert!(made.iter().any(|r| r["action"] == "token.create"
+        && r["subject"] == "token:made-by-api"
+        && r["actor"] == "token:boss"));
+}
+
+#[test]
+fn mutations_are_recorded_with_the_tokens_name_as_actor() {
+    let d = Daemon::start("serve-actor", &[]);
+    let (st, v) = d.json(
+        "POST",
+        "/api/v1/leases",
+        &d.operate,
+        Some(r#"{"service":"rsync-mirror"}"#),
+    );
+    assert_eq!(st, 200, "{v}");
+    let lease = &v["leases"][0];
+    assert_eq!(
+        lease["owner"], "ci",
+        "the owner defaults to the token's name: {v}"
+    );
+    let id = lease["id"].as_i64().unwrap();
+    let alloc = d.wait_record("lease.alloc");
+    assert_eq!(alloc["actor"], "token:ci", "{alloc}");
+    // Another token cannot release ci's lease by default owner; ci can.
+    let (st, v) = d.json(
+        "POST",
+        &format!("/api/v1/leases/{id}/release"),
+        &d.admin,
+        Some("{}"),
+    );
+    assert_eq!(st, 403, "{v}");
+    let (st, v) = d.json(
+        "POST",
+        &format!("/api/v1/leases/{id}/release"),
+        &d.operate,
+        None,
+    );
+    assert_eq!(st, 200, "{v}");
+    let rel = d.wait_record("lease.release");
+    assert_eq!(rel["actor"], "token:ci");
+    // A token revoked by the CLI is refused by the running daemon at once.
+    let (st, _) = d.req("GET", "/api/v1/leases", Some(&d.read), None);
+    assert_eq!(st, 200);
+    let o = run(&["--state-dir", &d.state(), "token", "revoke", "reader"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let (st, _) = d.req("GET", "/api/v1/leases", Some(&d.read), None);
+    assert_eq!(st, 401, "a revoked token opens nothing");
+}
+
+#[test]
+fn sighup_with_a_bad_policy_keeps_the_old_one_and_a_good_one_replaces_it() {
+    let d = Daemon::start("serve-hup", &[]);
+    let policy = d.dir.join("policy.toml");
+    std::fs::write(&policy, "version = 1\n[[service]]\nname = \n").unwrap();
+    d.signal(libc::SIGHUP);
+    let r = d.wait_record("policy.reload-refused");
+    assert!(
+        r["reason"].as_str().unwrap().contains("policy.toml:3:"),
+        "{r}"
+    );
+    // Still serving under the old one: its service allocates.
+    let (st, v) = d.json(
+        "POST",
+        "/api/v1/leases",
+        &d.operate,
+        Some(r#"{"service":"rsync-mirror"}"#),
+    );
+    assert_eq!(st, 200, "{v}");
+    std::fs::write(&policy, POLICY.replace("rsync-mirror", "http-mirror")).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_record("policy.reload");
+    let (st, v) = d.json(
+        "POST",
+        "/api/v1/leases",
+        &d.operate,
+        Some(r#"{"service":"http-mirror"}"#),
+    );
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = d.json(
+        "POST",
+        "/api/v1/leases",
+        &d.operate,
+        Some(r#"{"service":"rsync-mirror"}"#),
+    );
+    assert_eq!(st, 422, "the old service is gone: {v}");
+}
+
+#[test]
+fn a_live_scrape_passes_promtool_and_carries_the_ledger_head() {
+    let d = Daemon::start("serve-metrics", &[]);
+    let (st, _) = d.json(
+        "POST",
+        "/api/v1/leases",
+        &d.operate,
+        Some(r#"{"service":"rsync-mirror"}"#),
+    );
+    assert_eq!(st, 200);
+    let (st, text) = d.req("GET", "/metrics", Some(&d.read), None);
+    assert_eq!(st, 200, "{text}");
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package)");
+    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let o = p.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "promtool: {}{}\n{text}",
+        stderr(&o),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let head = d.head();
+    assert!(
+        text.contains(&format!("portwarden_ledger_head_seq {}", head["seq"])),
+        "{head} {text}"
+    );
+    assert!(text.contains(&format!("hash=\"{}\"", head["hash"].as_str().unwrap())));
+    assert!(
+        text.contains("portwarden_pool_leased_ports{pool=\"mirrors\",protocol=\"tcp\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("source=\"lease\""),
+        "the leased port is sampled: {text}"
+    );
+}
+
+#[test]
+fn hostile_requests_get_json_4xx_and_change_nothing() {
+    let d = Daemon::start(
+        "serve-bad",
+        &["--header-timeout", "1s", "--max-connections", "40"],
+    );
+    let before = d.head();
+    let tok = d.operate.clone();
+    let big = format!(r#"{{"service":"{}"}}"#, "x".repeat(100 << 10));
+    let cases: &[(&str, &str, Option<&str>, u16)] = &[
+        ("POST", "/api/v1/leases", Some("{not json"), 400),
+        (
+            "POST",
+            "/api/v1/leases",
+            Some(r#"{"service":"rsync-mirror","port":1,"evil":true}"#),
+            400,
+        ),
+        ("POST", "/api/v1/leases", Some(r#"{"service":7}"#), 400),
+        ("POST", "/api/v1/leases", Some(&big), 413),
+        (
+            "POST",
+            "/api/v1/leases",
+            Some(r#"{"service":"rsync-mirror","owner":"a\u0007b"}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/leases",
+            Some(r#"{"service":"rsync-mirror","count":100000}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/leases/..%2F..%2Fetc%2Fpasswd/renew",
+            Some("{}"),
+            400,
+        ),
+        ("POST", "/api/v1/leases/1;DROP/release", Some("{}"), 400),
+        ("GET", "/api/v1/../../etc/passwd", None, 404),
+        ("GET", "/api/v1/leases?evil=1", None, 400),
+        ("DELETE", "/api/v1/leases", None, 405),
+        ("GET", "/api/v1/nothing-here", None, 404),
+        ("GET", "/api/v1/report?format=exe", None, 400),
+        ("GET", "/api/v1/ledger?since=-5s", None, 400),
+    ];
+    for (method, path, body, want) in cases {
+        let (st, b) = d.req(method, path, Some(&tok), *body);
+        assert_eq!(st, *want, "{method} {path}: {b}");
+        let e: Value =
+            serde_json::from_str(&b).unwrap_or_else(|_| panic!("{method} {path}: not JSON: {b}"));
+        assert_eq!(e["api"], 1);
+        assert!(e["error"].is_string() && e["detail"].is_string(), "{e}");
+    }
+    let admin = d.admin.clone();
+    let (st, b) = d.req(
+        "POST",
+        "/api/v1/tokens",
+        Some(&admin),
+        Some(r#"{"name":"../x","role":"admin"}"#),
+    );
+    assert_eq!(st, 400, "{b}");
+    let (st, b) = d.req(
+        "POST",
+        "/api/v1/tokens",
+        Some(&admin),
+        Some(r#"{"name":"x","role":"root"}"#),
+    );
+    assert_eq!(st, 400, "{b}");
+    // Slowloris: a client that never finishes its headers is closed after the timeout.
+    let mut slow = TcpStream::connect(d.addr).unwrap();
+    slow.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 512];
+    let n = slow.read(&mut buf).unwrap_or(0);
+    assert!(
+        t0.elapsed() < Duration::from_secs(8),
+        "the slow client was kept {:?}",
+        t0.elapsed()
+    );
+    let said = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || said.starts_with("HTTP/1.1 408"), "{said}");
+    // A flood of idle connections past the limit: the extra ones are closed at once and
+    // the daemon goes on serving once the idle ones time out.
+    let idle: Vec<TcpStream> = (0..120)
+        .filter_map(|_| TcpStream::connect(d.addr).ok())
+        .collect();
+    assert!(idle.len() >= 40);
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = std::panic::catch_unwind(|| {
+            d.req("GET", "/api/v1/health", Some(&d.read), None).0 == 200
+        });
+        if ok.unwrap_or(false) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the daemon stopped serving after an idle flood"
+        );
+        // Real time: idle connections are closed by the header timeout.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(idle);
+    assert_eq!(d.head(), before, "nothing was recorded");
+}
+
+#[test]
+fn failed_authentication_is_rate_limited_per_source() {
+    let d = Daemon::start("serve-rate", &[]);
+    for i in 0..10 {
+        let (st, _) = d.req("GET", "/api/v1/leases", Some(&format!("pwt_{i:064}")), None);
+        assert_eq!(st, 401);
+    }
+    let (st, b) = d.req("GET", "/api/v1/leases", Some("pwt_guess"), None);
+    assert_eq!(st, 429, "{b}");
+    // A good token from the same source waits too: guessing cannot go on beside it.
+    let (st, _) = d.req("GET", "/api/v1/leases", Some(&d.read), None);
+    assert_eq!(st, 429);
+}
+
+#[test]
+fn token_create_prints_the_secret_once_and_list_never_does() {
+    let dir = tempdir("token-cli");
+    let state = dir.join("state").display().to_string();
+    let o = run(&[
+        "--state-dir",
+        &state,
+        "--json",
+        "token",
+        "create",
+        "ci",
+        "--role",
+        "operate",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = assert_schema("token", &o.stdout);
+    let secret = v["token"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("pwt_"));
+    let o = run(&[
+        "--state-dir",
+        &state,
+        "token",
+        "create",
+        "ci",
+        "--role",
+        "read",
+    ]);
+    assert_eq!(code(&o), 2, "a taken name is refused: {}", stderr(&o));
+    let o = run(&[
+        "--state-dir",
+        &state,
+        "token",
+        "create",
+        "bad name",
+        "--role",
+        "read",
+    ]);
+    assert_ne!(code(&o), 0);
+    let o = run(&["--state-dir", &state, "--json", "token", "list"]);
+    let list = assert_schema("tokens", &o.stdout);
+    assert_eq!(list["tokens"][0]["role"], "operate");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains(&secret));
+    let db = std::fs::read(dir.join("state/portwarden.db")).unwrap();
+    assert!(
+        !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the secret is not stored"
+    );
+    let o = run(&["--state-dir", &state, "--json", "token", "revoke", "ci"]);
+    assert_eq!(code(&o), 0);
+    assert_schema("token-revoke", &o.stdout);
+    let o = run(&["--state-dir", &state, "token", "revoke", "ci"]);
+    assert_eq!(code(&o), 1);
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_its_command_line_parses() {
+    let unit = std::fs::read_to_string(root().join("dist/portwarden.service")).unwrap();
+    for key in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "ProtectSystem=strict",
+        "StateDirectory=portwarden",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_SYS_PTRACE CAP_DAC_READ_SEARCH",
+    ] {
+        assert!(unit.lines().any(|l| l == key), "the unit lacks `{key}`");
+    }
+    // systemd-analyze checks that ExecStart's binary exists: point it at the built one.
+    let exe = env!("CARGO_BIN_EXE_portwarden");
+    let dir = tempdir("unit");
+    let path = dir.join("portwarden.service");
+    std::fs::write(&path, unit.replace("/usr/bin/portwarden", exe)).unwrap();
+    let o = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian's systemd package)");
+    // An unknown key or a bad value is only a warning to systemd: any word is a failure.
+    assert!(
+        o.status.success() && o.stderr.is_empty(),
+        "systemd-analyze verify: {}{}",
+        stderr(&o),
+        String::from_utf8_lossy(&o.stdout)
+    );
+    // Every argument ExecStart passes is one `serve` takes (clap checks each value as it
+    // meets it, before --help).
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart=/usr/bin/portwarden "))
+        .expect("ExecStart runs /usr/bin/portwarden");
+    let mut args: Vec<&str> = exec.split_whitespace().collect();
+    args.push("--help");
+    let o = run(&args);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let mut bad = args.clone();
+    bad.insert(bad.len() - 1, "--no-such-flag");
+    assert_eq!(code(&run(&bad)), 2, "the check itself can fail");
+}
