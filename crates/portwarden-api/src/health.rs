@@ -20,6 +20,14 @@ pub struct PortHealth {
     pub accept_queue: u64,
     /// The listener's backlog (the accept queue's limit).
     pub backlog: u64,
+    /// The service's `max_conn`, if it declares one.
+    pub max_conn: Option<u32>,
+    /// The larger of established over `max_conn` and accept queue over backlog.
+    pub utilisation: Option<f64>,
+    /// Failed health probes over probes in the last five minutes (the daemon's monitor).
+    pub error_rate: Option<f64>,
+    /// The alerts that stand (`port-utilisation-high`, `port-error-rate-high`).
+    pub alerts: Vec<String>,
 }
 
 /// `GET /api/v1/ports`.

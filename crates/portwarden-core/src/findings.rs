@@ -130,6 +130,10 @@ pub enum RuleId {
     ListenOverflow,
     /// Other firewall managers are active.
     OtherFirewallManager,
+    /// A managed port's connections or accept queue near their limit, sample after sample.
+    PortUtilisationHigh,
+    /// Health probes of a managed port failing above the alert rate.
+    PortErrorRateHigh,
 }
 
 impl RuleId {

@@ -14,6 +14,7 @@ pub mod diag;
 pub mod draft;
 pub mod facts;
 pub mod findings;
+pub mod health;
 pub mod hostcheck;
 pub mod policy;
 pub mod port;

@@ -164,6 +164,13 @@ pub async fn evaluate(
 }
 
 impl Evaluation {
+    /// Adds findings from outside the evaluation (the daemon's port health alerts),
+    /// keeping the order.
+    pub fn add(&mut self, extra: Vec<Finding>) {
+        self.findings.extend(extra);
+        portwarden_core::findings::sort(&mut self.findings);
+    }
+
     /// The `check` document, judged against `fail_on`.
     pub fn doc(&self, fail_on: Severity) -> CheckDoc {
         CheckDoc {

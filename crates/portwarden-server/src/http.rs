@@ -285,9 +285,14 @@ async fn health(State(app): State<Arc<App>>, q: Q) -> Answer {
 
 async fn ports(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
     Params::of(q, &[])?;
-    let doc =
-        blocking(move |_| portwarden_ops::health::sample(&app.ctx(&c.actor), app.state_dir()))
-            .await?;
+    let doc = blocking(move |_| {
+        let m = app
+            .monitor
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the monitor is poisoned"))?;
+        portwarden_ops::health::sample(&app.ctx(&c.actor), app.state_dir(), Some(&m))
+    })
+    .await?;
     ok(doc)
 }
 
@@ -304,14 +309,18 @@ async fn check(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: 
                 ))
             })?,
     };
-    let e = blocking(move |h| {
-        h.block_on(portwarden_ops::check::evaluate(
-            &app.ctx(&c.actor),
-            None,
-            app.state_dir(),
-        ))
-    })
-    .await?;
+    let mut e = {
+        let app = app.clone();
+        blocking(move |h| {
+            h.block_on(portwarden_ops::check::evaluate(
+                &app.ctx(&c.actor),
+                None,
+                app.state_dir(),
+            ))
+        })
+        .await?
+    };
+    e.add(app.health_findings());
     ok(e.doc(fail_on))
 }
 

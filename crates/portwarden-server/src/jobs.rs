@@ -1,7 +1,7 @@
 //! The daemon's periodic jobs, each an ops use-case run on a blocking thread: inventory
 //! and identity check (`check`'s evaluation, kept for metrics), lease reclaim, the
 //! commit-confirm deadline (a pending apply always has a live watcher), and ledger
-//! retention. Each run's start, duration and error are kept on the [`Board`].
+//! retention, port health (utilisation and error-rate alerts). Each run's start, duration and error are kept on the [`Board`].
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,8 @@ pub enum Job {
     FwDeadline,
     /// Ledger records older than the policy's retention pruned through a checkpoint.
     Retention,
+    /// Every managed port sampled and probed; utilisation and error-rate alerts.
+    Health,
 }
 
 impl Job {
@@ -125,7 +127,7 @@ pub fn run_once(app: &Arc<App>, job: Job, rt: &tokio::runtime::Handle) -> anyhow
             .block_on(portwarden_ops::check::evaluate(&ctx, None, dir))
             .map(|e| {
                 let mut findings = BTreeMap::new();
-                for f in &e.findings {
+                for f in e.findings.iter().chain(&app.health_findings()) {
                     *findings.entry((f.id, f.severity)).or_insert(0) += 1;
                 }
                 let latest = Latest {
@@ -145,6 +147,18 @@ pub fn run_once(app: &Arc<App>, job: Job, rt: &tokio::runtime::Handle) -> anyhow
                 }
             }),
         Job::FwDeadline => portwarden_ops::fw::recover_expired(&ctx, dir),
+        Job::Health => rt
+            .block_on(portwarden_ops::health::step(&ctx, dir, &app.monitor))
+            .map(|(_, changes)| {
+                for c in &changes {
+                    let port = format!("{}/{}", c.port.port, c.port.protocol);
+                    if c.raised {
+                        tracing::warn!(rule = c.rule.as_str(), %port, service = %c.port.service, "alert raised: {}", c.describe());
+                    } else {
+                        tracing::info!(rule = c.rule.as_str(), %port, service = %c.port.service, "alert cleared: {}", c.describe());
+                    }
+                }
+            }),
         Job::Retention => portwarden_ops::log::prune(&ctx, None, dir, false).map(|d| {
             if d.deleted && d.records > 0 {
                 tracing::info!(deleted = d.records, "ledger retention pruned records");

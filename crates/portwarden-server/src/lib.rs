@@ -110,6 +110,8 @@ pub struct App {
     failures: Mutex<auth::Failures>,
     /// The last evaluation a job made (findings for metrics).
     latest: Mutex<Option<jobs::Latest>>,
+    /// The port health alerts (the health job feeds it).
+    pub monitor: Mutex<portwarden_core::health::Monitor>,
 }
 
 impl App {
@@ -124,6 +126,7 @@ impl App {
             started: Instant::now(),
             failures: Mutex::new(auth::Failures::default()),
             latest: Mutex::new(None),
+            monitor: Mutex::new(portwarden_core::health::Monitor::default()),
         }))
     }
 
@@ -143,6 +146,18 @@ impl App {
         c.actor = actor.to_string();
         c.policy = Some(self.policy());
         c
+    }
+
+    /// The findings of the port health alerts that stand.
+    pub fn health_findings(&self) -> Vec<portwarden_core::findings::Finding> {
+        let ctx = self.ctx("health");
+        let Ok(t) = portwarden_ops::health::thresholds(&ctx) else {
+            return Vec::new();
+        };
+        match self.monitor.lock() {
+            Ok(m) => m.findings(t),
+            Err(p) => p.into_inner().findings(t),
+        }
     }
 
     /// The state directory.

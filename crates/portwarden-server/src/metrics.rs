@@ -30,6 +30,7 @@ pub mod names {
     }
 
     const PORT: &[&str] = &["service", "source", "protocol", "port"];
+    const PORT_RULE: &[&str] = &["service", "source", "protocol", "port", "rule"];
 
     /// 1 when something listens on a managed port.
     pub const PORT_LISTENING: Def = Def {
@@ -58,6 +59,41 @@ pub mod names {
         help: "The backlog (accept queue limit) of a managed port's listener",
         kind: "gauge",
         labels: PORT,
+    };
+    /// A managed port's utilisation.
+    pub const PORT_UTILISATION: Def = Def {
+        name: "portwarden_port_utilisation_ratio",
+        help: "The larger of established connections over max_conn and accept queue over backlog",
+        kind: "gauge",
+        labels: PORT,
+    };
+    /// A managed port's probe error rate.
+    pub const PORT_ERROR_RATE: Def = Def {
+        name: "portwarden_port_probe_error_ratio",
+        help: "Failed health probes over probes of a managed port in the last five minutes",
+        kind: "gauge",
+        labels: PORT,
+    };
+    /// The port health alerts.
+    pub const PORT_ALERT: Def = Def {
+        name: "portwarden_port_alert",
+        help: "Whether a port health alert stands (1) or not (0)",
+        kind: "gauge",
+        labels: PORT_RULE,
+    };
+    /// The kernel's accept queue overflows.
+    pub const LISTEN_OVERFLOWS: Def = Def {
+        name: "portwarden_host_listen_overflows",
+        help: "TcpExt ListenOverflows: connections dropped because an accept queue was full, since boot (use rate())",
+        kind: "gauge",
+        labels: &[],
+    };
+    /// The kernel's listen drops.
+    pub const LISTEN_DROPS: Def = Def {
+        name: "portwarden_host_listen_drops",
+        help: "TcpExt ListenDrops: SYNs and connections a listener dropped, since boot (use rate())",
+        kind: "gauge",
+        labels: &[],
     };
     /// Ports in a pool.
     pub const POOL_SIZE: Def = Def {
@@ -157,6 +193,11 @@ pub mod names {
         PORT_CONNECTIONS,
         PORT_ACCEPT_QUEUE,
         PORT_BACKLOG,
+        PORT_UTILISATION,
+        PORT_ERROR_RATE,
+        PORT_ALERT,
+        LISTEN_OVERFLOWS,
+        LISTEN_DROPS,
         POOL_SIZE,
         POOL_LEASED,
         POOL_UTILISATION,
@@ -210,7 +251,13 @@ pub fn scrape(app: &Arc<App>) -> anyhow::Result<String> {
     let started = Instant::now();
     let ctx = app.ctx("metrics");
     let dir = app.state_dir();
-    let ports = portwarden_ops::health::sample(&ctx, dir)?;
+    let ports = {
+        let m = app
+            .monitor
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the monitor is poisoned"))?;
+        portwarden_ops::health::sample(&ctx, dir, Some(&m))?
+    };
     let pools = tokio::runtime::Handle::current()
         .block_on(portwarden_ops::lease::pools(&ctx, None, dir))?;
     let head = portwarden_ops::log::head(&ctx, dir)?;
@@ -243,6 +290,38 @@ pub fn scrape(app: &Arc<App>) -> anyhow::Result<String> {
     s.gauge(PORT_CONNECTIONS, port_rows(&|p| p.established as f64));
     s.gauge(PORT_ACCEPT_QUEUE, port_rows(&|p| p.accept_queue as f64));
     s.gauge(PORT_BACKLOG, port_rows(&|p| p.backlog as f64));
+    // A port without a limit to count against, or not yet probed, has no row.
+    let some_rows = |f: &dyn Fn(&portwarden_api::health::PortHealth) -> Option<f64>| {
+        port_rows(&|p| f(p).unwrap_or(f64::NAN))
+            .into_iter()
+            .filter(|r| !r.1.is_nan())
+            .collect::<Vec<_>>()
+    };
+    s.gauge(PORT_UTILISATION, some_rows(&|p| p.utilisation));
+    s.gauge(PORT_ERROR_RATE, some_rows(&|p| p.error_rate));
+    let mut alerts = Vec::new();
+    for p in &ports.ports {
+        for rule in [
+            portwarden_core::findings::RuleId::PortUtilisationHigh,
+            portwarden_core::findings::RuleId::PortErrorRateHigh,
+        ] {
+            let labels = vec![
+                p.service.clone(),
+                p.source.clone(),
+                p.protocol.clone(),
+                p.port.to_string(),
+                rule.as_str().to_string(),
+            ];
+            let on = p.alerts.iter().any(|a| a == rule.as_str());
+            alerts.push((labels, f64::from(u8::from(on))));
+        }
+    }
+    s.gauge(PORT_ALERT, alerts);
+    let (overflows, drops) = portwarden_os::host::listen_overflows().unwrap_or((0, 0));
+    // Gauges holding the kernel's counters: an OpenMetrics counter's `_total` sample
+    // name differs from its family's, which the text format (and promtool) refuse.
+    s.scalar(LISTEN_OVERFLOWS, overflows as f64);
+    s.scalar(LISTEN_DROPS, drops as f64);
     let pool_rows = |f: &dyn Fn(&portwarden_api::lease::Pool) -> f64| {
         pools
             .pools

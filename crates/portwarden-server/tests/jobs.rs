@@ -121,7 +121,12 @@ fn a_scrape_exposes_exactly_the_named_families_with_their_labels() {
             typed.insert(name.to_string());
         } else if !line.starts_with('#') {
             let name = line.split(['{', ' ']).next().unwrap();
-            let d = names::ALL.iter().find(|d| d.name == name).unwrap();
+            let d = names::ALL
+                .iter()
+                .find(|d| {
+                    d.name == name || (d.kind == "counter" && format!("{}_total", d.name) == name)
+                })
+                .unwrap_or_else(|| panic!("`{name}` is not in names::ALL"));
             let labels: Vec<&str> = line
                 .split_once('{')
                 .map(|(_, l)| l.split_once('}').unwrap().0)
@@ -148,4 +153,190 @@ fn a_scrape_exposes_exactly_the_named_families_with_their_labels() {
         })
         .unwrap_or_else(|| panic!("no size row for the pool: {text}"));
     assert_eq!(size.parse::<f64>().unwrap(), 100.0);
+}
+
+/// A listener with a backlog of one that accepts only when told: its accept queue fills
+/// and further connects (the probes) are dropped by the kernel.
+struct Stalled {
+    l: std::net::TcpListener,
+    held: Vec<std::net::TcpStream>,
+}
+
+impl Stalled {
+    fn new() -> Stalled {
+        use std::os::fd::AsRawFd;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // SAFETY: listen(2) again on our own listening socket only resizes its backlog.
+        assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 1) }, 0);
+        Stalled {
+            l,
+            held: Vec::new(),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.l.local_addr().unwrap().port()
+    }
+
+    /// Fills the accept queue (backlog + 1 connections).
+    fn fill(&mut self) {
+        let a = self.l.local_addr().unwrap();
+        for _ in 0..2 {
+            self.held.push(
+                std::net::TcpStream::connect_timeout(&a, std::time::Duration::from_secs(2))
+                    .unwrap(),
+            );
+        }
+    }
+
+    /// Accepts everything from now on, in a thread of its own, until `stop` is set (at
+    /// most `secs` seconds).
+    fn drain(
+        self,
+        secs: u64,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
+        use std::os::fd::AsRawFd;
+        let Stalled { l, held } = self;
+        drop(held);
+        // The operator's fix: a real backlog, so the probes' connects all fit.
+        // SAFETY: listen(2) again on our own listening socket only resizes its backlog.
+        assert_eq!(unsafe { libc::listen(l.as_raw_fd(), 128) }, 0);
+        l.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            while std::time::Instant::now() < until
+                && !stop.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                match l.accept() {
+                    Ok(_) => {}
+                    // Real time: polling the accept queue of a test listener.
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+                }
+            }
+        })
+    }
+}
+
+#[test]
+fn a_full_accept_queue_raises_both_alerts_after_three_samples_and_they_clear() {
+    let mut st = Stalled::new();
+    let port = st.port();
+    let dir = portwarden_testkit::tempdir("srv-health");
+    let policy = format!(
+        "version = 1\n[[service]]\nname = \"rsync-mirror\"\nport = {port}\nzone = \"localhost\"\nmax_conn = 100\n"
+    );
+    std::fs::write(dir.join("policy.toml"), policy).unwrap();
+    let mut cfg = Config::new(dir.join("state"));
+    cfg.policy = Some(dir.join("policy.toml"));
+    let clock = ManualClock::at(1_800_000_000);
+    let app = App::new(cfg, clock.clone()).unwrap();
+    let rt = rt();
+    let ports = |app: &Arc<App>| {
+        let m = app.monitor.lock().unwrap();
+        portwarden_ops::health::sample(&app.ctx("t"), app.state_dir(), Some(&m)).unwrap()
+    };
+    let actions = |app: &Arc<App>| -> Vec<String> {
+        portwarden_ops::log::list(&app.ctx("t"), app.state_dir(), None)
+            .map(|l| {
+                l.records
+                    .into_iter()
+                    .map(|r| format!("{} {}", r.action, r.subject))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    st.fill();
+    for i in 0..3 {
+        assert!(
+            app.health_findings().is_empty(),
+            "raised before 3 samples ({i})"
+        );
+        run_once(&app, Job::Health, rt.handle()).unwrap();
+        clock.advance(10);
+    }
+    let p = ports(&app);
+    let row = &p.ports[0];
+    assert_eq!(
+        (row.port, row.accept_queue, row.backlog),
+        (port, 2, 1),
+        "{row:?}"
+    );
+    assert_eq!(
+        row.error_rate,
+        Some(1.0),
+        "every probe was dropped: {row:?}"
+    );
+    assert_eq!(
+        row.alerts,
+        ["port-utilisation-high", "port-error-rate-high"]
+    );
+    let ids: Vec<&str> = app
+        .health_findings()
+        .iter()
+        .map(|f| f.id.as_str())
+        .collect();
+    assert_eq!(ids, ["port-utilisation-high", "port-error-rate-high"]);
+    let raised = actions(&app);
+    let subject = format!("port:tcp/{port}");
+    assert!(
+        raised.contains(&format!("alert.raise {subject} port-utilisation-high")),
+        "{raised:?}"
+    );
+    assert!(
+        raised.contains(&format!("alert.raise {subject} port-error-rate-high")),
+        "{raised:?}"
+    );
+    let app2 = app.clone();
+    let text = rt
+        .block_on(async move {
+            tokio::task::spawn_blocking(move || portwarden_server::metrics::scrape(&app2)).await
+        })
+        .unwrap()
+        .unwrap();
+    let alert = format!(
+        r#"portwarden_port_alert{{service="rsync-mirror",source="service",protocol="tcp",port="{port}",rule="port-error-rate-high"}} 1"#
+    );
+    assert!(text.lines().any(|l| l.starts_with(&alert)), "{text}");
+    // Accepting again, with a backlog: utilisation clears after three clean samples, the error rate only
+    // once the failed probes have left the five-minute window.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let drainer = st.drain(60, stop.clone());
+    for _ in 0..3 {
+        run_once(&app, Job::Health, rt.handle()).unwrap();
+        clock.advance(10);
+    }
+    let ids: Vec<&str> = app
+        .health_findings()
+        .iter()
+        .map(|f| f.id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["port-error-rate-high"],
+        "the failed probes are still in the window"
+    );
+    clock.advance(300);
+    for _ in 0..3 {
+        run_once(&app, Job::Health, rt.handle()).unwrap();
+        clock.advance(10);
+    }
+    assert!(
+        app.health_findings().is_empty(),
+        "{:?}",
+        app.health_findings()
+    );
+    let p = ports(&app);
+    assert_eq!(p.ports[0].error_rate, Some(0.0));
+    let all = actions(&app);
+    assert!(
+        all.contains(&format!("alert.clear {subject} port-utilisation-high")),
+        "{all:?}"
+    );
+    assert!(
+        all.contains(&format!("alert.clear {subject} port-error-rate-high")),
+        "{all:?}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    drainer.join().unwrap();
 }

@@ -241,6 +241,9 @@ pub struct Service {
     pub tls: TlsRequirement,
     /// Concurrent connections allowed per source address.
     pub max_conn_per_source: Option<u32>,
+    /// The connections the service is built for: its ports' utilisation is counted
+    /// against it (without it, only the accept queue against the backlog).
+    pub max_conn: Option<u32>,
     /// Data sensitivity.
     pub sensitivity: Sensitivity,
     /// Expected owning executable (name or absolute path).
@@ -277,6 +280,10 @@ pub struct Compliance {
     pub protocols: Vec<Protocol>,
     /// Pool utilisation (0-1) that raises a finding.
     pub pool_utilisation_alert: f64,
+    /// A port's utilisation (0-1) that raises `port-utilisation-high`.
+    pub port_utilisation_alert: f64,
+    /// A port's error rate (0-1) above which `port-error-rate-high` is raised.
+    pub port_error_rate_alert: f64,
 }
 
 impl Default for Compliance {
@@ -288,6 +295,8 @@ impl Default for Compliance {
             forbid: Vec::new(),
             protocols: Protocol::ALL.to_vec(),
             pool_utilisation_alert: 0.70,
+            port_utilisation_alert: 0.70,
+            port_error_rate_alert: 0.01,
         }
     }
 }

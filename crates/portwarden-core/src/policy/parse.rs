@@ -48,6 +48,7 @@ const SERVICE_KEYS: &[&str] = &[
     "allow_from",
     "tls",
     "max_conn_per_source",
+    "max_conn",
     "sensitivity",
     "process",
     "owner",
@@ -59,6 +60,8 @@ const COMPLIANCE_KEYS: &[&str] = &[
     "forbid",
     "protocols",
     "pool_utilisation_alert",
+    "port_utilisation_alert",
+    "port_error_rate_alert",
 ];
 const FIREWALL_KEYS: &[&str] = &["mode", "icmp", "scan_guard"];
 const GUARD_KEYS: &[&str] = &["threshold", "window", "block"];
@@ -739,28 +742,47 @@ fn read_compliance(cx: &mut Cx<'_>, node: &Node) -> Compliance {
             c.protocols = p;
         }
     }
-    if let Some(n) = f.get("pool_utilisation_alert") {
-        let v = match n.kind {
-            Kind::Float(x) => Some(x),
-            Kind::Int(i) => Some(i as f64),
-            _ => {
-                cx.mismatch(n, "pool_utilisation_alert", "a fraction like 0.70");
-                None
-            }
-        };
-        if let Some(v) = v {
-            if v > 0.0 && v <= 1.0 {
-                c.pool_utilisation_alert = v;
-            } else {
-                cx.err_help(
-                    n.span.clone(),
-                    format!("`pool_utilisation_alert` must be above 0 and at most 1, found {v}"),
-                    "write a fraction: 0.70 means 70 %",
-                );
-            }
-        }
+    if let Some(v) = fraction(
+        cx,
+        f.get("pool_utilisation_alert"),
+        "pool_utilisation_alert",
+    ) {
+        c.pool_utilisation_alert = v;
+    }
+    if let Some(v) = fraction(
+        cx,
+        f.get("port_utilisation_alert"),
+        "port_utilisation_alert",
+    ) {
+        c.port_utilisation_alert = v;
+    }
+    if let Some(v) = fraction(cx, f.get("port_error_rate_alert"), "port_error_rate_alert") {
+        c.port_error_rate_alert = v;
     }
     c
+}
+
+/// A threshold in (0, 1].
+fn fraction(cx: &mut Cx<'_>, n: Option<&Node>, key: &str) -> Option<f64> {
+    let n = n?;
+    let v = match n.kind {
+        Kind::Float(x) => x,
+        Kind::Int(i) => i as f64,
+        _ => {
+            cx.mismatch(n, key, "a fraction like 0.70");
+            return None;
+        }
+    };
+    if v > 0.0 && v <= 1.0 {
+        Some(v)
+    } else {
+        cx.err_help(
+            n.span.clone(),
+            format!("`{key}` must be above 0 and at most 1, found {v}"),
+            "write a fraction: 0.70 means 70 %",
+        );
+        None
+    }
 }
 
 fn read_firewall(cx: &mut Cx<'_>, node: &Node) -> Firewall {
@@ -1020,6 +1042,7 @@ fn read_service(
     let max_conn_per_source = optional(f.get("max_conn_per_source"), |n| {
         cx.positive(n, "max_conn_per_source")
     });
+    let max_conn = optional(f.get("max_conn"), |n| cx.positive(n, "max_conn"));
     let sensitivity = match f.get("sensitivity") {
         Some(n) => cx.choice(
             n,
@@ -1053,6 +1076,7 @@ fn read_service(
             allow_from: allow_from?,
             tls: tls?,
             max_conn_per_source: max_conn_per_source?,
+            max_conn: max_conn?,
             sensitivity: sensitivity?,
             process: process?,
             owner: owner?,
