@@ -196,15 +196,27 @@ fn annotate(p: &mut PortHealth, m: &Monitor) {
     }
 }
 
-/// Connects to `addr` `n` times at once, each bounded by [`PROBE_TIMEOUT`]; returns the
-/// failures (refused, reset, unreachable, timed out).
+/// How long a probe waits after connecting for the peer to reset it.
+pub const PROBE_LINGER: Duration = Duration::from_millis(200);
+
+/// Connects to `addr` `n` times at once, each bounded by [`PROBE_TIMEOUT`], then waits
+/// [`PROBE_LINGER`] for the peer's first word; returns the failures: refused,
+/// unreachable, timed out, or reset after the handshake (a listener that accepts and
+/// aborts). Data, a clean close or silence are a success.
 async fn probe(addr: SocketAddr, n: u32) -> u32 {
+    use tokio::io::AsyncReadExt as _;
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..n {
         set.spawn(async move {
-            matches!(
-                tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
-                Ok(Ok(_))
+            let Ok(Ok(mut s)) =
+                tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await
+            else {
+                return false;
+            };
+            let mut buf = [0u8; 64];
+            !matches!(
+                tokio::time::timeout(PROBE_LINGER, s.read(&mut buf)).await,
+                Ok(Err(_))
             )
         });
     }

@@ -340,3 +340,77 @@ fn a_full_accept_queue_raises_both_alerts_after_three_samples_and_they_clear() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     drainer.join().unwrap();
 }
+
+#[test]
+fn a_listener_resetting_one_connection_in_four_raises_the_error_rate_alert() {
+    use std::os::fd::AsRawFd;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(true).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    // Accepts everything; every fourth connection is aborted (RST: SO_LINGER 0), the
+    // others closed cleanly. Bounded: 60 s at most.
+    let server = std::thread::spawn(move || {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut n = 0u32;
+        while std::time::Instant::now() < until && !stop2.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            match l.accept() {
+                Ok((c, _)) => {
+                    n += 1;
+                    if n % 4 == 0 {
+                        let lg = libc::linger {
+                            l_onoff: 1,
+                            l_linger: 0,
+                        };
+                        // SAFETY: SO_LINGER on a socket this thread owns, with a valid
+                        // struct of the size given.
+                        let rc = unsafe {
+                            libc::setsockopt(
+                                c.as_raw_fd(),
+                                libc::SOL_SOCKET,
+                                libc::SO_LINGER,
+                                (&raw const lg).cast(),
+                                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                            )
+                        };
+                        assert_eq!(rc, 0);
+                    }
+                    drop(c);
+                }
+                // Real time: polling the accept queue of a test listener.
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+        }
+    });
+    let dir = portwarden_testkit::tempdir("srv-reset");
+    let policy = format!(
+        "version = 1\n[[service]]\nname = \"http-mirror\"\nport = {port}\nzone = \"localhost\"\n"
+    );
+    std::fs::write(dir.join("policy.toml"), policy).unwrap();
+    let mut cfg = Config::new(dir.join("state"));
+    cfg.policy = Some(dir.join("policy.toml"));
+    let clock = ManualClock::at(1_800_000_000);
+    let app = App::new(cfg, clock.clone()).unwrap();
+    let rt = rt();
+    for _ in 0..3 {
+        assert!(app.health_findings().is_empty());
+        run_once(&app, Job::Health, rt.handle()).unwrap();
+        clock.advance(10);
+    }
+    let f = app.health_findings();
+    let ids: Vec<&str> = f.iter().map(|f| f.id.as_str()).collect();
+    assert_eq!(ids, ["port-error-rate-high"], "{f:?}");
+    let m = app.monitor.lock().unwrap();
+    let p = portwarden_ops::health::sample(&app.ctx("t"), app.state_dir(), Some(&m)).unwrap();
+    let rate = p.ports[0].error_rate.unwrap();
+    assert!(
+        (rate - 0.25).abs() < 1e-9,
+        "one probe in four was reset: {rate}"
+    );
+    assert!(p.ports[0].utilisation.unwrap() < 0.70, "{:?}", p.ports[0]);
+    drop(m);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    server.join().unwrap();
+}
