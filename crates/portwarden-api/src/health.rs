@@ -28,6 +28,13 @@ pub struct PortHealth {
     pub error_rate: Option<f64>,
     /// The alerts that stand (`port-utilisation-high`, `port-error-rate-high`).
     pub alerts: Vec<String>,
+    /// The service's zone and TLS requirement in the policy.
+    pub zone: String,
+    pub tls: String,
+    /// The listener's process (`comm`), where the daemon resolved owners.
+    pub process: Option<String>,
+    /// Established connections of the monitor's recent samples, oldest first.
+    pub recent: Vec<u64>,
 }
 
 /// `GET /api/v1/ports`.
@@ -36,5 +43,28 @@ pub struct PortsDoc {
     pub api: u32,
     /// Unix seconds of the sample.
     pub at: i64,
+    pub ports: Vec<PortHealth>,
+}
+
+/// Findings of one rule and severity.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct FindingCount {
+    pub rule: String,
+    pub severity: String,
+    pub count: u64,
+}
+
+/// What the dashboard shows, sent on `GET /api/v1/events` after each health sample.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct OverviewDoc {
+    pub api: u32,
+    /// Unix seconds of the sample.
+    pub at: i64,
+    /// The policy in force.
+    pub policy: String,
+    /// The exposure score of the last inventory (none before its first run).
+    pub exposure: Option<f64>,
+    /// The last inventory's findings with the standing port alerts, counted.
+    pub findings: Vec<FindingCount>,
     pub ports: Vec<PortHealth>,
 }

@@ -68,6 +68,8 @@ pub fn documents() -> Vec<Document> {
         doc::<policy::PolicyCheckDoc>("policy-check", "policy check"),
         doc::<serve::HealthDoc>("health", "GET /api/v1/health"),
         doc::<health::PortsDoc>("ports", "GET /api/v1/ports"),
+        doc::<health::OverviewDoc>("overview", "GET /api/v1/overview, GET /api/v1/events"),
+        doc::<serve::WhoamiDoc>("whoami", "GET /api/v1/whoami"),
         doc::<serve::ErrorDoc>("error", "any HTTP API error (4xx, 5xx)"),
         doc::<token::TokenDoc>("token", "token create"),
         doc::<token::TokensDoc>("tokens", "token list"),

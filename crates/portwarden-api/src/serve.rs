@@ -44,6 +44,16 @@ pub struct HealthDoc {
     pub jobs: Vec<JobDoc>,
 }
 
+/// `GET /api/v1/whoami`: the caller as the daemon sees it.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct WhoamiDoc {
+    pub api: u32,
+    /// The token's name, or the local user's.
+    pub name: String,
+    /// `read`, `operate` or `admin`.
+    pub role: String,
+}
+
 /// `POST /api/v1/leases`.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -15,6 +15,9 @@ pub const ALERT_SAMPLES: u32 = 3;
 /// The window of the error rate, in seconds.
 pub const ERROR_WINDOW_SECS: i64 = 300;
 
+/// Samples of established connections kept per port (the dashboard's sparkline).
+pub const HISTORY: usize = 60;
+
 /// A managed port.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct PortKey {
@@ -148,6 +151,8 @@ pub struct PortState {
     pub last_utilisation: Option<f64>,
     /// The error rate in the window at the last sample.
     pub last_error_rate: Option<f64>,
+    /// Established connections of the last [`HISTORY`] samples, oldest first.
+    pub recent: VecDeque<u64>,
 }
 
 impl PortState {
@@ -217,6 +222,10 @@ impl Monitor {
             {
                 st.window.pop_front();
             }
+            if st.recent.len() == HISTORY {
+                st.recent.pop_front();
+            }
+            st.recent.push_back(o.established);
             let util = o.utilisation();
             st.last_utilisation = util;
             let rate = st.error_rate();
@@ -381,6 +390,17 @@ mod tests {
             let c = m.observe(i, &[(k.clone(), obs(0, 10, u32::from(i == 9)))], T);
             assert!(c.is_empty(), "{c:?}");
         }
+    }
+
+    #[test]
+    fn the_history_keeps_the_last_samples() {
+        let mut m = Monitor::default();
+        for t in 0..(HISTORY as i64 + 5) {
+            m.observe(t, &[(key(), obs(t as u64, 0, 0))], T);
+        }
+        let r = &m.port(&key()).unwrap().recent;
+        assert_eq!(r.len(), HISTORY);
+        assert_eq!((r[0], r[HISTORY - 1]), (5, HISTORY as u64 + 4));
     }
 
     #[test]

@@ -36,7 +36,7 @@ struct Sampled {
 /// Samples every managed port now; with the monitor, each row carries its alerts and
 /// error rate.
 pub fn sample(ctx: &Ctx, state_dir: &Path, monitor: Option<&Monitor>) -> anyhow::Result<PortsDoc> {
-    let mut s = sample_ports(ctx, state_dir)?;
+    let mut s = sample_ports(ctx, state_dir, false)?;
     if let Some(m) = monitor {
         for p in &mut s.doc.ports {
             annotate(p, m);
@@ -45,17 +45,25 @@ pub fn sample(ctx: &Ctx, state_dir: &Path, monitor: Option<&Monitor>) -> anyhow:
     Ok(s.doc)
 }
 
-fn sample_ports(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<Sampled> {
+/// One dump; with `owners`, each listener's process is resolved too (a walk of
+/// `/proc/*/fd` for the managed listeners only).
+fn sample_ports(ctx: &Ctx, state_dir: &Path, owners: bool) -> anyhow::Result<Sampled> {
     let loaded = crate::policy::load(ctx, None)?;
     let leases = match crate::store::open_existing(ctx, state_dir)? {
         Some(s) => s.leases()?,
         None => Vec::new(),
     };
-    let max_conn: HashMap<String, u32> = loaded
+    // Per service: max_conn, zone, tls.
+    let declared: HashMap<&str, (Option<u32>, String, &'static str)> = loaded
         .policy
         .services
         .iter()
-        .filter_map(|s| Some((s.name.clone(), s.max_conn?)))
+        .map(|s| {
+            (
+                s.name.as_str(),
+                (s.max_conn, s.zone.to_string(), s.tls.as_str()),
+            )
+        })
         .collect();
     // (protocol, port) → (service, source), the policy's first.
     let mut managed: BTreeMap<(Protocol, u16), (String, &'static str)> = BTreeMap::new();
@@ -76,7 +84,7 @@ fn sample_ports(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<Sampled> {
             .entry((l.protocol, l.port.get()))
             .or_insert((l.service.clone(), "lease"));
     }
-    let inv = portwarden_os::sockets(&portwarden_os::Query {
+    let mut inv = portwarden_os::sockets(&portwarden_os::Query {
         states: Some(vec![
             SocketState::Listen,
             SocketState::Unconn,
@@ -94,6 +102,7 @@ fn sample_ports(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<Sampled> {
     }
     let mut seen: HashMap<(Protocol, u16), Seen> = HashMap::new();
     let mut probe_at = HashMap::new();
+    let mut listeners = Vec::new();
     for s in &inv.sockets {
         let key = (s.protocol, s.local_port);
         if !managed.contains_key(&key) {
@@ -103,6 +112,9 @@ fn sample_ports(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<Sampled> {
         match s.state {
             SocketState::Listen | SocketState::Unconn => {
                 e.listening = true;
+                if owners {
+                    listeners.push(s.clone());
+                }
                 if s.state == SocketState::Listen {
                     e.queue += u64::from(s.recv_q);
                     e.backlog += u64::from(s.send_q);
@@ -114,12 +126,35 @@ fn sample_ports(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<Sampled> {
             _ => e.established += 1,
         }
     }
+    let mut process: HashMap<(Protocol, u16), String> = HashMap::new();
+    if owners && !listeners.is_empty() {
+        inv.sockets = listeners;
+        // An unreadable owner is only a missing name on the dashboard.
+        if portwarden_os::attach_owners(&mut inv, portwarden_os::Walk::FirstOwner).is_ok() {
+            for s in &inv.sockets {
+                if let Some(o) = s.owners.as_ref().and_then(|o| o.first()) {
+                    process
+                        .entry((s.protocol, s.local_port))
+                        .or_insert_with(|| o.comm.clone());
+                }
+            }
+        }
+    }
     let ports = managed
         .into_iter()
         .map(|((protocol, port), (service, source))| {
             let s = seen.remove(&(protocol, port)).unwrap_or_default();
+            let (max_conn, zone, tls) =
+                declared
+                    .get(service.as_str())
+                    .cloned()
+                    .unwrap_or((None, String::new(), ""));
             let mut p = PortHealth {
-                max_conn: max_conn.get(&service).copied(),
+                max_conn,
+                zone,
+                tls: tls.to_string(),
+                process: process.remove(&(protocol, port)),
+                recent: Vec::new(),
                 service,
                 source: source.into(),
                 protocol: protocol.to_string(),
@@ -180,6 +215,7 @@ fn annotate(p: &mut PortHealth, m: &Monitor) {
         return;
     };
     p.error_rate = st.error_rate();
+    p.recent = st.recent.iter().copied().collect();
     for (raised, rule) in [
         (
             st.utilisation.raised,
@@ -248,7 +284,7 @@ pub async fn step(
     monitor: &std::sync::Mutex<Monitor>,
 ) -> anyhow::Result<(PortsDoc, Vec<AlertChange>)> {
     let t = thresholds(ctx)?;
-    let s = sample_ports(ctx, state_dir)?;
+    let s = sample_ports(ctx, state_dir, true)?;
     let mut probes: tokio::task::JoinSet<((Protocol, u16), u32)> = tokio::task::JoinSet::new();
     for (&k, &addr) in &s.probe_at {
         if k.0 == Protocol::Tcp {

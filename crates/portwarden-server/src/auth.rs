@@ -63,7 +63,8 @@ impl Failures {
         }
     }
 
-    fn failed(&mut self, ip: IpAddr, now: Instant) {
+    /// Counts a failure of `ip`; returns its count in the window.
+    fn failed(&mut self, ip: IpAddr, now: Instant) -> u32 {
         if self.0.len() >= REMEMBERED && !self.0.contains_key(&ip) {
             self.0
                 .retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
@@ -78,6 +79,7 @@ impl Failures {
             *e = (now, 0);
         }
         e.1 += 1;
+        e.1
     }
 }
 
@@ -104,11 +106,24 @@ fn local(uid: u32) -> Caller {
     }
 }
 
-/// The bearer token of a request, if it has one.
-fn bearer(req: &Request) -> Option<&str> {
-    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+/// The bearer token of a request, if it has one; two `Authorization` headers are an
+/// error (which one a proxy in front passed on is anyone's guess).
+fn bearer(req: &Request) -> Result<Option<&str>, ApiError> {
+    let mut all = req.headers().get_all(header::AUTHORIZATION).iter();
+    let Some(v) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "bad-request",
+            "more than one Authorization header".into(),
+        ));
+    }
+    let Some((scheme, token)) = v.to_str().ok().and_then(|v| v.split_once(' ')) else {
+        return Ok(None);
+    };
+    Ok(scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()))
 }
 
 /// The middleware: 401 without a valid token, 403 with one whose role is too small,
@@ -135,7 +150,11 @@ pub async fn require(State(app): State<Arc<App>>, mut req: Request, next: Next) 
                 )
                 .into_response();
             }
-            let Some(token) = bearer(&req).map(str::to_string) else {
+            let token = match bearer(&req) {
+                Ok(t) => t.map(str::to_string),
+                Err(e) => return e.into_response(),
+            };
+            let Some(token) = token else {
                 return unauthorized("no bearer token: send `Authorization: Bearer TOKEN`");
             };
             let app2 = app.clone();
@@ -154,10 +173,14 @@ pub async fn require(State(app): State<Arc<App>>, mut req: Request, next: Next) 
                     role: t.role,
                 },
                 Ok(Ok(None)) => {
-                    if let Ok(mut f) = app.failures.lock() {
-                        f.failed(ip, now);
+                    let n = app.failures.lock().map_or(0, |mut f| f.failed(ip, now));
+                    // The first of a window, and the one that hits the limit, are worth a
+                    // warning; the rest would only flood the log.
+                    if n == 1 || n == MAX_FAILURES {
+                        tracing::warn!(%ip, failures = n, "rejected an unknown or revoked token");
+                    } else {
+                        tracing::debug!(%ip, failures = n, "rejected an unknown or revoked token");
                     }
-                    tracing::warn!(%ip, "rejected an unknown or revoked token");
                     return unauthorized("unknown or revoked token");
                 }
                 Ok(Err(e)) => return ApiError::internal(format!("{e:#}")).into_response(),

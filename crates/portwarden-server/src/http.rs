@@ -205,6 +205,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/leases/{id}/release", post(release))
         .route("/api/v1/pools", get(pools))
         .route("/api/v1/ports", get(ports))
+        .route("/api/v1/overview", get(overview))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/fw/plan", get(fw_plan))
         .route("/api/v1/fw/diff", get(fw_diff))
         .route("/api/v1/fw/status", get(fw_status))
@@ -219,12 +222,20 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/tokens", get(tokens).post(token_create))
         .route("/api/v1/tokens/{name}", axum::routing::delete(token_revoke))
         .route("/metrics", get(metrics))
+        // Behind auth too: without a token, no path says whether it exists.
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            body_deadline,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             crate::auth::require,
         ));
-    api.fallback(not_found)
-        .method_not_allowed_fallback(not_allowed)
+    Router::new()
+        .route("/", get(dashboard).fallback(not_allowed))
+        .merge(api)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(app)
 }
@@ -236,6 +247,54 @@ pub fn metrics_router(app: Arc<App>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(not_allowed)
         .with_state(app)
+}
+
+/// Reads the body within `--header-timeout` (a client that sends its head and then
+/// trickles the body would hold a connection and a handler for ever) and at most
+/// [`BODY_LIMIT`].
+async fn body_deadline(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let limit = app.cfg.header_timeout;
+    let read = tokio::time::timeout(limit, axum::body::to_bytes(body, BODY_LIMIT)).await;
+    let bytes = match read {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                format!(
+                    "the body is over the {} KiB limit or broken off",
+                    BODY_LIMIT >> 10
+                ),
+            )
+            .into_response();
+        }
+        Err(_) => {
+            tracing::warn!(
+                path = %parts.uri.path(),
+                "a request body did not arrive in {}: closed",
+                HumanDuration(limit)
+            );
+            let mut r = ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request-timeout",
+                format!("the body did not arrive in {}", HumanDuration(limit)),
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
+    };
+    next.run(axum::extract::Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    ))
+    .await
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -281,6 +340,107 @@ async fn health(State(app): State<Arc<App>>, q: Q) -> Answer {
         ledger_head: head.head,
         jobs,
     })
+}
+
+/// The dashboard: one page, its script and style inline, no outside resources; it asks
+/// for a token and reads everything through the API with it.
+async fn dashboard() -> Response {
+    let mut r = include_str!("dashboard.html").into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // Nothing from elsewhere, no framing; the page's own inline script and style only.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+async fn whoami(Extension(c): Extension<Caller>, q: Q) -> Answer {
+    Params::of(q, &[])?;
+    ok(portwarden_api::serve::WhoamiDoc {
+        api: API_VERSION,
+        name: c.name,
+        role: c.role.as_str().into(),
+    })
+}
+
+/// The last overview; before the health job's first sample, one taken now.
+async fn current_overview(app: &Arc<App>) -> Result<Arc<str>, ApiError> {
+    if let Some(o) = app.overview() {
+        return Ok(o);
+    }
+    let a = app.clone();
+    let doc = blocking(move |_| {
+        let m = a
+            .monitor
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the monitor is poisoned"))?;
+        portwarden_ops::health::sample(&a.ctx("overview"), a.state_dir(), Some(&m))
+    })
+    .await?;
+    app.publish(doc);
+    app.overview()
+        .ok_or_else(|| ApiError::internal("the overview could not be encoded".into()))
+}
+
+async fn overview(State(app): State<Arc<App>>, q: Q) -> Answer {
+    Params::of(q, &[])?;
+    let o = current_overview(&app).await?;
+    let mut r = o.to_string().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
+/// Server-Sent Events: the overview now, then after every health sample (`event:
+/// overview`); a comment every 15 s keeps proxies from closing it; it ends when the
+/// daemon stops.
+async fn events(State(app): State<Arc<App>>, q: Q) -> Answer {
+    use std::sync::atomic::Ordering;
+    use tokio::sync::broadcast::error::RecvError;
+    Params::of(q, &[])?;
+    let first = current_overview(&app).await?;
+    let rx = app.subscribe();
+    let frame = |data: &str| Bytes::from(format!("event: overview\ndata: {data}\n\n"));
+    let stream =
+        futures_util::stream::unfold((rx, Some(first)), move |(mut rx, first)| async move {
+            if let Some(f) = first {
+                return Some((Ok::<_, std::convert::Infallible>(frame(&f)), (rx, None)));
+            }
+            for _ in 0..15 {
+                if crate::STOP.load(Ordering::SeqCst) {
+                    return None;
+                }
+                match tokio::time::timeout(std::time::Duration::from_secs(1), rx.recv()).await {
+                    Ok(Ok(o)) => return Some((Ok(frame(&o)), (rx, None))),
+                    Ok(Err(RecvError::Lagged(_))) | Err(_) => {}
+                    Ok(Err(RecvError::Closed)) => return None,
+                }
+            }
+            Some((Ok(Bytes::from_static(b": keep-alive\n\n")), (rx, None)))
+        });
+    let mut r = axum::body::Body::from_stream(stream).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(r)
 }
 
 async fn ports(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {

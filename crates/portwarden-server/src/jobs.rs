@@ -149,7 +149,8 @@ pub fn run_once(app: &Arc<App>, job: Job, rt: &tokio::runtime::Handle) -> anyhow
         Job::FwDeadline => portwarden_ops::fw::recover_expired(&ctx, dir),
         Job::Health => rt
             .block_on(portwarden_ops::health::step(&ctx, dir, &app.monitor))
-            .map(|(_, changes)| {
+            .map(|(doc, changes)| {
+                app.publish(doc);
                 for c in &changes {
                     let port = format!("{}/{}", c.port.port, c.port.protocol);
                     if c.raised {

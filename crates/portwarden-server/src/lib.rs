@@ -112,6 +112,9 @@ pub struct App {
     latest: Mutex<Option<jobs::Latest>>,
     /// The port health alerts (the health job feeds it).
     pub monitor: Mutex<portwarden_core::health::Monitor>,
+    /// The last overview (JSON), and its subscribers (`/api/v1/events`).
+    overview: Mutex<Option<Arc<str>>>,
+    events: tokio::sync::broadcast::Sender<Arc<str>>,
 }
 
 impl App {
@@ -127,6 +130,8 @@ impl App {
             failures: Mutex::new(auth::Failures::default()),
             latest: Mutex::new(None),
             monitor: Mutex::new(portwarden_core::health::Monitor::default()),
+            overview: Mutex::new(None),
+            events: tokio::sync::broadcast::channel(16).0,
         }))
     }
 
@@ -146,6 +151,64 @@ impl App {
         c.actor = actor.to_string();
         c.policy = Some(self.policy());
         c
+    }
+
+    /// Publishes a health sample as the overview: kept for `/api/v1/overview` and sent to
+    /// every `/api/v1/events` subscriber.
+    pub fn publish(&self, ports: portwarden_api::health::PortsDoc) {
+        use portwarden_api::health::{FindingCount, OverviewDoc};
+        let latest = self.latest();
+        let mut counts: std::collections::BTreeMap<_, u64> = latest
+            .as_ref()
+            .map(|l| l.findings.clone())
+            .unwrap_or_default();
+        // The inventory's count already holds the alerts it saw; the alerts that stand
+        // now replace them.
+        for rule in [
+            portwarden_core::findings::RuleId::PortUtilisationHigh,
+            portwarden_core::findings::RuleId::PortErrorRateHigh,
+        ] {
+            counts.retain(|(r, _), _| *r != rule);
+        }
+        for f in self.health_findings() {
+            *counts.entry((f.id, f.severity)).or_default() += 1;
+        }
+        let mut findings: Vec<FindingCount> = counts
+            .into_iter()
+            .map(|((rule, sev), count)| FindingCount {
+                rule: rule.as_str().into(),
+                severity: sev.as_str().into(),
+                count,
+            })
+            .collect();
+        findings.sort_by(|a, b| b.count.cmp(&a.count).then(a.rule.cmp(&b.rule)));
+        let doc = OverviewDoc {
+            api: portwarden_api::API_VERSION,
+            at: ports.at,
+            policy: self.policy().name.clone(),
+            exposure: latest.map(|l| l.exposure),
+            findings,
+            ports: ports.ports,
+        };
+        let Ok(json) = serde_json::to_string(&doc) else {
+            return;
+        };
+        let json: Arc<str> = json.into();
+        if let Ok(mut o) = self.overview.lock() {
+            *o = Some(json.clone());
+        }
+        // No subscriber is not an error.
+        let _ = self.events.send(json);
+    }
+
+    /// The last overview, if a health sample has been taken.
+    pub fn overview(&self) -> Option<Arc<str>> {
+        self.overview.lock().ok().and_then(|o| o.clone())
+    }
+
+    /// A subscription to the overviews to come.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.events.subscribe()
     }
 
     /// The findings of the port health alerts that stand.
@@ -175,6 +238,18 @@ impl App {
         };
         let ctx = self.ctx("portwarden serve (SIGHUP)");
         let res = portwarden_ops::policy::load_policy(Some(path));
+        if let Ok(p) = &res {
+            // The same policy again (a SIGHUP from logrotate, a reload of every unit) is
+            // not a change: nothing for the ledger.
+            let same = |a: &portwarden_core::policy::Policy,
+                        b: &portwarden_core::policy::Policy| {
+                matches!((serde_json::to_string(a), serde_json::to_string(b)), (Ok(x), Ok(y)) if x == y)
+            };
+            if same(&p.policy, &self.policy().policy) {
+                tracing::info!(policy = %p.name, "SIGHUP: the policy is unchanged");
+                return Ok(());
+            }
+        }
         let (action, reason) = match &res {
             Ok(_) => ("policy.reload", None),
             Err(e) => (

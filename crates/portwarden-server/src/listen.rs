@@ -2,6 +2,8 @@
 //! (slowloris and idle keep-alive clients are closed), at most `max_connections` served
 //! at once, and a bounded drain on stop.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +71,109 @@ pub fn unix_listener(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     Ok(l)
 }
 
+/// Connections open per source address: a share of `--max-connections`, so one client
+/// (or one attacker holding idle connections) cannot take every slot.
+#[derive(Clone)]
+struct PerSource {
+    open: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    cap: usize,
+}
+
+/// A connection's place: its share of the limit and of its source's, given back on drop.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    source: Option<(PerSource, IpAddr)>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some((p, ip)) = &self.source {
+            if let Ok(mut m) = p.open.lock() {
+                if let Some(n) = m.get_mut(ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        m.remove(ip);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl PerSource {
+    fn new(max_connections: usize) -> PerSource {
+        PerSource {
+            open: Arc::default(),
+            cap: (max_connections / 4).max(1),
+        }
+    }
+
+    /// A slot for `ip`, unless it already holds its share.
+    fn take(&self, ip: IpAddr, permit: tokio::sync::OwnedSemaphorePermit) -> Option<Slot> {
+        let mut m = self.open.lock().ok()?;
+        let n = m.entry(ip).or_default();
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            _permit: permit,
+            source: Some((self.clone(), ip)),
+        })
+    }
+}
+
+/// The answer to a connection over a limit, written without waiting (the accept loop
+/// must not block on a client that does not read): 503 with `Retry-After`, so a client
+/// knows why rather than seeing its connection reset.
+fn refuse(s: &tokio::net::TcpStream, why: &str) {
+    let body = serde_json::json!({
+        "api": portwarden_api::API_VERSION,
+        "error": "busy",
+        "detail": why,
+    })
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+         Retry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.try_write(answer.as_bytes());
+}
+
+/// A place for a new connection from `addr`, or `None` (answered 503, logged at most
+/// once a second).
+fn admit(
+    s: &tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+    slots: &Arc<Semaphore>,
+    per: &PerSource,
+    tls: bool,
+    last_warn: &mut Option<std::time::Instant>,
+) -> Option<Slot> {
+    let slot = match slots.clone().try_acquire_owned() {
+        Ok(p) => per
+            .take(addr.ip(), p)
+            .ok_or("too many connections from this address"),
+        Err(_) => Err("the connection limit is reached"),
+    };
+    match slot {
+        Ok(s) => Some(s),
+        Err(why) => {
+            // Plain text over TLS would be noise to the client: it is closed.
+            if !tls {
+                refuse(s, why);
+            }
+            let now = std::time::Instant::now();
+            if last_warn.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+                tracing::warn!(%addr, "{why}: refused (503)");
+                *last_warn = Some(now);
+            }
+            None
+        }
+    }
+}
+
 /// Serves one connection with the router, the peer set on each request.
 fn serve_conn<S>(
     io: S,
@@ -76,7 +181,7 @@ fn serve_conn<S>(
     peer: Peer,
     cfg: &Config,
     watcher: Watcher,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: impl Send + 'static,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -118,6 +223,8 @@ pub async fn tcp(
 ) -> anyhow::Result<()> {
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let per = PerSource::new(cfg.max_connections);
+    let mut last_warn = None;
     loop {
         let (s, addr) = tokio::select! {
             r = l.accept() => match r {
@@ -132,10 +239,7 @@ pub async fn tcp(
             },
             _ = stop.changed() => break,
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            // Over the limit: closed at once, so idle floods cannot starve the rest.
-            tracing::debug!(%addr, "connection limit reached: closed");
-            drop(s);
+        let Some(permit) = admit(&s, addr, &slots, &per, tls.is_some(), &mut last_warn) else {
             continue;
         };
         let _ = s.set_nodelay(true);

@@ -20,14 +20,14 @@ zone = "localhost"
 "#;
 
 /// A daemon this test started; stopped by its pid (SIGTERM, then SIGKILL) on drop.
-struct Daemon {
+pub(super) struct Daemon {
     child: std::process::Child,
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
-    dir: portwarden_testkit::Dir,
-    read: String,
-    operate: String,
-    admin: String,
+    pub(super) dir: portwarden_testkit::Dir,
+    pub(super) read: String,
+    pub(super) operate: String,
+    pub(super) admin: String,
 }
 
 fn token(state: &str, name: &str, role: &str) -> String {
@@ -46,8 +46,13 @@ fn token(state: &str, name: &str, role: &str) -> String {
 
 impl Daemon {
     fn start(tag: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_with(tag, POLICY, extra)
+    }
+
+    /// A daemon on `policy`, with a read, an operate and an admin token.
+    pub(super) fn start_with(tag: &str, policy: &str, extra: &[&str]) -> Daemon {
         let dir = tempdir(tag);
-        std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+        std::fs::write(dir.join("policy.toml"), policy).unwrap();
         let state = dir.join("state").display().to_string();
         let (read, operate, admin) = (
             token(&state, "reader", "read"),
@@ -141,6 +146,28 @@ impl Daemon {
         serde_json::from_slice::<Value>(&o.stdout).unwrap()["head"].clone()
     }
 
+    /// Waits (bounded) for a log line whose message contains `text`.
+    fn wait_log(&self, text: &str) -> Value {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self.log.lock().unwrap().iter().find_map(|l| {
+                serde_json::from_str::<Value>(l)
+                    .ok()
+                    .filter(|v| v["message"].as_str().is_some_and(|m| m.contains(text)))
+            });
+            if let Some(v) = found {
+                return v;
+            }
+            assert!(
+                Instant::now() < until,
+                "no log line with {text:?}: {:?}",
+                self.log.lock().unwrap()
+            );
+            // Real time: the daemon logs on its own threads.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Waits (bounded) for a ledger record of `action`.
     fn wait_record(&self, action: &str) -> Value {
         let until = Instant::now() + Duration::from_secs(20);
@@ -177,7 +204,7 @@ impl Drop for Daemon {
 }
 
 /// One HTTP/1.1 request on its own connection: (status, body).
-fn http(
+pub(super) fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
@@ -197,8 +224,27 @@ fn http(
     );
     s.write_all(head.as_bytes()).unwrap();
     s.write_all(body.as_bytes()).unwrap();
+    // Read the head, then Content-Length bytes when the server gives it (chromedriver
+    // keeps the connection open whatever `Connection: close` says); else to EOF.
     let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = s.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let len = head.lines().find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            });
+            if len.is_some_and(|len| out.len() >= end + 4 + len) {
+                break;
+            }
+        }
+    }
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text
         .split(' ')
@@ -210,6 +256,16 @@ fn http(
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Writes `request` as it is on a new connection and reads the answer to EOF (bounded).
+fn raw(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Each endpoint, the role it needs, and a request the role can make without touching
@@ -392,6 +448,16 @@ fn sighup_with_a_bad_policy_keeps_the_old_one_and_a_good_one_replaces_it() {
     std::fs::write(&policy, POLICY.replace("rsync-mirror", "http-mirror")).unwrap();
     d.signal(libc::SIGHUP);
     d.wait_record("policy.reload");
+    // The same file again is no change: logged, not recorded.
+    d.signal(libc::SIGHUP);
+    d.wait_log("the policy is unchanged");
+    let reloads = |d: &Daemon| {
+        d.ledger()
+            .iter()
+            .filter(|r| r["action"] == "policy.reload")
+            .count()
+    };
+    assert_eq!(reloads(&d), 1);
     let (st, v) = d.json(
         "POST",
         "/api/v1/leases",
@@ -519,6 +585,35 @@ fn hostile_requests_get_json_4xx_and_change_nothing() {
         Some(r#"{"name":"x","role":"root"}"#),
     );
     assert_eq!(st, 400, "{b}");
+    // Two Authorization headers: which one counts is not guessed.
+    let said = raw(
+        d.addr,
+        &format!(
+            "GET /api/v1/leases HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Authorization: Bearer {}\r\nAuthorization: Bearer {}\r\n\r\n",
+            d.read, d.admin
+        ),
+    );
+    assert!(said.starts_with("HTTP/1.1 400"), "{said}");
+    // Without a token no path says whether it exists.
+    for p in [
+        "/api/v1/nothing-here",
+        "/nothing",
+        "/api/v1/../../etc/passwd",
+    ] {
+        assert_eq!(d.req("GET", p, None, None).0, 401, "{p}");
+    }
+    // A body that never arrives: 408 once the header timeout has passed, not held.
+    let t0 = Instant::now();
+    let said = raw(
+        d.addr,
+        &format!(
+            "POST /api/v1/leases HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tok}\r\n\
+             Content-Type: application/json\r\nContent-Length: 40\r\n\r\n{{\"serv"
+        ),
+    );
+    assert!(said.starts_with("HTTP/1.1 408"), "{said}");
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
     // Slowloris: a client that never finishes its headers is closed after the timeout.
     let mut slow = TcpStream::connect(d.addr).unwrap();
     slow.write_all(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")
@@ -537,10 +632,39 @@ fn hostile_requests_get_json_4xx_and_change_nothing() {
     assert!(n == 0 || said.starts_with("HTTP/1.1 408"), "{said}");
     // A flood of idle connections past the limit: the extra ones are closed at once and
     // the daemon goes on serving once the idle ones time out.
-    let idle: Vec<TcpStream> = (0..120)
+    let mut idle: Vec<TcpStream> = (0..120)
         .filter_map(|_| TcpStream::connect(d.addr).ok())
         .collect();
     assert!(idle.len() >= 40);
+    // One address holds at most a quarter of --max-connections (10 of 40); the rest are
+    // told why, not reset.
+    let mut busy = String::new();
+    let extra = idle.last_mut().unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = extra.read_to_string(&mut busy);
+    assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+    assert!(busy.contains("\"error\":\"busy\""), "{busy}");
+    // Another address is served meanwhile.
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other
+        .bind(&"127.0.0.2:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    other.connect(&d.addr.into()).unwrap();
+    let mut other: TcpStream = other.into();
+    other
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        other,
+        "GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
+        d.read
+    )
+    .unwrap();
+    let mut said = String::new();
+    let _ = other.read_to_string(&mut said);
+    assert!(said.starts_with("HTTP/1.1 200"), "{said}");
     let until = Instant::now() + Duration::from_secs(20);
     loop {
         let ok = std::panic::catch_unwind(|| {
