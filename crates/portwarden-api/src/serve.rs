@@ -116,3 +116,79 @@ pub struct TokenBody {
     pub name: String,
     pub role: Role,
 }
+
+/// `POST /api/v1/scans`: a scan of targets the policy's `[scan]` allows.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScanBody {
+    /// Addresses, CIDR blocks and names, as `scan` takes them.
+    pub targets: Vec<String>,
+    /// A port spec (`22,80,8000-8100`); without it the `top` most common ports.
+    pub ports: Option<String>,
+    /// The most common ports [default: 100].
+    pub top: Option<usize>,
+    /// UDP instead of TCP.
+    #[serde(default)]
+    pub udp: bool,
+    /// Service and TLS detection (`-sV`).
+    #[serde(default)]
+    pub service: bool,
+    /// Probes per second.
+    pub rate: Option<u32>,
+    /// The longest a probe waits (`1s`) [default: 1s].
+    pub timeout: Option<String>,
+}
+
+/// One scan the daemon ran or runs: `POST /api/v1/scans` (202), `GET /api/v1/scans/ID`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct ScanJobDoc {
+    pub api: u32,
+    pub id: u64,
+    /// `running`, `done` or `failed`.
+    pub state: String,
+    /// Who asked (the token's name).
+    pub actor: String,
+    /// The addresses scanned (names resolved when the scan was asked for).
+    pub targets: Vec<std::net::IpAddr>,
+    /// Unix seconds.
+    pub started: i64,
+    pub finished: Option<i64>,
+    /// Probes settled and to settle, while running.
+    pub done: u64,
+    pub total: u64,
+    pub error: Option<String>,
+    /// The scan's document, once done (absent in lists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<crate::scan::ScanDoc>,
+}
+
+/// `GET /api/v1/scans`: the scans kept (the most recent first; results in memory only).
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct ScansDoc {
+    pub api: u32,
+    pub scans: Vec<ScanJobDoc>,
+}
+
+/// What `[alerts] webhook` receives: one alert raised or cleared (`POST`,
+/// `Content-Type: application/json`).
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct AlertEvent {
+    pub api: u32,
+    /// `alert.raise` or `alert.clear`.
+    pub kind: String,
+    /// The host's name.
+    pub host: String,
+    /// Unix seconds.
+    pub at: i64,
+    /// `port-utilisation-high` or `port-error-rate-high`.
+    pub rule: String,
+    pub severity: String,
+    pub service: String,
+    pub protocol: String,
+    pub port: u16,
+    /// The value that decided it (a fraction) and the threshold it was held against.
+    pub value: f64,
+    pub threshold: f64,
+    /// A line for a person.
+    pub summary: String,
+}

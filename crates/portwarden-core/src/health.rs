@@ -118,6 +118,14 @@ pub struct AlertChange {
     pub threshold: f64,
 }
 
+/// How grave an alert is: a filling port is medium, a port that fails its clients high.
+pub fn alert_severity(rule: RuleId) -> Severity {
+    match rule {
+        RuleId::PortErrorRateHigh => Severity::High,
+        _ => Severity::Medium,
+    }
+}
+
 impl AlertChange {
     /// A line for the ledger and the log.
     pub fn describe(&self) -> String {
@@ -266,7 +274,7 @@ impl Monitor {
             if st.utilisation.raised {
                 out.push(Finding {
                     id: RuleId::PortUtilisationHigh,
-                    severity: Severity::Medium,
+                    severity: alert_severity(RuleId::PortUtilisationHigh),
                     subject: format!("port {k}"),
                     evidence: format!(
                         "utilisation {:.1} % (alert at {:.1} %) for {ALERT_SAMPLES} samples or more",
@@ -280,7 +288,7 @@ impl Monitor {
             if st.errors.raised {
                 out.push(Finding {
                     id: RuleId::PortErrorRateHigh,
-                    severity: Severity::High,
+                    severity: alert_severity(RuleId::PortErrorRateHigh),
                     subject: format!("port {k}"),
                     evidence: format!(
                         "{:.1} % of health probes failed in the last {} minutes (alert above {:.1} %)",

@@ -77,6 +77,79 @@ fn resolve(targets: &[String], max_hosts: u64) -> anyhow::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
+/// The highest `--rate`, probes per second.
+pub const RATE_MAX: u32 = portwarden_net::syn::RATE_MAX;
+
+/// A scan the policy's `[scan]` does not allow the daemon to run.
+#[derive(Debug)]
+pub struct NotPermitted(pub String);
+
+impl std::fmt::Display for NotPermitted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotPermitted {}
+
+/// The addresses a scan asked of the daemon covers, when the policy's `[scan]` allows
+/// every one of them (`targets`, at most `max_hosts`); else [`NotPermitted`]. Names are
+/// resolved once, here: the scan is then run on these addresses, so a name that
+/// resolves elsewhere later is not scanned.
+pub fn permitted(ctx: &Ctx, targets: &[String]) -> anyhow::Result<Vec<IpAddr>> {
+    let p = crate::policy::load(ctx, None)?;
+    let allowed = &p.policy.scan;
+    if targets.is_empty() {
+        bail!("no targets to scan");
+    }
+    // A block is checked whole before it is expanded: 10.0.0.0/8 is refused as what it
+    // is, not by its size.
+    let mut count: u128 = 0;
+    for t in targets {
+        count += match parse_target(t) {
+            Target::Block(c) => {
+                if !allowed.targets.cidrs().iter().any(|a| a.covers(c)) {
+                    return Err(NotPermitted(format!(
+                        "{c} is not within the policy's [scan] targets ({})",
+                        shown(&allowed.targets)
+                    ))
+                    .into());
+                }
+                let bits = if c.is_ipv4() { 32 } else { 128 } - u32::from(c.prefix());
+                1u128.checked_shl(bits).unwrap_or(u128::MAX)
+            }
+            _ => 1,
+        };
+    }
+    if count > u128::from(allowed.max_hosts) {
+        return Err(NotPermitted(format!(
+            "the targets cover {count} addresses, more than the policy's [scan] max_hosts {}",
+            allowed.max_hosts
+        ))
+        .into());
+    }
+    let addrs = resolve(targets, u64::from(allowed.max_hosts))?;
+    if let Some(a) = addrs.iter().find(|a| !allowed.targets.contains(**a)) {
+        return Err(NotPermitted(format!(
+            "{a} is not within the policy's [scan] targets ({})",
+            shown(&allowed.targets)
+        ))
+        .into());
+    }
+    Ok(addrs)
+}
+
+fn shown(set: &portwarden_core::addr::AddrSet) -> String {
+    if set.is_empty() {
+        return "none".into();
+    }
+    set.cidrs()
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Where nmap's port frequencies are installed (Debian's `nmap` package).
 pub const NMAP_SERVICES: &str = "/usr/share/nmap/nmap-services";
 

@@ -59,6 +59,11 @@ impl ApiError {
     /// else is the use-case refusing what was asked.
     fn of(e: anyhow::Error) -> ApiError {
         let detail = format!("{e:#}");
+        if e.chain()
+            .any(|c| c.is::<portwarden_ops::scan::NotPermitted>())
+        {
+            return ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail);
+        }
         let status = match e.chain().find_map(|c| c.downcast_ref::<StoreError>()) {
             Some(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "not-found"),
             Some(StoreError::NotOwner { .. }) => (StatusCode::FORBIDDEN, "forbidden"),
@@ -208,6 +213,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/overview", get(overview))
         .route("/api/v1/events", get(events))
         .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/scans", get(scans).post(scan_start))
+        .route("/api/v1/scans/{id}", get(scan_get))
         .route("/api/v1/fw/plan", get(fw_plan))
         .route("/api/v1/fw/diff", get(fw_diff))
         .route("/api/v1/fw/status", get(fw_status))
@@ -794,6 +801,150 @@ async fn revoke(
         portwarden_ops::fw::grants::revoke(&app.ctx(&c.actor), app.state_dir(), &[item])
     })
     .await?)
+}
+
+async fn scans(State(app): State<Arc<App>>, q: Q) -> Answer {
+    Params::of(q, &[])?;
+    ok(portwarden_api::serve::ScansDoc {
+        api: API_VERSION,
+        scans: app.scans.list().iter().map(|s| s.doc(false)).collect(),
+    })
+}
+
+async fn scan_get(State(app): State<Arc<App>>, Path(id): Path<String>, q: Q) -> Answer {
+    Params::of(q, &[])?;
+    let n = lease_id(&id).map_err(|_| ApiError::bad(format!("`{id}` is not a scan id")))?;
+    match u64::try_from(n).ok().and_then(|n| app.scans.get(n)) {
+        Some(s) => ok(s.doc(true)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no scan {n} (the last {} are kept)", crate::scans::KEPT),
+        )),
+    }
+}
+
+/// The longest per-probe timeout a scan may be asked for.
+const SCAN_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Starts a scan of addresses the policy's `[scan]` allows (403 otherwise); 409 while
+/// another runs; 202 with the scan to poll.
+async fn scan_start(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    b: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let b: portwarden_api::serve::ScanBody = body(b)?;
+    let timeout = match b.timeout.as_deref() {
+        Some(t) => duration("timeout", t)?,
+        None => std::time::Duration::from_secs(1),
+    };
+    if timeout.is_zero() || timeout > SCAN_TIMEOUT_MAX {
+        return Err(ApiError::bad(format!(
+            "timeout: between 1ms and {}",
+            HumanDuration(SCAN_TIMEOUT_MAX)
+        )));
+    }
+    if let Some(p) = &b.ports {
+        portwarden_core::targets::parse_ports(p)
+            .map_err(|e| ApiError::bad(format!("ports: {e}")))?;
+    }
+    let top = b.top.unwrap_or(100);
+    if b.ports.is_none() && !(1..=65535).contains(&top) {
+        return Err(ApiError::bad("top: between 1 and 65535"));
+    }
+    if let Some(r) = b.rate {
+        if r == 0 || r > portwarden_ops::scan::RATE_MAX {
+            return Err(ApiError::bad(format!(
+                "rate: between 1 and {} probes per second",
+                portwarden_ops::scan::RATE_MAX
+            )));
+        }
+    }
+    let (a, targets) = (app.clone(), b.targets.clone());
+    let actor = c.actor.clone();
+    let addrs =
+        blocking(move |_| portwarden_ops::scan::permitted(&a.ctx(&actor), &targets)).await?;
+    let now = app.ctx(&c.actor).clock.now();
+    let scan = app.scans.begin(&c.actor, addrs.clone(), now).map_err(|r| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "scan {0} is running; poll GET /api/v1/scans/{0}",
+                r.doc(false).id
+            ),
+        )
+    })?;
+    let id = scan.doc(false).id;
+    let shown: Vec<String> = addrs.iter().take(8).map(ToString::to_string).collect();
+    let more = addrs.len().saturating_sub(shown.len());
+    let what = format!(
+        "{}{} {} ports {}",
+        shown.join(" "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        },
+        if b.udp { "udp" } else { "tcp" },
+        b.ports.clone().unwrap_or_else(|| format!("top {top}")),
+    );
+    let (a, actor) = (app.clone(), c.actor.clone());
+    let recorded = blocking(move |_| {
+        portwarden_ops::log::record_change(
+            &a.ctx(&actor),
+            a.state_dir(),
+            portwarden_store::Change {
+                actor: actor.clone(),
+                action: "scan.start".into(),
+                subject: format!("scan:{id}"),
+                before: None,
+                after: None,
+                reason: Some(what),
+            },
+        )
+    })
+    .await;
+    if let Err(e) = recorded {
+        app.scans.abandon(id);
+        return Err(e);
+    }
+    let req = portwarden_ops::scan::ScanRequest {
+        targets: addrs.iter().map(ToString::to_string).collect(),
+        ports: b.ports.clone(),
+        top: Some(top),
+        udp: b.udp,
+        rate: b.rate,
+        service: b.service,
+        timeout,
+        retries: 2,
+        max_hosts: addrs.len() as u64,
+        args: format!("POST /api/v1/scans ({})", c.actor),
+        ..Default::default()
+    };
+    let (a, s, actor) = (app.clone(), scan.clone(), c.actor.clone());
+    tokio::spawn(async move {
+        let mut ctx = a.ctx(&actor);
+        let p = s.clone();
+        ctx.progress = Arc::new(move |d, t| p.progress(d, t));
+        let r = portwarden_ops::scan::run(&ctx, &req).await;
+        match &r {
+            Ok(d) => tracing::info!(
+                scan = id,
+                open = d.ports.len(),
+                ms = d.elapsed_ms,
+                "scan done"
+            ),
+            Err(e) => tracing::warn!(scan = id, "scan failed: {e:#}"),
+        }
+        s.finish(ctx.clock.now(), r);
+    });
+    let mut r = (StatusCode::ACCEPTED, Json(scan.doc(false))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/scans/{id}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(r)
 }
 
 async fn ledger(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {

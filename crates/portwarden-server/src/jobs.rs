@@ -152,6 +152,7 @@ pub fn run_once(app: &Arc<App>, job: Job, rt: &tokio::runtime::Handle) -> anyhow
             .map(|(doc, changes)| {
                 app.publish(doc);
                 for c in &changes {
+                    app.alert(c, at);
                     let port = format!("{}/{}", c.port.port, c.port.protocol);
                     if c.raised {
                         tracing::warn!(rule = c.rule.as_str(), %port, service = %c.port.service, "alert raised: {}", c.describe());

@@ -19,6 +19,8 @@ mod http;
 pub mod jobs;
 mod listen;
 pub mod metrics;
+mod scans;
+pub mod webhook;
 
 pub use http::router;
 
@@ -115,6 +117,10 @@ pub struct App {
     /// The last overview (JSON), and its subscribers (`/api/v1/events`).
     overview: Mutex<Option<Arc<str>>>,
     events: tokio::sync::broadcast::Sender<Arc<str>>,
+    /// Scans asked over the API.
+    scans: scans::Scans,
+    /// Alert events waiting for `[alerts] webhook`.
+    pub outbox: webhook::Outbox,
 }
 
 impl App {
@@ -132,6 +138,8 @@ impl App {
             monitor: Mutex::new(portwarden_core::health::Monitor::default()),
             overview: Mutex::new(None),
             events: tokio::sync::broadcast::channel(16).0,
+            scans: scans::Scans::default(),
+            outbox: webhook::Outbox::default(),
         }))
     }
 
@@ -221,6 +229,23 @@ impl App {
             Ok(m) => m.findings(t),
             Err(p) => p.into_inner().findings(t),
         }
+    }
+
+    /// Queues an alert raised or cleared for the policy's webhook, when it has one.
+    pub fn alert(&self, c: &portwarden_core::health::AlertChange, at: i64) {
+        let p = self.policy();
+        let Some(hook) = &p.policy.alerts.webhook else {
+            return;
+        };
+        let host = p
+            .policy
+            .host
+            .name
+            .clone()
+            .or_else(|| portwarden_os::hostname().ok())
+            .unwrap_or_default();
+        self.outbox
+            .push(webhook::event(c, &host, at), hook.queue as usize);
     }
 
     /// The state directory.
@@ -357,6 +382,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         ));
     }
     let jobs = jobs::spawn_all(app.clone(), stop_rx.clone());
+    let hooks = tokio::spawn(webhook::run(app.clone(), stop_rx.clone()));
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     signals.wait_for_stop(&app).await;
     tracing::info!("stopping: finishing requests in flight");
@@ -370,6 +396,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     }
     jobs.stop().await;
+    let _ = hooks.await;
     if let Some(path) = &cfg.socket {
         let _ = std::fs::remove_file(path);
     }

@@ -179,6 +179,20 @@ pub mod names {
         kind: "gauge",
         labels: &["job"],
     };
+    /// What the webhook worker did with alert events.
+    pub const WEBHOOK_EVENTS: Def = Def {
+        name: "portwarden_webhook_events",
+        help: "Alert events for [alerts] webhook since the daemon started, by outcome (delivered, failed, dropped, retried attempts)",
+        kind: "gauge",
+        labels: &["outcome"],
+    };
+    /// Alert events waiting for the webhook.
+    pub const WEBHOOK_QUEUE: Def = Def {
+        name: "portwarden_webhook_queue_events",
+        help: "Alert events waiting for [alerts] webhook",
+        kind: "gauge",
+        labels: &[],
+    };
     /// How long the scrape took.
     pub const SCRAPE: Def = Def {
         name: "portwarden_scrape_duration_seconds",
@@ -210,6 +224,8 @@ pub mod names {
         JOB_LAST_RUN,
         JOB_DURATION,
         JOB_FAILED,
+        WEBHOOK_EVENTS,
+        WEBHOOK_QUEUE,
         SCRAPE,
     ];
 }
@@ -385,6 +401,25 @@ pub fn scrape(app: &Arc<App>) -> anyhow::Result<String> {
             })
             .collect(),
     );
+    let w = &app.outbox.stats;
+    s.gauge(
+        WEBHOOK_EVENTS,
+        [
+            ("delivered", &w.delivered),
+            ("failed", &w.failed),
+            ("dropped", &w.dropped),
+            ("retried", &w.retried),
+        ]
+        .into_iter()
+        .map(|(k, v)| {
+            (
+                vec![k.to_string()],
+                v.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            )
+        })
+        .collect(),
+    );
+    s.scalar(WEBHOOK_QUEUE, app.outbox.waiting() as f64);
     s.scalar(SCRAPE, started.elapsed().as_secs_f64());
     let mut out = String::new();
     encode(&mut out, &s.reg)?;

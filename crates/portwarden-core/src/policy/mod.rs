@@ -73,6 +73,10 @@ pub struct Policy {
     pub firewall: Firewall,
     /// Load-balanced mirror groups.
     pub balance: Vec<Balance>,
+    /// What the daemon may be asked to scan.
+    pub scan: ScanPolicy,
+    /// Where port health alerts are sent.
+    pub alerts: Alerts,
 }
 
 /// `[host]`.
@@ -411,6 +415,163 @@ pub struct Balance {
     pub health: HealthCheck,
     /// Concurrent connections per source.
     pub max_conn_per_source: Option<u32>,
+}
+
+/// `[scan]`: the targets the daemon's API may be asked to scan (`POST /api/v1/scans`);
+/// the CLI's `scan` is the operator's own act and is not limited by it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScanPolicy {
+    /// Networks every scanned address must lie in (default: loopback only).
+    pub targets: AddrSet,
+    /// The most addresses one scan may cover.
+    pub max_hosts: u32,
+}
+
+impl Default for ScanPolicy {
+    fn default() -> ScanPolicy {
+        ScanPolicy {
+            targets: AddrSet::loopback(),
+            max_hosts: 256,
+        }
+    }
+}
+
+/// `[alerts]`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Alerts {
+    /// A URL each alert raise and clear is posted to, as JSON.
+    pub webhook: Option<Webhook>,
+}
+
+/// `[alerts] webhook = "…"` and how it is delivered.
+#[derive(Debug, Clone, Serialize)]
+pub struct Webhook {
+    /// Where.
+    pub url: WebhookUrl,
+    /// How long one attempt may take (connect, TLS, answer).
+    pub timeout: HumanDuration,
+    /// Attempts after the first, backing off 1 s, 2 s, 4 s … (at most a minute apart).
+    pub retries: u32,
+    /// Events waiting for delivery; more are dropped (and counted).
+    pub queue: u32,
+    /// Extra trust anchors (PEM) besides the system's, for a private CA.
+    pub ca: Option<std::path::PathBuf>,
+}
+
+/// An `http://` or `https://` URL, parsed strictly: a host name or address, an optional
+/// port, a path of visible ASCII; no credentials (they would end up in logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    /// `https://`.
+    pub tls: bool,
+    /// The host name or address (an IPv6 address without brackets).
+    pub host: String,
+    /// The port (443 or 80 when not written).
+    pub port: u16,
+    /// The path and query, starting with `/`.
+    pub path: String,
+}
+
+impl std::str::FromStr for WebhookUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<WebhookUrl, String> {
+        let (tls, rest) = if let Some(r) = s.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = s.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(format!(
+                "`{}` is not an http:// or https:// URL",
+                s.escape_debug()
+            ));
+        };
+        let (auth, path) = match rest.find(['/', '?', '#']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if auth.contains('@') {
+            return Err("credentials in a webhook URL would be written to logs and the ledger; put a secret in the path instead".into());
+        }
+        if path.contains('#') {
+            return Err("a webhook URL has no #fragment".into());
+        }
+        if let Some(c) = path.chars().find(|c| !c.is_ascii_graphic()) {
+            return Err(format!(
+                "the URL's path holds `{}`: percent-encode it",
+                c.escape_debug()
+            ));
+        }
+        let path = if path.starts_with('?') {
+            format!("/{path}")
+        } else {
+            path.to_string()
+        };
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = auth.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or("an IPv6 address in a URL ends with `]`")?;
+            h.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| format!("`{}` is not an IPv6 address", h.escape_debug()))?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or("`]` is followed by `:PORT`")?),
+            };
+            (h.to_string(), port)
+        } else {
+            match auth.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (auth.to_string(), None),
+            }
+        };
+        let port = match port {
+            None => default_port,
+            Some(p) => match p.parse::<u16>() {
+                Ok(n) if n > 0 => n,
+                _ => return Err(format!("`{}` is not a port", p.escape_debug())),
+            },
+        };
+        let host_ok = !host.is_empty()
+            && (host.contains(':')
+                || host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+        if !host_ok {
+            return Err(format!(
+                "`{}` is not a host name or address",
+                host.escape_debug()
+            ));
+        }
+        Ok(WebhookUrl {
+            tls,
+            host: host.to_ascii_lowercase(),
+            port,
+            path,
+        })
+    }
+}
+
+impl std::fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "https" } else { "http" };
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            write!(f, "{scheme}://{host}{}", self.path)
+        } else {
+            write!(f, "{scheme}://{host}:{}{}", self.port, self.path)
+        }
+    }
+}
+
+impl Serialize for WebhookUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 impl Policy {

@@ -24,6 +24,8 @@ const TOP_KEYS: &[&str] = &[
     "compliance",
     "firewall",
     "balance",
+    "scan",
+    "alerts",
 ];
 const HOST_KEYS: &[&str] = &["name", "management"];
 const MGMT_KEYS: &[&str] = &["ports", "from"];
@@ -74,6 +76,8 @@ const BALANCE_KEYS: &[&str] = &[
     "health",
     "max_conn_per_source",
 ];
+const SCAN_KEYS: &[&str] = &["targets", "max_hosts"];
+const ALERTS_KEYS: &[&str] = &["webhook", "timeout", "retries", "queue", "ca"];
 const HEALTH_KEYS: &[&str] = &["interval", "timeout", "fall", "rise", "expect"];
 
 /// Collects diagnostics while reading values.
@@ -476,6 +480,15 @@ pub(crate) fn parse(src: &str, catalog: &Catalog) -> Result<Policy, Vec<Diagnost
         None => Firewall::default(),
     };
 
+    let scan = match top.get("scan") {
+        Some(n) => read_scan(&mut cx, n),
+        None => ScanPolicy::default(),
+    };
+    let alerts = match top.get("alerts") {
+        Some(n) => read_alerts(&mut cx, n),
+        None => Alerts::default(),
+    };
+
     let mut pools = Vec::new();
     if let Some(n) = top.get("pool") {
         for item in table_array(&mut cx, n, "pool") {
@@ -519,7 +532,97 @@ pub(crate) fn parse(src: &str, catalog: &Catalog) -> Result<Policy, Vec<Diagnost
         compliance,
         firewall,
         balance: balance.into_iter().map(|(b, _)| b).collect(),
+        scan,
+        alerts,
     })
+}
+
+fn read_scan(cx: &mut Cx<'_>, node: &Node) -> ScanPolicy {
+    let mut s = ScanPolicy::default();
+    let Some(f) = cx.fields(node, "[scan]", SCAN_KEYS) else {
+        return s;
+    };
+    if let Some(n) = f.get("targets") {
+        if let Some(t) = cx.addr_set(n, "targets") {
+            s.targets = t;
+        }
+    }
+    if let Some(n) = f.get("max_hosts") {
+        if let Some(m) = cx.positive(n, "max_hosts") {
+            s.max_hosts = m;
+        }
+    }
+    s
+}
+
+fn read_alerts(cx: &mut Cx<'_>, node: &Node) -> Alerts {
+    let Some(f) = cx.fields(node, "[alerts]", ALERTS_KEYS) else {
+        return Alerts::default();
+    };
+    let url = f.get("webhook").and_then(|n| {
+        let s = cx.string(n, "webhook")?;
+        match s.parse::<WebhookUrl>() {
+            Ok(u) => Some(u),
+            Err(e) => {
+                cx.err_help(
+                    n.span.clone(),
+                    e,
+                    "write e.g. \"https://alerts.example.net/portwarden\"",
+                );
+                None
+            }
+        }
+    });
+    let timeout = f
+        .get("timeout")
+        .and_then(|n| cx.duration(n, "timeout", true))
+        .unwrap_or(HumanDuration(std::time::Duration::from_secs(5)));
+    let mut retries = 5;
+    if let Some(n) = f.get("retries") {
+        match n.kind {
+            Kind::Int(i) if (0..=100).contains(&i) => retries = i as u32,
+            Kind::Int(i) => cx.err(
+                n.span.clone(),
+                format!("`retries` must be 0-100, found {i}"),
+            ),
+            _ => cx.mismatch(n, "retries", "a whole number"),
+        }
+    }
+    let mut queue = 1000;
+    if let Some(n) = f.get("queue") {
+        match cx.positive(n, "queue") {
+            Some(q) if q <= 100_000 => queue = q,
+            Some(q) => cx.err(
+                n.span.clone(),
+                format!("`queue` must be at most 100000, found {q}"),
+            ),
+            None => {}
+        }
+    }
+    let ca = f
+        .get("ca")
+        .and_then(|n| cx.nonempty_string(n, "ca"))
+        .map(std::path::PathBuf::from);
+    if url.is_none() && f.get("webhook").is_none() {
+        for k in ["timeout", "retries", "queue", "ca"] {
+            if let Some(n) = f.get(k) {
+                cx.err_help(
+                    n.span.clone(),
+                    format!("`{k}` says how the webhook is delivered, and there is no `webhook`"),
+                    "add `webhook = \"https://…\"` or remove the key",
+                );
+            }
+        }
+    }
+    Alerts {
+        webhook: url.map(|url| Webhook {
+            url,
+            timeout,
+            retries,
+            queue,
+            ca,
+        }),
+    }
 }
 
 fn table_array<'a>(cx: &mut Cx<'_>, node: &'a Node, key: &str) -> Vec<&'a Node> {

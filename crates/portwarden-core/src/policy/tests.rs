@@ -145,3 +145,121 @@ fn the_starter_names_this_hosts_interfaces_and_parses_with_any_number() {
         assert!(!text.contains("eth1"), "{text}");
     }
 }
+
+#[test]
+fn scan_targets_default_to_loopback_and_read_as_written() {
+    let p = ok("version = 1\n");
+    assert_eq!(p.scan.targets, crate::addr::AddrSet::loopback());
+    assert_eq!(p.scan.max_hosts, 256);
+    assert!(p.alerts.webhook.is_none());
+    let p = ok("version = 1\n[scan]\ntargets = [\"10.0.0.0/24\", \"::1\"]\nmax_hosts = 16\n");
+    assert!(p.scan.targets.contains("10.0.0.7".parse().unwrap()));
+    assert!(!p.scan.targets.contains("127.0.0.1".parse().unwrap()));
+    assert_eq!(p.scan.max_hosts, 16);
+    assert_eq!(
+        errs("version = 1\n[scan]\ntargets = [\"10.0.0.0/33\"]\nmax_hosts = 0\n"),
+        [
+            "t.toml:3:12: prefix /33 is invalid for IPv4: at most /32",
+            "t.toml:4:13: `max_hosts` must be a positive whole number, found 0",
+        ]
+    );
+}
+
+#[test]
+fn webhook_urls_parse_strictly() {
+    for (src, shown, tls, host, port, path) in [
+        (
+            "https://hooks.example.net/pw",
+            "https://hooks.example.net/pw",
+            true,
+            "hooks.example.net",
+            443,
+            "/pw",
+        ),
+        (
+            "http://127.0.0.1:8080",
+            "http://127.0.0.1:8080/",
+            false,
+            "127.0.0.1",
+            8080,
+            "/",
+        ),
+        (
+            "https://[::1]:9443/a?b=c",
+            "https://[::1]:9443/a?b=c",
+            true,
+            "::1",
+            9443,
+            "/a?b=c",
+        ),
+        (
+            "http://Example.NET?x",
+            "http://example.net/?x",
+            false,
+            "example.net",
+            80,
+            "/?x",
+        ),
+    ] {
+        let u: WebhookUrl = src.parse().unwrap_or_else(|e| panic!("{src}: {e}"));
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.path.as_str()),
+            (tls, host, port, path),
+            "{src}"
+        );
+        assert_eq!(u.to_string(), shown);
+    }
+    for bad in [
+        "ftp://x/",
+        "https://",
+        "https://user:pw@host/",
+        "https://host:0/",
+        "https://host:99999/",
+        "https://ho st/",
+        "https://host/a b",
+        "https://host/a#frag",
+        "https://[::1/",
+        "https://[nothex]/",
+        "https://host\n/",
+        "https://host;rm/",
+    ] {
+        assert!(bad.parse::<WebhookUrl>().is_err(), "{bad:?} parsed");
+    }
+}
+
+#[test]
+fn alerts_read_their_delivery_and_point_at_errors() {
+    let p = ok(
+        "version = 1\n[alerts]\nwebhook = \"https://a.example/h\"\nretries = 0\nqueue = 10\ntimeout = \"2s\"\nca = \"ca.pem\"\n",
+    );
+    let w = p.alerts.webhook.expect("webhook");
+    assert_eq!((w.retries, w.queue, w.timeout.get().as_secs()), (0, 10, 2));
+    assert_eq!(w.ca.as_deref(), Some(std::path::Path::new("ca.pem")));
+    let d = ok("version = 1\n[alerts]\nwebhook = \"http://127.0.0.1/\"\n")
+        .alerts
+        .webhook
+        .expect("webhook");
+    assert_eq!(
+        (d.retries, d.queue, d.timeout.get().as_secs()),
+        (5, 1000, 5)
+    );
+    let e = errs(
+        "version = 1\n[alerts]\nwebhook = \"https://u:p@a/\"\nretries = 101\nqueue = 0\nwebhok = 1\n",
+    );
+    let at: Vec<&str> = e
+        .iter()
+        .map(|l| l.split(": ").next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        at,
+        ["t.toml:3:11", "t.toml:4:11", "t.toml:5:9", "t.toml:6:1"],
+        "{e:?}"
+    );
+    assert!(e[0].contains("credentials in a webhook URL"), "{e:?}");
+    assert!(e[1].contains("`retries` must be 0-100"), "{e:?}");
+    assert!(e[2].contains("`queue` must be a positive"), "{e:?}");
+    assert!(e[3].contains("unknown key `webhok` in [alerts]"), "{e:?}");
+    let e = errs("version = 1\n[alerts]\nretries = 3\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].contains("there is no `webhook`"), "{e:?}");
+}

@@ -295,6 +295,14 @@ const ENDPOINTS: &[(&str, &str, &str, Option<&str>)] = &[
         Some("{}"),
     ),
     ("GET", "/api/v1/pools", "read", None),
+    ("GET", "/api/v1/scans", "read", None),
+    ("GET", "/api/v1/scans/77", "read", None),
+    (
+        "POST",
+        "/api/v1/scans",
+        "operate",
+        Some(r#"{"targets":["127.0.0.1"],"top":0}"#),
+    ),
     ("GET", "/api/v1/ports", "read", None),
     ("GET", "/api/v1/fw/plan", "read", None),
     ("GET", "/api/v1/fw/grants", "read", None),
@@ -380,6 +388,122 @@ fn every_endpoint_answers_401_without_a_token_403_below_its_role_and_serves_its_
     assert!(made.iter().any(|r| r["action"] == "token.create"
         && r["subject"] == "token:made-by-api"
         && r["actor"] == "token:boss"));
+}
+
+/// Polls a scan until it is no longer running (bounded).
+fn scan_result(d: &Daemon, id: u64) -> Value {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, v) = d.json("GET", &format!("/api/v1/scans/{id}"), &d.read, None);
+        assert_eq!(st, 200, "{v}");
+        if v["state"] != "running" {
+            return v;
+        }
+        assert!(Instant::now() < until, "scan {id} still runs: {v}");
+        // Real time: the scan runs in the daemon.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_scan_of_an_allowed_target_runs_and_is_polled_others_are_refused() {
+    let d = Daemon::start("serve-scans", &[]);
+    let open = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = open.local_addr().unwrap().port();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let body = format!(r#"{{"targets":["localhost"],"ports":"{port},{closed}"}}"#);
+    let (st, v) = d.json("POST", "/api/v1/scans", &d.operate, Some(&body));
+    assert_eq!(st, 202, "{v}");
+    assert_eq!(
+        (v["state"].as_str(), v["actor"].as_str()),
+        (Some("running"), Some("token:ci")),
+        "{v}"
+    );
+    assert_eq!(
+        v["targets"],
+        serde_json::json!(["127.0.0.1"]),
+        "the name is resolved at once: {v}"
+    );
+    let id = v["id"].as_u64().unwrap();
+    let done = scan_result(&d, id);
+    assert_eq!(done["state"], "done", "{done}");
+    let ports: Vec<u64> = done["result"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["state"] == "open")
+        .map(|p| p["port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, [u64::from(port)], "{done}");
+    assert_eq!(done["result"]["ports_scanned"], 2);
+    let start = d.wait_record("scan.start");
+    assert_eq!(start["actor"], "token:ci", "{start}");
+    assert_eq!(start["subject"], format!("scan:{id}"));
+    // The list holds it, without the result.
+    let (_, l) = d.json("GET", "/api/v1/scans", &d.read, None);
+    assert_eq!(l["scans"][0]["id"], id);
+    assert!(l["scans"][0].get("result").is_none(), "{l}");
+
+    // Outside the policy's [scan] targets (loopback by default), or too many: 403, and
+    // nothing is recorded.
+    let before = d.ledger().len();
+    for (targets, why) in [
+        (r#"["10.9.9.9"]"#, "not within the policy's [scan] targets"),
+        (
+            r#"["127.0.0.1","10.0.0.0/30"]"#,
+            "not within the policy's [scan] targets",
+        ),
+        (r#"["127.0.0.0/16"]"#, "max_hosts 256"),
+    ] {
+        let (st, v) = d.json(
+            "POST",
+            "/api/v1/scans",
+            &d.operate,
+            Some(&format!(r#"{{"targets":{targets},"ports":"22"}}"#)),
+        );
+        assert_eq!(st, 403, "{targets}: {v}");
+        assert!(
+            v["detail"].as_str().unwrap().contains(why),
+            "{targets}: {v}"
+        );
+    }
+    for bad in [
+        r#"{"targets":["127.0.0.1"],"ports":"22-x"}"#,
+        r#"{"targets":["127.0.0.1"],"timeout":"1h"}"#,
+        r#"{"targets":["127.0.0.1"],"rate":0}"#,
+        r#"{"targets":[]}"#,
+        r#"{"targets":["127.0.0.1"],"syn":true}"#,
+    ] {
+        let (st, v) = d.json("POST", "/api/v1/scans", &d.operate, Some(bad));
+        assert!(matches!(st, 400 | 422), "{bad}: {st} {v}");
+    }
+    assert_eq!(d.ledger().len(), before, "a refused scan records nothing");
+    for id in ["../1", "1%2F..", "-1", "99999999999999999999"] {
+        let (st, _) = d.req("GET", &format!("/api/v1/scans/{id}"), Some(&d.read), None);
+        assert!(matches!(st, 400 | 404), "{id}: {st}");
+    }
+
+    // One at a time: a long scan runs, a second is 409 naming it; it shows progress.
+    let (st, long) = d.json(
+        "POST",
+        "/api/v1/scans",
+        &d.operate,
+        Some(r#"{"targets":["127.0.0.1"],"ports":"1-65535","rate":200}"#),
+    );
+    assert_eq!(st, 202, "{long}");
+    let (st, v) = d.json("POST", "/api/v1/scans", &d.operate, Some(&body));
+    assert_eq!(st, 409, "{v}");
+    assert!(
+        v["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("scan {} is running", long["id"])),
+        "{v}"
+    );
+    drop(open);
 }
 
 #[test]
