@@ -491,7 +491,7 @@ async fn check(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: 
     ok(e.doc(fail_on))
 }
 
-async fn sockets(State(_app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
+async fn sockets(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: Q) -> Answer {
     let p = Params::of(
         q,
         &[
@@ -542,7 +542,14 @@ async fn sockets(State(_app): State<Arc<App>>, Extension(c): Extension<Caller>, 
         processes: p.flag("processes")?,
     };
     let summary = p.flag("summary")?;
-    let ctx = _app.ctx(&c.actor);
+    let ctx = app.ctx(&c.actor);
+    // A host's whole inventory can be megabytes: at most INVENTORIES are built and
+    // encoded at once, the others wait their turn (their memory is not taken yet).
+    let _turn = app
+        .inventories
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal("the daemon is stopping".into()))?;
     if summary {
         ok(blocking(move |_| portwarden_ops::inventory::summary(&ctx, &req)).await?)
     } else {

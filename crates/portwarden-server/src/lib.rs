@@ -121,7 +121,12 @@ pub struct App {
     scans: scans::Scans,
     /// Alert events waiting for `[alerts] webhook`.
     pub outbox: webhook::Outbox,
+    /// Turns to build a socket inventory for a request ([`INVENTORIES`] at once).
+    inventories: tokio::sync::Semaphore,
 }
+
+/// Socket inventories built for requests at once: each can be megabytes on a busy host.
+pub const INVENTORIES: usize = 2;
 
 impl App {
     /// Loads the policy (a bad one is an error: the daemon does not start on it).
@@ -140,6 +145,7 @@ impl App {
             events: tokio::sync::broadcast::channel(16).0,
             scans: scans::Scans::default(),
             outbox: webhook::Outbox::default(),
+            inventories: tokio::sync::Semaphore::new(INVENTORIES),
         }))
     }
 
