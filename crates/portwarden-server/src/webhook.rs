@@ -78,10 +78,11 @@ impl Outbox {
     }
 }
 
-/// Whether an answer's status ends the attempts: 2xx (delivered) or a 4xx other than
-/// 408 and 429 (the receiver refuses it; sending it again changes nothing).
+/// Whether an answer's status ends the attempts: 2xx (delivered), a redirect (never
+/// followed: the policy names where alerts go) or a 4xx other than 408 and 429 (the
+/// receiver refuses it; sending it again changes nothing).
 fn settled(status: u16) -> bool {
-    (200..300).contains(&status) || ((400..500).contains(&status) && !matches!(status, 408 | 429))
+    (200..400).contains(&status) || ((400..500).contains(&status) && !matches!(status, 408 | 429))
 }
 
 /// The pause before attempt `n` (1-based): 1 s, 2 s, 4 s … at most [`BACKOFF_MAX`].
@@ -271,10 +272,10 @@ mod tests {
 
     #[test]
     fn what_is_retried_and_how_long_it_waits() {
-        for st in [200, 204, 400, 404, 410] {
+        for st in [200, 204, 301, 307, 400, 404, 410] {
             assert!(settled(st), "{st}");
         }
-        for st in [408, 429, 500, 502, 503, 301] {
+        for st in [408, 429, 500, 502, 503, 100] {
             assert!(!settled(st), "{st}");
         }
         let waits: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
