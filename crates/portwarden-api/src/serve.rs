@@ -144,7 +144,8 @@ pub struct ScanBody {
 pub struct ScanJobDoc {
     pub api: u32,
     pub id: u64,
-    /// `running`, `done` or `failed`.
+    /// `running`, `done`, `interrupted` (the daemon was stopped; `result` holds what was
+    /// settled) or `failed`.
     pub state: String,
     /// Who asked (the token's name).
     pub actor: String,

@@ -10,14 +10,14 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use portwarden_core::Protocol;
 
 use crate::scan::{
-    PortResult, PortState, ScanConfig, ScanOutcome, Timing, Window, loopback_source,
+    Pacer, PortResult, PortState, ScanConfig, ScanOutcome, Timing, Window, loopback_source,
     setsockopt_int, sockaddr,
 };
 
@@ -147,16 +147,23 @@ struct HostStats {
     max_answered_try: u32,
 }
 
+/// Probes a worker settles between two progress reports.
+const PROGRESS_EVERY: u64 = 64;
+
 /// Shared between the workers.
-struct Shared {
+struct Shared<'a> {
     cfg: ScanConfig,
     hosts: Mutex<HashMap<IpAddr, HostStats>>,
     done: AtomicU64,
     total: u64,
     progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+    /// `--rate`, across the workers.
+    pacer: Option<Pacer>,
+    /// Set: the workers stop sending and return what they settled.
+    stop: &'a AtomicBool,
 }
 
-impl Shared {
+impl Shared<'_> {
     fn with_host<R>(&self, a: IpAddr, f: impl FnOnce(&mut HostStats) -> R) -> Option<R> {
         let mut m = self.hosts.lock().ok()?;
         let h = m.entry(a).or_insert_with(|| HostStats {
@@ -179,7 +186,7 @@ impl Shared {
     }
 }
 
-fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared) -> ScanOutcome {
+fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared<'_>) -> ScanOutcome {
     use std::cmp::Reverse;
     let mut out = ScanOutcome::default();
     // SAFETY: epoll_create1 with a valid flag.
@@ -228,7 +235,7 @@ fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared) -> ScanOutcome {
             });
         }
         since_progress += 1;
-        if since_progress >= 512 {
+        if since_progress >= PROGRESS_EVERY {
             let n = sh.done.fetch_add(since_progress, Ordering::Relaxed) + since_progress;
             since_progress = 0;
             (sh.progress)(n, sh.total);
@@ -253,8 +260,17 @@ fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared) -> ScanOutcome {
     };
 
     loop {
-        // Start probes while the window allows.
-        while inflight.len() < win.get() {
+        if sh.stop.load(Ordering::Relaxed) {
+            out.interrupted = true;
+            break;
+        }
+        // Start probes while the window (and the rate) allow.
+        let mut paced = None;
+        while inflight.len() < win.get() && !queue.is_empty() {
+            if let Some(Err(wait)) = sh.pacer.as_ref().map(Pacer::take) {
+                paced = Some(wait);
+                break;
+            }
             let Some((dst, tries)) = queue.pop_front() else {
                 break;
             };
@@ -342,6 +358,9 @@ fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared) -> ScanOutcome {
             if queue.is_empty() {
                 break;
             }
+            if let Some(wait) = paced {
+                std::thread::sleep(wait);
+            }
             continue;
         }
         // Wait for answers, at most until the earliest live deadline.
@@ -353,10 +372,13 @@ fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared) -> ScanOutcome {
         }
         let now = Instant::now();
         let next = deadlines.peek().map_or(now, |Reverse((d, _, _))| *d);
-        let wait_ms = next
-            .saturating_duration_since(now)
-            .as_millis()
-            .clamp(0, 1000) as i32;
+        let mut wait = next.saturating_duration_since(now);
+        if let Some(p) = paced {
+            wait = wait.min(p);
+        }
+        // Rounded up: a wait shorter than a millisecond is not a busy loop; at most a
+        // tenth of a second, the longest a stop waits.
+        let wait_ms = wait.as_micros().div_ceil(1000).clamp(0, 100) as i32;
         // SAFETY: `events` is a writable buffer of its length.
         let n =
             unsafe { libc::epoll_wait(ep.0, events.as_mut_ptr(), events.len() as i32, wait_ms) };
@@ -411,12 +433,14 @@ fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared) -> ScanOutcome {
     out
 }
 
-/// Connect-scans every (address, port), one worker per core.
+/// Connect-scans every (address, port), one worker per core; `stop` ends it within a
+/// tenth of a second (`interrupted`, with what was settled).
 pub fn scan_tcp(
     targets: &[IpAddr],
     ports: &[u16],
     cfg: &ScanConfig,
     progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+    stop: &AtomicBool,
 ) -> ScanOutcome {
     let limit = crate::scan::raise_nofile();
     let threads = std::thread::available_parallelism()
@@ -442,7 +466,10 @@ pub fn scan_tcp(
         done: AtomicU64::new(0),
         total: total as u64,
         progress,
+        pacer: Pacer::new(cfg.rate),
+        stop,
     };
+    (sh.progress)(0, sh.total);
     let mut all = ScanOutcome::default();
     std::thread::scope(|s| {
         let hs: Vec<_> = shares
@@ -459,6 +486,7 @@ pub fn scan_tcp(
                 all.probes += o.probes;
                 all.self_connects += o.self_connects;
                 all.emfile += o.emfile;
+                all.interrupted |= o.interrupted;
             }
         }
     });
@@ -476,6 +504,85 @@ pub fn scan_tcp(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_rate_paces_every_worker_together_and_progress_starts_at_zero() {
+        // 60 probes at 100 per second (a burst of one): at least 0.59 s, whatever the
+        // workers. A lower bound: what pacing guarantees, not a speed claim.
+        let cfg = ScanConfig {
+            rate: Some(100),
+            ..ScanConfig::default()
+        };
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let ports: Vec<u16> = (1..=60).collect();
+        let t0 = Instant::now();
+        let o = scan_tcp(
+            &["127.0.0.1".parse().expect("addr")],
+            &ports,
+            &cfg,
+            Arc::new(move |d, t| s2.lock().expect("lock").push((d, t))),
+            &AtomicBool::new(false),
+        );
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(580), "{took:?}");
+        assert_eq!(o.closed as usize + o.ports.len(), 60);
+        let seen = seen.lock().expect("lock");
+        assert_eq!(seen.first(), Some(&(0, 60)));
+        assert_eq!(seen.iter().map(|p| p.0).max(), Some(60));
+        // Without a rate the same scan is not paced.
+        let t0 = Instant::now();
+        scan_tcp(
+            &["127.0.0.1".parse().expect("addr")],
+            &ports,
+            &ScanConfig::default(),
+            Arc::new(|_, _| {}),
+            &AtomicBool::new(false),
+        );
+        assert!(t0.elapsed() < took, "{:?} unpaced", t0.elapsed());
+    }
+
+    #[test]
+    fn a_stop_ends_a_paced_scan_with_what_it_settled() {
+        // 60 probes at 10 a second would take six seconds.
+        let cfg = ScanConfig {
+            rate: Some(10),
+            ..ScanConfig::default()
+        };
+        let stop = AtomicBool::new(false);
+        let ports: Vec<u16> = (1..=60).collect();
+        let t0 = Instant::now();
+        let o = std::thread::scope(|s| {
+            s.spawn(|| {
+                // Real time: a stop arriving while the scan runs.
+                std::thread::sleep(Duration::from_millis(300));
+                stop.store(true, Ordering::Relaxed);
+            });
+            scan_tcp(
+                &["127.0.0.1".parse().expect("addr")],
+                &ports,
+                &cfg,
+                Arc::new(|_, _| {}),
+                &stop,
+            )
+        });
+        assert!(o.interrupted);
+        let settled = o.closed as usize + o.ports.len();
+        assert!((1..60).contains(&settled), "{settled}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn a_pacer_allows_a_hundredth_of_a_second_in_a_burst() {
+        let p = Pacer::new(Some(1000)).expect("pacer");
+        let t0 = Instant::now();
+        let ok = (0..1000).filter(|_| p.take().is_ok()).count();
+        let ms = t0.elapsed().as_millis() as usize;
+        assert!(ok >= 10 && ok <= 11 + ms + 1, "{ok} in {ms} ms");
+        let wait = (0..100_000).find_map(|_| p.take().err()).expect("spent");
+        assert!(wait <= Duration::from_millis(1), "{wait:?}");
+        assert!(Pacer::new(None).is_none());
+    }
 
     #[test]
     fn timeouts_grow_the_window_and_answered_retransmissions_halve_it_once_per_rto() {

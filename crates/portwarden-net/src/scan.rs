@@ -241,6 +241,51 @@ impl Window {
 }
 
 /// Sets an integer socket option (errors ignored: every caller has a fallback).
+/// `--rate` for engines with several senders (the connect scan's workers, the UDP scan's
+/// tasks): a token bucket they share, holding at most a hundredth of a second's worth.
+#[derive(Debug)]
+pub(crate) struct Pacer {
+    interval: Duration,
+    burst: Duration,
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    /// A pacer for `rate` probes per second; none without a rate.
+    pub(crate) fn new(rate: Option<u32>) -> Option<Pacer> {
+        let r = rate?.clamp(1, crate::syn::RATE_MAX);
+        let interval = Duration::from_secs(1) / r;
+        let burst = interval * (r / 100).max(1);
+        // It starts with a full bucket.
+        let now = Instant::now();
+        Some(Pacer {
+            interval,
+            burst,
+            next: Mutex::new(now.checked_sub(burst).unwrap_or(now)),
+        })
+    }
+
+    /// Takes the right to send one probe now, or says how long until there is one.
+    pub(crate) fn take(&self) -> Result<(), Duration> {
+        let now = Instant::now();
+        let mut next = match self.next.lock() {
+            Ok(n) => n,
+            Err(p) => p.into_inner(),
+        };
+        // Idle time earns at most the burst.
+        let floor = now.checked_sub(self.burst).unwrap_or(now);
+        if *next < floor {
+            *next = floor;
+        }
+        if *next <= now {
+            *next += self.interval;
+            Ok(())
+        } else {
+            Err(*next - now)
+        }
+    }
+}
+
 pub(crate) fn setsockopt_int(
     fd: libc::c_int,
     level: libc::c_int,
@@ -368,6 +413,8 @@ pub async fn scan_udp(
     let out = Arc::new(Mutex::new(ScanOutcome::default()));
     let done = Arc::new(AtomicU64::new(0));
     let total = (targets.len() * ports.len()) as u64;
+    progress(0, total);
+    let pacer = Pacer::new(cfg.rate);
     let cfg = Arc::new(cfg.clone());
 
     let mut queue: VecDeque<(SocketAddr, u32)> = targets
@@ -404,6 +451,11 @@ pub async fn scan_udp(
             Ok(p) => p,
             Err(_) => break,
         };
+        if let Some(p) = &pacer {
+            while let Err(wait) = p.take() {
+                tokio::time::sleep(wait).await;
+            }
+        }
         while tasks.try_join_next().is_some() {}
         let (cfg, timing, out, done, progress, retry_tx, shrink) = (
             cfg.clone(),

@@ -34,7 +34,14 @@ pub fn read_policy(path: &Path) -> anyhow::Result<Policy> {
     })?;
     let src = String::from_utf8(bytes)
         .map_err(|_| anyhow::anyhow!("cannot read policy {shown}: not UTF-8 text"))?;
-    Ok(Policy::parse(&shown.to_string(), &src, Catalog::builtin())?)
+    let mut policy = Policy::parse(&shown.to_string(), &src, Catalog::builtin())?;
+    // A file the policy names is found beside it, wherever the reader runs.
+    if let (Some(hook), Some(dir)) = (policy.alerts.webhook.as_mut(), path.parent()) {
+        if let Some(ca) = hook.ca.as_mut().filter(|c| c.is_relative()) {
+            *ca = dir.join(&*ca);
+        }
+    }
+    Ok(policy)
 }
 
 /// The `--policy` file, or the built-in baseline.

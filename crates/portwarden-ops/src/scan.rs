@@ -299,21 +299,14 @@ pub async fn run(ctx: &Ctx, a: &ScanRequest) -> anyhow::Result<ScanDoc> {
                     };
                     let down: Vec<IpAddr> =
                         hosts2.iter().filter(|h| !up.contains(h)).copied().collect();
-                    (
-                        portwarden_net::connect::scan_tcp(&up, &ports2, &cfg2, progress),
-                        down,
-                    )
+                    // Stopped during discovery: nothing more is sent.
+                    let o = portwarden_net::connect::scan_tcp(&up, &ports2, &cfg2, progress, stop);
+                    (o, down)
                 });
-                // The connect engine has no stop of its own: a stop abandons it (its
-                // threads end with the process) and reports nothing settled.
-                match until_stopped(stop, job).await {
-                    Some(r) => {
-                        let (o, down) = r.context("the connect scan stopped")?;
-                        hosts_down = down;
-                        o
-                    }
-                    None => interrupted(),
-                }
+                // The engine stops itself (within a tenth of a second) when `stop` is set.
+                let (o, down) = job.await.context("the connect scan stopped")?;
+                hosts_down = down;
+                o
             }
         },
         Protocol::Udp => until_stopped(stop, scan_udp(&hosts, &ports, &cfg, progress))
@@ -459,7 +452,8 @@ fn discover_by_connect(ctx: &Ctx, hosts: &[IpAddr], cfg: &ScanConfig) -> Vec<IpA
         retries: 1,
         ..cfg.clone()
     };
-    let d = portwarden_net::connect::scan_tcp(hosts, &[80, 443], &probe, Arc::new(|_, _| {}));
+    let d =
+        portwarden_net::connect::scan_tcp(hosts, &[80, 443], &probe, Arc::new(|_, _| {}), ctx.stop);
     answered(ctx, hosts, &d)
 }
 

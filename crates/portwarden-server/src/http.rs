@@ -937,6 +937,12 @@ async fn scan_start(
         ctx.progress = Arc::new(move |d, t| p.progress(d, t));
         let r = portwarden_ops::scan::run(&ctx, &req).await;
         match &r {
+            Ok(d) if d.interrupted => tracing::info!(
+                scan = id,
+                open = d.ports.len(),
+                ms = d.elapsed_ms,
+                "scan interrupted: the daemon stops"
+            ),
             Ok(d) => tracing::info!(
                 scan = id,
                 open = d.ports.len(),

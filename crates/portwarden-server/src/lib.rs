@@ -125,13 +125,20 @@ pub struct App {
     inventories: tokio::sync::Semaphore,
 }
 
+/// Reads the policy, and what it names that the daemon uses (the webhook's `ca`).
+fn load(path: Option<&std::path::Path>) -> anyhow::Result<LoadedPolicy> {
+    let p = portwarden_ops::policy::load_policy(path)?;
+    webhook::check(&p.policy).context("[alerts] webhook")?;
+    Ok(p)
+}
+
 /// Socket inventories built for requests at once: each can be megabytes on a busy host.
 pub const INVENTORIES: usize = 2;
 
 impl App {
     /// Loads the policy (a bad one is an error: the daemon does not start on it).
     pub fn new(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<App>> {
-        let policy = portwarden_ops::policy::load_policy(cfg.policy.as_deref())?;
+        let policy = load(cfg.policy.as_deref())?;
         Ok(Arc::new(App {
             jobs: jobs::Board::new(cfg.interval),
             cfg,
@@ -268,7 +275,7 @@ impl App {
             return Ok(());
         };
         let ctx = self.ctx("portwarden serve (SIGHUP)");
-        let res = portwarden_ops::policy::load_policy(Some(path));
+        let res = load(Some(path));
         if let Ok(p) = &res {
             // The same policy again (a SIGHUP from logrotate, a reload of every unit) is
             // not a change: nothing for the ledger.
@@ -402,6 +409,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     }
     jobs.stop().await;
+    if !app.scans.idle(Duration::from_secs(5)).await {
+        tracing::warn!("a scan did not stop in 5 s: it is abandoned");
+    }
     let _ = hooks.await;
     if let Some(path) = &cfg.socket {
         let _ = std::fs::remove_file(path);

@@ -19,6 +19,8 @@ pub const KEPT: usize = 16;
 enum Outcome {
     Running,
     Done(Arc<ScanDoc>),
+    /// Stopped (the daemon was told to stop) before every port was settled: what was.
+    Interrupted(Arc<ScanDoc>),
     Failed(String),
 }
 
@@ -54,6 +56,7 @@ impl Scan {
         let (state, error, result) = match outcome {
             Outcome::Running => ("running", None, None),
             Outcome::Done(d) => ("done", None, full.then(|| (*d).clone())),
+            Outcome::Interrupted(d) => ("interrupted", None, full.then(|| (*d).clone())),
             Outcome::Failed(e) => ("failed", Some(e), None),
         };
         ScanJobDoc {
@@ -80,6 +83,7 @@ impl Scan {
     /// Records how it ended.
     pub fn finish(&self, at: i64, r: anyhow::Result<ScanDoc>) {
         let o = match r {
+            Ok(d) if d.interrupted => Outcome::Interrupted(Arc::new(d)),
             Ok(d) => Outcome::Done(Arc::new(d)),
             Err(e) => Outcome::Failed(format!("{e:#}")),
         };
@@ -93,7 +97,8 @@ impl Scan {
 /// The scans kept, most recent last.
 #[derive(Debug, Default)]
 pub struct Scans {
-    next: AtomicU64,
+    /// The last id given.
+    last: AtomicU64,
     kept: Mutex<VecDeque<Arc<Scan>>>,
 }
 
@@ -105,7 +110,9 @@ impl Scans {
         }
     }
 
-    /// A new running scan, unless one runs: then that one is the error.
+    /// A new running scan, unless one runs: then that one is the error. Its id is the
+    /// start's Unix time in milliseconds, or one more than the last id when that is
+    /// larger: unique across restarts too, so `scan:ID` in the ledger names one scan.
     pub fn begin(
         &self,
         actor: &str,
@@ -116,8 +123,14 @@ impl Scans {
         if let Some(r) = k.iter().find(|s| s.running()) {
             return Err(r.clone());
         }
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let last = self.last.load(Ordering::Relaxed);
+        let id = ms.max(last + 1);
+        self.last.store(id, Ordering::Relaxed);
         let s = Arc::new(Scan {
-            id: self.next.fetch_add(1, Ordering::Relaxed) + 1,
+            id,
             actor: actor.to_string(),
             targets,
             started: now,
@@ -146,6 +159,19 @@ impl Scans {
     /// One scan.
     pub fn get(&self, id: u64) -> Option<Arc<Scan>> {
         self.kept().iter().find(|s| s.id == id).cloned()
+    }
+
+    /// Waits until no scan runs (a stop ends one within a tenth of a second), at most
+    /// `limit`; whether none does.
+    pub async fn idle(&self, limit: std::time::Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        while self.kept().iter().any(|s| s.running()) {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// Every scan kept, the most recent first.
@@ -180,7 +206,9 @@ mod tests {
         let l = s.list();
         assert_eq!(l.len(), KEPT);
         assert!(s.get(a.id).is_none());
-        assert_eq!(l[0].id, KEPT as u64 + 5);
+        // Ids only grow, and are not small numbers a restart would give again.
+        assert!(l.windows(2).all(|w| w[0].id > w[1].id));
+        assert!(a.id > 1_700_000_000_000, "{}", a.id);
         assert!(l[0].doc(true).result.is_some());
         assert!(l[0].doc(false).result.is_none());
         assert_eq!((l[0].doc(false).done, l[0].doc(false).total), (1, 2));

@@ -110,7 +110,11 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         };
         let mut attempt = 0;
         loop {
-            let r = tokio::time::timeout(hook.timeout.get(), post(&hook, &body)).await;
+            // A stop does not wait for an attempt: the event is lost either way.
+            let r = tokio::select! {
+                r = tokio::time::timeout(hook.timeout.get(), post(&hook, &body)) => r,
+                _ = stop.changed() => return,
+            };
             let r = r.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer in {}", hook.timeout)));
             match r {
                 Ok(st) if settled(st) => {
@@ -164,6 +168,16 @@ async fn post(hook: &Webhook, body: &[u8]) -> anyhow::Result<u16> {
         .await
         .context("TLS handshake")?;
     exchange(tls, hook, body).await
+}
+
+/// Whether the policy's webhook can be used as it is written: its `ca` is read and holds
+/// certificates. Checked when a policy is loaded, so that a bad one is refused then, not
+/// at the first alert.
+pub fn check(policy: &portwarden_core::policy::Policy) -> anyhow::Result<()> {
+    match &policy.alerts.webhook {
+        Some(hook) if hook.url.tls => client_config(hook).map(drop),
+        _ => Ok(()),
+    }
 }
 
 /// The system's trust anchors and the policy's `ca`.

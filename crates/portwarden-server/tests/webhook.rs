@@ -249,3 +249,64 @@ fn https_to_a_private_ca_named_by_the_policy() {
     assert_eq!(ev["at"], 2);
     assert_eq!(with.outbox.stats.delivered.load(Ordering::Relaxed), 1);
 }
+
+#[test]
+fn a_ca_that_cannot_be_used_refuses_the_policy_at_start_and_on_sighup() {
+    let dir = portwarden_testkit::tempdir("hook-badca");
+    std::fs::write(dir.join("not.pem"), "hello\n").unwrap();
+    std::fs::create_dir(dir.join("a-dir")).unwrap();
+    let policy = |ca: &str| {
+        format!("version = 1\n[alerts]\nwebhook = \"https://localhost:1/\"\nca = \"{ca}\"\n")
+    };
+    let mut cfg = Config::new(dir.join("state"));
+    cfg.policy = Some(dir.join("policy.toml"));
+    for (ca, why) in [
+        ("missing.pem", "cannot read [alerts] ca"),
+        ("/dev/zero", "cannot read [alerts] ca"),
+        ("a-dir", "cannot read [alerts] ca"),
+        ("not.pem", "no certificate in it"),
+    ] {
+        std::fs::write(dir.join("policy.toml"), policy(ca)).unwrap();
+        let Err(e) = App::new(cfg.clone(), ManualClock::at(1)) else {
+            panic!("{ca}: the policy was taken");
+        };
+        assert!(format!("{e:#}").contains(why), "{ca}: {e:#}");
+    }
+    // A relative `ca` is beside the policy file, wherever the daemon runs.
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(dir.join("ca.pem"), ck.cert.pem()).unwrap();
+    std::fs::write(dir.join("policy.toml"), policy("ca.pem")).unwrap();
+    let app = App::new(cfg, ManualClock::at(1)).unwrap();
+    std::fs::write(dir.join("policy.toml"), policy("not.pem")).unwrap();
+    let e = app.reload().expect_err("a bad ca on SIGHUP");
+    assert!(format!("{e:#}").contains("no certificate in it"), "{e:#}");
+    let kept = app.policy().policy.alerts.webhook.clone().unwrap();
+    assert_eq!(kept.ca.as_deref(), Some(dir.join("ca.pem").as_path()));
+}
+
+#[test]
+fn a_stop_does_not_wait_for_a_receiver_that_never_answers() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (_d, app) = app(
+        "hook-hang",
+        &format!("webhook = \"http://127.0.0.1:{port}/\"\ntimeout = \"60s\""),
+    );
+    app.alert(&change(true), 1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let worker = rt.spawn(portwarden_server::webhook::run(app.clone(), rx));
+    // The attempt is under way once the connection is accepted (it is never answered).
+    let (_held, _) = l.accept().unwrap();
+    let t0 = Instant::now();
+    tx.send(true).unwrap();
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), worker).await })
+        .expect("the worker waited for the 60 s attempt")
+        .unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert_eq!(app.outbox.stats.delivered.load(Ordering::Relaxed), 0);
+}

@@ -77,6 +77,8 @@ const BALANCE_KEYS: &[&str] = &[
     "max_conn_per_source",
 ];
 const SCAN_KEYS: &[&str] = &["targets", "max_hosts"];
+/// The longest `[alerts] timeout`: one attempt at the webhook.
+pub const WEBHOOK_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 const ALERTS_KEYS: &[&str] = &["webhook", "timeout", "retries", "queue", "ca"];
 const HEALTH_KEYS: &[&str] = &["interval", "timeout", "fall", "rise", "expect"];
 
@@ -573,10 +575,21 @@ fn read_alerts(cx: &mut Cx<'_>, node: &Node) -> Alerts {
             }
         }
     });
-    let timeout = f
-        .get("timeout")
-        .and_then(|n| cx.duration(n, "timeout", true))
-        .unwrap_or(HumanDuration(std::time::Duration::from_secs(5)));
+    let mut timeout = HumanDuration(std::time::Duration::from_secs(5));
+    if let Some(n) = f.get("timeout") {
+        match cx.duration(n, "timeout", true) {
+            Some(d) if d.get() <= WEBHOOK_TIMEOUT_MAX => timeout = d,
+            Some(d) => cx.err_help(
+                n.span.clone(),
+                format!(
+                    "`timeout` is one attempt at the webhook: at most {}, found {d}",
+                    HumanDuration(WEBHOOK_TIMEOUT_MAX)
+                ),
+                "a receiver that takes longer is down; `retries` tries it again",
+            ),
+            None => {}
+        }
+    }
     let mut retries = 5;
     if let Some(n) = f.get("retries") {
         match n.kind {
@@ -599,10 +612,17 @@ fn read_alerts(cx: &mut Cx<'_>, node: &Node) -> Alerts {
             None => {}
         }
     }
-    let ca = f
-        .get("ca")
-        .and_then(|n| cx.nonempty_string(n, "ca"))
-        .map(std::path::PathBuf::from);
+    let ca = f.get("ca").and_then(|n| {
+        let c = cx.nonempty_string(n, "ca")?;
+        if url.as_ref().is_some_and(|u| !u.tls) {
+            cx.err_help(
+                n.span.clone(),
+                "`ca` is a trust anchor for HTTPS, and the webhook is http://",
+                "write the webhook as https://… or remove `ca`",
+            );
+        }
+        Some(std::path::PathBuf::from(c))
+    });
     if url.is_none() && f.get("webhook").is_none() {
         for k in ["timeout", "retries", "queue", "ca"] {
             if let Some(n) = f.get(k) {

@@ -262,4 +262,22 @@ fn alerts_read_their_delivery_and_point_at_errors() {
     let e = errs("version = 1\n[alerts]\nretries = 3\n");
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(e[0].contains("there is no `webhook`"), "{e:?}");
+    // One attempt is bounded (a stop waits for nothing longer), and `ca` is for HTTPS.
+    let e = errs(
+        "version = 1\n[alerts]\nwebhook = \"http://a/\"\ntimeout = \"100000h\"\nca = \"ca.pem\"\n",
+    );
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:4:11") && e[0].contains("at most 1m"),
+        "{e:?}"
+    );
+    assert!(
+        e[1].starts_with("t.toml:5:6") && e[1].contains("the webhook is http://"),
+        "{e:?}"
+    );
+    let w = ok("version = 1\n[alerts]\nwebhook = \"https://a/\"\ntimeout = \"60s\"\n");
+    assert_eq!(
+        w.alerts.webhook.expect("webhook").timeout.get().as_secs(),
+        60
+    );
 }

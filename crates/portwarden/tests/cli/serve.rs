@@ -503,6 +503,27 @@ fn a_scan_of_an_allowed_target_runs_and_is_polled_others_are_refused() {
             .contains(&format!("scan {} is running", long["id"])),
         "{v}"
     );
+    // 65,535 ports at 200 a second: minutes. Its progress shows while it runs.
+    let until = Instant::now() + Duration::from_secs(20);
+    let path = format!("/api/v1/scans/{}", long["id"]);
+    loop {
+        let (_, v) = d.json("GET", &path, &d.read, None);
+        assert_eq!(v["state"], "running", "{v}");
+        if v["total"] == 65535 && v["done"].as_u64().unwrap() > 0 {
+            assert!(v["done"].as_u64().unwrap() < 65535, "{v}");
+            break;
+        }
+        assert!(Instant::now() < until, "no progress: {v}");
+        // Real time: the scan runs on its own.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A stop interrupts it at once and says so (the daemon then ends its jobs' runs: the
+    // drop waits for that).
+    let t0 = Instant::now();
+    d.signal(libc::SIGTERM);
+    let line = d.wait_log("scan interrupted");
+    assert_eq!(line["scan"], long["id"], "{line}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     drop(open);
 }
 
