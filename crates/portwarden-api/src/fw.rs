@@ -47,6 +47,8 @@ pub struct ApplyDoc {
     pub backend: String,
     /// What of ours is in the kernel: `table inet portwarden`, or the iptables chain.
     pub target: String,
+    /// The policy version applied: the SHA-256 of its text (`portwarden policy history`).
+    pub version: String,
 }
 
 /// `fw confirm` and `fw rollback`: what happened to the pending transaction.

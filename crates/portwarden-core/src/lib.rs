@@ -10,6 +10,7 @@ pub mod addr;
 pub mod alloc;
 pub mod auth;
 pub mod catalog;
+pub mod change;
 pub mod diag;
 pub mod draft;
 pub mod facts;

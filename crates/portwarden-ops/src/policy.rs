@@ -5,12 +5,17 @@ use std::path::Path;
 
 use portwarden_core::{Catalog, Policy};
 
-/// A policy with the name it is known by in messages.
+/// A policy with the name it is known by in messages, and the text it was read from
+/// (what its version hashes).
 #[derive(Debug, Clone)]
 pub struct LoadedPolicy {
     pub name: String,
     pub policy: Policy,
+    pub text: std::sync::Arc<str>,
 }
+
+/// What the built-in baseline policy is called in messages and records.
+pub const BASELINE_NAME: &str = "the built-in baseline policy";
 
 /// The largest policy file read, in bytes (docs/policy.md).
 pub const POLICY_MAX_BYTES: u64 = 16 << 20;
@@ -20,6 +25,11 @@ pub const POLICY_MAX_BYTES: u64 = 16 << 20;
 /// through a bounded reader, so a device, a FIFO or a file that grows while it is read
 /// cannot make the reader grow with it.
 pub fn read_policy(path: &Path) -> anyhow::Result<Policy> {
+    read_policy_text(path).map(|(p, _)| p)
+}
+
+/// [`read_policy`], and the text read.
+pub fn read_policy_text(path: &Path) -> anyhow::Result<(Policy, String)> {
     use std::io::ErrorKind;
     let shown = path.display();
     let bytes = crate::files::read_regular(path, POLICY_MAX_BYTES).map_err(|e| match e.kind() {
@@ -41,19 +51,24 @@ pub fn read_policy(path: &Path) -> anyhow::Result<Policy> {
             *ca = dir.join(&*ca);
         }
     }
-    Ok(policy)
+    Ok((policy, src))
 }
 
 /// The `--policy` file, or the built-in baseline.
 pub fn load_policy(path: Option<&Path>) -> anyhow::Result<LoadedPolicy> {
     match path {
-        Some(p) => Ok(LoadedPolicy {
-            name: p.display().to_string(),
-            policy: read_policy(p)?,
-        }),
+        Some(p) => {
+            let (policy, text) = read_policy_text(p)?;
+            Ok(LoadedPolicy {
+                name: p.display().to_string(),
+                policy,
+                text: text.into(),
+            })
+        }
         None => Ok(LoadedPolicy {
-            name: "the built-in baseline policy".to_string(),
+            name: BASELINE_NAME.to_string(),
             policy: Policy::baseline(),
+            text: portwarden_core::policy::BASELINE_TOML.into(),
         }),
     }
 }
@@ -137,4 +152,27 @@ pub fn draft(ctx: &crate::Ctx, from_host: bool) -> anyhow::Result<String> {
         &inv.sockets,
         Catalog::builtin(),
     ))
+}
+
+/// Records that `loaded` is the policy in force (`how`: `serve`, `serve (SIGHUP)` …): its
+/// text kept as a version, a `policy.adopt` ledger record. `None` when it was already.
+pub fn adopt(
+    ctx: &crate::Ctx,
+    state_dir: &Path,
+    loaded: &LoadedPolicy,
+    how: &str,
+) -> anyhow::Result<Option<portwarden_store::PolicyAdoption>> {
+    use portwarden_store::Journal as _;
+    let mut s = crate::store::open(ctx, state_dir, true)?;
+    Ok(s.policy_adopt(
+        ctx.clock.now(),
+        portwarden_store::NewAdoption {
+            actor: &ctx.actor,
+            how,
+            source: &loaded.name,
+            text: &loaded.text,
+            reason: None,
+            txn: None,
+        },
+    )?)
 }

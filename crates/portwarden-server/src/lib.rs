@@ -261,6 +261,20 @@ impl App {
             .push(webhook::event(c, &host, at), hook.queue as usize);
     }
 
+    /// Keeps the policy in force as a version (`policy history`); a store that cannot
+    /// take it is a warning, not a stop.
+    pub fn adopted(&self, how: &str) {
+        let ctx = self.ctx(&format!("portwarden {how}"));
+        match portwarden_ops::policy::adopt(&ctx, &self.cfg.state_dir, &self.policy(), how) {
+            Ok(Some(a)) => tracing::info!(
+                version = portwarden_core::change::short_hash(&a.hash),
+                "policy version adopted"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cannot keep the policy version in the store: {e:#}"),
+        }
+    }
+
     /// The state directory.
     pub fn state_dir(&self) -> &std::path::Path {
         &self.cfg.state_dir
@@ -317,6 +331,7 @@ impl App {
                     Ok(mut w) => *w = Arc::new(p),
                     Err(w) => *w.into_inner() = Arc::new(p),
                 }
+                self.adopted("serve (SIGHUP)");
                 Ok(())
             }
             Err(e) => {
@@ -354,6 +369,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     // Caught before anything says it listens: a SIGHUP sent at once must not kill us.
     let signals = Signals::new()?;
     let app = App::new(cfg.clone(), Arc::new(portwarden_ops::SystemClock))?;
+    app.adopted("serve");
     let tls = match &cfg.tls {
         Some((cert, key)) => Some(listen::tls_acceptor(cert, key)?),
         None => None,

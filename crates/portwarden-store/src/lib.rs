@@ -156,6 +156,9 @@ pub enum StoreError {
     /// Something of that name exists already.
     #[error("{0}")]
     Exists(String),
+    /// No policy version matches, or several do.
+    #[error("{0}")]
+    NoVersion(String),
     /// The store does not exist yet.
     #[error("no store at {0} yet")]
     Missing(PathBuf),
@@ -302,6 +305,64 @@ pub struct TokenRecord {
     pub actor: String,
 }
 
+/// A policy's text, kept by the SHA-256 of that text (its version).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyVersion {
+    /// SHA-256 of the text, lowercase hex.
+    pub hash: String,
+    /// The policy file as it was.
+    pub text: String,
+    /// When it was first kept, unix seconds.
+    pub first_seen: i64,
+    /// Who first adopted it.
+    pub author: String,
+}
+
+/// One adoption of a policy version: a firewall apply, a daemon's start or SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyAdoption {
+    /// Its number, in order.
+    pub id: i64,
+    /// The version adopted.
+    pub hash: String,
+    /// The version in force before (`None`: the first).
+    pub previous: Option<String>,
+    /// When, unix seconds.
+    pub at: i64,
+    /// Who.
+    pub actor: String,
+    /// How: `fw apply`, `serve`, `change apply` …
+    pub how: String,
+    /// The file it was read from.
+    pub source: String,
+    /// Why, when someone said.
+    pub reason: Option<String>,
+    /// The firewall transaction that applied it, if one did.
+    pub txn: Option<i64>,
+    /// That transaction's state: `pending`, `confirmed` or `rolled-back` (a rolled-back
+    /// adoption is not in force).
+    pub txn_state: Option<String>,
+    /// Its ledger record.
+    pub seq: i64,
+}
+
+/// An adoption to record: [`Journal::policy_adopt`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewAdoption<'a> {
+    /// Who.
+    pub actor: &'a str,
+    /// How: `fw apply`, `serve` …
+    pub how: &'a str,
+    /// The file it was read from.
+    pub source: &'a str,
+    /// The policy's text.
+    pub text: &'a str,
+    /// Why, when someone said.
+    pub reason: Option<&'a str>,
+    /// The firewall transaction that applied it.
+    pub txn: Option<i64>,
+}
+
 /// What stays on this host whatever stores the leases: the hash-chained ledger, the
 /// identities of managed ports, firewall transactions and grants. Synchronous: SQLite.
 pub trait Journal {
@@ -404,6 +465,26 @@ pub trait Journal {
 
     /// Deletes a token, with its ledger record; `false` when there was none of that name.
     fn token_revoke(&mut self, now: i64, actor: &str, name: &str) -> Result<bool, StoreError>;
+
+    /// Records that a policy's text is now in force, keeping the text by its hash, with a
+    /// `policy.adopt` ledger record naming the version and the one in force before (the
+    /// last adoption not rolled back). `None` (and nothing recorded) when it is that one
+    /// and no firewall transaction applied it again.
+    fn policy_adopt(
+        &mut self,
+        now: i64,
+        a: NewAdoption<'_>,
+    ) -> Result<Option<PolicyAdoption>, StoreError>;
+
+    /// The version in force: the last adoption not rolled back.
+    fn policy_current(&self) -> Result<Option<PolicyAdoption>, StoreError>;
+
+    /// Every adoption, oldest first.
+    fn policy_history(&self) -> Result<Vec<PolicyAdoption>, StoreError>;
+
+    /// The version whose hash is, or starts with, `hash` (at least 6 hex digits;
+    /// `NoVersion` when none or several match).
+    fn policy_version(&self, hash: &str) -> Result<PolicyVersion, StoreError>;
 
     /// Deletes records older than `cutoff` after writing a checkpoint the chain verifies
     /// through; returns how many were deleted.

@@ -13,14 +13,14 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 use crate::anchor::{Anchor, Head};
 use crate::ledger::{self, CHECKPOINT, Change, Checkpoint, Entry, GENESIS, Verification};
 use crate::{
-    FwState, FwTxn, GrantRecord, Identity, Journal, Lease, LeaseProbe, NewLease, Reclaimed,
-    StoreError, TokenRecord,
+    FwState, FwTxn, GrantRecord, Identity, Journal, Lease, LeaseProbe, NewAdoption, NewLease,
+    PolicyAdoption, PolicyVersion, Reclaimed, StoreError, TokenRecord,
 };
 
 /// SQLite `application_id` of a portwarden store: "PWRD".
 pub const APPLICATION_ID: i64 = 0x5057_5244;
 /// Current schema version (`user_version`).
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 /// File name inside the state directory.
 pub const DB_FILE: &str = "portwarden.db";
 
@@ -190,6 +190,65 @@ CREATE TABLE IF NOT EXISTS tokens (
     mac TEXT
 );
 "#;
+
+/// Version 7: policy versions (the text by its SHA-256: the hash vouches for the text,
+/// the ledger record of each adoption for the hash) and their adoptions.
+const SCHEMA_V7: &str = r#"
+CREATE TABLE IF NOT EXISTS policy_versions (
+    hash TEXT PRIMARY KEY,
+    text TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    author TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS policy_adoptions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    hash TEXT NOT NULL REFERENCES policy_versions(hash),
+    previous TEXT,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    how TEXT NOT NULL,
+    source TEXT NOT NULL,
+    reason TEXT,
+    txn INTEGER,
+    seq INTEGER NOT NULL
+);
+"#;
+
+/// The columns of an adoption, with its transaction's state (`a` the adoptions, `t`
+/// fw_txn, left-joined).
+const ADOPTION_COLS: &str =
+    "a.id, a.hash, a.previous, a.at, a.actor, a.how, a.source, a.reason, a.txn, t.state, a.seq";
+const ADOPTION_FROM: &str = "policy_adoptions a LEFT JOIN fw_txn t ON t.id = a.txn";
+
+fn adoption_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyAdoption> {
+    Ok(PolicyAdoption {
+        id: r.get(0)?,
+        hash: r.get(1)?,
+        previous: r.get(2)?,
+        at: r.get(3)?,
+        actor: r.get(4)?,
+        how: r.get(5)?,
+        source: r.get(6)?,
+        reason: r.get(7)?,
+        txn: r.get(8)?,
+        txn_state: r.get(9)?,
+        seq: r.get(10)?,
+    })
+}
+
+/// The last adoption whose transaction was not rolled back.
+fn current_adoption(c: &Connection) -> rusqlite::Result<Option<PolicyAdoption>> {
+    c.query_row(
+        &format!(
+            "SELECT {ADOPTION_COLS} FROM {ADOPTION_FROM} WHERE t.state IS NULL OR t.state != 'rolled-back' ORDER BY a.id DESC LIMIT 1"
+        ),
+        [],
+        adoption_row,
+    )
+    .optional()
+}
+
+use portwarden_core::change::short_hash;
 
 /// Where a store's warnings go once a sink is set.
 type WarningSink = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
@@ -652,6 +711,9 @@ impl SqliteStore {
             }
             if ver < 6 {
                 tx.execute_batch(SCHEMA_V6).map_err(backend)?;
+            }
+            if ver < 7 {
+                tx.execute_batch(SCHEMA_V7).map_err(backend)?;
             }
             // Version 5: from now on a missing anchor is damage, not age. A store made
             // before anchors (or before they kept the pruned point) adopts one now, once,
@@ -2217,6 +2279,124 @@ impl Journal for SqliteStore {
         .map_err(backend)?;
         tx.commit().map_err(backend)?;
         self.committed()
+    }
+
+    fn policy_adopt(
+        &mut self,
+        now: i64,
+        a: NewAdoption<'_>,
+    ) -> Result<Option<PolicyAdoption>, StoreError> {
+        use sha2::{Digest, Sha256};
+        self.writable()?;
+        let hash = crate::ledger::hex(&Sha256::digest(a.text.as_bytes()));
+        let tx = immediate(&mut self.conn)?;
+        let previous = current_adoption(&tx).map_err(backend)?.map(|p| p.hash);
+        if previous.as_deref() == Some(hash.as_str()) && a.txn.is_none() {
+            return Ok(None);
+        }
+        tx.execute(
+            "INSERT OR IGNORE INTO policy_versions (hash, text, first_seen, author) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, a.text, now, a.actor],
+        )
+        .map_err(backend)?;
+        let e = append(
+            &tx,
+            now,
+            Change {
+                actor: a.actor.to_string(),
+                action: "policy.adopt".into(),
+                subject: format!("policy:{hash}"),
+                before: previous.clone(),
+                after: Some(hash.clone()),
+                reason: Some(match (a.reason, a.txn) {
+                    (Some(r), _) => format!("{} of {}: {r}", a.how, a.source),
+                    (None, Some(t)) => {
+                        format!("{} of {} (firewall transaction {t})", a.how, a.source)
+                    }
+                    (None, None) => format!("{} of {}", a.how, a.source),
+                }),
+            },
+        )
+        .map_err(backend)?;
+        tx.execute(
+            "INSERT INTO policy_adoptions (hash, previous, at, actor, how, source, reason, txn, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![hash, previous, now, a.actor, a.how, a.source, a.reason, a.txn, e.seq],
+        )
+        .map_err(backend)?;
+        let id = tx.last_insert_rowid();
+        let row = tx
+            .query_row(
+                &format!("SELECT {ADOPTION_COLS} FROM {ADOPTION_FROM} WHERE a.id = ?1"),
+                [id],
+                adoption_row,
+            )
+            .map_err(backend)?;
+        tx.commit().map_err(backend)?;
+        self.committed()?;
+        Ok(Some(row))
+    }
+
+    fn policy_current(&self) -> Result<Option<PolicyAdoption>, StoreError> {
+        current_adoption(&self.conn).map_err(backend)
+    }
+
+    fn policy_history(&self) -> Result<Vec<PolicyAdoption>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {ADOPTION_COLS} FROM {ADOPTION_FROM} ORDER BY a.id"
+            ))
+            .map_err(backend)?;
+        let rows = st.query_map([], adoption_row).map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn policy_version(&self, hash: &str) -> Result<PolicyVersion, StoreError> {
+        use sha2::{Digest, Sha256};
+        let h = hash.to_ascii_lowercase();
+        if h.len() < 6 || h.len() > 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::NoVersion(format!(
+                "`{hash}` is not a policy version: write at least 6 hex digits of its hash (`portwarden policy history` lists them)"
+            )));
+        }
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT hash, text, first_seen, author FROM policy_versions WHERE substr(hash, 1, length(?1)) = ?1 LIMIT 2",
+            )
+            .map_err(backend)?;
+        let found = st
+            .query_map([&h], |r| {
+                Ok(PolicyVersion {
+                    hash: r.get(0)?,
+                    text: r.get(1)?,
+                    first_seen: r.get(2)?,
+                    author: r.get(3)?,
+                })
+            })
+            .map_err(backend)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)?;
+        match found.as_slice() {
+            [v] => {
+                // The hash vouches for the text: a text edited in the store is refused.
+                let real = crate::ledger::hex(&Sha256::digest(v.text.as_bytes()));
+                if real != v.hash {
+                    return Err(StoreError::NoVersion(format!(
+                        "policy version {} was altered in the store (its text hashes to {}): refusing to use it",
+                        short_hash(&v.hash),
+                        short_hash(&real)
+                    )));
+                }
+                Ok(v.clone())
+            }
+            [] => Err(StoreError::NoVersion(format!(
+                "no policy version {hash} (`portwarden policy history` lists them)"
+            ))),
+            _ => Err(StoreError::NoVersion(format!(
+                "`{hash}` names more than one policy version: write more of its hash"
+            ))),
+        }
     }
 
     fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {

@@ -1338,3 +1338,135 @@ fn tokens_are_kept_by_digest_recorded_and_a_hand_written_row_opens_nothing() {
         "only the hand-written row is left"
     );
 }
+
+fn adopt<'a>(
+    actor: &'a str,
+    how: &'a str,
+    text: &'a str,
+    reason: Option<&'a str>,
+) -> portwarden_store::NewAdoption<'a> {
+    portwarden_store::NewAdoption {
+        actor,
+        how,
+        source: "/etc/p.toml",
+        text,
+        reason,
+        txn: None,
+    }
+}
+
+#[test]
+fn policy_versions_are_kept_by_hash_and_each_adoption_is_recorded() {
+    let d = tempdir("policy-versions");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    let (a, b) = ("version = 1\n", "version = 1\n[host]\nname = \"m\"\n");
+    let first = s
+        .policy_adopt(100, adopt("alice", "fw apply", a, Some("first")))
+        .unwrap()
+        .expect("a first adoption");
+    assert_eq!(first.previous, None);
+    assert_eq!(first.hash, sha256_hex(a));
+    // The version in force again is not a change: nothing recorded.
+    let before = s.ledger(None).unwrap().len();
+    assert!(
+        s.policy_adopt(101, adopt("bob", "serve", a, None))
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(s.ledger(None).unwrap().len(), before);
+    let second = s
+        .policy_adopt(102, adopt("bob", "fw apply", b, None))
+        .unwrap()
+        .unwrap();
+    // Back to the first: its text is kept once, its adoption recorded again.
+    let third = s
+        .policy_adopt(103, adopt("carol", "change rollback", a, Some("undo")))
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.previous.as_deref(), Some(first.hash.as_str()));
+    assert_eq!(third.previous.as_deref(), Some(second.hash.as_str()));
+    let h = s.policy_history().unwrap();
+    assert_eq!(
+        h.iter()
+            .map(|x| (x.actor.as_str(), x.how.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("alice", "fw apply"),
+            ("bob", "fw apply"),
+            ("carol", "change rollback")
+        ]
+    );
+    let recs: Vec<_> = s
+        .ledger(None)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.action == "policy.adopt")
+        .collect();
+    assert_eq!(recs.len(), 3);
+    assert_eq!(recs[2].before.as_deref(), Some(second.hash.as_str()));
+    assert_eq!(recs[2].after.as_deref(), Some(first.hash.as_str()));
+    assert_eq!(recs[2].seq, third.seq);
+    // By a prefix of its hash; the text back as it was.
+    let v = s.policy_version(&first.hash[..8]).unwrap();
+    assert_eq!((v.text.as_str(), v.author.as_str()), (a, "alice"));
+    assert_eq!(s.policy_version(&first.hash).unwrap().hash, first.hash);
+    for bad in ["abc", "zzzzzzzz", "", "0000000000"] {
+        assert!(
+            matches!(s.policy_version(bad), Err(StoreError::NoVersion(_))),
+            "{bad:?}"
+        );
+    }
+    // A text edited in the database no longer matches its hash: refused.
+    raw(&d)
+        .execute(
+            "UPDATE policy_versions SET text = 'version = 1\n[host]\nname = \"evil\"\n' WHERE hash = ?1",
+            [&second.hash],
+        )
+        .unwrap();
+    let e = s.policy_version(&second.hash).unwrap_err();
+    assert!(e.to_string().contains("altered in the store"), "{e}");
+    assert_eq!(s.verify_ledger().unwrap().broken, None);
+}
+
+#[test]
+fn a_rolled_back_apply_is_not_the_version_in_force() {
+    let d = tempdir("policy-rollback");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    let (a, b) = ("version = 1\n", "version = 1\n# b\n");
+    let first = s
+        .policy_adopt(100, adopt("alice", "fw apply", a, None))
+        .unwrap()
+        .unwrap();
+    let t = s
+        .fw_begin(101, "bob", Some(200), None, "table inet portwarden {}")
+        .unwrap();
+    let second = s
+        .policy_adopt(
+            101,
+            portwarden_store::NewAdoption {
+                txn: Some(t.id),
+                ..adopt("bob", "fw apply", b, None)
+            },
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.txn_state.as_deref(), Some("pending"));
+    assert_eq!(s.policy_current().unwrap().unwrap().hash, second.hash);
+    s.fw_finish(
+        t.id,
+        portwarden_store::FwState::RolledBack,
+        201,
+        "watcher",
+        "deadline",
+    )
+    .unwrap();
+    assert_eq!(s.policy_current().unwrap().unwrap().hash, first.hash);
+    let h = s.policy_history().unwrap();
+    assert_eq!(h[1].txn_state.as_deref(), Some("rolled-back"));
+    // Adopting the first again after the rollback is nothing new.
+    assert!(
+        s.policy_adopt(202, adopt("carol", "serve", a, None))
+            .unwrap()
+            .is_none()
+    );
+}

@@ -529,6 +529,21 @@ pub fn apply(
     if let Some(listing) = fw.snapshot()? {
         s.fw_set_listing(t.id, &listing)?;
     }
+    // The version applied, kept with its text (what a rollback to it loads again).
+    let version = s
+        .policy_adopt(
+            ctx.clock.now(),
+            portwarden_store::NewAdoption {
+                actor: &ctx.actor,
+                how: "fw apply",
+                source: &loaded.name,
+                text: &loaded.text,
+                reason: None,
+                txn: Some(t.id),
+            },
+        )?
+        .map(|a| a.hash)
+        .unwrap_or_default();
     Ok(ApplyDoc {
         api: API_VERSION,
         txn: t.id,
@@ -536,6 +551,7 @@ pub fn apply(
         watcher_pid: watcher,
         backend: fw.name().into(),
         target: fw.target(),
+        version,
     })
 }
 

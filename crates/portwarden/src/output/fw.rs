@@ -4,6 +4,7 @@ use portwarden_api::fw::{ApplyDoc, DiffDoc, GrantDoc, PlanDoc, RevokeDoc, Status
 
 use super::printer::Render;
 use super::utc;
+use portwarden_core::change::short_hash;
 
 impl Render for PlanDoc {
     fn human(&self, _: u8) -> String {
@@ -50,14 +51,17 @@ impl Render for ApplyDoc {
     fn human(&self, _: u8) -> String {
         match self.deadline {
             Some(d) => format!(
-                "applied firewall transaction {} ({}); confirm before {} with `portwarden fw confirm` from a new connection, or it rolls back\n",
+                "applied firewall transaction {} ({}, policy version {}); confirm before {} with `portwarden fw confirm` from a new connection, or it rolls back\n",
                 self.txn,
                 self.target,
+                short_hash(&self.version),
                 utc(d)
             ),
             None => format!(
-                "applied firewall transaction {} ({})\n",
-                self.txn, self.target
+                "applied firewall transaction {} ({}, policy version {})\n",
+                self.txn,
+                self.target,
+                short_hash(&self.version)
             ),
         }
     }
@@ -221,10 +225,11 @@ mod tests {
             watcher_pid: None,
             backend: "nftables".into(),
             target: "table inet portwarden".into(),
+            version: "0123456789abcdef".into(),
         };
         assert_eq!(
             printed(&a, Mode::Human),
-            "applied firewall transaction 2 (table inet portwarden)\n"
+            "applied firewall transaction 2 (table inet portwarden, policy version 0123456789ab)\n"
         );
         assert_eq!(printed(&a, Mode::Quiet), "");
         let j: serde_json::Value = serde_json::from_str(&printed(&a, Mode::Json)).unwrap();
