@@ -176,3 +176,141 @@ pub fn adopt(
         },
     )?)
 }
+
+/// `policy history`: every adoption kept in the store, oldest first.
+pub fn history(
+    ctx: &crate::Ctx,
+    state_dir: &Path,
+) -> anyhow::Result<portwarden_api::policy::PolicyHistoryDoc> {
+    use portwarden_store::Journal as _;
+    let (adoptions, current) = match crate::store::open_existing(ctx, state_dir)? {
+        Some(s) => (s.policy_history()?, s.policy_current()?),
+        None => (Vec::new(), None),
+    };
+    let current_id = current.as_ref().map(|c| c.id);
+    Ok(portwarden_api::policy::PolicyHistoryDoc {
+        api: portwarden_api::API_VERSION,
+        current: current.map(|c| c.hash),
+        adoptions: adoptions
+            .into_iter()
+            .map(|a| portwarden_api::policy::AdoptionDoc {
+                in_force: Some(a.id) == current_id,
+                id: a.id,
+                version: a.hash,
+                previous: a.previous,
+                at: a.at,
+                time: portwarden_core::time::utc(a.at),
+                actor: a.actor,
+                how: a.how,
+                source: a.source,
+                reason: a.reason,
+                txn: a.txn,
+                txn_state: a.txn_state,
+                seq: a.seq,
+            })
+            .collect(),
+    })
+}
+
+/// `policy show VERSION`: the text of a version kept in the store.
+pub fn show(
+    ctx: &crate::Ctx,
+    state_dir: &Path,
+    version: &str,
+) -> anyhow::Result<portwarden_api::policy::PolicyVersionDoc> {
+    let v = stored(ctx, state_dir, version)?;
+    Ok(portwarden_api::policy::PolicyVersionDoc {
+        api: portwarden_api::API_VERSION,
+        version: v.hash,
+        first_seen: v.first_seen,
+        author: v.author,
+        text: v.text,
+    })
+}
+
+/// A version by (a prefix of) its hash, or `current`: the version in force.
+fn stored(
+    ctx: &crate::Ctx,
+    state_dir: &Path,
+    version: &str,
+) -> anyhow::Result<portwarden_store::PolicyVersion> {
+    use portwarden_store::Journal as _;
+    let Some(s) = crate::store::open_existing(ctx, state_dir)? else {
+        anyhow::bail!(
+            "no policy version is kept yet (no store at {}): `fw apply` or `serve` keeps the policy they run",
+            state_dir.display()
+        );
+    };
+    if version == "current" {
+        let Some(c) = s.policy_current()? else {
+            anyhow::bail!(
+                "no policy version is in force yet: `fw apply` or `serve` keeps the policy they run"
+            );
+        };
+        return Ok(s.policy_version(&c.hash)?);
+    }
+    Ok(s.policy_version(version)?)
+}
+
+/// One side of a diff: a policy file (a path that exists, or one with a `/` or `.toml`),
+/// or a version in the store (`current`, or a prefix of its hash).
+struct Side {
+    label: String,
+    version: String,
+    text: String,
+    policy: Policy,
+}
+
+fn side(ctx: &crate::Ctx, state_dir: &Path, spec: &str) -> anyhow::Result<Side> {
+    let path = Path::new(spec);
+    let (label, text) = if path.exists() || spec.contains('/') || spec.ends_with(".toml") {
+        let (_, text) = read_policy_text(path)?;
+        (spec.to_string(), text)
+    } else {
+        let v = stored(ctx, state_dir, spec)?;
+        (
+            format!("version {}", portwarden_core::change::short_hash(&v.hash)),
+            v.text,
+        )
+    };
+    let policy = Policy::parse(&label, &text, Catalog::builtin())
+        .map_err(|e| anyhow::anyhow!("{label} is no longer a valid policy: {e}"))?;
+    let version = portwarden_store::policy_version_of(&text);
+    Ok(Side {
+        label,
+        version,
+        text,
+        policy,
+    })
+}
+
+/// `policy diff A B`: the line diff of the texts, what changes by meaning, and the nft
+/// rules that change as a result. `B` alone (`from` `None`) compares the version in force
+/// with it.
+pub fn diff(
+    ctx: &crate::Ctx,
+    state_dir: &Path,
+    from: Option<&str>,
+    to: &str,
+) -> anyhow::Result<portwarden_api::policy::PolicyDiffDoc> {
+    let a = side(ctx, state_dir, from.unwrap_or("current"))?;
+    let b = side(ctx, state_dir, to)?;
+    let rules = match (
+        crate::fw::ruleset_of(ctx, &a.policy, state_dir),
+        crate::fw::ruleset_of(ctx, &b.policy, state_dir),
+    ) {
+        (Ok(x), Ok(y)) => crate::fw::line_diff(&x, &y),
+        (Err(e), _) => vec![format!("! {}: {e:#}", a.label)],
+        (_, Err(e)) => vec![format!("! {}: {e:#}", b.label)],
+    };
+    Ok(portwarden_api::policy::PolicyDiffDoc {
+        api: portwarden_api::API_VERSION,
+        lines: crate::fw::line_diff(&a.text, &b.text),
+        changes: portwarden_core::policy::diff::semantic_diff(&a.policy, &b.policy),
+        rules,
+        from: a.label,
+        from_version: a.version,
+        to: b.label,
+        to_version: b.version,
+    })
+}

@@ -261,10 +261,17 @@ impl App {
             .push(webhook::event(c, &host, at), hook.queue as usize);
     }
 
+    fn replace(&self, p: LoadedPolicy) {
+        match self.policy.write() {
+            Ok(mut w) => *w = Arc::new(p),
+            Err(w) => *w.into_inner() = Arc::new(p),
+        }
+    }
+
     /// Keeps the policy in force as a version (`policy history`); a store that cannot
     /// take it is a warning, not a stop.
     pub fn adopted(&self, how: &str) {
-        let ctx = self.ctx(&format!("portwarden {how}"));
+        let ctx = self.ctx("portwarden serve");
         match portwarden_ops::policy::adopt(&ctx, &self.cfg.state_dir, &self.policy(), how) {
             Ok(Some(a)) => tracing::info!(
                 version = portwarden_core::change::short_hash(&a.hash),
@@ -299,6 +306,11 @@ impl App {
             };
             if same(&p.policy, &self.policy().policy) {
                 tracing::info!(policy = %p.name, "SIGHUP: the policy is unchanged");
+                // Its text may still differ (comments, layout): that is another version.
+                if *p.text != *self.policy().text {
+                    self.replace(p.clone());
+                    self.adopted("serve (SIGHUP)");
+                }
                 return Ok(());
             }
         }
@@ -327,10 +339,7 @@ impl App {
         match res {
             Ok(p) => {
                 tracing::info!(policy = %p.name, "policy re-read");
-                match self.policy.write() {
-                    Ok(mut w) => *w = Arc::new(p),
-                    Err(w) => *w.into_inner() = Arc::new(p),
-                }
+                self.replace(p);
                 self.adopted("serve (SIGHUP)");
                 Ok(())
             }

@@ -305,6 +305,12 @@ pub struct TokenRecord {
     pub actor: String,
 }
 
+/// The version of a policy's text: its SHA-256, lowercase hex.
+pub fn policy_version_of(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    ledger::hex(&Sha256::digest(text.as_bytes()))
+}
+
 /// A policy's text, kept by the SHA-256 of that text (its version).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PolicyVersion {

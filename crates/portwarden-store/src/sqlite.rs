@@ -2286,9 +2286,8 @@ impl Journal for SqliteStore {
         now: i64,
         a: NewAdoption<'_>,
     ) -> Result<Option<PolicyAdoption>, StoreError> {
-        use sha2::{Digest, Sha256};
         self.writable()?;
-        let hash = crate::ledger::hex(&Sha256::digest(a.text.as_bytes()));
+        let hash = crate::policy_version_of(a.text);
         let tx = immediate(&mut self.conn)?;
         let previous = current_adoption(&tx).map_err(backend)?.map(|p| p.hash);
         if previous.as_deref() == Some(hash.as_str()) && a.txn.is_none() {
@@ -2352,7 +2351,6 @@ impl Journal for SqliteStore {
     }
 
     fn policy_version(&self, hash: &str) -> Result<PolicyVersion, StoreError> {
-        use sha2::{Digest, Sha256};
         let h = hash.to_ascii_lowercase();
         if h.len() < 6 || h.len() > 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(StoreError::NoVersion(format!(
@@ -2380,7 +2378,7 @@ impl Journal for SqliteStore {
         match found.as_slice() {
             [v] => {
                 // The hash vouches for the text: a text edited in the store is refused.
-                let real = crate::ledger::hex(&Sha256::digest(v.text.as_bytes()));
+                let real = crate::policy_version_of(&v.text);
                 if real != v.hash {
                     return Err(StoreError::NoVersion(format!(
                         "policy version {} was altered in the store (its text hashes to {}): refusing to use it",

@@ -219,6 +219,27 @@ pub enum PolicyCommand {
         #[arg(long)]
         from_host: bool,
     },
+    /// The policy versions kept in the store: each adoption (`fw apply`, `serve`) with
+    /// its version, who, when, and its firewall transaction's state.
+    History,
+    /// The text of a kept version (a prefix of its hash, or `current`).
+    Show {
+        /// At least six hex digits of the version's hash, or `current`.
+        #[arg(id = "policy-version", value_name = "VERSION")]
+        version: String,
+    },
+    /// From one policy to another: the line diff, what changes by meaning (services,
+    /// pools, zones, settings) and the firewall rules that change. Each side is a kept
+    /// version (hash prefix, `current`) or a policy file; one side alone is compared
+    /// with the version in force.
+    Diff {
+        /// The old side (or, alone, the new one).
+        #[arg(value_name = "A")]
+        a: String,
+        /// The new side.
+        #[arg(value_name = "B")]
+        b: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -728,4 +749,13 @@ fn positive_duration(s: &str) -> Result<HumanDuration, String> {
         ));
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_subcommand_is_a_valid_clap_command() {
+        // clap checks a subcommand's arguments only when it is parsed: all of them, here.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

@@ -4,6 +4,7 @@
 //! span-carrying tree, [`parse`] reads that tree into typed values collecting every error
 //! with its position, and cross-field rules run last. All errors of a file are reported.
 
+pub mod diff;
 mod parse;
 mod tree;
 

@@ -145,6 +145,16 @@ fn render(
     Ok(rs.to_nft())
 }
 
+/// The nft ruleset `policy` renders to here (the store's grants and leases in it), for a
+/// diff: interfaces this host lacks are allowed, the lock-out guard still refuses.
+pub(crate) fn ruleset_of(
+    ctx: &Ctx,
+    policy: &portwarden_core::Policy,
+    state_dir: &Path,
+) -> anyhow::Result<String> {
+    render(ctx, policy, state_dir, true)
+}
+
 /// The iptables rendering of `policy` (v4 then v6), warning of what it cannot express.
 fn render_iptables(
     ctx: &Ctx,

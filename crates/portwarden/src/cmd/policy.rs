@@ -1,4 +1,4 @@
-//! `portwarden policy check|init`.
+//! `portwarden policy check|init|history|show|diff`.
 
 use std::path::Path;
 
@@ -18,6 +18,30 @@ pub fn run(g: &Global, cmd: &PolicyCommand) -> anyhow::Result<Status> {
             force,
             from_host,
         } => init(g, output.as_deref(), *force, *from_host),
+        PolicyCommand::History => {
+            let doc = portwarden_ops::policy::history(&super::ctx(g), &super::state_dir(g))?;
+            Printer::stdout(g).doc(&doc)?;
+            Ok(Status::Ok)
+        }
+        PolicyCommand::Show { version } => {
+            let doc = portwarden_ops::policy::show(&super::ctx(g), &super::state_dir(g), version)?;
+            Printer::stdout(g).doc(&doc)?;
+            Ok(Status::Ok)
+        }
+        PolicyCommand::Diff { a, b } => {
+            let (from, to) = match b {
+                Some(b) => (Some(a.as_str()), b.as_str()),
+                None => (None, a.as_str()),
+            };
+            let doc = portwarden_ops::policy::diff(&super::ctx(g), &super::state_dir(g), from, to)?;
+            Printer::stdout(g).doc(&doc)?;
+            // Like diff(1): 1 when the two differ.
+            Ok(if doc.lines.is_empty() {
+                Status::Ok
+            } else {
+                Status::Negative
+            })
+        }
     }
 }
 

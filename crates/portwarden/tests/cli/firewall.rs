@@ -1205,3 +1205,112 @@ fn r_firewall_json_documents_match_their_schemas() {
     assert_eq!(r["action"], "rollback");
     assert!(r["detail"].as_str().unwrap().contains("restored"), "{r}");
 }
+
+#[test]
+fn r_policy_versions_follow_applies_and_rollbacks() {
+    let Some(mut lab) = Lab::new("pv") else {
+        return;
+    };
+    lab.serve(&["hold@10.99.0.1:9000"]);
+    let json = |policy: &str, args: &[&str], schema: &str| {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let o = lab.pw(policy, &a);
+        assert!(code(&o) < 2, "{args:?}: {}", stderr(&o));
+        assert_schema(schema, &o.stdout)
+    };
+    let a = json(
+        POLICY,
+        &["fw", "apply", "--confirm-within", "0"],
+        "fw-apply",
+    );
+    let second = opening_9000();
+    let b = json(
+        &second,
+        &["fw", "apply", "--confirm-within", "0"],
+        "fw-apply",
+    );
+    let (va, vb) = (
+        a["version"].as_str().unwrap().to_string(),
+        b["version"].as_str().unwrap().to_string(),
+    );
+    assert_ne!(va, vb);
+    let h = json(&second, &["policy", "history"], "policy-history");
+    assert_eq!(h["current"], vb.as_str(), "{h:#}");
+    assert_eq!(h["adoptions"].as_array().unwrap().len(), 2, "{h:#}");
+    assert_eq!(h["adoptions"][0]["how"], "fw apply");
+    assert!(h["adoptions"][0]["txn"].is_i64(), "{h:#}");
+
+    // The text comes back as it was applied.
+    let o = lab.pw(&second, &["policy", "show", &va[..8]]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), POLICY);
+
+    // From the first to the one in force: the service added, and its firewall rule.
+    let o = lab.pw(&second, &["--json", "policy", "diff", &va[..8], "current"]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let d = assert_schema("policy-diff", &o.stdout);
+    let changes: Vec<(String, String)> = d["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["op"].as_str().unwrap().to_string(),
+                c["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changes,
+        [("added".to_string(), "services[extra]".to_string())],
+        "{d:#}"
+    );
+    assert!(
+        d["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l.as_str().unwrap().starts_with("+ ") && l.as_str().unwrap().contains("9000")),
+        "{d:#}"
+    );
+    let same = lab.pw(&second, &["policy", "diff", "current", &vb]);
+    assert_eq!(code(&same), 0, "{}", stderr(&same));
+    assert!(String::from_utf8_lossy(&same.stdout).contains("are the same policy"));
+
+    // An unconfirmed apply rolled back is not the version in force.
+    let third = format!("{second}\n# a comment only\n");
+    let c = json(
+        &third,
+        &["fw", "apply", "--confirm-within", "1h"],
+        "fw-apply",
+    );
+    let h = json(&third, &["policy", "history"], "policy-history");
+    assert_eq!(h["current"], c["version"], "{h:#}");
+    let o = lab.pw(&third, &["fw", "rollback"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let h = json(&third, &["policy", "history"], "policy-history");
+    assert_eq!(h["current"], vb.as_str(), "{h:#}");
+    assert_eq!(h["adoptions"][2]["txn_state"], "rolled-back", "{h:#}");
+    assert_eq!(h["adoptions"][2]["in_force"], false, "{h:#}");
+
+    // Bad versions: exit 2, said plainly.
+    for (bad, why) in [
+        ("abc", "at least 6 hex digits"),
+        ("zzzzzzzz", "at least 6 hex digits"),
+        ("000000", "no policy version 000000"),
+    ] {
+        let o = lab.pw(&third, &["policy", "show", bad]);
+        assert_eq!(code(&o), 2, "{bad}");
+        assert!(stderr(&o).contains(why), "{bad}: {}", stderr(&o));
+    }
+    // The ledger holds every adoption, and still verifies.
+    assert_eq!(
+        actions(&lab)
+            .iter()
+            .filter(|a| a.as_str() == "policy.adopt")
+            .count(),
+        3
+    );
+    assert_eq!(code(&lab.pw(&third, &["log", "verify"])), 0);
+}
