@@ -235,7 +235,8 @@ fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared<'_>) -> ScanOutcome 
             });
         }
         since_progress += 1;
-        if since_progress >= PROGRESS_EVERY {
+        // Paced, every settled probe is news (a slow scan shows it moves).
+        if since_progress >= PROGRESS_EVERY || sh.pacer.is_some() {
             let n = sh.done.fetch_add(since_progress, Ordering::Relaxed) + since_progress;
             since_progress = 0;
             (sh.progress)(n, sh.total);
@@ -359,7 +360,8 @@ fn worker(jobs: Vec<SocketAddr>, window: usize, sh: &Shared<'_>) -> ScanOutcome 
                 break;
             }
             if let Some(wait) = paced {
-                std::thread::sleep(wait);
+                // At most a tenth of a second: a stop waits no longer at a slow rate.
+                std::thread::sleep(wait.min(std::time::Duration::from_millis(100)));
             }
             continue;
         }

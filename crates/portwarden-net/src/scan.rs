@@ -240,7 +240,6 @@ impl Window {
     }
 }
 
-/// Sets an integer socket option (errors ignored: every caller has a fallback).
 /// `--rate` for engines with several senders (the connect scan's workers, the UDP scan's
 /// tasks): a token bucket they share, holding at most a hundredth of a second's worth.
 #[derive(Debug)]
@@ -286,6 +285,7 @@ impl Pacer {
     }
 }
 
+/// Sets an integer socket option (errors ignored: every caller has a fallback).
 pub(crate) fn setsockopt_int(
     fd: libc::c_int,
     level: libc::c_int,
@@ -402,7 +402,10 @@ pub async fn scan_udp(
     ports: &[u16],
     cfg: &ScanConfig,
     progress: Arc<dyn Fn(u64, u64) + Send + Sync>,
+    stop: &std::sync::atomic::AtomicBool,
 ) -> ScanOutcome {
+    // How often a wait looks at `stop`.
+    const TICK: Duration = Duration::from_millis(50);
     let limit = raise_nofile();
     // Keep headroom for the process's own descriptors.
     let by_fd = (limit.saturating_sub(64) as usize).max(8);
@@ -423,15 +426,20 @@ pub async fn scan_udp(
         .collect();
     let (retry_tx, mut retry_rx) = tokio::sync::mpsc::unbounded_channel::<(SocketAddr, u32)>();
     let mut tasks = tokio::task::JoinSet::new();
+    let mut interrupted = false;
     loop {
+        if stop.load(Ordering::Relaxed) {
+            interrupted = true;
+            break;
+        }
         while let Ok(r) = retry_rx.try_recv() {
             queue.push_back(r);
         }
         let Some((dst, tries)) = queue.pop_front() else {
             // Wait for in-flight probes; they may queue retries.
-            match tasks.join_next().await {
-                Some(_) => continue,
-                None => {
+            match timeout(TICK, tasks.join_next()).await {
+                Err(_) | Ok(Some(_)) => continue,
+                Ok(None) => {
                     if let Ok(r) = retry_rx.try_recv() {
                         queue.push_back(r);
                         continue;
@@ -447,13 +455,21 @@ pub async fn scan_udp(
                 shrink.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        let permit = match sem.clone().acquire_owned().await {
-            Ok(p) => p,
-            Err(_) => break,
+        let permit = match timeout(TICK, sem.clone().acquire_owned()).await {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => break,
+            Err(_) => {
+                // The window is full: look at `stop`, then wait again.
+                queue.push_front((dst, tries));
+                continue;
+            }
         };
         if let Some(p) = &pacer {
             while let Err(wait) = p.take() {
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(wait.min(TICK)).await;
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
             }
         }
         while tasks.try_join_next().is_some() {}
@@ -515,11 +531,51 @@ pub async fn scan_udp(
             progress(n, total);
         });
     }
+    // Stopped: the probes in flight are dropped; what was settled stays.
+    tasks.shutdown().await;
     let mut o = match Arc::try_unwrap(out) {
         Ok(m) => m.into_inner().unwrap_or_else(|p| p.into_inner()),
         Err(arc) => arc.lock().map(|o| o.clone()).unwrap_or_default(),
     };
+    o.interrupted = interrupted;
     o.ports.sort_by_key(|r| (r.addr, r.port));
     o.srtt_us = timing.lock().map(|t| t.srtt_us()).unwrap_or_default();
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_udp_scan_keeps_what_it_settled() {
+        // 60 closed ports at 10 a second: six seconds, stopped after half of one.
+        let cfg = ScanConfig {
+            protocol: Protocol::Udp,
+            rate: Some(10),
+            ..ScanConfig::default()
+        };
+        static STOP: AtomicBool = AtomicBool::new(false);
+        let ports: Vec<u16> = (1..=60).collect();
+        let t0 = Instant::now();
+        let stopper = tokio::spawn(async {
+            // Real time: a stop arriving while the scan runs.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            STOP.store(true, Ordering::Relaxed);
+        });
+        let o = scan_udp(
+            &["127.0.0.1".parse().expect("addr")],
+            &ports,
+            &cfg,
+            Arc::new(|_, _| {}),
+            &STOP,
+        )
+        .await;
+        let _ = stopper.await;
+        assert!(o.interrupted);
+        let settled = o.closed as usize + o.ports.len();
+        assert!((1..60).contains(&settled), "{settled}: {o:?}");
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    }
 }

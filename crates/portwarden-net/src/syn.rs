@@ -461,6 +461,7 @@ impl SynScanner {
         let mut next_seq = 0u64;
         let mut done = 0u64;
         let mut reported = 0u64;
+        progress(0, total);
         // Token bucket for --rate.
         let rate = cfg.rate.map(|r| f64::from(r.clamp(1, RATE_MAX)));
         let mut tokens = 1.0f64;
@@ -740,7 +741,8 @@ impl SynScanner {
                     });
                 }
             }
-            if done - reported >= 512 {
+            // Paced, every settled probe is news (a slow scan shows it moves).
+            if done - reported >= 512 || (rate.is_some() && done > reported) {
                 reported = done;
                 progress(done, total);
             }

@@ -195,14 +195,6 @@ async fn until_stopped<T>(
     }
 }
 
-/// What a scan stopped before it settled anything reports.
-fn interrupted() -> portwarden_net::scan::ScanOutcome {
-    portwarden_net::scan::ScanOutcome {
-        interrupted: true,
-        ..Default::default()
-    }
-}
-
 /// Runs the scan. Stops early, with `interrupted` set, when `ctx.stop` is set (SIGINT).
 pub async fn run(ctx: &Ctx, a: &ScanRequest) -> anyhow::Result<ScanDoc> {
     let protocol = if a.udp { Protocol::Udp } else { Protocol::Tcp };
@@ -309,9 +301,8 @@ pub async fn run(ctx: &Ctx, a: &ScanRequest) -> anyhow::Result<ScanDoc> {
                 o
             }
         },
-        Protocol::Udp => until_stopped(stop, scan_udp(&hosts, &ports, &cfg, progress))
-            .await
-            .unwrap_or_else(interrupted),
+        // The engine stops itself when `stop` is set, keeping what it settled.
+        Protocol::Udp => scan_udp(&hosts, &ports, &cfg, progress, stop).await,
     };
     ctx.notes.progress_done();
     if outcome.interrupted {

@@ -939,13 +939,13 @@ async fn scan_start(
         match &r {
             Ok(d) if d.interrupted => tracing::info!(
                 scan = id,
-                open = d.ports.len(),
+                open = d.ports.iter().filter(|p| p.state == "open").count(),
                 ms = d.elapsed_ms,
                 "scan interrupted: the daemon stops"
             ),
             Ok(d) => tracing::info!(
                 scan = id,
-                open = d.ports.len(),
+                open = d.ports.iter().filter(|p| p.state == "open").count(),
                 ms = d.elapsed_ms,
                 "scan done"
             ),

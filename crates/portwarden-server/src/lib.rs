@@ -121,15 +121,19 @@ pub struct App {
     scans: scans::Scans,
     /// Alert events waiting for `[alerts] webhook`.
     pub outbox: webhook::Outbox,
+    /// The webhook's TLS settings (trust anchors with the policy's `ca`), made when the
+    /// policy in force was loaded: a `ca` file changed later changes nothing until a
+    /// SIGHUP loads it.
+    hook_tls: RwLock<Option<webhook::Tls>>,
     /// Turns to build a socket inventory for a request ([`INVENTORIES`] at once).
     inventories: tokio::sync::Semaphore,
 }
 
 /// Reads the policy, and what it names that the daemon uses (the webhook's `ca`).
-fn load(path: Option<&std::path::Path>) -> anyhow::Result<LoadedPolicy> {
+fn load(path: Option<&std::path::Path>) -> anyhow::Result<(LoadedPolicy, Option<webhook::Tls>)> {
     let p = portwarden_ops::policy::load_policy(path)?;
-    webhook::check(&p.policy).context("[alerts] webhook")?;
-    Ok(p)
+    let tls = webhook::tls(&p.policy).context("[alerts] webhook")?;
+    Ok((p, tls))
 }
 
 /// Socket inventories built for requests at once: each can be megabytes on a busy host.
@@ -138,8 +142,9 @@ pub const INVENTORIES: usize = 2;
 impl App {
     /// Loads the policy (a bad one is an error: the daemon does not start on it).
     pub fn new(cfg: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<App>> {
-        let policy = load(cfg.policy.as_deref())?;
+        let (policy, hook_tls) = load(cfg.policy.as_deref())?;
         Ok(Arc::new(App {
+            hook_tls: RwLock::new(hook_tls),
             jobs: jobs::Board::new(cfg.interval),
             cfg,
             clock,
@@ -261,10 +266,22 @@ impl App {
             .push(webhook::event(c, &host, at), hook.queue as usize);
     }
 
-    fn replace(&self, p: LoadedPolicy) {
+    fn replace(&self, p: LoadedPolicy, tls: Option<webhook::Tls>) {
         match self.policy.write() {
             Ok(mut w) => *w = Arc::new(p),
             Err(w) => *w.into_inner() = Arc::new(p),
+        }
+        match self.hook_tls.write() {
+            Ok(mut w) => *w = tls,
+            Err(w) => *w.into_inner() = tls,
+        }
+    }
+
+    /// The webhook's TLS settings, as loaded with the policy in force.
+    pub fn hook_tls(&self) -> Option<webhook::Tls> {
+        match self.hook_tls.read() {
+            Ok(t) => t.clone(),
+            Err(t) => t.into_inner().clone(),
         }
     }
 
@@ -297,7 +314,7 @@ impl App {
         };
         let ctx = self.ctx("portwarden serve (SIGHUP)");
         let res = load(Some(path));
-        if let Ok(p) = &res {
+        if let Ok((p, tls)) = &res {
             // The same policy again (a SIGHUP from logrotate, a reload of every unit) is
             // not a change: nothing for the ledger.
             let same = |a: &portwarden_core::policy::Policy,
@@ -306,9 +323,11 @@ impl App {
             };
             if same(&p.policy, &self.policy().policy) {
                 tracing::info!(policy = %p.name, "SIGHUP: the policy is unchanged");
-                // Its text may still differ (comments, layout): that is another version.
-                if *p.text != *self.policy().text {
-                    self.replace(p.clone());
+                // Its text may still differ (comments, layout): that is another version;
+                // and a `ca` file may have been replaced (read again, as asked).
+                let text_changed = *p.text != *self.policy().text;
+                self.replace(p.clone(), tls.clone());
+                if text_changed {
                     self.adopted("serve (SIGHUP)");
                 }
                 return Ok(());
@@ -337,9 +356,9 @@ impl App {
             tracing::warn!("cannot record the policy reload in the ledger: {e:#}");
         }
         match res {
-            Ok(p) => {
+            Ok((p, tls)) => {
                 tracing::info!(policy = %p.name, "policy re-read");
-                self.replace(p);
+                self.replace(p, tls);
                 self.adopted("serve (SIGHUP)");
                 Ok(())
             }

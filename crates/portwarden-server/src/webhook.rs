@@ -112,7 +112,7 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
         loop {
             // A stop does not wait for an attempt: the event is lost either way.
             let r = tokio::select! {
-                r = tokio::time::timeout(hook.timeout.get(), post(&hook, &body)) => r,
+                r = tokio::time::timeout(hook.timeout.get(), post(&hook, app.hook_tls(), &body)) => r,
                 _ = stop.changed() => return,
             };
             let r = r.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer in {}", hook.timeout)));
@@ -151,7 +151,7 @@ pub async fn run(app: Arc<App>, mut stop: watch::Receiver<bool>) {
 }
 
 /// One POST; the answer's status.
-async fn post(hook: &Webhook, body: &[u8]) -> anyhow::Result<u16> {
+async fn post(hook: &Webhook, tls: Option<Tls>, body: &[u8]) -> anyhow::Result<u16> {
     let u = &hook.url;
     let tcp = tokio::net::TcpStream::connect((u.host.as_str(), u.port))
         .await
@@ -160,23 +160,29 @@ async fn post(hook: &Webhook, body: &[u8]) -> anyhow::Result<u16> {
     if !u.tls {
         return exchange(tcp, hook, body).await;
     }
-    let cfg = client_config(hook)?;
+    let Some(cfg) = tls else {
+        bail!("no TLS settings were made for this webhook (a reload raced the delivery)");
+    };
     let name = rustls::pki_types::ServerName::try_from(u.host.clone())
         .with_context(|| format!("`{}` is not a TLS server name", u.host))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    let tls = tokio_rustls::TlsConnector::from(cfg)
         .connect(name, tcp)
         .await
         .context("TLS handshake")?;
     exchange(tls, hook, body).await
 }
 
-/// Whether the policy's webhook can be used as it is written: its `ca` is read and holds
-/// certificates. Checked when a policy is loaded, so that a bad one is refused then, not
-/// at the first alert.
-pub fn check(policy: &portwarden_core::policy::Policy) -> anyhow::Result<()> {
+/// TLS settings for an `https://` webhook.
+pub type Tls = Arc<rustls::ClientConfig>;
+
+/// The TLS settings of the policy's webhook (`None` for none, or `http://`): the system's
+/// trust anchors and its `ca`, read now. Made when a policy is loaded, so that a bad `ca`
+/// refuses the policy then, not at the first alert, and a file changed later changes
+/// nothing until the next load.
+pub fn tls(policy: &portwarden_core::policy::Policy) -> anyhow::Result<Option<Tls>> {
     match &policy.alerts.webhook {
-        Some(hook) if hook.url.tls => client_config(hook).map(drop),
-        _ => Ok(()),
+        Some(hook) if hook.url.tls => client_config(hook).map(|c| Some(Arc::new(c))),
+        _ => Ok(None),
     }
 }
 

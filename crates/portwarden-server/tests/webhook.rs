@@ -234,6 +234,9 @@ fn https_to_a_private_ca_named_by_the_policy() {
         &format!("webhook = \"https://localhost:{port}/\"\nca = \"{ca}\""),
     );
     with.alert(&change(true), 2);
+    // The trust anchors are the ones read when the policy was loaded: a `ca` file changed
+    // since changes nothing until a SIGHUP loads it.
+    std::fs::write(dir.join("ca.pem"), "hello\n").unwrap();
     deliver_until(&without, || {
         without.outbox.stats.failed.load(Ordering::Relaxed) == 1
     });

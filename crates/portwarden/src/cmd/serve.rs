@@ -18,7 +18,12 @@ pub fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<Status> {
     cfg.interval = a.interval.get();
     cfg.max_connections = a.max_connections as usize;
     cfg.header_timeout = a.header_timeout.get();
-    super::runtime()?.block_on(portwarden_server::serve(cfg))?;
+    let rt = super::runtime()?;
+    let r = rt.block_on(portwarden_server::serve(cfg));
+    // The daemon has ended its jobs and requests; what still runs on a blocking thread
+    // (a name lookup for the webhook, cut short by the stop) is not waited for long.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    r?;
     Ok(Status::Ok)
 }
 
