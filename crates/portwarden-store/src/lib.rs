@@ -156,6 +156,17 @@ pub enum StoreError {
     /// Something of that name exists already.
     #[error("{0}")]
     Exists(String),
+    /// A change request cannot take that step.
+    #[error("change {id}: {cause}")]
+    Change {
+        /// The request.
+        id: i64,
+        /// Why not.
+        cause: portwarden_core::change::ChangeError,
+    },
+    /// No such change request.
+    #[error("no change request {0} (`portwarden change list` lists them)")]
+    NoChange(i64),
     /// No policy version matches, or several do.
     #[error("{0}")]
     NoVersion(String),
@@ -352,6 +363,56 @@ pub struct PolicyAdoption {
     pub seq: i64,
 }
 
+/// A change request as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChangeRecord {
+    /// Its number.
+    pub id: i64,
+    /// Where it stands, and what the state machine needs to step it.
+    pub change: portwarden_core::change::Change,
+    /// Why it was asked for.
+    pub reason: String,
+    /// A ticket in the operator's tracker.
+    pub ticket: Option<String>,
+    /// The proposed version.
+    pub version: String,
+    /// The version in force when it was asked for (a change to another one is stale).
+    pub base: Option<String>,
+    /// The file it was read from.
+    pub source: String,
+    /// The pre-flight's report (JSON), as made when it was asked for.
+    pub preflight: String,
+    /// The firewall transaction that applied it.
+    pub txn: Option<i64>,
+    /// When it was asked for (unix seconds).
+    pub created: i64,
+    /// When it last changed.
+    pub updated: i64,
+}
+
+/// A change request to store: [`Journal::change_create`].
+#[derive(Debug, Clone, Copy)]
+pub struct NewChange<'a> {
+    /// Who asks.
+    pub requester: &'a str,
+    /// Why.
+    pub reason: &'a str,
+    /// A ticket, if any.
+    pub ticket: Option<&'a str>,
+    /// The proposed policy's text.
+    pub text: &'a str,
+    /// The file it was read from.
+    pub source: &'a str,
+    /// The version in force now.
+    pub base: Option<&'a str>,
+    /// Approvals needed.
+    pub needed: u32,
+    /// Whether applying requires them.
+    pub require_approval: bool,
+    /// The pre-flight's report (JSON).
+    pub preflight: &'a str,
+}
+
 /// An adoption to record: [`Journal::policy_adopt`].
 #[derive(Debug, Clone, Copy)]
 pub struct NewAdoption<'a> {
@@ -487,6 +548,30 @@ pub trait Journal {
 
     /// Every adoption, oldest first.
     fn policy_history(&self) -> Result<Vec<PolicyAdoption>, StoreError>;
+
+    /// Stores a change request (its proposed text as a version), with its
+    /// `change.request` ledger record.
+    fn change_create(&mut self, now: i64, c: NewChange<'_>) -> Result<ChangeRecord, StoreError>;
+
+    /// One change request.
+    fn change_get(&self, id: i64) -> Result<Option<ChangeRecord>, StoreError>;
+
+    /// Every change request, oldest first.
+    fn changes(&self) -> Result<Vec<ChangeRecord>, StoreError>;
+
+    /// Steps a change request by `event` (core's `change::step`), with a
+    /// `change.EVENT` ledger record naming the versions; `txn` is the firewall
+    /// transaction of a `Loaded`. An illegal step is refused (`Change`) and the refusal
+    /// is recorded (`change.refused`); nothing else changes.
+    fn change_step(
+        &mut self,
+        now: i64,
+        id: i64,
+        actor: &str,
+        event: &portwarden_core::change::ChangeEvent,
+        reason: Option<&str>,
+        txn: Option<i64>,
+    ) -> Result<ChangeRecord, StoreError>;
 
     /// The version whose hash is, or starts with, `hash` (at least 6 hex digits;
     /// `NoVersion` when none or several match).

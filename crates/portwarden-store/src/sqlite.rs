@@ -13,8 +13,8 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionB
 use crate::anchor::{Anchor, Head};
 use crate::ledger::{self, CHECKPOINT, Change, Checkpoint, Entry, GENESIS, Verification};
 use crate::{
-    FwState, FwTxn, GrantRecord, Identity, Journal, Lease, LeaseProbe, NewAdoption, NewLease,
-    PolicyAdoption, PolicyVersion, Reclaimed, StoreError, TokenRecord,
+    ChangeRecord, FwState, FwTxn, GrantRecord, Identity, Journal, Lease, LeaseProbe, NewAdoption,
+    NewChange, NewLease, PolicyAdoption, PolicyVersion, Reclaimed, StoreError, TokenRecord,
 };
 
 /// SQLite `application_id` of a portwarden store: "PWRD".
@@ -212,7 +212,69 @@ CREATE TABLE IF NOT EXISTS policy_adoptions (
     txn INTEGER,
     seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS change_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    state TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    ticket TEXT,
+    version TEXT NOT NULL REFERENCES policy_versions(hash),
+    base TEXT,
+    source TEXT NOT NULL,
+    approvals TEXT NOT NULL,
+    needed INTEGER NOT NULL,
+    require_approval INTEGER NOT NULL,
+    confirm_by INTEGER,
+    txn INTEGER,
+    preflight TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    updated INTEGER NOT NULL
+);
 "#;
+
+const CHANGE_COLS: &str = "id, state, requester, reason, ticket, version, base, source, approvals, needed, require_approval, confirm_by, txn, preflight, created, updated";
+
+fn change_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeRecord> {
+    let bad = |i: usize, what: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, what.into())
+    };
+    let state: String = r.get(1)?;
+    let approvals: String = r.get(8)?;
+    Ok(ChangeRecord {
+        id: r.get(0)?,
+        change: portwarden_core::change::Change {
+            state: state.parse().map_err(|e: String| bad(1, e))?,
+            requester: r.get(2)?,
+            approvals: serde_json::from_str(&approvals).map_err(|e| bad(8, e.to_string()))?,
+            needed: r.get(9)?,
+            require_approval: r.get(10)?,
+            confirm_by: r.get(11)?,
+        },
+        reason: r.get(3)?,
+        ticket: r.get(4)?,
+        version: r.get(5)?,
+        base: r.get(6)?,
+        source: r.get(7)?,
+        txn: r.get(12)?,
+        preflight: r.get(13)?,
+        created: r.get(14)?,
+        updated: r.get(15)?,
+    })
+}
+
+fn change_by_id(c: &Connection, id: i64) -> rusqlite::Result<Option<ChangeRecord>> {
+    c.query_row(
+        &format!("SELECT {CHANGE_COLS} FROM change_requests WHERE id = ?1"),
+        [id],
+        change_row,
+    )
+    .optional()
+}
+
+/// A change's state and versions, as its ledger records name them: `STATE VERSION`.
+fn change_word(state: portwarden_core::change::ChangeState, version: &str) -> String {
+    format!("{state} {version}")
+}
 
 /// The columns of an adoption, with its transaction's state (`a` the adoptions, `t`
 /// fw_txn, left-joined).
@@ -2333,6 +2395,145 @@ impl Journal for SqliteStore {
         tx.commit().map_err(backend)?;
         self.committed()?;
         Ok(Some(row))
+    }
+
+    fn change_create(&mut self, now: i64, c: NewChange<'_>) -> Result<ChangeRecord, StoreError> {
+        self.writable()?;
+        let version = crate::policy_version_of(c.text);
+        let tx = immediate(&mut self.conn)?;
+        tx.execute(
+            "INSERT OR IGNORE INTO policy_versions (hash, text, first_seen, author) VALUES (?1, ?2, ?3, ?4)",
+            params![version, c.text, now, c.requester],
+        )
+        .map_err(backend)?;
+        tx.execute(
+            &format!(
+                "INSERT INTO change_requests ({CHANGE_COLS}) VALUES (NULL, 'requested', ?1, ?2, ?3, ?4, ?5, ?6, '[]', ?7, ?8, NULL, NULL, ?9, ?10, ?10)"
+            ),
+            params![
+                c.requester,
+                c.reason,
+                c.ticket,
+                version,
+                c.base,
+                c.source,
+                c.needed,
+                c.require_approval,
+                c.preflight,
+                now
+            ],
+        )
+        .map_err(backend)?;
+        let id = tx.last_insert_rowid();
+        append(
+            &tx,
+            now,
+            Change {
+                actor: c.requester.to_string(),
+                action: "change.request".into(),
+                subject: format!("change:{id}"),
+                before: c.base.map(str::to_string),
+                after: Some(change_word(
+                    portwarden_core::change::ChangeState::Requested,
+                    &version,
+                )),
+                reason: Some(match c.ticket {
+                    Some(t) => format!("{} (ticket {t})", c.reason),
+                    None => c.reason.to_string(),
+                }),
+            },
+        )
+        .map_err(backend)?;
+        let row = change_by_id(&tx, id)
+            .map_err(backend)?
+            .ok_or(StoreError::NoChange(id))?;
+        tx.commit().map_err(backend)?;
+        self.committed()?;
+        Ok(row)
+    }
+
+    fn change_get(&self, id: i64) -> Result<Option<ChangeRecord>, StoreError> {
+        change_by_id(&self.conn, id).map_err(backend)
+    }
+
+    fn changes(&self) -> Result<Vec<ChangeRecord>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(&format!(
+                "SELECT {CHANGE_COLS} FROM change_requests ORDER BY id"
+            ))
+            .map_err(backend)?;
+        let rows = st.query_map([], change_row).map_err(backend)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+    }
+
+    fn change_step(
+        &mut self,
+        now: i64,
+        id: i64,
+        actor: &str,
+        event: &portwarden_core::change::ChangeEvent,
+        reason: Option<&str>,
+        txn: Option<i64>,
+    ) -> Result<ChangeRecord, StoreError> {
+        self.writable()?;
+        let tx = immediate(&mut self.conn)?;
+        let Some(row) = change_by_id(&tx, id).map_err(backend)? else {
+            return Err(StoreError::NoChange(id));
+        };
+        let from = change_word(row.change.state, &row.version);
+        match portwarden_core::change::step(&row.change, event, now) {
+            Ok(t) => {
+                let approvals =
+                    serde_json::to_string(&t.change.approvals).map_err(|e| StoreError::Io {
+                        context: "change approvals".into(),
+                        cause: std::io::Error::other(e),
+                    })?;
+                tx.execute(
+                    "UPDATE change_requests SET state = ?2, approvals = ?3, confirm_by = ?4, txn = coalesce(?5, txn), updated = ?6 WHERE id = ?1",
+                    params![id, t.change.state.as_str(), approvals, t.change.confirm_by, txn, now],
+                )
+                .map_err(backend)?;
+                append(
+                    &tx,
+                    now,
+                    Change {
+                        actor: actor.to_string(),
+                        action: format!("change.{}", event.as_str()),
+                        subject: format!("change:{id}"),
+                        before: Some(from),
+                        after: Some(change_word(t.change.state, &row.version)),
+                        reason: reason.map(str::to_string),
+                    },
+                )
+                .map_err(backend)?;
+                let row = change_by_id(&tx, id)
+                    .map_err(backend)?
+                    .ok_or(StoreError::NoChange(id))?;
+                tx.commit().map_err(backend)?;
+                self.committed()?;
+                Ok(row)
+            }
+            Err(cause) => {
+                // The refusal is on the record too; the request stays as it was.
+                append(
+                    &tx,
+                    now,
+                    Change {
+                        actor: actor.to_string(),
+                        action: "change.refused".into(),
+                        subject: format!("change:{id}"),
+                        before: Some(from.clone()),
+                        after: Some(from),
+                        reason: Some(format!("{}: {cause}", event.as_str())),
+                    },
+                )
+                .map_err(backend)?;
+                tx.commit().map_err(backend)?;
+                self.committed()?;
+                Err(StoreError::Change { id, cause })
+            }
+        }
     }
 
     fn policy_current(&self) -> Result<Option<PolicyAdoption>, StoreError> {

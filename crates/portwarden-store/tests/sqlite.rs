@@ -1470,3 +1470,113 @@ fn a_rolled_back_apply_is_not_the_version_in_force() {
             .is_none()
     );
 }
+
+#[test]
+fn change_requests_step_through_core_and_every_step_and_refusal_is_recorded() {
+    use portwarden_core::change::{ChangeError, ChangeEvent as E, ChangeState as S};
+    let d = tempdir("changes");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    let text = "version = 1\n# proposed\n";
+    let c = s
+        .change_create(
+            100,
+            portwarden_store::NewChange {
+                requester: "alice",
+                reason: "open rsync to the new mirror",
+                ticket: Some("OPS-7"),
+                text,
+                source: "/etc/new.toml",
+                base: None,
+                needed: 1,
+                require_approval: true,
+                preflight: "{}",
+            },
+        )
+        .unwrap();
+    assert_eq!(c.change.state, S::Requested);
+    assert_eq!(s.policy_version(&c.version).unwrap().text, text);
+    let before = s.ledger(None).unwrap().len();
+    // Her own approval is refused, recorded, and changes nothing.
+    let e = s
+        .change_step(
+            101,
+            c.id,
+            "alice",
+            &E::Approve {
+                actor: "alice".into(),
+            },
+            None,
+            None,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Change {
+                cause: ChangeError::OwnChange { .. },
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let l = s.ledger(None).unwrap();
+    assert_eq!(l.len(), before + 1);
+    assert_eq!(l.last().unwrap().action, "change.refused");
+    assert_eq!(
+        s.change_get(c.id).unwrap().unwrap().change.state,
+        S::Requested
+    );
+    let ok = |s: &mut SqliteStore, e: E, txn: Option<i64>| {
+        s.change_step(102, c.id, "bob", &e, None, txn)
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(
+        ok(
+            &mut s,
+            E::Approve {
+                actor: "bob".into()
+            },
+            None
+        )
+        .change
+        .state,
+        S::Approved
+    );
+    assert_eq!(ok(&mut s, E::Apply, None).change.state, S::Applying);
+    let p = ok(
+        &mut s,
+        E::Loaded {
+            confirm_by: Some(200),
+        },
+        Some(7),
+    );
+    assert_eq!(
+        (p.change.state, p.txn, p.change.confirm_by),
+        (S::AppliedPendingConfirm, Some(7), Some(200))
+    );
+    assert_eq!(ok(&mut s, E::Confirm, None).change.state, S::Applied);
+    let actions: Vec<String> = s
+        .ledger(None)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.subject == format!("change:{}", c.id))
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "change.request",
+            "change.refused",
+            "change.approve",
+            "change.apply",
+            "change.loaded",
+            "change.confirm"
+        ]
+    );
+    assert_eq!(s.changes().unwrap().len(), 1);
+    assert!(matches!(
+        s.change_step(103, 99, "bob", &E::Apply, None, None),
+        Err(StoreError::NoChange(99))
+    ));
+    assert_eq!(s.verify_ledger().unwrap().broken, None);
+}

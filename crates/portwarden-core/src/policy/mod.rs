@@ -78,6 +78,27 @@ pub struct Policy {
     pub scan: ScanPolicy,
     /// Where port health alerts are sent.
     pub alerts: Alerts,
+    /// How changes to this policy are reviewed.
+    pub change: ChangeSettings,
+}
+
+/// `[change]`: the review a change request needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeSettings {
+    /// Approvals by actors other than the requester (1-10, default 1).
+    pub approvals: u32,
+    /// Whether `fw apply` of a policy no approved change proposes is refused (default
+    /// false: a single administrator can still work).
+    pub require_approval: bool,
+}
+
+impl Default for ChangeSettings {
+    fn default() -> ChangeSettings {
+        ChangeSettings {
+            approvals: 1,
+            require_approval: false,
+        }
+    }
 }
 
 /// `[host]`.

@@ -26,7 +26,9 @@ const TOP_KEYS: &[&str] = &[
     "balance",
     "scan",
     "alerts",
+    "change",
 ];
+const CHANGE_KEYS: &[&str] = &["approvals", "require_approval"];
 const HOST_KEYS: &[&str] = &["name", "management"];
 const MGMT_KEYS: &[&str] = &["ports", "from"];
 const ZONE_KEYS: &[&str] = &["interfaces", "cidrs"];
@@ -490,6 +492,10 @@ pub(crate) fn parse(src: &str, catalog: &Catalog) -> Result<Policy, Vec<Diagnost
         Some(n) => read_alerts(&mut cx, n),
         None => Alerts::default(),
     };
+    let change = match top.get("change") {
+        Some(n) => read_change(&mut cx, n),
+        None => ChangeSettings::default(),
+    };
 
     let mut pools = Vec::new();
     if let Some(n) = top.get("pool") {
@@ -536,7 +542,31 @@ pub(crate) fn parse(src: &str, catalog: &Catalog) -> Result<Policy, Vec<Diagnost
         balance: balance.into_iter().map(|(b, _)| b).collect(),
         scan,
         alerts,
+        change,
     })
+}
+
+fn read_change(cx: &mut Cx<'_>, node: &Node) -> ChangeSettings {
+    let mut c = ChangeSettings::default();
+    let Some(f) = cx.fields(node, "[change]", CHANGE_KEYS) else {
+        return c;
+    };
+    if let Some(n) = f.get("approvals") {
+        match n.kind {
+            Kind::Int(i) if (1..=10).contains(&i) => c.approvals = i as u32,
+            Kind::Int(i) => cx.err(
+                n.span.clone(),
+                format!("`approvals` must be 1-10, found {i}"),
+            ),
+            _ => cx.mismatch(n, "approvals", "a whole number"),
+        }
+    }
+    if let Some(n) = f.get("require_approval") {
+        if let Some(b) = cx.boolean(n, "require_approval") {
+            c.require_approval = b;
+        }
+    }
+    c
 }
 
 fn read_scan(cx: &mut Cx<'_>, node: &Node) -> ScanPolicy {

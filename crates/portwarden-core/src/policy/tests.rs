@@ -281,3 +281,19 @@ fn alerts_read_their_delivery_and_point_at_errors() {
         60
     );
 }
+
+#[test]
+fn change_review_settings_read_and_point_at_errors() {
+    let d = ok("version = 1\n");
+    assert_eq!((d.change.approvals, d.change.require_approval), (1, false));
+    let p = ok("version = 1\n[change]\napprovals = 2\nrequire_approval = true\n");
+    assert_eq!((p.change.approvals, p.change.require_approval), (2, true));
+    let e = errs("version = 1\n[change]\napprovals = 0\nrequire_approval = \"yes\"\nhooks = 1\n");
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:3:13") && e[0].contains("1-10"),
+        "{e:?}"
+    );
+    assert!(e[1].starts_with("t.toml:4:20"), "{e:?}");
+    assert!(e[2].contains("unknown key `hooks` in [change]"), "{e:?}");
+}
