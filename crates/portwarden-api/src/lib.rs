@@ -3,6 +3,7 @@
 //! [`API_VERSION`]; plain serde data, no I/O, no logic beyond small views of the data.
 
 pub mod catalog;
+pub mod change;
 pub mod check;
 pub mod fw;
 pub mod health;
@@ -69,6 +70,11 @@ pub fn documents() -> Vec<Document> {
         doc::<policy::PolicyHistoryDoc>("policy-history", "policy history"),
         doc::<policy::PolicyVersionDoc>("policy-version", "policy show VERSION"),
         doc::<policy::PolicyDiffDoc>("policy-diff", "policy diff A B"),
+        doc::<change::ChangeDoc>(
+            "change",
+            "change request, show, approve, reject, apply, rollback",
+        ),
+        doc::<change::ChangesDoc>("changes", "change list"),
         doc::<serve::HealthDoc>("health", "GET /api/v1/health"),
         doc::<health::PortsDoc>("ports", "GET /api/v1/ports"),
         doc::<health::OverviewDoc>("overview", "GET /api/v1/overview, GET /api/v1/events"),

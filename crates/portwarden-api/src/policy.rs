@@ -78,7 +78,7 @@ pub struct PolicyVersionDoc {
 }
 
 /// `policy diff A B`: from one policy to another (versions in the store, or files).
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct PolicyDiffDoc {
     pub api: u32,
     /// What each side is: `version HASH` or the file's path, and its version.

@@ -115,6 +115,25 @@ pub async fn evaluate(
     state_dir: &Path,
 ) -> anyhow::Result<Evaluation> {
     let loaded = crate::policy::load(ctx, policy)?;
+    evaluate_loaded(ctx, loaded, state_dir, true).await
+}
+
+/// [`evaluate`] of a policy held in hand, writing nothing (a change's pre-flight: what
+/// the host would look like under it).
+pub async fn evaluate_dry(
+    ctx: &Ctx,
+    loaded: LoadedPolicy,
+    state_dir: &Path,
+) -> anyhow::Result<Evaluation> {
+    evaluate_loaded(ctx, loaded, state_dir, false).await
+}
+
+async fn evaluate_loaded(
+    ctx: &Ctx,
+    loaded: LoadedPolicy,
+    state_dir: &Path,
+    record: bool,
+) -> anyhow::Result<Evaluation> {
     let mut findings = policy_findings(&loaded.policy, Catalog::builtin());
     let st = read_store(ctx, state_dir)?;
     let leased = st
@@ -141,7 +160,9 @@ pub async fn evaluate(
         Catalog::builtin(),
         &facts,
     ));
-    findings.extend(record_identities(ctx, state_dir, &loaded.policy, &facts)?);
+    if record {
+        findings.extend(record_identities(ctx, state_dir, &loaded.policy, &facts)?);
+    }
     portwarden_core::findings::sort(&mut findings);
     let (exposure, exposure_total) =
         portwarden_core::hostcheck::exposure(&loaded.policy, Catalog::builtin(), &facts);

@@ -254,14 +254,54 @@ fn stored(
 
 /// One side of a diff: a policy file (a path that exists, or one with a `/` or `.toml`),
 /// or a version in the store (`current`, or a prefix of its hash).
-struct Side {
-    label: String,
-    version: String,
-    text: String,
-    policy: Policy,
+pub(crate) struct Side {
+    pub(crate) label: String,
+    pub(crate) version: String,
+    pub(crate) text: String,
+    pub(crate) policy: Policy,
 }
 
-fn side(ctx: &crate::Ctx, state_dir: &Path, spec: &str) -> anyhow::Result<Side> {
+impl Side {
+    /// A side from a text in hand (a stored version, a proposed file).
+    pub(crate) fn of_text(label: String, text: String) -> anyhow::Result<Side> {
+        let policy = Policy::parse(&label, &text, Catalog::builtin())
+            .map_err(|e| anyhow::anyhow!("{label} is no longer a valid policy: {e}"))?;
+        Ok(Side {
+            version: portwarden_store::policy_version_of(&text),
+            label,
+            text,
+            policy,
+        })
+    }
+
+    /// The policy as a use-case runs it.
+    pub(crate) fn loaded(&self) -> LoadedPolicy {
+        LoadedPolicy {
+            name: self.label.clone(),
+            policy: self.policy.clone(),
+            text: self.text.as_str().into(),
+        }
+    }
+}
+
+/// The version in force as a side (`None`: none adopted yet).
+pub(crate) fn current_side(ctx: &crate::Ctx, state_dir: &Path) -> anyhow::Result<Option<Side>> {
+    use portwarden_store::Journal as _;
+    let Some(s) = crate::store::open_existing(ctx, state_dir)? else {
+        return Ok(None);
+    };
+    let Some(c) = s.policy_current()? else {
+        return Ok(None);
+    };
+    let v = s.policy_version(&c.hash)?;
+    Side::of_text(
+        format!("version {}", portwarden_core::change::short_hash(&v.hash)),
+        v.text,
+    )
+    .map(Some)
+}
+
+pub(crate) fn side(ctx: &crate::Ctx, state_dir: &Path, spec: &str) -> anyhow::Result<Side> {
     let path = Path::new(spec);
     let (label, text) = if path.exists() || spec.contains('/') || spec.ends_with(".toml") {
         let (_, text) = read_policy_text(path)?;
@@ -273,15 +313,7 @@ fn side(ctx: &crate::Ctx, state_dir: &Path, spec: &str) -> anyhow::Result<Side> 
             v.text,
         )
     };
-    let policy = Policy::parse(&label, &text, Catalog::builtin())
-        .map_err(|e| anyhow::anyhow!("{label} is no longer a valid policy: {e}"))?;
-    let version = portwarden_store::policy_version_of(&text);
-    Ok(Side {
-        label,
-        version,
-        text,
-        policy,
-    })
+    Side::of_text(label, text)
 }
 
 /// `policy diff A B`: the line diff of the texts, what changes by meaning, and the nft
@@ -295,6 +327,17 @@ pub fn diff(
 ) -> anyhow::Result<portwarden_api::policy::PolicyDiffDoc> {
     let a = side(ctx, state_dir, from.unwrap_or("current"))?;
     let b = side(ctx, state_dir, to)?;
+    Ok(diff_sides(ctx, state_dir, a, b))
+}
+
+/// The diff of two sides: lines, meaning, and the rules (a side the lock-out guard
+/// refuses says so in `rules`).
+pub(crate) fn diff_sides(
+    ctx: &crate::Ctx,
+    state_dir: &Path,
+    a: Side,
+    b: Side,
+) -> portwarden_api::policy::PolicyDiffDoc {
     let rules = match (
         crate::fw::ruleset_of(ctx, &a.policy, state_dir),
         crate::fw::ruleset_of(ctx, &b.policy, state_dir),
@@ -303,7 +346,7 @@ pub fn diff(
         (Err(e), _) => vec![format!("! {}: {e:#}", a.label)],
         (_, Err(e)) => vec![format!("! {}: {e:#}", b.label)],
     };
-    Ok(portwarden_api::policy::PolicyDiffDoc {
+    portwarden_api::policy::PolicyDiffDoc {
         api: portwarden_api::API_VERSION,
         lines: crate::fw::line_diff(&a.text, &b.text),
         changes: portwarden_core::policy::diff::semantic_diff(&a.policy, &b.policy),
@@ -312,5 +355,5 @@ pub fn diff(
         from_version: a.version,
         to: b.label,
         to_version: b.version,
-    })
+    }
 }

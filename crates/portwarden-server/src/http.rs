@@ -730,6 +730,7 @@ async fn fw_apply(
         )?,
         backend: backend(b.backend.as_deref())?,
         allow_missing_interface: b.allow_missing_interface,
+        how: "fw apply",
     };
     ok(
         blocking(move |_| {

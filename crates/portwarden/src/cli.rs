@@ -93,6 +93,10 @@ pub enum Command {
     /// The daemon's API tokens: create (shown once), list, revoke.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Change requests: request (with a pre-flight), approve or reject by another actor,
+    /// apply with commit-confirm, roll back to any earlier version.
+    #[command(subcommand)]
+    Change(ChangeCommand),
     /// List the `--json` documents, or print one's JSON Schema (docs/json.md).
     Schema {
         /// The document (`portwarden schema` lists them).
@@ -141,6 +145,59 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChangeCommand {
+    /// Propose the `--policy` file: validated, its pre-flight run (lock-out guard, nft -c,
+    /// a dry check on this host) and its diff against the version in force recorded.
+    Request {
+        /// Why (recorded in the ledger).
+        #[arg(long)]
+        reason: String,
+        /// A ticket in your tracker.
+        #[arg(long, value_name = "ID")]
+        ticket: Option<String>,
+    },
+    /// Every change request.
+    List,
+    /// One change request, with its pre-flight and diff.
+    Show {
+        /// Its number.
+        id: i64,
+    },
+    /// Approve a change (not your own).
+    Approve {
+        /// Its number.
+        id: i64,
+    },
+    /// Reject a change (not your own).
+    Reject {
+        /// Its number.
+        id: i64,
+        /// Why (recorded in the ledger).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Apply an approved change (or, without `[change] require_approval`, a requested
+    /// one) through `fw apply`, with commit-confirm.
+    Apply {
+        /// Its number.
+        id: i64,
+        /// Deadline for `fw confirm` (0: no confirmation needed).
+        #[arg(long, value_name = "DURATION", default_value = "60s")]
+        confirm_within: HumanDuration,
+    },
+    /// Back to an earlier applied version (default: the one before the version in force),
+    /// through `fw apply`, with commit-confirm.
+    Rollback {
+        /// At least six hex digits of the version (`portwarden policy history`).
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        /// Deadline for `fw confirm` (0: no confirmation needed).
+        #[arg(long, value_name = "DURATION", default_value = "60s")]
+        confirm_within: HumanDuration,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -155,6 +155,44 @@ pub(crate) fn ruleset_of(
     render(ctx, policy, state_dir, true)
 }
 
+/// A change's lock-out guard: `new` must admit, by its own rules (not the rule for the
+/// current session every apply adds), the management path `old` admits and the current
+/// SSH peer; the refusal names what it would lock out.
+pub(crate) fn lockout_check(
+    ctx: &Ctx,
+    old: &portwarden_core::Policy,
+    new: &portwarden_core::Policy,
+    state_dir: &Path,
+) -> anyhow::Result<()> {
+    let (grants, leases) = live_state(ctx, state_dir)?;
+    let rs = portwarden_nft::render(
+        new,
+        &Options {
+            ssh_peer: None,
+            interfaces: None,
+            grants,
+            leases,
+        },
+    )?;
+    for spec in &old.host.management.ports {
+        for c in old.host.management.from.cidrs() {
+            if !rs.admits(c.addr(), spec.protocol, spec.range.start().get()) {
+                bail!(
+                    "refusing the change: it would lock out the management path: port {spec} from {c} is admitted now and not by the new policy ([host] management)"
+                );
+            }
+        }
+    }
+    if let Some((peer, port)) = ssh_peer() {
+        if !rs.admits(peer, Protocol::Tcp, port) {
+            bail!(
+                "refusing the change: it would lock out the current SSH peer {peer} (port {port}/tcp): only this session's own rule would still admit it, and the next login would be dropped"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The iptables rendering of `policy` (v4 then v6), warning of what it cannot express.
 fn render_iptables(
     ctx: &Ctx,
@@ -439,6 +477,8 @@ pub struct ApplyReq {
     pub backend: Backend,
     /// Apply although a zone names an interface the host lacks.
     pub allow_missing_interface: bool,
+    /// What the policy version's adoption says did it: `fw apply`, `change apply` …
+    pub how: &'static str,
 }
 
 /// `fw apply`: the lock-out guard, the backend's check, a snapshot, the transaction and
@@ -471,6 +511,7 @@ pub fn apply(
     };
     ctx.notes.verbose(&format!("backend: {}", fw.name()));
     let loaded = crate::policy::load(ctx, policy)?;
+    crate::change::approval_gate(ctx, state_dir, &loaded, req.how)?;
     // The lock-out guard on the model, whichever backend carries it.
     let mut text = render(ctx, &loaded.policy, state_dir, req.allow_missing_interface)?;
     if fw.name() == "iptables" {
@@ -545,7 +586,7 @@ pub fn apply(
             ctx.clock.now(),
             portwarden_store::NewAdoption {
                 actor: &ctx.actor,
-                how: "fw apply",
+                how: req.how,
                 source: &loaded.name,
                 text: &loaded.text,
                 reason: None,

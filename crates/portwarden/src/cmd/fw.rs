@@ -32,6 +32,7 @@ pub fn run(g: &Global, c: &FwCommand) -> anyhow::Result<Status> {
                 confirm_within: confirm_within.get(),
                 backend: (*backend).into(),
                 allow_missing_interface: *allow_missing_interface,
+                how: "fw apply",
             };
             out.doc(&fw::apply(ctx, s.policy(), dir, req)?)?;
         }

@@ -2,6 +2,7 @@
 //! libraries and hands the result to `output`.
 
 mod catalog;
+mod change;
 mod check;
 pub mod fw;
 mod lease;
@@ -75,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Schema { name } => meta::schema(g, name.as_deref()),
         Command::Serve(a) => serve::serve(g, a),
         Command::Token(c) => serve::token(g, c),
+        Command::Change(c) => change::run(g, c),
     }
 }
 

@@ -2,6 +2,7 @@
 //! module writes to stdout or stderr.
 
 mod catalog;
+mod change;
 mod check;
 mod file;
 mod fw;

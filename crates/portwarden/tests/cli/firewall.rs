@@ -1314,3 +1314,305 @@ fn r_policy_versions_follow_applies_and_rollbacks() {
     );
     assert_eq!(code(&lab.pw(&third, &["log", "verify"])), 0);
 }
+
+impl Lab {
+    /// `pw` as `sudo` from `who` (the ledger's actor), with `env` set.
+    fn pw_as(&self, who: &str, policy: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let p = self.dir.join(format!("policy-{who}.toml"));
+        std::fs::write(&p, policy).unwrap();
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.server.name,
+                env!("CARGO_BIN_EXE_portwarden"),
+            ])
+            .args([
+                "--policy",
+                p.to_str().unwrap(),
+                "--state-dir",
+                self.dir.join("state").to_str().unwrap(),
+            ])
+            .args(args)
+            .env_remove("SSH_CONNECTION")
+            .env("SUDO_USER", who)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    }
+}
+
+#[test]
+fn r_a_change_is_requested_approved_by_another_applied_and_rolled_back() {
+    let Some(mut lab) = Lab::new("chg") else {
+        return;
+    };
+    lab.serve(&["hold@10.99.0.1:9000"]);
+    let open9000 = || lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]);
+    let o = lab.pw_as(
+        "alice",
+        POLICY,
+        &["--json", "fw", "apply", "--confirm-within", "0"],
+        &[],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let first: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let first = first["version"].as_str().unwrap().to_string();
+    assert!(!open9000());
+
+    // A change that drops the management path, or the SSH peer it comes from (management
+    // from 10.99.0.2 only, a session from 10.99.0.3), is refused at request time with
+    // what it would lock out; nothing is recorded.
+    let moved = POLICY.replace("from = [\"10.99.0.2/32\"]", "from = [\"10.98.0.0/16\"]");
+    assert_ne!(moved, POLICY);
+    let o = lab.pw_as(
+        "alice",
+        &moved,
+        &["change", "request", "--reason", "r"],
+        &[],
+    );
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("port 22/tcp from 10.99.0.2/32"),
+        "{}",
+        stderr(&o)
+    );
+    let o = lab.pw_as(
+        "alice",
+        &opening_9000(),
+        &["change", "request", "--reason", "r"],
+        &[("SSH_CONNECTION", "10.99.0.3 50000 10.99.0.1 22")],
+    );
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("current SSH peer 10.99.0.3"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Requested: the pre-flight shows the new service and the rule it opens.
+    let o = lab.pw_as(
+        "alice",
+        &opening_9000(),
+        &[
+            "--json",
+            "change",
+            "request",
+            "--reason",
+            "open 9000 to the mirrors",
+            "--ticket",
+            "OPS-1",
+        ],
+        &[],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let c = assert_schema("change", &o.stdout);
+    assert_eq!(
+        (c["id"].as_i64(), c["state"].as_str()),
+        (Some(1), Some("requested")),
+        "{c:#}"
+    );
+    assert_eq!(c["base"], first.as_str());
+    let pre = &c["preflight"];
+    assert_eq!(
+        pre["diff"]["changes"][0]["path"], "services[extra]",
+        "{pre:#}"
+    );
+    assert!(
+        pre["diff"]["rules"].as_array().unwrap().iter().any(|l| l
+            .as_str()
+            .unwrap()
+            .starts_with("+ ")
+            && l.as_str().unwrap().contains("9000")),
+        "{pre:#}"
+    );
+    assert_eq!(pre["nft_check"], "ok");
+
+    // Her own approval is refused (exit 2, on the record); another actor's is taken.
+    let o = lab.pw_as("alice", POLICY, &["change", "approve", "1"], &[]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("another actor must review it"),
+        "{}",
+        stderr(&o)
+    );
+    let o = lab.pw_as("bob", POLICY, &["--json", "change", "approve", "1"], &[]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let c = assert_schema("change", &o.stdout);
+    assert_eq!(c["state"], "approved");
+
+    // Applied: the new source's connection succeeds.
+    let o = lab.pw_as(
+        "bob",
+        POLICY,
+        &["--json", "change", "apply", "1", "--confirm-within", "0"],
+        &[],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(assert_schema("change", &o.stdout)["state"], "applied");
+    assert!(open9000(), "the change did not open 9000");
+    // Back to the first policy would leave the listener on 9000 unmanaged: it says so.
+    let o = lab.pw_as(
+        "alice",
+        POLICY,
+        &["--json", "change", "request", "--reason", "undo"],
+        &[],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let c = assert_schema("change", &o.stdout);
+    assert!(
+        c["preflight"]["unmanaged"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u.as_str().unwrap().contains("9000")),
+        "{c:#}"
+    );
+    let o = lab.pw_as("bob", POLICY, &["--json", "change", "list"], &[]);
+    assert_eq!(
+        assert_schema("changes", &o.stdout)["changes"][0]["state"],
+        "applied"
+    );
+
+    // Rolled back to the first version: blocked again.
+    let o = lab.pw_as(
+        "bob",
+        POLICY,
+        &[
+            "change",
+            "rollback",
+            "--to",
+            &first[..10],
+            "--confirm-within",
+            "0",
+        ],
+        &[],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!open9000(), "the rollback left 9000 open");
+    let o = lab.pw_as("bob", POLICY, &["--json", "change", "show", "1"], &[]);
+    assert_eq!(assert_schema("change", &o.stdout)["state"], "rolled-back");
+
+    // The ledger holds every step, with versions and actors, and verifies.
+    let o = lab.pw_as("bob", POLICY, &["log", "--json"], &[]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let steps: Vec<(String, String)> = v["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["subject"] == "change:1")
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap().to_string(),
+                r["actor"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let actions: Vec<&str> = steps.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "change.request",
+            "change.refused",
+            "change.approve",
+            "change.apply",
+            "change.loaded",
+            "change.rollback"
+        ],
+        "{steps:?}"
+    );
+    assert!(
+        steps[0].1.contains("sudo from alice") && steps[2].1.contains("sudo from bob"),
+        "{steps:?}"
+    );
+    assert_eq!(code(&lab.pw_as("bob", POLICY, &["log", "verify"], &[])), 0);
+
+    // Once the policy in force requires approval, `fw apply` of an unapproved one is
+    // exit 2 and names the change to request; nothing is applied.
+    let strict = format!("{POLICY}\n[change]\nrequire_approval = true\n");
+    let o = lab.pw_as(
+        "alice",
+        &strict,
+        &["fw", "apply", "--confirm-within", "0"],
+        &[],
+    );
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("change request --policy"),
+        "{}",
+        stderr(&o)
+    );
+    let o = lab.pw_as(
+        "alice",
+        &strict,
+        &["--json", "change", "request", "--reason", "lock it"],
+        &[],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"], 3);
+    // Applying it unapproved is refused by the state machine.
+    let o = lab.pw_as(
+        "alice",
+        POLICY,
+        &["change", "apply", "3", "--confirm-within", "0"],
+        &[],
+    );
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("requires approval"), "{}", stderr(&o));
+    assert_eq!(
+        code(&lab.pw_as("bob", POLICY, &["change", "approve", "3"], &[])),
+        0
+    );
+    let o = lab.pw_as(
+        "alice",
+        POLICY,
+        &["change", "apply", "3", "--confirm-within", "0"],
+        &[],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = lab.pw_as(
+        "alice",
+        &opening_9000(),
+        &["fw", "apply", "--confirm-within", "0"],
+        &[],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(!open9000());
+
+    // A request made against another version than the one in force is stale.
+    let o = lab.pw_as(
+        "alice",
+        &opening_9000(),
+        &["change", "request", "--reason", "again"],
+        &[],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let o = lab.pw_as(
+        "alice",
+        &format!("{strict}\n# other\n"),
+        &["change", "request", "--reason", "other"],
+        &[],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        code(&lab.pw_as("bob", POLICY, &["change", "approve", "5"], &[])),
+        0
+    );
+    assert_eq!(
+        code(&lab.pw_as(
+            "alice",
+            POLICY,
+            &["change", "apply", "5", "--confirm-within", "0"],
+            &[]
+        )),
+        0
+    );
+    let o = lab.pw_as("bob", POLICY, &["change", "approve", "4"], &[]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("is stale"), "{}", stderr(&o));
+    let o = lab.pw_as("bob", POLICY, &["--json", "change", "show", "4"], &[]);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()["state"],
+        "expired"
+    );
+}

@@ -1,0 +1,477 @@
+//! Change requests: a proposed policy is requested (with its pre-flight), reviewed by
+//! other actors, applied with commit-confirm, and rolled back to any earlier version.
+//! Core's `change::step` decides every transition; the store records it in the ledger.
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use portwarden_api::API_VERSION;
+use portwarden_api::change::{ChangeDoc, ChangesDoc, PreflightDoc};
+use portwarden_core::change::{ChangeEvent, ChangeState, short_hash};
+use portwarden_core::findings::RuleId;
+use portwarden_core::hostcheck::Visibility;
+use portwarden_store::{ChangeRecord, FwState, Journal as _, StoreError};
+
+use crate::Ctx;
+use crate::policy::{LoadedPolicy, Side};
+
+/// `change request`: what is asked for.
+#[derive(Debug, Clone)]
+pub struct RequestReq {
+    /// The proposed policy file.
+    pub policy: std::path::PathBuf,
+    /// Why.
+    pub reason: String,
+    /// A ticket in the operator's tracker.
+    pub ticket: Option<String>,
+}
+
+fn doc(r: &ChangeRecord, with_preflight: bool) -> ChangeDoc {
+    ChangeDoc {
+        api: API_VERSION,
+        id: r.id,
+        state: r.change.state.as_str().into(),
+        requester: r.change.requester.clone(),
+        reason: r.reason.clone(),
+        ticket: r.ticket.clone(),
+        version: r.version.clone(),
+        base: r.base.clone(),
+        source: r.source.clone(),
+        approvals: r.change.approvals.clone(),
+        needed: r.change.needed,
+        require_approval: r.change.require_approval,
+        confirm_by: r.change.confirm_by,
+        txn: r.txn,
+        created: r.created,
+        updated: r.updated,
+        preflight: with_preflight
+            .then(|| serde_json::from_str(&r.preflight).ok())
+            .flatten(),
+    }
+}
+
+/// The policy in force: the version adopted last (not rolled back), else the one the
+/// caller runs under (`--policy`, the baseline).
+fn in_force(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<(Side, Option<String>)> {
+    match crate::policy::current_side(ctx, state_dir)? {
+        Some(s) => {
+            let v = s.version.clone();
+            Ok((s, Some(v)))
+        }
+        None => {
+            let l = crate::policy::load(ctx, None)?;
+            Ok((Side::of_text(l.name, l.text.to_string())?, None))
+        }
+    }
+}
+
+/// The pre-flight of `new` against the version in force: the lock-out guard and nft's
+/// check (either refuses the request), and a dry `check` of both on this host.
+async fn preflight(
+    ctx: &Ctx,
+    state_dir: &Path,
+    old: Side,
+    new: Side,
+) -> anyhow::Result<PreflightDoc> {
+    // The lock-out guard: a policy that would drop the management path or the SSH peer
+    // is refused here, not at apply time.
+    crate::fw::lockout_check(ctx, &old.policy, &new.policy, state_dir)?;
+    let ruleset = crate::fw::ruleset_of(ctx, &new.policy, state_dir)
+        .with_context(|| format!("pre-flight of {}", new.label))?;
+    let nft_check = if crate::fw::nft_installed() {
+        use crate::fw::Firewall as _;
+        crate::fw::Nft
+            .check(&ruleset)
+            .with_context(|| format!("pre-flight of {}: nft -c refuses its ruleset", new.label))?;
+        "ok".to_string()
+    } else {
+        "not run: nft is not installed".to_string()
+    };
+    let before = crate::check::evaluate_dry(ctx, old.loaded(), state_dir).await?;
+    let after = crate::check::evaluate_dry(ctx, new.loaded(), state_dir).await?;
+    let external = |e: &crate::check::Evaluation| {
+        e.exposure
+            .iter()
+            .filter(|x| x.visibility == Visibility::External)
+            .count()
+    };
+    let subjects = |e: &crate::check::Evaluation, rule: RuleId| -> Vec<String> {
+        let mut v: Vec<String> = e
+            .findings
+            .iter()
+            .filter(|f| f.id == rule)
+            .map(|f| f.subject.clone())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let was = subjects(&before, RuleId::UnmanagedListener);
+    let unmanaged = subjects(&after, RuleId::UnmanagedListener)
+        .into_iter()
+        .filter(|s| !was.contains(s))
+        .collect();
+    Ok(PreflightDoc {
+        nft_check,
+        exposure_before: before.exposure_total,
+        exposure_after: after.exposure_total,
+        external_ports_before: external(&before),
+        external_ports_after: external(&after),
+        unmanaged,
+        down: subjects(&after, RuleId::ServiceNotListening),
+        diff: crate::policy::diff_sides(ctx, state_dir, old, new),
+    })
+}
+
+/// `change request`: validates the proposed policy, runs the pre-flight, and records
+/// the request with its diff against the version in force.
+pub async fn request(ctx: &Ctx, state_dir: &Path, req: &RequestReq) -> anyhow::Result<ChangeDoc> {
+    if req.reason.trim().is_empty() {
+        bail!("a change request needs a reason: --reason \"…\"");
+    }
+    let (_, text) = crate::policy::read_policy_text(&req.policy)?;
+    let label = req.policy.display().to_string();
+    let new = Side::of_text(label.clone(), text.clone())?;
+    let (old, base) = in_force(ctx, state_dir)?;
+    if base.as_deref() == Some(new.version.as_str()) {
+        bail!(
+            "{label} is the version in force ({}): nothing to change",
+            short_hash(&new.version)
+        );
+    }
+    // The review the policy in force asks for (a proposal cannot lower it for itself),
+    // or the proposal's, whichever is stricter.
+    let needed = old.policy.change.approvals.max(new.policy.change.approvals);
+    let require = old.policy.change.require_approval || new.policy.change.require_approval;
+    let pre = preflight(ctx, state_dir, old, new).await?;
+    let pre_json = serde_json::to_string(&pre).context("the pre-flight report")?;
+    let mut s = crate::store::open(ctx, state_dir, true)?;
+    let r = s.change_create(
+        ctx.clock.now(),
+        portwarden_store::NewChange {
+            requester: &ctx.actor,
+            reason: req.reason.trim(),
+            ticket: req.ticket.as_deref(),
+            text: &text,
+            source: &label,
+            base: base.as_deref(),
+            needed,
+            require_approval: require,
+            preflight: &pre_json,
+        },
+    )?;
+    Ok(doc(&r, true))
+}
+
+/// Brings the requests awaiting confirmation up to date with their firewall
+/// transactions (confirmed by `fw confirm`, rolled back by the watcher or `fw rollback`).
+fn settle(ctx: &Ctx, s: &mut portwarden_store::SqliteStore) -> anyhow::Result<()> {
+    let txns = s.fw_txns()?;
+    for c in s.changes()? {
+        if c.change.state != ChangeState::AppliedPendingConfirm {
+            continue;
+        }
+        let Some(t) = c.txn.and_then(|id| txns.iter().find(|t| t.id == id)) else {
+            continue;
+        };
+        let now = ctx.clock.now();
+        let event = match t.state {
+            FwState::Confirmed => ChangeEvent::Confirm,
+            FwState::RolledBack if c.change.confirm_by.is_some_and(|by| now >= by) => {
+                ChangeEvent::Deadline
+            }
+            FwState::RolledBack => ChangeEvent::RollBack,
+            FwState::Pending => continue,
+        };
+        // A late confirmation the state machine refuses is recorded by the store.
+        let _ = s.change_step(
+            now,
+            c.id,
+            "portwarden",
+            &event,
+            Some(&format!("firewall transaction {}", t.id)),
+            None,
+        );
+    }
+    Ok(())
+}
+
+/// `change list`.
+pub fn list(ctx: &Ctx, state_dir: &Path) -> anyhow::Result<ChangesDoc> {
+    let changes = match crate::store::open_existing(ctx, state_dir)? {
+        Some(mut s) => {
+            // On a store that refuses writes the list is as recorded.
+            let _ = settle(ctx, &mut s);
+            s.changes()?
+        }
+        None => Vec::new(),
+    };
+    Ok(ChangesDoc {
+        api: API_VERSION,
+        changes: changes.iter().map(|c| doc(c, false)).collect(),
+    })
+}
+
+/// `change show ID`.
+pub fn show(ctx: &Ctx, state_dir: &Path, id: i64) -> anyhow::Result<ChangeDoc> {
+    let Some(mut s) = crate::store::open_existing(ctx, state_dir)? else {
+        bail!(StoreError::NoChange(id));
+    };
+    let _ = settle(ctx, &mut s);
+    let r = s.change_get(id)?.ok_or(StoreError::NoChange(id))?;
+    Ok(doc(&r, true))
+}
+
+/// A request reviewed or applied against another version than the one it was asked
+/// against is stale: it expires (on the record) and must be asked for again.
+fn fresh(ctx: &Ctx, s: &mut portwarden_store::SqliteStore, r: &ChangeRecord) -> anyhow::Result<()> {
+    let now = s.policy_current()?.map(|c| c.hash);
+    if now == r.base {
+        return Ok(());
+    }
+    let shown = |v: &Option<String>| {
+        v.as_deref()
+            .map_or("none".to_string(), |h| short_hash(h).to_string())
+    };
+    let why = format!(
+        "the version in force changed since the request ({} then, {} now)",
+        shown(&r.base),
+        shown(&now)
+    );
+    s.change_step(
+        ctx.clock.now(),
+        r.id,
+        &ctx.actor,
+        &ChangeEvent::Expire,
+        Some(&why),
+        None,
+    )?;
+    bail!(
+        "change {} is stale: {why}; it has expired: request it again (`portwarden change request --policy {}`)",
+        r.id,
+        r.source
+    );
+}
+
+/// `change approve ID` by an actor other than the requester.
+pub fn approve(ctx: &Ctx, state_dir: &Path, id: i64) -> anyhow::Result<ChangeDoc> {
+    let mut s = crate::store::open(ctx, state_dir, false)?;
+    let r = s.change_get(id)?.ok_or(StoreError::NoChange(id))?;
+    if matches!(
+        r.change.state,
+        ChangeState::Requested | ChangeState::Approved
+    ) {
+        fresh(ctx, &mut s, &r)?;
+    }
+    let r = s.change_step(
+        ctx.clock.now(),
+        id,
+        &ctx.actor,
+        &ChangeEvent::Approve {
+            actor: ctx.actor.clone(),
+        },
+        None,
+        None,
+    )?;
+    Ok(doc(&r, false))
+}
+
+/// `change reject ID --reason`.
+pub fn reject(ctx: &Ctx, state_dir: &Path, id: i64, reason: &str) -> anyhow::Result<ChangeDoc> {
+    if reason.trim().is_empty() {
+        bail!("a rejection needs a reason: --reason \"…\"");
+    }
+    let mut s = crate::store::open(ctx, state_dir, false)?;
+    let r = s.change_step(
+        ctx.clock.now(),
+        id,
+        &ctx.actor,
+        &ChangeEvent::Reject {
+            actor: ctx.actor.clone(),
+        },
+        Some(reason.trim()),
+        None,
+    )?;
+    Ok(doc(&r, false))
+}
+
+/// `change apply ID`: the approved version through `fw apply` (pre-flight, commit-confirm,
+/// ledger); a failed apply returns the request to where its approvals put it.
+pub fn apply(
+    ctx: &Ctx,
+    state_dir: &Path,
+    id: i64,
+    mut req: crate::fw::ApplyReq,
+) -> anyhow::Result<ChangeDoc> {
+    let mut s = crate::store::open(ctx, state_dir, false)?;
+    let r = s.change_get(id)?.ok_or(StoreError::NoChange(id))?;
+    if matches!(
+        r.change.state,
+        ChangeState::Requested | ChangeState::Approved
+    ) {
+        fresh(ctx, &mut s, &r)?;
+    }
+    s.change_step(
+        ctx.clock.now(),
+        id,
+        &ctx.actor,
+        &ChangeEvent::Apply,
+        None,
+        None,
+    )?;
+    let v = s.policy_version(&r.version)?;
+    drop(s);
+    let side = Side::of_text(
+        format!("change {id} (version {})", short_hash(&v.hash)),
+        v.text,
+    )?;
+    let mut c = ctx.clone();
+    c.policy = Some(std::sync::Arc::new(side.loaded()));
+    req.how = "change apply";
+    let applied = crate::fw::apply(&c, None, state_dir, req);
+    let mut s = crate::store::open(ctx, state_dir, false)?;
+    match applied {
+        Ok(a) => {
+            let r = s.change_step(
+                ctx.clock.now(),
+                id,
+                &ctx.actor,
+                &ChangeEvent::Loaded {
+                    confirm_by: a.deadline,
+                },
+                Some(&format!("firewall transaction {}", a.txn)),
+                Some(a.txn),
+            )?;
+            Ok(doc(&r, false))
+        }
+        Err(e) => {
+            let _ = s.change_step(
+                ctx.clock.now(),
+                id,
+                &ctx.actor,
+                &ChangeEvent::Failed,
+                Some(&format!("{e:#}")),
+                None,
+            );
+            Err(e.context(format!("change {id} was not applied")))
+        }
+    }
+}
+
+/// `change rollback [--to VERSION]`: back to an earlier applied version (the one before
+/// the version in force when none is named) through `fw apply`; the change that brought
+/// the version in force is marked rolled back.
+pub fn rollback(
+    ctx: &Ctx,
+    state_dir: &Path,
+    to: Option<&str>,
+    mut req: crate::fw::ApplyReq,
+) -> anyhow::Result<portwarden_api::fw::ApplyDoc> {
+    let s = crate::store::open(ctx, state_dir, false)?;
+    let current = s.policy_current()?;
+    let target = match to {
+        Some(v) => s.policy_version(v)?,
+        None => {
+            let Some(prev) = current.as_ref().and_then(|c| c.previous.clone()) else {
+                bail!("no earlier version to roll back to (`portwarden policy history`)");
+            };
+            s.policy_version(&prev)?
+        }
+    };
+    if !s.policy_history()?.iter().any(|a| a.hash == target.hash) {
+        bail!(
+            "version {} was never in force here: only applied versions are rolled back to (`portwarden policy history`)",
+            short_hash(&target.hash)
+        );
+    }
+    if current.as_ref().is_some_and(|c| c.hash == target.hash) {
+        bail!(
+            "version {} is the version in force",
+            short_hash(&target.hash)
+        );
+    }
+    drop(s);
+    let side = Side::of_text(format!("version {}", short_hash(&target.hash)), target.text)?;
+    let mut c = ctx.clone();
+    c.policy = Some(std::sync::Arc::new(side.loaded()));
+    req.how = "change rollback";
+    let a = crate::fw::apply(&c, None, state_dir, req)?;
+    // The change whose version this replaces is rolled back.
+    let mut s = crate::store::open(ctx, state_dir, false)?;
+    if let Some(cur) = current {
+        for r in s.changes()? {
+            if r.version == cur.hash
+                && matches!(
+                    r.change.state,
+                    ChangeState::Applied | ChangeState::AppliedPendingConfirm
+                )
+            {
+                s.change_step(
+                    ctx.clock.now(),
+                    r.id,
+                    &ctx.actor,
+                    &ChangeEvent::RollBack,
+                    Some(&format!(
+                        "rolled back to version {} (firewall transaction {})",
+                        short_hash(&target.hash),
+                        a.txn
+                    )),
+                    None,
+                )?;
+            }
+        }
+    }
+    Ok(a)
+}
+
+/// `[change] require_approval`: an apply of a policy no approved change proposes is
+/// refused (the policy in force's setting, or the one applied). A change's own apply
+/// and a rollback to an applied version pass.
+pub(crate) fn approval_gate(
+    ctx: &Ctx,
+    state_dir: &Path,
+    loaded: &LoadedPolicy,
+    how: &str,
+) -> anyhow::Result<()> {
+    if how != "fw apply" {
+        return Ok(());
+    }
+    let Some(s) = crate::store::open_existing(ctx, state_dir)? else {
+        return if loaded.policy.change.require_approval {
+            bail!(refused(loaded))
+        } else {
+            Ok(())
+        };
+    };
+    let in_force_requires = match s.policy_current()? {
+        Some(c) => {
+            let v = s.policy_version(&c.hash)?;
+            Side::of_text(String::new(), v.text).is_ok_and(|x| x.policy.change.require_approval)
+        }
+        None => false,
+    };
+    if !(in_force_requires || loaded.policy.change.require_approval) {
+        return Ok(());
+    }
+    let version = portwarden_store::policy_version_of(&loaded.text);
+    let approved = s.changes()?.iter().any(|c| {
+        c.version == version
+            && matches!(
+                c.change.state,
+                ChangeState::Approved | ChangeState::Applying
+            )
+    });
+    if approved {
+        return Ok(());
+    }
+    bail!(refused(loaded))
+}
+
+fn refused(loaded: &LoadedPolicy) -> String {
+    format!(
+        "refusing to apply {}: the policy requires approval ([change] require_approval) and no approved change proposes version {}; request one: `portwarden change request --policy {} --reason \"…\"`",
+        loaded.name,
+        short_hash(&portwarden_store::policy_version_of(&loaded.text)),
+        loaded.name
+    )
+}
