@@ -295,13 +295,85 @@ pub fn reject(ctx: &Ctx, state_dir: &Path, id: i64, reason: &str) -> anyhow::Res
     Ok(doc(&r, false))
 }
 
+/// The environment a hook runs with.
+fn hook_env(r: &ChangeRecord, phase: &str, txn: Option<i64>) -> Vec<(String, String)> {
+    const DIFF_MAX: usize = 64 << 10;
+    let diff = serde_json::from_str::<PreflightDoc>(&r.preflight)
+        .map(|p| p.diff.lines.join("\n"))
+        .unwrap_or_default();
+    let diff = if diff.len() > DIFF_MAX {
+        let mut end = DIFF_MAX;
+        while !diff.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}\n… (cut at {DIFF_MAX} bytes)", &diff[..end])
+    } else {
+        diff
+    };
+    let mut env = vec![
+        ("PORTWARDEN_PHASE".to_string(), phase.to_string()),
+        ("PORTWARDEN_CHANGE_ID".to_string(), r.id.to_string()),
+        ("PORTWARDEN_VERSION".to_string(), r.version.clone()),
+        (
+            "PORTWARDEN_BASE".to_string(),
+            r.base.clone().unwrap_or_default(),
+        ),
+        ("PORTWARDEN_DIFF".to_string(), diff),
+    ];
+    if let Some(t) = txn {
+        env.push(("PORTWARDEN_TXN".to_string(), t.to_string()));
+    }
+    env
+}
+
+/// Runs a `[change]` hook (none: `Ok(None)`); `Err` says how it failed.
+fn hook(
+    ctx: &Ctx,
+    which: &str,
+    argv: &[String],
+    timeout: std::time::Duration,
+    env: &[(String, String)],
+) -> Result<Option<String>, String> {
+    if argv.is_empty() {
+        return Ok(None);
+    }
+    ctx.notes.verbose(&format!("{which}: {}", argv.join(" ")));
+    match portwarden_os::hook::run(argv, env, timeout) {
+        Ok(r) if r.ok() => Ok(Some(format!("{which} ok in {} ms", r.elapsed.as_millis()))),
+        Ok(r) => {
+            let how = if r.timed_out {
+                format!(
+                    "ran past its {} and was killed",
+                    portwarden_core::units::HumanDuration(timeout)
+                )
+            } else {
+                match r.code {
+                    Some(c) => format!("exited {c}"),
+                    None => "was killed by a signal".to_string(),
+                }
+            };
+            let out = portwarden_core::diag::strip_unsafe(r.output.trim(), 400);
+            Err(if out.is_empty() {
+                format!("the {which} hook {how}")
+            } else {
+                format!("the {which} hook {how}: {out}")
+            })
+        }
+        Err(e) => Err(format!("the {which} hook `{}` cannot run: {e}", argv[0])),
+    }
+}
+
 /// `change apply ID`: the approved version through `fw apply` (pre-flight, commit-confirm,
-/// ledger); a failed apply returns the request to where its approvals put it.
+/// ledger), between its `pre_apply` and `post_apply` hooks (the proposed version's: they
+/// are reviewed with it). A failed apply or pre-apply hook returns the request to where
+/// its approvals put it; a failed post-apply hook rolls it back unless
+/// `keep_on_hook_failure`.
 pub fn apply(
     ctx: &Ctx,
     state_dir: &Path,
     id: i64,
     mut req: crate::fw::ApplyReq,
+    keep_on_hook_failure: bool,
 ) -> anyhow::Result<ChangeDoc> {
     let mut s = crate::store::open(ctx, state_dir, false)?;
     let r = s.change_get(id)?.ok_or(StoreError::NoChange(id))?;
@@ -325,25 +397,26 @@ pub fn apply(
         format!("change {id} (version {})", short_hash(&v.hash)),
         v.text,
     )?;
-    let mut c = ctx.clone();
-    c.policy = Some(std::sync::Arc::new(side.loaded()));
-    req.how = "change apply";
-    let applied = crate::fw::apply(&c, None, state_dir, req);
-    let mut s = crate::store::open(ctx, state_dir, false)?;
-    match applied {
-        Ok(a) => {
-            let r = s.change_step(
-                ctx.clock.now(),
-                id,
-                &ctx.actor,
-                &ChangeEvent::Loaded {
-                    confirm_by: a.deadline,
-                },
-                Some(&format!("firewall transaction {}", a.txn)),
-                Some(a.txn),
-            )?;
-            Ok(doc(&r, false))
+    let hooks = side.policy.change.clone();
+    let timeout = hooks.hook_timeout.get();
+    let applied = match hook(
+        ctx,
+        "pre_apply",
+        &hooks.pre_apply,
+        timeout,
+        &hook_env(&r, "pre-apply", None),
+    ) {
+        Err(why) => Err(anyhow::anyhow!("{why}: nothing was applied")),
+        Ok(pre_note) => {
+            let mut c = ctx.clone();
+            c.policy = Some(std::sync::Arc::new(side.loaded()));
+            req.how = "change apply";
+            crate::fw::apply(&c, None, state_dir, req).map(|a| (a, pre_note))
         }
+    };
+    let mut s = crate::store::open(ctx, state_dir, false)?;
+    let (a, pre_note) = match applied {
+        Ok(x) => x,
         Err(e) => {
             let _ = s.change_step(
                 ctx.clock.now(),
@@ -353,9 +426,89 @@ pub fn apply(
                 Some(&format!("{e:#}")),
                 None,
             );
-            Err(e.context(format!("change {id} was not applied")))
+            return Err(e.context(format!("change {id} was not applied")));
         }
+    };
+    let mut note = format!("firewall transaction {}", a.txn);
+    if let Some(p) = pre_note {
+        note = format!("{note}; {p}");
     }
+    let r = s.change_step(
+        ctx.clock.now(),
+        id,
+        &ctx.actor,
+        &ChangeEvent::Loaded {
+            confirm_by: a.deadline,
+        },
+        Some(&note),
+        Some(a.txn),
+    )?;
+    let Err(why) = hook(
+        ctx,
+        "post_apply",
+        &hooks.post_apply,
+        timeout,
+        &hook_env(&r, "post-apply", Some(a.txn)),
+    ) else {
+        return Ok(doc(&r, false));
+    };
+    if keep_on_hook_failure {
+        ctx.notes.warn(&format!(
+            "{why}; the change stays applied (--keep-on-hook-failure)"
+        ));
+        s.record(
+            ctx.clock.now(),
+            portwarden_store::Change {
+                actor: ctx.actor.clone(),
+                action: "change.hook-failed".into(),
+                subject: format!("change:{id}"),
+                before: None,
+                after: None,
+                reason: Some(format!("{why}; kept (--keep-on-hook-failure)")),
+            },
+        )?;
+        return Ok(doc(&r, false));
+    }
+    drop(s);
+    undo(ctx, state_dir, &r, &a, &why)?;
+    bail!("{why}: change {id} was rolled back")
+}
+
+/// Undoes a change whose post-apply hook failed: a pending apply goes back to its
+/// snapshot; a confirmed one is replaced by the version it replaced.
+fn undo(
+    ctx: &Ctx,
+    state_dir: &Path,
+    r: &ChangeRecord,
+    a: &portwarden_api::fw::ApplyDoc,
+    why: &str,
+) -> anyhow::Result<()> {
+    if a.deadline.is_some() {
+        crate::fw::rollback(ctx, state_dir)?;
+        let mut s = crate::store::open(ctx, state_dir, false)?;
+        s.change_step(
+            ctx.clock.now(),
+            r.id,
+            &ctx.actor,
+            &ChangeEvent::RollBack,
+            Some(why),
+            None,
+        )?;
+        return Ok(());
+    }
+    let Some(base) = &r.base else {
+        bail!(
+            "{why}; there is no earlier version to return to: change {} stays applied",
+            r.id
+        );
+    };
+    let req = crate::fw::ApplyReq {
+        confirm_within: std::time::Duration::ZERO,
+        backend: crate::fw::Backend::Auto,
+        allow_missing_interface: false,
+        how: "change rollback",
+    };
+    rollback(ctx, state_dir, Some(base), req).map(drop)
 }
 
 /// `change rollback [--to VERSION]`: back to an earlier applied version (the one before

@@ -187,6 +187,10 @@ pub enum ChangeCommand {
         /// Deadline for `fw confirm` (0: no confirmation needed).
         #[arg(long, value_name = "DURATION", default_value = "60s")]
         confirm_within: HumanDuration,
+        /// Keep the change applied when its `post_apply` hook fails (it is rolled back
+        /// otherwise).
+        #[arg(long)]
+        keep_on_hook_failure: bool,
     },
     /// Back to an earlier applied version (default: the one before the version in force),
     /// through `fw apply`, with commit-confirm.

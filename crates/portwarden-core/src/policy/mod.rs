@@ -90,6 +90,12 @@ pub struct ChangeSettings {
     /// Whether `fw apply` of a policy no approved change proposes is refused (default
     /// false: a single administrator can still work).
     pub require_approval: bool,
+    /// Run before `change apply` loads the firewall (argv, no shell); failing aborts.
+    pub pre_apply: Vec<String>,
+    /// Run after it; failing rolls the change back.
+    pub post_apply: Vec<String>,
+    /// How long a hook may run (default 60 s); past it, it is killed and has failed.
+    pub hook_timeout: HumanDuration,
 }
 
 impl Default for ChangeSettings {
@@ -97,6 +103,9 @@ impl Default for ChangeSettings {
         ChangeSettings {
             approvals: 1,
             require_approval: false,
+            pre_apply: Vec::new(),
+            post_apply: Vec::new(),
+            hook_timeout: HumanDuration(std::time::Duration::from_secs(60)),
         }
     }
 }

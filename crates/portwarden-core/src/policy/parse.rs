@@ -28,7 +28,16 @@ const TOP_KEYS: &[&str] = &[
     "alerts",
     "change",
 ];
-const CHANGE_KEYS: &[&str] = &["approvals", "require_approval"];
+const CHANGE_KEYS: &[&str] = &[
+    "approvals",
+    "require_approval",
+    "pre_apply",
+    "post_apply",
+    "hook_timeout",
+];
+
+/// The longest `[change] hook_timeout`.
+pub const HOOK_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
 const HOST_KEYS: &[&str] = &["name", "management"];
 const MGMT_KEYS: &[&str] = &["ports", "from"];
 const ZONE_KEYS: &[&str] = &["interfaces", "cidrs"];
@@ -564,6 +573,49 @@ fn read_change(cx: &mut Cx<'_>, node: &Node) -> ChangeSettings {
     if let Some(n) = f.get("require_approval") {
         if let Some(b) = cx.boolean(n, "require_approval") {
             c.require_approval = b;
+        }
+    }
+    for key in ["pre_apply", "post_apply"] {
+        let Some(n) = f.get(key) else { continue };
+        let Some(items) = cx.array(n, key) else {
+            continue;
+        };
+        let mut argv = Vec::new();
+        for it in items {
+            if let Some(a) = cx.string(it, key) {
+                argv.push(a.to_string());
+            }
+        }
+        match argv.first() {
+            None if items.is_empty() => cx.err_help(
+                n.span.clone(),
+                format!("`{key}` is an empty command"),
+                "write the program and its arguments: [\"/usr/local/bin/notify\", \"--change\"]",
+            ),
+            Some(p) if !p.starts_with('/') => cx.err_help(
+                items[0].span.clone(),
+                format!("`{key}` runs `{p}`: the program must be an absolute path"),
+                "no shell and no PATH lookup: write e.g. \"/usr/local/bin/deploy-check\"",
+            ),
+            _ => {}
+        }
+        if key == "pre_apply" {
+            c.pre_apply = argv;
+        } else {
+            c.post_apply = argv;
+        }
+    }
+    if let Some(n) = f.get("hook_timeout") {
+        match cx.duration(n, "hook_timeout", true) {
+            Some(d) if d.get() <= HOOK_TIMEOUT_MAX => c.hook_timeout = d,
+            Some(d) => cx.err(
+                n.span.clone(),
+                format!(
+                    "`hook_timeout` must be at most {}, found {d}",
+                    HumanDuration(HOOK_TIMEOUT_MAX)
+                ),
+            ),
+            None => {}
         }
     }
     c

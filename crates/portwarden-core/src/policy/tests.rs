@@ -297,3 +297,20 @@ fn change_review_settings_read_and_point_at_errors() {
     assert!(e[1].starts_with("t.toml:4:20"), "{e:?}");
     assert!(e[2].contains("unknown key `hooks` in [change]"), "{e:?}");
 }
+
+#[test]
+fn change_hooks_are_absolute_argv_with_a_bounded_timeout() {
+    let p = ok(
+        "version = 1\n[change]\npre_apply = [\"/usr/local/bin/check\", \"--strict\"]\npost_apply = [\"/bin/true\"]\nhook_timeout = \"2m\"\n",
+    );
+    assert_eq!(p.change.pre_apply, ["/usr/local/bin/check", "--strict"]);
+    assert_eq!(p.change.hook_timeout.get().as_secs(), 120);
+    assert_eq!(ok("version = 1\n").change.hook_timeout.get().as_secs(), 60);
+    let e = errs(
+        "version = 1\n[change]\npre_apply = [\"deploy.sh\"]\npost_apply = []\nhook_timeout = \"2h\"\n",
+    );
+    assert_eq!(e.len(), 3, "{e:?}");
+    assert!(e[0].starts_with("t.toml:3:14") && e[0].contains("absolute path"), "{e:?}");
+    assert!(e[1].contains("empty command"), "{e:?}");
+    assert!(e[2].contains("at most 1h"), "{e:?}");
+}

@@ -36,13 +36,18 @@ pub fn run(g: &Global, c: &ChangeCommand) -> anyhow::Result<Status> {
         ChangeCommand::Show { id } => out.doc(&change::show(ctx, dir, *id)?)?,
         ChangeCommand::Approve { id } => out.doc(&change::approve(ctx, dir, *id)?)?,
         ChangeCommand::Reject { id, reason } => out.doc(&change::reject(ctx, dir, *id, reason)?)?,
-        ChangeCommand::Apply { id, confirm_within } => {
+        ChangeCommand::Apply {
+            id,
+            confirm_within,
+            keep_on_hook_failure,
+        } => {
             super::rearm(ctx, dir);
             out.doc(&change::apply(
                 ctx,
                 dir,
                 *id,
                 apply_req(confirm_within.get()),
+                *keep_on_hook_failure,
             )?)?
         }
         ChangeCommand::Rollback { to, confirm_within } => {

@@ -1616,3 +1616,104 @@ fn r_a_change_is_requested_approved_by_another_applied_and_rolled_back() {
         "expired"
     );
 }
+
+#[test]
+fn r_change_hooks_abort_roll_back_and_are_killed_when_they_hang() {
+    let Some(mut lab) = Lab::new("hook") else {
+        return;
+    };
+    lab.serve(&["hold@10.99.0.1:9000"]);
+    let open9000 = || lab.client(&["connect", "10.99.0.2", "10.99.0.1", "9000"]);
+    let o = lab.pw_as(
+        "alice",
+        POLICY,
+        &["fw", "apply", "--confirm-within", "0"],
+        &[],
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let out = lab.dir.join("hook-out");
+    let with_hooks = |hooks: &str| format!("{}\n[change]\n{hooks}\n", opening_9000());
+    let sh = |script: &str| format!("[\"/bin/sh\", \"-c\", {script:?}]");
+    let state = |id: &str| {
+        let o = lab.pw_as("alice", POLICY, &["--json", "change", "show", id], &[]);
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let request = |policy: &str| {
+        let o = lab.pw_as(
+            "alice",
+            policy,
+            &["--json", "change", "request", "--reason", "hooks"],
+            &[],
+        );
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"].to_string()
+    };
+    let apply = |id: &str, extra: &[&str]| {
+        let mut a = vec!["change", "apply", id, "--confirm-within", "0"];
+        a.extend_from_slice(extra);
+        lab.pw_as("alice", POLICY, &a, &[])
+    };
+
+    // A failing pre-apply hook aborts: nothing applied, the request is back to requested.
+    let p = with_hooks(&format!(
+        "pre_apply = {}",
+        sh(&format!(
+            "echo \"$PORTWARDEN_PHASE $PORTWARDEN_CHANGE_ID\" > {}; exit 3",
+            out.display()
+        ))
+    ));
+    let id = request(&p);
+    let o = apply(&id, &[]);
+    assert_eq!(code(&o), 2);
+    assert!(
+        stderr(&o).contains("pre_apply hook exited 3"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!open9000());
+    assert_eq!(state(&id), "requested");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        format!("pre-apply {id}\n")
+    );
+
+    // A hook that hangs is killed at its timeout, and has failed.
+    let id = request(&with_hooks(
+        "pre_apply = [\"/bin/sleep\", \"30\"]\nhook_timeout = \"1s\"",
+    ));
+    let t0 = Instant::now();
+    let o = apply(&id, &[]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("ran past its 1s"), "{}", stderr(&o));
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    assert!(!open9000());
+
+    // A failing post-apply hook rolls the change back (it saw the diff and the txn).
+    let p = with_hooks(&format!(
+        "post_apply = {}",
+        sh(&format!(
+            "printf '%s\\n%s' \"$PORTWARDEN_TXN\" \"$PORTWARDEN_DIFF\" > {}; exit 1",
+            out.display()
+        ))
+    ));
+    let id = request(&p);
+    let o = apply(&id, &[]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("rolled back"), "{}", stderr(&o));
+    assert!(!open9000(), "still open after the rollback");
+    assert_eq!(state(&id), "rolled-back");
+    let seen = std::fs::read_to_string(&out).unwrap();
+    assert!(seen.contains("port = 9000"), "{seen}");
+
+    // With --keep-on-hook-failure it stays, and the failure is on the record.
+    let id = request(&format!("{p}\n# keep\n"));
+    let o = apply(&id, &["--keep-on-hook-failure"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(open9000());
+    assert_eq!(state(&id), "applied");
+    assert!(actions(&lab).iter().any(|a| a == "change.hook-failed"));
+    assert_eq!(code(&lab.pw_as("bob", POLICY, &["log", "verify"], &[])), 0);
+}
