@@ -64,6 +64,8 @@ pub struct PolicyHistoryDoc {
     /// The version in force, if any was adopted.
     pub current: Option<String>,
     pub adoptions: Vec<AdoptionDoc>,
+    /// With `--export-git DIR`: the commits written (the adoptions not yet in it).
+    pub exported: Option<usize>,
 }
 
 /// `policy show VERSION`: a version's text.

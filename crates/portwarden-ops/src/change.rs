@@ -15,11 +15,20 @@ use portwarden_store::{ChangeRecord, FwState, Journal as _, StoreError};
 use crate::Ctx;
 use crate::policy::{LoadedPolicy, Side};
 
+/// Where a proposed policy comes from.
+#[derive(Debug, Clone)]
+pub enum Proposed {
+    /// A file.
+    File(std::path::PathBuf),
+    /// `DIR[@REV[:PATH]]` of a git repository.
+    Git(String),
+}
+
 /// `change request`: what is asked for.
 #[derive(Debug, Clone)]
 pub struct RequestReq {
-    /// The proposed policy file.
-    pub policy: std::path::PathBuf,
+    /// The proposed policy.
+    pub source: Proposed,
     /// Why.
     pub reason: String,
     /// A ticket in the operator's tracker.
@@ -129,8 +138,13 @@ pub async fn request(ctx: &Ctx, state_dir: &Path, req: &RequestReq) -> anyhow::R
     if req.reason.trim().is_empty() {
         bail!("a change request needs a reason: --reason \"…\"");
     }
-    let (_, text) = crate::policy::read_policy_text(&req.policy)?;
-    let label = req.policy.display().to_string();
+    let (text, label) = match &req.source {
+        Proposed::File(p) => (
+            crate::policy::read_policy_text(p)?.1,
+            p.display().to_string(),
+        ),
+        Proposed::Git(spec) => crate::policy::from_git(spec)?,
+    };
     let new = Side::of_text(label.clone(), text.clone())?;
     let (old, base) = in_force(ctx, state_dir)?;
     if base.as_deref() == Some(new.version.as_str()) {
@@ -163,11 +177,27 @@ pub async fn request(ctx: &Ctx, state_dir: &Path, req: &RequestReq) -> anyhow::R
     Ok(doc(&r, true))
 }
 
+/// How long an apply may stay without an outcome before it counts as interrupted.
+const STUCK_SECS: i64 = 600;
+
 /// Brings the requests awaiting confirmation up to date with their firewall
 /// transactions (confirmed by `fw confirm`, rolled back by the watcher or `fw rollback`).
 fn settle(ctx: &Ctx, s: &mut portwarden_store::SqliteStore) -> anyhow::Result<()> {
     let txns = s.fw_txns()?;
     for c in s.changes()? {
+        // An apply that never recorded its outcome (the process was killed): after ten
+        // minutes it has failed, so the request can be applied again or expire.
+        if c.change.state == ChangeState::Applying && ctx.clock.now() - c.updated > STUCK_SECS {
+            let _ = s.change_step(
+                ctx.clock.now(),
+                c.id,
+                "portwarden",
+                &ChangeEvent::Failed,
+                Some("no outcome was recorded within ten minutes: the apply was interrupted; check `fw status`"),
+                None,
+            );
+            continue;
+        }
         if c.change.state != ChangeState::AppliedPendingConfirm {
             continue;
         }
@@ -222,47 +252,9 @@ pub fn show(ctx: &Ctx, state_dir: &Path, id: i64) -> anyhow::Result<ChangeDoc> {
     Ok(doc(&r, true))
 }
 
-/// A request reviewed or applied against another version than the one it was asked
-/// against is stale: it expires (on the record) and must be asked for again.
-fn fresh(ctx: &Ctx, s: &mut portwarden_store::SqliteStore, r: &ChangeRecord) -> anyhow::Result<()> {
-    let now = s.policy_current()?.map(|c| c.hash);
-    if now == r.base {
-        return Ok(());
-    }
-    let shown = |v: &Option<String>| {
-        v.as_deref()
-            .map_or("none".to_string(), |h| short_hash(h).to_string())
-    };
-    let why = format!(
-        "the version in force changed since the request ({} then, {} now)",
-        shown(&r.base),
-        shown(&now)
-    );
-    s.change_step(
-        ctx.clock.now(),
-        r.id,
-        &ctx.actor,
-        &ChangeEvent::Expire,
-        Some(&why),
-        None,
-    )?;
-    bail!(
-        "change {} is stale: {why}; it has expired: request it again (`portwarden change request --policy {}`)",
-        r.id,
-        r.source
-    );
-}
-
 /// `change approve ID` by an actor other than the requester.
 pub fn approve(ctx: &Ctx, state_dir: &Path, id: i64) -> anyhow::Result<ChangeDoc> {
     let mut s = crate::store::open(ctx, state_dir, false)?;
-    let r = s.change_get(id)?.ok_or(StoreError::NoChange(id))?;
-    if matches!(
-        r.change.state,
-        ChangeState::Requested | ChangeState::Approved
-    ) {
-        fresh(ctx, &mut s, &r)?;
-    }
     let r = s.change_step(
         ctx.clock.now(),
         id,
@@ -376,14 +368,7 @@ pub fn apply(
     keep_on_hook_failure: bool,
 ) -> anyhow::Result<ChangeDoc> {
     let mut s = crate::store::open(ctx, state_dir, false)?;
-    let r = s.change_get(id)?.ok_or(StoreError::NoChange(id))?;
-    if matches!(
-        r.change.state,
-        ChangeState::Requested | ChangeState::Approved
-    ) {
-        fresh(ctx, &mut s, &r)?;
-    }
-    s.change_step(
+    let r = s.change_step(
         ctx.clock.now(),
         id,
         &ctx.actor,
@@ -391,12 +376,27 @@ pub fn apply(
         None,
         None,
     )?;
-    let v = s.policy_version(&r.version)?;
+    // From here on, any error returns the request to where its approvals put it.
+    let fail = |e: anyhow::Error| -> anyhow::Error {
+        if let Ok(mut s) = crate::store::open(ctx, state_dir, false) {
+            let _ = s.change_step(
+                ctx.clock.now(),
+                id,
+                &ctx.actor,
+                &ChangeEvent::Failed,
+                Some(&format!("{e:#}")),
+                None,
+            );
+        }
+        e.context(format!("change {id} was not applied"))
+    };
+    let v = s.policy_version(&r.version).map_err(|e| fail(e.into()))?;
     drop(s);
     let side = Side::of_text(
         format!("change {id} (version {})", short_hash(&v.hash)),
         v.text,
-    )?;
+    )
+    .map_err(fail)?;
     let hooks = side.policy.change.clone();
     let timeout = hooks.hook_timeout.get();
     let applied = match hook(
@@ -414,21 +414,8 @@ pub fn apply(
             crate::fw::apply(&c, None, state_dir, req).map(|a| (a, pre_note))
         }
     };
+    let (a, pre_note) = applied.map_err(fail)?;
     let mut s = crate::store::open(ctx, state_dir, false)?;
-    let (a, pre_note) = match applied {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = s.change_step(
-                ctx.clock.now(),
-                id,
-                &ctx.actor,
-                &ChangeEvent::Failed,
-                Some(&format!("{e:#}")),
-                None,
-            );
-            return Err(e.context(format!("change {id} was not applied")));
-        }
-    };
     let mut note = format!("firewall transaction {}", a.txn);
     if let Some(p) = pre_note {
         note = format!("{note}; {p}");
@@ -522,18 +509,31 @@ pub fn rollback(
 ) -> anyhow::Result<portwarden_api::fw::ApplyDoc> {
     let s = crate::store::open(ctx, state_dir, false)?;
     let current = s.policy_current()?;
+    // Rolled back to: a version a firewall apply loaded and that was confirmed (not one a
+    // daemon only ran, nor one whose apply was itself rolled back).
+    let history = s.policy_history()?;
+    let was_applied = |hash: &str| {
+        history.iter().any(|a| {
+            a.hash == hash && a.txn.is_some() && a.txn_state.as_deref() == Some("confirmed")
+        })
+    };
     let target = match to {
         Some(v) => s.policy_version(v)?,
         None => {
-            let Some(prev) = current.as_ref().and_then(|c| c.previous.clone()) else {
-                bail!("no earlier version to roll back to (`portwarden policy history`)");
+            let now = current.as_ref().map(|c| c.hash.clone());
+            let Some(prev) = history
+                .iter()
+                .rev()
+                .find(|a| Some(&a.hash) != now.as_ref() && was_applied(&a.hash))
+            else {
+                bail!("no earlier applied version to roll back to (`portwarden policy history`)");
             };
-            s.policy_version(&prev)?
+            s.policy_version(&prev.hash)?
         }
     };
-    if !s.policy_history()?.iter().any(|a| a.hash == target.hash) {
+    if !was_applied(&target.hash) {
         bail!(
-            "version {} was never in force here: only applied versions are rolled back to (`portwarden policy history`)",
+            "version {} was never applied and confirmed here: only those are rolled back to (`portwarden policy history`)",
             short_hash(&target.hash)
         );
     }
@@ -596,7 +596,14 @@ pub(crate) fn approval_gate(
             Ok(())
         };
     };
-    let in_force_requires = match s.policy_current()? {
+    // What the firewall carries (a daemon's adoption alone does not lower the bar): the
+    // last adoption a firewall transaction loaded and that was not rolled back.
+    let history = s.policy_history()?;
+    let on_firewall = history
+        .iter()
+        .rev()
+        .find(|a| a.txn.is_some() && a.txn_state.as_deref() != Some("rolled-back"));
+    let in_force_requires = match on_firewall {
         Some(c) => {
             let v = s.policy_version(&c.hash)?;
             Side::of_text(String::new(), v.text).is_ok_and(|x| x.policy.change.require_approval)
@@ -607,13 +614,12 @@ pub(crate) fn approval_gate(
         return Ok(());
     }
     let version = portwarden_store::policy_version_of(&loaded.text);
-    let approved = s.changes()?.iter().any(|c| {
-        c.version == version
-            && matches!(
-                c.change.state,
-                ChangeState::Approved | ChangeState::Applying
-            )
-    });
+    // Approved, and against the version in force now (a stale approval does not count).
+    let now = s.policy_current()?.map(|c| c.hash);
+    let approved = s
+        .changes()?
+        .iter()
+        .any(|c| c.version == version && c.change.state == ChangeState::Approved && c.base == now);
     if approved {
         return Ok(());
     }

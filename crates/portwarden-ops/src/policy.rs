@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use anyhow::Context as _;
+
 use portwarden_core::{Catalog, Policy};
 
 /// A policy with the name it is known by in messages, and the text it was read from
@@ -190,6 +192,7 @@ pub fn history(
     let current_id = current.as_ref().map(|c| c.id);
     Ok(portwarden_api::policy::PolicyHistoryDoc {
         api: portwarden_api::API_VERSION,
+        exported: None,
         current: current.map(|c| c.hash),
         adoptions: adoptions
             .into_iter()
@@ -265,7 +268,7 @@ impl Side {
     /// A side from a text in hand (a stored version, a proposed file).
     pub(crate) fn of_text(label: String, text: String) -> anyhow::Result<Side> {
         let policy = Policy::parse(&label, &text, Catalog::builtin())
-            .map_err(|e| anyhow::anyhow!("{label} is no longer a valid policy: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("{label} is not a valid policy: {e}"))?;
         Ok(Side {
             version: portwarden_store::policy_version_of(&text),
             label,
@@ -303,7 +306,10 @@ pub(crate) fn current_side(ctx: &crate::Ctx, state_dir: &Path) -> anyhow::Result
 
 pub(crate) fn side(ctx: &crate::Ctx, state_dir: &Path, spec: &str) -> anyhow::Result<Side> {
     let path = Path::new(spec);
-    let (label, text) = if path.exists() || spec.contains('/') || spec.ends_with(".toml") {
+    // `current` and hex digits name a version (a file of that name is `./NAME`).
+    let version_like = spec == "current"
+        || (spec.len() >= 6 && spec.len() <= 64 && spec.bytes().all(|b| b.is_ascii_hexdigit()));
+    let (label, text) = if !version_like {
         let (_, text) = read_policy_text(path)?;
         (spec.to_string(), text)
     } else {
@@ -356,4 +362,78 @@ pub(crate) fn diff_sides(
         to: b.label,
         to_version: b.version,
     }
+}
+
+/// The trailer naming the adoption a commit of `--export-git` holds.
+const ADOPTION_TRAILER: &str = "Portwarden-Adoption:";
+
+/// `policy history --export-git DIR`: each adoption not yet in the repository at `dir`
+/// (made if missing) becomes a commit of `policy.toml`, by its actor at its time, its
+/// message saying how, why, the versions and the ledger record.
+pub fn export_git(
+    ctx: &crate::Ctx,
+    state_dir: &Path,
+    dir: &Path,
+) -> anyhow::Result<portwarden_api::policy::PolicyHistoryDoc> {
+    use portwarden_store::Journal as _;
+    let mut doc = history(ctx, state_dir)?;
+    portwarden_os::git::init(dir)?;
+    let done: i64 = portwarden_os::git::last_message(dir, ADOPTION_TRAILER)?
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix(ADOPTION_TRAILER))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0);
+    let s = crate::store::open_existing(ctx, state_dir)?;
+    let mut n = 0;
+    for a in doc.adoptions.iter().filter(|a| a.id > done) {
+        let Some(s) = &s else { break };
+        let v = s.policy_version(&a.version)?;
+        let mut msg = format!("{} of {}", a.how, a.source);
+        if let Some(r) = &a.reason {
+            msg = format!("{msg}: {r}");
+        }
+        let msg = portwarden_core::diag::strip_unsafe(&msg, 500);
+        let fw = match (a.txn, &a.txn_state) {
+            (Some(t), Some(st)) => format!("\nFirewall-Transaction: {t} ({st})"),
+            (Some(t), None) => format!("\nFirewall-Transaction: {t}"),
+            _ => String::new(),
+        };
+        let message = format!(
+            "{msg}\n\nVersion: {}\nPrevious: {}{fw}\nLedger-Seq: {}\n{ADOPTION_TRAILER} {}\n",
+            a.version,
+            a.previous.as_deref().unwrap_or("none"),
+            a.seq,
+            a.id
+        );
+        portwarden_os::git::commit(dir, "policy.toml", &v.text, &a.actor, a.at, &message)?;
+        n += 1;
+    }
+    doc.exported = Some(n);
+    Ok(doc)
+}
+
+/// `--from-git DIR[@REV[:PATH]]`: the repository, the revision (`HEAD`) and the file
+/// (`policy.toml`); the file's text and how it is named.
+pub fn from_git(spec: &str) -> anyhow::Result<(String, String)> {
+    let (dir, at) = match spec.rsplit_once('@') {
+        Some((d, r)) if !d.is_empty() => (d, r),
+        _ => (spec, ""),
+    };
+    let (rev, path) = match at.split_once(':') {
+        Some((r, p)) => (r, p),
+        None => (at, "policy.toml"),
+    };
+    let rev = if rev.is_empty() { "HEAD" } else { rev };
+    let path = if path.is_empty() { "policy.toml" } else { path };
+    let text = portwarden_os::git::show(Path::new(dir), rev, path)
+        .with_context(|| format!("--from-git {spec}"))?;
+    if text.len() as u64 > POLICY_MAX_BYTES {
+        anyhow::bail!(
+            "--from-git {spec}: larger than the {} MiB limit",
+            POLICY_MAX_BYTES >> 20
+        );
+    }
+    Ok((text, format!("git {dir}@{rev}:{path}")))
 }

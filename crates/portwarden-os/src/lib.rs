@@ -3,6 +3,7 @@
 //! Gathers facts; never decides policy.
 #![deny(missing_docs)]
 
+pub mod git;
 pub mod hook;
 pub mod host;
 pub mod identity;

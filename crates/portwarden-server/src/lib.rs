@@ -288,7 +288,10 @@ impl App {
     /// Keeps the policy in force as a version (`policy history`); a store that cannot
     /// take it is a warning, not a stop.
     pub fn adopted(&self, how: &str) {
-        let ctx = self.ctx("portwarden serve");
+        let ctx = self.ctx(&format!(
+            "portwarden serve, run by {}",
+            portwarden_os::identity::actor()
+        ));
         match portwarden_ops::policy::adopt(&ctx, &self.cfg.state_dir, &self.policy(), how) {
             Ok(Some(a)) => tracing::info!(
                 version = portwarden_core::change::short_hash(&a.hash),

@@ -164,6 +164,10 @@ pub enum StoreError {
         /// Why not.
         cause: portwarden_core::change::ChangeError,
     },
+    /// A change request reviewed or applied against another version than the one in
+    /// force now: it has expired (on the record).
+    #[error("{0}")]
+    Stale(String),
     /// No such change request.
     #[error("no change request {0} (`portwarden change list` lists them)")]
     NoChange(i64),

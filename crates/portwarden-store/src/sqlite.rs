@@ -2482,6 +2482,65 @@ impl Journal for SqliteStore {
             return Err(StoreError::NoChange(id));
         };
         let from = change_word(row.change.state, &row.version);
+        use portwarden_core::change::{ChangeEvent as E, ChangeState as S};
+        let reviewing = matches!(event, E::Approve { .. } | E::Apply)
+            && matches!(row.change.state, S::Requested | S::Approved);
+        if reviewing {
+            // In this transaction: the version in force is what it was when asked, and no
+            // other change is being applied (two applies of changes made against the same
+            // version would each pass on its own).
+            let now_in_force = current_adoption(&tx).map_err(backend)?.map(|a| a.hash);
+            let short = |v: &Option<String>| {
+                v.as_deref()
+                    .map_or("none".to_string(), |h| short_hash(h).to_string())
+            };
+            if now_in_force != row.base {
+                let why = format!(
+                    "the version in force changed since the request ({} then, {} now)",
+                    short(&row.base),
+                    short(&now_in_force)
+                );
+                let mut expired = row.change.clone();
+                expired.state = S::Expired;
+                tx.execute(
+                    "UPDATE change_requests SET state = 'expired', updated = ?2 WHERE id = ?1",
+                    params![id, now],
+                )
+                .map_err(backend)?;
+                append(
+                    &tx,
+                    now,
+                    Change {
+                        actor: actor.to_string(),
+                        action: "change.expire".into(),
+                        subject: format!("change:{id}"),
+                        before: Some(from),
+                        after: Some(change_word(S::Expired, &row.version)),
+                        reason: Some(why.clone()),
+                    },
+                )
+                .map_err(backend)?;
+                tx.commit().map_err(backend)?;
+                self.committed()?;
+                return Err(StoreError::Stale(format!(
+                    "change {id} is stale: {why}; it has expired: request it again (`portwarden change request --policy {}`)",
+                    row.source
+                )));
+            }
+            let busy: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM change_requests WHERE state = 'applying' AND id != ?1 LIMIT 1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            if let (Some(other), E::Apply) = (busy, event) {
+                return Err(StoreError::Stale(format!(
+                    "change {other} is being applied: wait for it (`portwarden change show {other}`), then request this one again if it is stale"
+                )));
+            }
+        }
         match portwarden_core::change::step(&row.change, event, now) {
             Ok(t) => {
                 let approvals =

@@ -155,6 +155,10 @@ pub enum ChangeCommand {
         /// Why (recorded in the ledger).
         #[arg(long)]
         reason: String,
+        /// Take the proposed policy from a git repository instead of `--policy`:
+        /// `DIR[@REV[:PATH]]` (REV `HEAD`, PATH `policy.toml` by default).
+        #[arg(long, value_name = "DIR[@REV]")]
+        from_git: Option<String>,
         /// A ticket in your tracker.
         #[arg(long, value_name = "ID")]
         ticket: Option<String>,
@@ -282,7 +286,12 @@ pub enum PolicyCommand {
     },
     /// The policy versions kept in the store: each adoption (`fw apply`, `serve`) with
     /// its version, who, when, and its firewall transaction's state.
-    History,
+    History {
+        /// Also write each adoption not yet there as a commit of `policy.toml` in this git
+        /// repository (made if missing), by its actor at its time.
+        #[arg(long, value_name = "DIR")]
+        export_git: Option<PathBuf>,
+    },
     /// The text of a kept version (a prefix of its hash, or `current`).
     Show {
         /// At least six hex digits of the version's hash, or `current`.

@@ -310,7 +310,10 @@ fn change_hooks_are_absolute_argv_with_a_bounded_timeout() {
         "version = 1\n[change]\npre_apply = [\"deploy.sh\"]\npost_apply = []\nhook_timeout = \"2h\"\n",
     );
     assert_eq!(e.len(), 3, "{e:?}");
-    assert!(e[0].starts_with("t.toml:3:14") && e[0].contains("absolute path"), "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:3:14") && e[0].contains("absolute path"),
+        "{e:?}"
+    );
     assert!(e[1].contains("empty command"), "{e:?}");
     assert!(e[2].contains("at most 1h"), "{e:?}");
 }

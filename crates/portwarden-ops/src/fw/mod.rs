@@ -174,13 +174,24 @@ pub(crate) fn lockout_check(
             leases,
         },
     )?;
+    // The management path in force must stay whole: every port range and every network
+    // of it covered by one of the new policy's (a narrower network, a shorter range, a
+    // hole, is a lock-out for someone), or admitted by its rules at every corner.
+    let new_mgmt = &new.host.management;
     for spec in &old.host.management.ports {
+        let ports_kept = new_mgmt.ports.iter().any(|n| {
+            n.protocol == spec.protocol
+                && n.range.contains(spec.range.start())
+                && n.range.contains(spec.range.end())
+        });
         for c in old.host.management.from.cidrs() {
-            if !rs.admits(c.addr(), spec.protocol, spec.range.start().get()) {
-                bail!(
-                    "refusing the change: it would lock out the management path: port {spec} from {c} is admitted now and not by the new policy ([host] management)"
-                );
+            let from_kept = new_mgmt.from.cidrs().iter().any(|n| n.covers(*c));
+            if ports_kept && from_kept {
+                continue;
             }
+            bail!(
+                "refusing the change: it would lock out the management path: port {spec} from {c} is admitted now and not, as a whole, by the new policy's [host] management"
+            );
         }
     }
     if let Some((peer, port)) = ssh_peer() {

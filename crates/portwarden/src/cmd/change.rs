@@ -19,14 +19,20 @@ pub fn run(g: &Global, c: &ChangeCommand) -> anyhow::Result<Status> {
         how: "change apply",
     };
     match c {
-        ChangeCommand::Request { reason, ticket } => {
-            let Some(policy) = s.policy() else {
-                bail!(
-                    "name the proposed policy: `portwarden change request --policy NEW.toml --reason \"…\"`"
-                );
+        ChangeCommand::Request {
+            reason,
+            ticket,
+            from_git,
+        } => {
+            let source = match (from_git, s.policy()) {
+                (Some(spec), _) => change::Proposed::Git(spec.clone()),
+                (None, Some(p)) => change::Proposed::File(p.to_path_buf()),
+                (None, None) => bail!(
+                    "name the proposed policy: `portwarden change request --policy NEW.toml --reason \"…\"` (or --from-git DIR@REV)"
+                ),
             };
             let req = change::RequestReq {
-                policy: policy.to_path_buf(),
+                source,
                 reason: reason.clone(),
                 ticket: ticket.clone(),
             };

@@ -18,8 +18,12 @@ pub fn run(g: &Global, cmd: &PolicyCommand) -> anyhow::Result<Status> {
             force,
             from_host,
         } => init(g, output.as_deref(), *force, *from_host),
-        PolicyCommand::History => {
-            let doc = portwarden_ops::policy::history(&super::ctx(g), &super::state_dir(g))?;
+        PolicyCommand::History { export_git } => {
+            let (ctx, dir) = (super::ctx(g), super::state_dir(g));
+            let doc = match export_git {
+                Some(repo) => portwarden_ops::policy::export_git(&ctx, &dir, repo)?,
+                None => portwarden_ops::policy::history(&ctx, &dir)?,
+            };
             Printer::stdout(g).doc(&doc)?;
             Ok(Status::Ok)
         }

@@ -1294,6 +1294,61 @@ fn r_policy_versions_follow_applies_and_rollbacks() {
     assert_eq!(h["adoptions"][2]["txn_state"], "rolled-back", "{h:#}");
     assert_eq!(h["adoptions"][2]["in_force"], false, "{h:#}");
 
+    // Exported to git: a commit per adoption, by its actor, with its reason; again, only
+    // what is new; and a revision of it proposed back round-trips to the same version.
+    let repo = lab.dir.join("repo");
+    let ex = json(
+        &third,
+        &["policy", "history", "--export-git", repo.to_str().unwrap()],
+        "policy-history",
+    );
+    assert_eq!(ex["exported"], 3, "{ex:#}");
+    let git = |args: &[&str]| {
+        let o = Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let log = git(&["log", "--format=%s|%an"]);
+    assert_eq!(log.lines().count(), 3, "{log}");
+    assert!(log.lines().all(|l| l.starts_with("fw apply of ")), "{log}");
+    assert_eq!(git(&["show", "HEAD~2:policy.toml"]), POLICY);
+    assert!(
+        git(&["log", "-1", "--format=%B"])
+            .contains(&format!("Version: {}", c["version"].as_str().unwrap()))
+    );
+    let again = json(
+        &third,
+        &["policy", "history", "--export-git", repo.to_str().unwrap()],
+        "policy-history",
+    );
+    assert_eq!(again["exported"], 0, "{again:#}");
+    let spec = format!("{}@HEAD~2", repo.display());
+    let r = json(
+        &third,
+        &[
+            "change",
+            "request",
+            "--from-git",
+            &spec,
+            "--reason",
+            "back to a",
+        ],
+        "change",
+    );
+    assert_eq!(r["version"], va.as_str(), "{r:#}");
+    assert!(r["source"].as_str().unwrap().starts_with("git "), "{r:#}");
+
     // Bad versions: exit 2, said plainly.
     for (bad, why) in [
         ("abc", "at least 6 hex digits"),
@@ -1577,6 +1632,76 @@ fn r_a_change_is_requested_approved_by_another_applied_and_rolled_back() {
         &[],
     );
     assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(!open9000());
+    // A daemon run on the loose policy adopts it, but does not lower the bar: fw apply of
+    // it is still refused, and it is no rollback target.
+    let loose = lab.dir.join("loose.toml");
+    let loose_text = format!("{}\n# served\n", opening_9000());
+    std::fs::write(&loose, &loose_text).unwrap();
+    let mut daemon = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.server.name,
+            env!("CARGO_BIN_EXE_portwarden"),
+        ])
+        .args(["--policy", loose.to_str().unwrap()])
+        .args(["--state-dir", lab.dir.join("state").to_str().unwrap()])
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let served = eventually(20, || {
+        let o = lab.pw_as("bob", POLICY, &["--json", "policy", "history"], &[]);
+        let h: Value = serde_json::from_slice(&o.stdout).unwrap();
+        h["adoptions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["how"] == "serve")
+    });
+    // SAFETY: kill(2) of the daemon this test spawned.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
+    assert!(served, "the daemon never adopted its policy");
+    let o = lab.pw_as(
+        "mallory",
+        &loose_text,
+        &["fw", "apply", "--confirm-within", "0"],
+        &[],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    let o = lab.pw_as("bob", POLICY, &["--json", "policy", "history"], &[]);
+    let h: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let served = h["adoptions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|a| a["how"] == "serve")
+        .unwrap()["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let o = lab.pw_as(
+        "mallory",
+        POLICY,
+        &[
+            "change",
+            "rollback",
+            "--to",
+            &served,
+            "--confirm-within",
+            "0",
+        ],
+        &[],
+    );
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("never applied and confirmed"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!open9000());
 
     // A request made against another version than the one in force is stale.
