@@ -96,6 +96,39 @@ pub struct ApplyBody {
     pub allow_missing_interface: bool,
 }
 
+/// `POST /api/v1/changes`: a change request.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeBody {
+    /// The proposed policy's text (TOML).
+    pub policy: String,
+    /// Why.
+    pub reason: String,
+    /// A ticket in the operator's tracker.
+    pub ticket: Option<String>,
+}
+
+/// `POST /api/v1/changes/ID/reject`.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejectBody {
+    /// Why.
+    pub reason: String,
+}
+
+/// `POST /api/v1/changes/ID/apply`.
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeApplyBody {
+    /// The commit-confirm window [default: 60s]; `0` applies without confirmation.
+    pub confirm_within: Option<String>,
+    /// `auto`, `nft` or `iptables` [default: auto].
+    pub backend: Option<String>,
+    /// Keep it applied when its `post_apply` hook fails.
+    #[serde(default)]
+    pub keep_on_hook_failure: bool,
+}
+
 /// `POST /api/v1/fw/grants` (with `for`) and `DELETE /api/v1/fw/grants` (without).
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

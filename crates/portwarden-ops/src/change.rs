@@ -22,6 +22,13 @@ pub enum Proposed {
     File(std::path::PathBuf),
     /// `DIR[@REV[:PATH]]` of a git repository.
     Git(String),
+    /// A text in hand (an API request's body), and how it is named.
+    Text {
+        /// The policy.
+        text: String,
+        /// Its name in messages and records.
+        label: String,
+    },
 }
 
 /// `change request`: what is asked for.
@@ -81,10 +88,14 @@ async fn preflight(
     state_dir: &Path,
     old: Side,
     new: Side,
+    bootstrap: bool,
 ) -> anyhow::Result<PreflightDoc> {
     // The lock-out guard: a policy that would drop the management path or the SSH peer
     // is refused here, not at apply time.
-    crate::fw::lockout_check(ctx, &old.policy, &new.policy, state_dir)?;
+    // With no version in force yet the old side is the baseline, whose management path
+    // (open to all) is no one's: only the SSH peer is guarded then.
+    let guard_old = if bootstrap { &new.policy } else { &old.policy };
+    crate::fw::lockout_check(ctx, guard_old, &new.policy, state_dir)?;
     let ruleset = crate::fw::ruleset_of(ctx, &new.policy, state_dir)
         .with_context(|| format!("pre-flight of {}", new.label))?;
     let nft_check = if crate::fw::nft_installed() {
@@ -144,6 +155,12 @@ pub async fn request(ctx: &Ctx, state_dir: &Path, req: &RequestReq) -> anyhow::R
             p.display().to_string(),
         ),
         Proposed::Git(spec) => crate::policy::from_git(spec)?,
+        Proposed::Text { text, label } => {
+            if text.len() as u64 > crate::policy::POLICY_MAX_BYTES {
+                bail!("the proposed policy is larger than the 16 MiB limit");
+            }
+            (text.clone(), label.clone())
+        }
     };
     let new = Side::of_text(label.clone(), text.clone())?;
     let (old, base) = in_force(ctx, state_dir)?;
@@ -157,7 +174,7 @@ pub async fn request(ctx: &Ctx, state_dir: &Path, req: &RequestReq) -> anyhow::R
     // or the proposal's, whichever is stricter.
     let needed = old.policy.change.approvals.max(new.policy.change.approvals);
     let require = old.policy.change.require_approval || new.policy.change.require_approval;
-    let pre = preflight(ctx, state_dir, old, new).await?;
+    let pre = preflight(ctx, state_dir, old, new, base.is_none()).await?;
     let pre_json = serde_json::to_string(&pre).context("the pre-flight report")?;
     let mut s = crate::store::open(ctx, state_dir, true)?;
     let r = s.change_create(

@@ -65,7 +65,12 @@ impl ApiError {
             return ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail);
         }
         let status = match e.chain().find_map(|c| c.downcast_ref::<StoreError>()) {
-            Some(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "not-found"),
+            Some(StoreError::NotFound(_) | StoreError::NoChange(_) | StoreError::NoVersion(_)) => {
+                (StatusCode::NOT_FOUND, "not-found")
+            }
+            Some(StoreError::Change { .. } | StoreError::Stale(_)) => {
+                (StatusCode::CONFLICT, "conflict")
+            }
             Some(StoreError::NotOwner { .. }) => (StatusCode::FORBIDDEN, "forbidden"),
             Some(StoreError::Exists(_) | StoreError::Pending(_) | StoreError::Refused(_)) => {
                 (StatusCode::CONFLICT, "conflict")
@@ -222,6 +227,12 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/fw/confirm", post(fw_confirm))
         .route("/api/v1/fw/rollback", post(fw_rollback))
         .route("/api/v1/fw/grants", get(grants).post(grant).delete(revoke))
+        .route("/api/v1/policy/history", get(policy_history))
+        .route("/api/v1/changes", get(changes).post(change_request))
+        .route("/api/v1/changes/{id}", get(change_show))
+        .route("/api/v1/changes/{id}/approve", post(change_approve))
+        .route("/api/v1/changes/{id}/reject", post(change_reject))
+        .route("/api/v1/changes/{id}/apply", post(change_apply))
         .route("/api/v1/ledger", get(ledger))
         .route("/api/v1/ledger/head", get(ledger_head))
         .route("/api/v1/ledger/verify", get(ledger_verify))
@@ -756,6 +767,116 @@ async fn fw_txn(app: Arc<App>, c: Caller, confirm: bool) -> Answer {
         StatusCode::CONFLICT
     };
     Ok((status, Json(d)).into_response())
+}
+
+async fn policy_history(State(app): State<Arc<App>>, Extension(c): Extension<Caller>) -> Answer {
+    ok(
+        blocking(move |_| portwarden_ops::policy::history(&app.ctx(&c.actor), app.state_dir()))
+            .await?,
+    )
+}
+
+fn change_id(id: &str) -> Result<i64, ApiError> {
+    lease_id(id).map_err(|_| ApiError::bad(format!("`{id}` is not a change id")))
+}
+
+async fn changes(State(app): State<Arc<App>>, Extension(c): Extension<Caller>) -> Answer {
+    ok(
+        blocking(move |_| portwarden_ops::change::list(&app.ctx(&c.actor), app.state_dir()))
+            .await?,
+    )
+}
+
+async fn change_show(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    let id = change_id(&id)?;
+    ok(
+        blocking(move |_| portwarden_ops::change::show(&app.ctx(&c.actor), app.state_dir(), id))
+            .await?,
+    )
+}
+
+/// `POST /api/v1/changes`: the proposed policy's text, and why.
+async fn change_request(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    b: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let b: portwarden_api::serve::ChangeBody = body(b)?;
+    let req = portwarden_ops::change::RequestReq {
+        source: portwarden_ops::change::Proposed::Text {
+            text: b.policy,
+            label: format!("POST /api/v1/changes ({})", c.actor),
+        },
+        reason: b.reason,
+        ticket: b.ticket,
+    };
+    ok(blocking(move |h| {
+        h.block_on(portwarden_ops::change::request(
+            &app.ctx(&c.actor),
+            app.state_dir(),
+            &req,
+        ))
+    })
+    .await?)
+}
+
+async fn change_approve(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Answer {
+    let id = change_id(&id)?;
+    ok(
+        blocking(move |_| portwarden_ops::change::approve(&app.ctx(&c.actor), app.state_dir(), id))
+            .await?,
+    )
+}
+
+async fn change_reject(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let id = change_id(&id)?;
+    let b: portwarden_api::serve::RejectBody = body(b)?;
+    ok(blocking(move |_| {
+        portwarden_ops::change::reject(&app.ctx(&c.actor), app.state_dir(), id, &b.reason)
+    })
+    .await?)
+}
+
+async fn change_apply(
+    State(app): State<Arc<App>>,
+    Extension(c): Extension<Caller>,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Answer {
+    let id = change_id(&id)?;
+    let b: portwarden_api::serve::ChangeApplyBody = body(b)?;
+    let req = portwarden_ops::fw::ApplyReq {
+        confirm_within: duration(
+            "confirm_within",
+            b.confirm_within.as_deref().unwrap_or("60s"),
+        )?,
+        backend: backend(b.backend.as_deref())?,
+        allow_missing_interface: false,
+        how: "change apply",
+    };
+    ok(blocking(move |_| {
+        portwarden_ops::change::apply(
+            &app.ctx(&c.actor),
+            app.state_dir(),
+            id,
+            req,
+            b.keep_on_hook_failure,
+        )
+    })
+    .await?)
 }
 
 async fn fw_confirm(State(app): State<Arc<App>>, Extension(c): Extension<Caller>) -> Answer {

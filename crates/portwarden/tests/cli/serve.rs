@@ -326,6 +326,28 @@ const ENDPOINTS: &[(&str, &str, &str, Option<&str>)] = &[
         "operate",
         Some(r#"{"port":"nope","from":"127.0.0.1"}"#),
     ),
+    ("GET", "/api/v1/policy/history", "read", None),
+    ("GET", "/api/v1/changes", "read", None),
+    ("GET", "/api/v1/changes/999999", "read", None),
+    (
+        "POST",
+        "/api/v1/changes",
+        "operate",
+        Some(r#"{"policy":"version = 0","reason":"x"}"#),
+    ),
+    ("POST", "/api/v1/changes/999999/approve", "operate", None),
+    (
+        "POST",
+        "/api/v1/changes/999999/reject",
+        "operate",
+        Some(r#"{"reason":"no"}"#),
+    ),
+    (
+        "POST",
+        "/api/v1/changes/999999/apply",
+        "operate",
+        Some("{}"),
+    ),
     ("GET", "/api/v1/ledger", "read", None),
     ("GET", "/api/v1/ledger/head", "read", None),
     ("GET", "/api/v1/ledger/verify", "read", None),
@@ -940,4 +962,59 @@ fn the_systemd_unit_verifies_and_its_command_line_parses() {
     let mut bad = args.clone();
     bad.insert(bad.len() - 1, "--no-such-flag");
     assert_eq!(code(&run(&bad)), 2, "the check itself can fail");
+}
+
+#[test]
+fn a_change_is_requested_and_reviewed_over_the_api_by_token_names() {
+    let d = Daemon::start("serve-change", &[]);
+    let proposed = format!("{POLICY}\n# proposed over the API\n");
+    let body = serde_json::json!({"policy": proposed, "reason": "a comment", "ticket": "OPS-9"});
+    let (st, c) = d.json(
+        "POST",
+        "/api/v1/changes",
+        &d.operate,
+        Some(&body.to_string()),
+    );
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(
+        (c["state"].as_str(), c["requester"].as_str()),
+        (Some("requested"), Some("token:ci")),
+        "{c}"
+    );
+    let id = c["id"].as_i64().unwrap();
+    // The requester's own token cannot approve it; another token can.
+    let path = format!("/api/v1/changes/{id}/approve");
+    let (st, e) = d.json("POST", &path, &d.operate, None);
+    assert_eq!(st, 409, "{e}");
+    assert!(
+        e["detail"].as_str().unwrap().contains("another actor"),
+        "{e}"
+    );
+    let (st, c) = d.json("POST", &path, &d.admin, None);
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(c["approvals"], serde_json::json!(["token:boss"]), "{c}");
+    let (_, l) = d.json("GET", "/api/v1/changes", &d.read, None);
+    assert_eq!(l["changes"][0]["state"], "approved", "{l}");
+    let (_, one) = d.json("GET", &format!("/api/v1/changes/{id}"), &d.read, None);
+    assert!(
+        one["preflight"]["diff"]["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x == "+ # proposed over the API"),
+        "{one}"
+    );
+    // An invalid policy is refused with its diagnostics; nothing is recorded.
+    let before = d.ledger().len();
+    let (st, e) = d.json(
+        "POST",
+        "/api/v1/changes",
+        &d.operate,
+        Some(r#"{"policy":"version = 1\n[[service]]\nname = 7\n","reason":"bad"}"#),
+    );
+    assert_eq!(st, 422, "{e}");
+    assert_eq!(d.ledger().len(), before);
+    let (st, h) = d.json("GET", "/api/v1/policy/history", &d.read, None);
+    assert_eq!(st, 200, "{h}");
+    assert_eq!(h["adoptions"][0]["how"], "serve", "{h}");
 }
