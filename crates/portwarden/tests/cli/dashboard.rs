@@ -174,6 +174,20 @@ zone = "localhost"
     let (st, _) = http(d.addr, "GET", "/api/v1/overview", None, None);
     assert_eq!(st, 401);
 
+    // A pending change request, which the page lists with its diff.
+    let body = serde_json::json!({
+        "policy": format!("{policy}\n# widen the mirror\n"),
+        "reason": "pending-for-the-dashboard",
+    });
+    let (st, c) = http(
+        d.addr,
+        "POST",
+        "/api/v1/changes",
+        Some(&d.operate),
+        Some(&body.to_string()),
+    );
+    assert_eq!(st, 200, "{c}");
+
     let b = Browser::start();
     b.goto(&format!("http://{}/", d.addr));
     b.wait_for(
@@ -205,6 +219,11 @@ zone = "localhost"
     };
     b.wait_for(&row(up_port, true), "the listening port's row", 30);
     b.wait_for(&row(later, false), "the silent port's row, down", 30);
+    b.wait_for(
+        "[...document.querySelectorAll('#changes tbody tr')].some(r => r.innerText.includes('pending-for-the-dashboard') && r.innerText.includes('+ # widen the mirror'))",
+        "the pending change with its diff",
+        30,
+    );
     let text = b.script(&format!("return {}.innerText;", row(up_port, true)));
     assert!(text.as_str().unwrap().contains("rsync-mirror"), "{text}");
     // A read token sees no button that changes anything.
