@@ -49,6 +49,9 @@ pub struct ChangeDoc {
     pub updated: i64,
     /// The pre-flight made when it was asked for.
     pub preflight: Option<PreflightDoc>,
+    /// Whether this host's key vouches for the row (false: altered in the store; no step
+    /// is taken with it).
+    pub vouched: bool,
 }
 
 /// `change list`.

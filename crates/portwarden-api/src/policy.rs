@@ -55,6 +55,9 @@ pub struct AdoptionDoc {
     pub in_force: bool,
     /// Its ledger record.
     pub seq: i64,
+    /// Whether this host's key vouches for it (false: altered in the store; never the
+    /// version in force).
+    pub vouched: bool,
 }
 
 /// `policy history`: every adoption, oldest first.

@@ -60,6 +60,7 @@ fn doc(r: &ChangeRecord, with_preflight: bool) -> ChangeDoc {
         txn: r.txn,
         created: r.created,
         updated: r.updated,
+        vouched: r.vouched,
         preflight: with_preflight
             .then(|| serde_json::from_str(&r.preflight).ok())
             .flatten(),
@@ -531,7 +532,10 @@ pub fn rollback(
     let history = s.policy_history()?;
     let was_applied = |hash: &str| {
         history.iter().any(|a| {
-            a.hash == hash && a.txn.is_some() && a.txn_state.as_deref() == Some("confirmed")
+            a.hash == hash
+                && a.vouched
+                && a.txn.is_some()
+                && a.txn_state.as_deref() == Some("confirmed")
         })
     };
     let target = match to {
@@ -619,7 +623,7 @@ pub(crate) fn approval_gate(
     let on_firewall = history
         .iter()
         .rev()
-        .find(|a| a.txn.is_some() && a.txn_state.as_deref() != Some("rolled-back"));
+        .find(|a| a.vouched && a.txn.is_some() && a.txn_state.as_deref() != Some("rolled-back"));
     let in_force_requires = match on_firewall {
         Some(c) => {
             let v = s.policy_version(&c.hash)?;
@@ -633,10 +637,12 @@ pub(crate) fn approval_gate(
     let version = portwarden_store::policy_version_of(&loaded.text);
     // Approved, and against the version in force now (a stale approval does not count).
     let now = s.policy_current()?.map(|c| c.hash);
-    let approved = s
-        .changes()?
-        .iter()
-        .any(|c| c.version == version && c.change.state == ChangeState::Approved && c.base == now);
+    let approved = s.changes()?.iter().any(|c| {
+        c.version == version
+            && c.change.state == ChangeState::Approved
+            && c.base == now
+            && c.vouched
+    });
     if approved {
         return Ok(());
     }

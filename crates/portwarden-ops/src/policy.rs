@@ -210,6 +210,7 @@ pub fn history(
                 txn: a.txn,
                 txn_state: a.txn_state,
                 seq: a.seq,
+                vouched: a.vouched,
             })
             .collect(),
     })

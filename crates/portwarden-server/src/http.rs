@@ -68,7 +68,7 @@ impl ApiError {
             Some(StoreError::NotFound(_) | StoreError::NoChange(_) | StoreError::NoVersion(_)) => {
                 (StatusCode::NOT_FOUND, "not-found")
             }
-            Some(StoreError::Change { .. } | StoreError::Stale(_)) => {
+            Some(StoreError::Change { .. } | StoreError::Stale(_) | StoreError::Altered(_)) => {
                 (StatusCode::CONFLICT, "conflict")
             }
             Some(StoreError::NotOwner { .. }) => (StatusCode::FORBIDDEN, "forbidden"),

@@ -156,6 +156,9 @@ pub enum StoreError {
     /// Something of that name exists already.
     #[error("{0}")]
     Exists(String),
+    /// A row the host key does not vouch for.
+    #[error("{0}")]
+    Altered(String),
     /// A change request cannot take that step.
     #[error("change {id}: {cause}")]
     Change {
@@ -365,6 +368,9 @@ pub struct PolicyAdoption {
     pub txn_state: Option<String>,
     /// Its ledger record.
     pub seq: i64,
+    /// Whether this host's key vouches for it (a row edited or written by hand is not,
+    /// and is never the version in force).
+    pub vouched: bool,
 }
 
 /// A change request as stored.
@@ -392,6 +398,9 @@ pub struct ChangeRecord {
     pub created: i64,
     /// When it last changed.
     pub updated: i64,
+    /// Whether this host's key vouches for the row as its last recorded step left it (a
+    /// row edited or written by hand is not, and no step is taken with it).
+    pub vouched: bool,
 }
 
 /// A change request to store: [`Journal::change_create`].

@@ -210,7 +210,8 @@ CREATE TABLE IF NOT EXISTS policy_adoptions (
     source TEXT NOT NULL,
     reason TEXT,
     txn INTEGER,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    mac TEXT
 );
 CREATE TABLE IF NOT EXISTS change_requests (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -228,11 +229,56 @@ CREATE TABLE IF NOT EXISTS change_requests (
     txn INTEGER,
     preflight TEXT NOT NULL,
     created INTEGER NOT NULL,
-    updated INTEGER NOT NULL
+    updated INTEGER NOT NULL,
+    mac TEXT
 );
 "#;
 
 const CHANGE_COLS: &str = "id, state, requester, reason, ticket, version, base, source, approvals, needed, require_approval, confirm_by, txn, preflight, created, updated";
+const CHANGE_READ: &str = "id, state, requester, reason, ticket, version, base, source, approvals, needed, require_approval, confirm_by, txn, preflight, created, updated, mac";
+
+/// The host key's MAC of a change request's reviewed fields, bound to the ledger record
+/// of its last step (`SEQ:HEX`).
+fn change_mac(k: &crate::key::HostKey, seq: i64, r: &ChangeRecord) -> String {
+    let m = k.mac(
+        format!(
+            "portwarden change\n{seq}\n{}\n{}\n{}\n{}\n{}\n{:?}\n{}\n{}\n{:?}\n{:?}",
+            r.id,
+            r.change.state,
+            r.change.requester,
+            serde_json::to_string(&r.change.approvals).unwrap_or_default(),
+            r.version,
+            r.base,
+            r.change.needed,
+            r.change.require_approval,
+            r.change.confirm_by,
+            r.txn,
+        )
+        .as_bytes(),
+    );
+    format!("{seq}:{m}")
+}
+
+/// The host key's MAC of an adoption, bound to its ledger record.
+fn adoption_mac(k: &crate::key::HostKey, a: &PolicyAdoption) -> String {
+    let m = k.mac(
+        format!(
+            "portwarden adoption\n{}\n{}\n{}\n{:?}\n{:?}",
+            a.seq, a.id, a.hash, a.previous, a.txn
+        )
+        .as_bytes(),
+    );
+    format!("{}:{m}", a.seq)
+}
+
+/// The last ledger record about `subject`.
+fn last_seq_of(c: &Connection, subject: &str) -> rusqlite::Result<Option<i64>> {
+    c.query_row(
+        "SELECT max(seq) FROM ledger WHERE subject = ?1",
+        [subject],
+        |r| r.get(0),
+    )
+}
 
 fn change_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeRecord> {
     let bad = |i: usize, what: String| {
@@ -259,16 +305,58 @@ fn change_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChangeRecord> {
         preflight: r.get(13)?,
         created: r.get(14)?,
         updated: r.get(15)?,
+        vouched: false,
     })
 }
 
-fn change_by_id(c: &Connection, id: i64) -> rusqlite::Result<Option<ChangeRecord>> {
+/// A change row, and whether the host key vouches for it as its last step left it.
+fn change_checked(
+    c: &Connection,
+    key: Option<&crate::key::HostKey>,
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<ChangeRecord> {
+    let mut rec = change_row(r)?;
+    let mac: Option<String> = r.get(16)?;
+    rec.vouched = match (key, mac) {
+        (Some(k), Some(mac)) => {
+            let last = last_seq_of(c, &format!("change:{}", rec.id))?;
+            mac_seq(&mac).is_some_and(|seq| Some(seq) == last && change_mac(k, seq, &rec) == mac)
+        }
+        _ => false,
+    };
+    Ok(rec)
+}
+
+fn change_by_id(
+    c: &Connection,
+    key: Option<&crate::key::HostKey>,
+    id: i64,
+) -> rusqlite::Result<Option<ChangeRecord>> {
     c.query_row(
-        &format!("SELECT {CHANGE_COLS} FROM change_requests WHERE id = ?1"),
+        &format!("SELECT {CHANGE_READ} FROM change_requests WHERE id = ?1"),
         [id],
-        change_row,
+        |r| change_checked(c, key, r),
     )
     .optional()
+}
+
+/// Seals a change row as it is now, bound to its last ledger record `seq`.
+fn seal_change(
+    c: &Connection,
+    key: Option<&crate::key::HostKey>,
+    id: i64,
+    seq: i64,
+) -> Result<(), StoreError> {
+    let Some(k) = key else { return Ok(()) };
+    let Some(rec) = change_by_id(c, None, id).map_err(backend)? else {
+        return Err(StoreError::NoChange(id));
+    };
+    c.execute(
+        "UPDATE change_requests SET mac = ?2 WHERE id = ?1",
+        params![id, change_mac(k, seq, &rec)],
+    )
+    .map_err(backend)?;
+    Ok(())
 }
 
 /// A change's state and versions, as its ledger records name them: `STATE VERSION`.
@@ -278,8 +366,7 @@ fn change_word(state: portwarden_core::change::ChangeState, version: &str) -> St
 
 /// The columns of an adoption, with its transaction's state (`a` the adoptions, `t`
 /// fw_txn, left-joined).
-const ADOPTION_COLS: &str =
-    "a.id, a.hash, a.previous, a.at, a.actor, a.how, a.source, a.reason, a.txn, t.state, a.seq";
+const ADOPTION_COLS: &str = "a.id, a.hash, a.previous, a.at, a.actor, a.how, a.source, a.reason, a.txn, t.state, a.seq, a.mac";
 const ADOPTION_FROM: &str = "policy_adoptions a LEFT JOIN fw_txn t ON t.id = a.txn";
 
 fn adoption_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyAdoption> {
@@ -295,19 +382,44 @@ fn adoption_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PolicyAdoption> {
         txn: r.get(8)?,
         txn_state: r.get(9)?,
         seq: r.get(10)?,
+        vouched: false,
     })
 }
 
-/// The last adoption whose transaction was not rolled back.
-fn current_adoption(c: &Connection) -> rusqlite::Result<Option<PolicyAdoption>> {
-    c.query_row(
-        &format!(
-            "SELECT {ADOPTION_COLS} FROM {ADOPTION_FROM} WHERE t.state IS NULL OR t.state != 'rolled-back' ORDER BY a.id DESC LIMIT 1"
-        ),
-        [],
-        adoption_row,
-    )
-    .optional()
+/// Every adoption, oldest first, each with whether the host key vouches for it (and its
+/// ledger record names its version).
+fn adoptions(
+    c: &Connection,
+    key: Option<&crate::key::HostKey>,
+) -> rusqlite::Result<Vec<PolicyAdoption>> {
+    let mut st = c.prepare(&format!(
+        "SELECT {ADOPTION_COLS}, l.subject FROM {ADOPTION_FROM} LEFT JOIN ledger l ON l.seq = a.seq ORDER BY a.id"
+    ))?;
+    let rows = st.query_map([], |r| {
+        let mut a = adoption_row(r)?;
+        let mac: Option<String> = r.get(11)?;
+        let subject: Option<String> = r.get(12)?;
+        a.vouched = match (key, mac) {
+            (Some(k), Some(mac)) => {
+                adoption_mac(k, &a) == mac && subject == Some(format!("policy:{}", a.hash))
+            }
+            _ => false,
+        };
+        Ok(a)
+    })?;
+    rows.collect()
+}
+
+/// The version in force: the last vouched-for adoption whose transaction was not rolled
+/// back (a row edited or written by hand is passed over).
+fn current_adoption(
+    c: &Connection,
+    key: Option<&crate::key::HostKey>,
+) -> rusqlite::Result<Option<PolicyAdoption>> {
+    Ok(adoptions(c, key)?
+        .into_iter()
+        .rev()
+        .find(|a| a.vouched && a.txn_state.as_deref() != Some("rolled-back")))
 }
 
 use portwarden_core::change::short_hash;
@@ -2351,7 +2463,9 @@ impl Journal for SqliteStore {
         self.writable()?;
         let hash = crate::policy_version_of(a.text);
         let tx = immediate(&mut self.conn)?;
-        let previous = current_adoption(&tx).map_err(backend)?.map(|p| p.hash);
+        let previous = current_adoption(&tx, self.key.as_ref())
+            .map_err(backend)?
+            .map(|p| p.hash);
         if previous.as_deref() == Some(hash.as_str()) && a.txn.is_none() {
             return Ok(None);
         }
@@ -2385,13 +2499,21 @@ impl Journal for SqliteStore {
         )
         .map_err(backend)?;
         let id = tx.last_insert_rowid();
-        let row = tx
+        let mut row = tx
             .query_row(
                 &format!("SELECT {ADOPTION_COLS} FROM {ADOPTION_FROM} WHERE a.id = ?1"),
                 [id],
                 adoption_row,
             )
             .map_err(backend)?;
+        if let Some(k) = &self.key {
+            tx.execute(
+                "UPDATE policy_adoptions SET mac = ?2 WHERE id = ?1",
+                params![id, adoption_mac(k, &row)],
+            )
+            .map_err(backend)?;
+            row.vouched = true;
+        }
         tx.commit().map_err(backend)?;
         self.committed()?;
         Ok(Some(row))
@@ -2425,7 +2547,7 @@ impl Journal for SqliteStore {
         )
         .map_err(backend)?;
         let id = tx.last_insert_rowid();
-        append(
+        let e = append(
             &tx,
             now,
             Change {
@@ -2444,7 +2566,8 @@ impl Journal for SqliteStore {
             },
         )
         .map_err(backend)?;
-        let row = change_by_id(&tx, id)
+        seal_change(&tx, self.key.as_ref(), id, e.seq)?;
+        let row = change_by_id(&tx, self.key.as_ref(), id)
             .map_err(backend)?
             .ok_or(StoreError::NoChange(id))?;
         tx.commit().map_err(backend)?;
@@ -2453,17 +2576,20 @@ impl Journal for SqliteStore {
     }
 
     fn change_get(&self, id: i64) -> Result<Option<ChangeRecord>, StoreError> {
-        change_by_id(&self.conn, id).map_err(backend)
+        change_by_id(&self.conn, self.key.as_ref(), id).map_err(backend)
     }
 
     fn changes(&self) -> Result<Vec<ChangeRecord>, StoreError> {
         let mut st = self
             .conn
             .prepare(&format!(
-                "SELECT {CHANGE_COLS} FROM change_requests ORDER BY id"
+                "SELECT {CHANGE_READ} FROM change_requests ORDER BY id"
             ))
             .map_err(backend)?;
-        let rows = st.query_map([], change_row).map_err(backend)?;
+        let key = self.key.as_ref();
+        let rows = st
+            .query_map([], |r| change_checked(&self.conn, key, r))
+            .map_err(backend)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(backend)
     }
 
@@ -2478,9 +2604,14 @@ impl Journal for SqliteStore {
     ) -> Result<ChangeRecord, StoreError> {
         self.writable()?;
         let tx = immediate(&mut self.conn)?;
-        let Some(row) = change_by_id(&tx, id).map_err(backend)? else {
+        let Some(row) = change_by_id(&tx, self.key.as_ref(), id).map_err(backend)? else {
             return Err(StoreError::NoChange(id));
         };
+        if !row.vouched {
+            return Err(StoreError::Altered(format!(
+                "change {id} is not as its last recorded step left it (its row carries no valid MAC of this host's key): it was altered in the store or written by hand; nothing is done with it"
+            )));
+        }
         let from = change_word(row.change.state, &row.version);
         use portwarden_core::change::{ChangeEvent as E, ChangeState as S};
         let reviewing = matches!(event, E::Approve { .. } | E::Apply)
@@ -2489,7 +2620,9 @@ impl Journal for SqliteStore {
             // In this transaction: the version in force is what it was when asked, and no
             // other change is being applied (two applies of changes made against the same
             // version would each pass on its own).
-            let now_in_force = current_adoption(&tx).map_err(backend)?.map(|a| a.hash);
+            let now_in_force = current_adoption(&tx, self.key.as_ref())
+                .map_err(backend)?
+                .map(|a| a.hash);
             let short = |v: &Option<String>| {
                 v.as_deref()
                     .map_or("none".to_string(), |h| short_hash(h).to_string())
@@ -2507,7 +2640,7 @@ impl Journal for SqliteStore {
                     params![id, now],
                 )
                 .map_err(backend)?;
-                append(
+                let e = append(
                     &tx,
                     now,
                     Change {
@@ -2520,6 +2653,7 @@ impl Journal for SqliteStore {
                     },
                 )
                 .map_err(backend)?;
+                seal_change(&tx, self.key.as_ref(), id, e.seq)?;
                 tx.commit().map_err(backend)?;
                 self.committed()?;
                 return Err(StoreError::Stale(format!(
@@ -2553,7 +2687,7 @@ impl Journal for SqliteStore {
                     params![id, t.change.state.as_str(), approvals, t.change.confirm_by, txn, now],
                 )
                 .map_err(backend)?;
-                append(
+                let e = append(
                     &tx,
                     now,
                     Change {
@@ -2566,7 +2700,8 @@ impl Journal for SqliteStore {
                     },
                 )
                 .map_err(backend)?;
-                let row = change_by_id(&tx, id)
+                seal_change(&tx, self.key.as_ref(), id, e.seq)?;
+                let row = change_by_id(&tx, self.key.as_ref(), id)
                     .map_err(backend)?
                     .ok_or(StoreError::NoChange(id))?;
                 tx.commit().map_err(backend)?;
@@ -2575,7 +2710,7 @@ impl Journal for SqliteStore {
             }
             Err(cause) => {
                 // The refusal is on the record too; the request stays as it was.
-                append(
+                let e = append(
                     &tx,
                     now,
                     Change {
@@ -2588,6 +2723,7 @@ impl Journal for SqliteStore {
                     },
                 )
                 .map_err(backend)?;
+                seal_change(&tx, self.key.as_ref(), id, e.seq)?;
                 tx.commit().map_err(backend)?;
                 self.committed()?;
                 Err(StoreError::Change { id, cause })
@@ -2596,18 +2732,11 @@ impl Journal for SqliteStore {
     }
 
     fn policy_current(&self) -> Result<Option<PolicyAdoption>, StoreError> {
-        current_adoption(&self.conn).map_err(backend)
+        current_adoption(&self.conn, self.key.as_ref()).map_err(backend)
     }
 
     fn policy_history(&self) -> Result<Vec<PolicyAdoption>, StoreError> {
-        let mut st = self
-            .conn
-            .prepare(&format!(
-                "SELECT {ADOPTION_COLS} FROM {ADOPTION_FROM} ORDER BY a.id"
-            ))
-            .map_err(backend)?;
-        let rows = st.query_map([], adoption_row).map_err(backend)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+        adoptions(&self.conn, self.key.as_ref()).map_err(backend)
     }
 
     fn policy_version(&self, hash: &str) -> Result<PolicyVersion, StoreError> {

@@ -1580,3 +1580,105 @@ fn change_requests_step_through_core_and_every_step_and_refusal_is_recorded() {
     ));
     assert_eq!(s.verify_ledger().unwrap().broken, None);
 }
+
+#[test]
+fn change_rows_and_adoptions_edited_in_the_database_are_not_vouched_for() {
+    use portwarden_core::change::ChangeEvent as E;
+    let d = tempdir("changes-mac");
+    let mut s = SqliteStore::open(&d, "local", true).unwrap();
+    let first = s
+        .policy_adopt(100, adopt("alice", "fw apply", "version = 1\n", None))
+        .unwrap()
+        .unwrap();
+    let second = s
+        .policy_adopt(
+            101,
+            adopt("alice", "fw apply", "version = 1\n# strict\n", None),
+        )
+        .unwrap()
+        .unwrap();
+    assert!(first.vouched && second.vouched);
+    let new = |s: &mut SqliteStore, text: &str| {
+        s.change_create(
+            102,
+            portwarden_store::NewChange {
+                requester: "alice",
+                reason: "r",
+                ticket: None,
+                text,
+                source: "f",
+                base: Some(&second.hash),
+                needed: 1,
+                require_approval: true,
+                preflight: "{}",
+            },
+        )
+        .unwrap()
+    };
+    let c = new(&mut s, "version = 1\n# a\n");
+    assert!(c.vouched);
+    // Refused steps keep the row vouched for (its seal follows the ledger).
+    assert!(
+        s.change_step(
+            103,
+            c.id,
+            "alice",
+            &E::Approve {
+                actor: "alice".into()
+            },
+            None,
+            None
+        )
+        .is_err()
+    );
+    assert!(s.change_get(c.id).unwrap().unwrap().vouched);
+    // A state and approvals written by hand: not vouched, and no step is taken with it.
+    raw(&d)
+        .execute(
+            "UPDATE change_requests SET state = 'approved', approvals = '[\"bob\"]' WHERE id = ?1",
+            [c.id],
+        )
+        .unwrap();
+    let forged = s.change_get(c.id).unwrap().unwrap();
+    assert!(!forged.vouched);
+    assert!(matches!(
+        s.change_step(104, c.id, "carol", &E::Apply, None, None),
+        Err(StoreError::Altered(_))
+    ));
+    // A row put back as an earlier step left it (a replay) is not vouched for either.
+    let c2 = new(&mut s, "version = 1\n# b\n");
+    let before: (String, String) = raw(&d)
+        .query_row(
+            "SELECT state, mac FROM change_requests WHERE id = ?1",
+            [c2.id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    s.change_step(
+        105,
+        c2.id,
+        "bob",
+        &E::Reject {
+            actor: "bob".into(),
+        },
+        Some("no"),
+        None,
+    )
+    .unwrap();
+    raw(&d)
+        .execute(
+            "UPDATE change_requests SET state = ?2, mac = ?3 WHERE id = ?1",
+            rusqlite::params![c2.id, before.0, before.1],
+        )
+        .unwrap();
+    assert!(!s.change_get(c2.id).unwrap().unwrap().vouched);
+    // An adoption pointed at another version is passed over: the one before is in force.
+    raw(&d)
+        .execute(
+            "UPDATE policy_adoptions SET hash = ?1 WHERE id = ?2",
+            rusqlite::params![first.hash, second.id],
+        )
+        .unwrap();
+    let cur = s.policy_current().unwrap().unwrap();
+    assert_eq!(cur.id, first.id, "{cur:?}");
+}

@@ -17,6 +17,11 @@ impl Render for ChangeDoc {
             utc(self.created),
             self.reason
         );
+        if !self.vouched {
+            out.push_str(
+                "  ALTERED: this host's key does not vouch for the row; nothing is done with it\n",
+            );
+        }
         if let Some(t) = &self.ticket {
             out.push_str(&format!("  ticket: {t}\n"));
         }
