@@ -64,7 +64,12 @@ impl Lab {
     }
 
     fn pw(&self, policy: &str, args: &[&str]) -> Output {
-        let p = self.dir.join("policy.toml");
+        self.pw_in("policy.toml", policy, args, &[])
+    }
+
+    /// portwarden in the server namespace on `policy` (written to `file`), with `env`.
+    fn pw_in(&self, file: &str, policy: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let p = self.dir.join(file);
         std::fs::write(&p, policy).unwrap();
         Command::new("ip")
             .args([
@@ -81,6 +86,7 @@ impl Lab {
             ])
             .args(args)
             .env_remove("SSH_CONNECTION")
+            .envs(env.iter().copied())
             .output()
             .unwrap()
     }
@@ -1373,27 +1379,9 @@ fn r_policy_versions_follow_applies_and_rollbacks() {
 impl Lab {
     /// `pw` as `sudo` from `who` (the ledger's actor), with `env` set.
     fn pw_as(&self, who: &str, policy: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let p = self.dir.join(format!("policy-{who}.toml"));
-        std::fs::write(&p, policy).unwrap();
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.server.name,
-                env!("CARGO_BIN_EXE_portwarden"),
-            ])
-            .args([
-                "--policy",
-                p.to_str().unwrap(),
-                "--state-dir",
-                self.dir.join("state").to_str().unwrap(),
-            ])
-            .args(args)
-            .env_remove("SSH_CONNECTION")
-            .env("SUDO_USER", who)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap()
+        let mut env = env.to_vec();
+        env.insert(0, ("SUDO_USER", who));
+        self.pw_in(&format!("policy-{who}.toml"), policy, args, &env)
     }
 }
 
