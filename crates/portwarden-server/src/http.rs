@@ -728,21 +728,34 @@ async fn fw_status(State(app): State<Arc<App>>, Extension(c): Extension<Caller>,
     ok(blocking(move |_| portwarden_ops::fw::status(&app.ctx(&c.actor), app.state_dir())).await?)
 }
 
+/// An apply's settings from a request body: the commit-confirm window (default 60s) and
+/// the backend (default auto).
+fn apply_req(
+    confirm_within: Option<&str>,
+    backend_name: Option<&str>,
+    allow_missing_interface: bool,
+    how: &'static str,
+) -> Result<portwarden_ops::fw::ApplyReq, ApiError> {
+    Ok(portwarden_ops::fw::ApplyReq {
+        confirm_within: duration("confirm_within", confirm_within.unwrap_or("60s"))?,
+        backend: backend(backend_name)?,
+        allow_missing_interface,
+        how,
+    })
+}
+
 async fn fw_apply(
     State(app): State<Arc<App>>,
     Extension(c): Extension<Caller>,
     b: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let b: ApplyBody = body(b)?;
-    let req = portwarden_ops::fw::ApplyReq {
-        confirm_within: duration(
-            "confirm_within",
-            b.confirm_within.as_deref().unwrap_or("60s"),
-        )?,
-        backend: backend(b.backend.as_deref())?,
-        allow_missing_interface: b.allow_missing_interface,
-        how: "fw apply",
-    };
+    let req = apply_req(
+        b.confirm_within.as_deref(),
+        b.backend.as_deref(),
+        b.allow_missing_interface,
+        "fw apply",
+    )?;
     ok(
         blocking(move |_| {
             portwarden_ops::fw::apply(&app.ctx(&c.actor), None, app.state_dir(), req)
@@ -858,15 +871,12 @@ async fn change_apply(
 ) -> Answer {
     let id = change_id(&id)?;
     let b: portwarden_api::serve::ChangeApplyBody = body(b)?;
-    let req = portwarden_ops::fw::ApplyReq {
-        confirm_within: duration(
-            "confirm_within",
-            b.confirm_within.as_deref().unwrap_or("60s"),
-        )?,
-        backend: backend(b.backend.as_deref())?,
-        allow_missing_interface: false,
-        how: "change apply",
-    };
+    let req = apply_req(
+        b.confirm_within.as_deref(),
+        b.backend.as_deref(),
+        false,
+        "change apply",
+    )?;
     ok(blocking(move |_| {
         portwarden_ops::change::apply(
             &app.ctx(&c.actor),

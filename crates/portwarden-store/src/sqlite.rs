@@ -359,6 +359,49 @@ fn seal_change(
     Ok(())
 }
 
+/// Who takes a change request's step, which, why, and the transaction it names.
+struct Step<'a> {
+    actor: &'a str,
+    event: &'a portwarden_core::change::ChangeEvent,
+    reason: Option<&'a str>,
+    txn: Option<i64>,
+}
+
+/// Writes a step core's `change::step` allowed: the row as `next`, its `change.EVENT`
+/// ledger record (from `row`'s state to `next`'s), and the row's seal on that record.
+fn write_step(
+    tx: &rusqlite::Transaction<'_>,
+    key: Option<&crate::key::HostKey>,
+    now: i64,
+    row: &ChangeRecord,
+    next: &portwarden_core::change::Change,
+    step: Step<'_>,
+) -> Result<(), StoreError> {
+    let approvals = serde_json::to_string(&next.approvals).map_err(|e| StoreError::Io {
+        context: "change approvals".into(),
+        cause: std::io::Error::other(e),
+    })?;
+    tx.execute(
+        "UPDATE change_requests SET state = ?2, approvals = ?3, confirm_by = ?4, txn = coalesce(?5, txn), updated = ?6 WHERE id = ?1",
+        params![row.id, next.state.as_str(), approvals, next.confirm_by, step.txn, now],
+    )
+    .map_err(backend)?;
+    let e = append(
+        tx,
+        now,
+        Change {
+            actor: step.actor.to_string(),
+            action: format!("change.{}", step.event.as_str()),
+            subject: format!("change:{}", row.id),
+            before: Some(change_word(row.change.state, &row.version)),
+            after: Some(change_word(next.state, &row.version)),
+            reason: step.reason.map(str::to_string),
+        },
+    )
+    .map_err(backend)?;
+    seal_change(tx, key, row.id, e.seq)
+}
+
 /// A change's state and versions, as its ledger records name them: `STATE VERSION`.
 fn change_word(state: portwarden_core::change::ChangeState, version: &str) -> String {
     format!("{state} {version}")
@@ -2633,27 +2676,16 @@ impl Journal for SqliteStore {
                     short(&row.base),
                     short(&now_in_force)
                 );
-                let mut expired = row.change.clone();
-                expired.state = S::Expired;
-                tx.execute(
-                    "UPDATE change_requests SET state = 'expired', updated = ?2 WHERE id = ?1",
-                    params![id, now],
-                )
-                .map_err(backend)?;
-                let e = append(
-                    &tx,
-                    now,
-                    Change {
-                        actor: actor.to_string(),
-                        action: "change.expire".into(),
-                        subject: format!("change:{id}"),
-                        before: Some(from),
-                        after: Some(change_word(S::Expired, &row.version)),
-                        reason: Some(why.clone()),
-                    },
-                )
-                .map_err(backend)?;
-                seal_change(&tx, self.key.as_ref(), id, e.seq)?;
+                // Expiring is a step like the others (legal from requested and approved).
+                let t = portwarden_core::change::step(&row.change, &E::Expire, now)
+                    .map_err(|cause| StoreError::Change { id, cause })?;
+                let step = Step {
+                    actor,
+                    event: &E::Expire,
+                    reason: Some(&why),
+                    txn: None,
+                };
+                write_step(&tx, self.key.as_ref(), now, &row, &t.change, step)?;
                 tx.commit().map_err(backend)?;
                 self.committed()?;
                 return Err(StoreError::Stale(format!(
@@ -2677,30 +2709,13 @@ impl Journal for SqliteStore {
         }
         match portwarden_core::change::step(&row.change, event, now) {
             Ok(t) => {
-                let approvals =
-                    serde_json::to_string(&t.change.approvals).map_err(|e| StoreError::Io {
-                        context: "change approvals".into(),
-                        cause: std::io::Error::other(e),
-                    })?;
-                tx.execute(
-                    "UPDATE change_requests SET state = ?2, approvals = ?3, confirm_by = ?4, txn = coalesce(?5, txn), updated = ?6 WHERE id = ?1",
-                    params![id, t.change.state.as_str(), approvals, t.change.confirm_by, txn, now],
-                )
-                .map_err(backend)?;
-                let e = append(
-                    &tx,
-                    now,
-                    Change {
-                        actor: actor.to_string(),
-                        action: format!("change.{}", event.as_str()),
-                        subject: format!("change:{id}"),
-                        before: Some(from),
-                        after: Some(change_word(t.change.state, &row.version)),
-                        reason: reason.map(str::to_string),
-                    },
-                )
-                .map_err(backend)?;
-                seal_change(&tx, self.key.as_ref(), id, e.seq)?;
+                let step = Step {
+                    actor,
+                    event,
+                    reason,
+                    txn,
+                };
+                write_step(&tx, self.key.as_ref(), now, &row, &t.change, step)?;
                 let row = change_by_id(&tx, self.key.as_ref(), id)
                     .map_err(backend)?
                     .ok_or(StoreError::NoChange(id))?;

@@ -176,7 +176,7 @@ pub(crate) fn lockout_check(
     )?;
     // The management path in force must stay whole: every port range and every network
     // of it covered by one of the new policy's (a narrower network, a shorter range, a
-    // hole, is a lock-out for someone), or admitted by its rules at every corner.
+    // hole, is a lock-out for someone).
     let new_mgmt = &new.host.management;
     for spec in &old.host.management.ports {
         let ports_kept = new_mgmt.ports.iter().any(|n| {
