@@ -9,6 +9,7 @@
 pub mod addr;
 pub mod alloc;
 pub mod auth;
+pub mod balance;
 pub mod catalog;
 pub mod change;
 pub mod diag;

@@ -176,7 +176,7 @@ fn r_policy_cross_checks_match_their_pairwise_definitions() {
         for i in 0..rng.next(4) {
             let port = 1 + rng.next(120) as u16;
             src.push_str(&format!(
-                "[[balance]]\nname = \"b{i}\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [\"127.0.0.1:9\"]\n"
+                "[[balance]]\nname = \"b{i}\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [\"127.0.0.2:9\"]\n"
             ));
             if let Some(s) = services
                 .iter()

@@ -619,7 +619,13 @@ pub fn render(policy: &Policy, opts: &Options) -> Result<Ruleset, RenderError> {
             entries.push(Entry {
                 id: format!("bal_{}", ident(&b.name)),
                 comment: format!("balance {}", b.name),
-                specs: vec![(Protocol::Tcp, PortRange::single(p))],
+                specs: vec![(
+                    match b.protocol {
+                        portwarden_core::policy::BalanceProtocol::Tcp => Protocol::Tcp,
+                        portwarden_core::policy::BalanceProtocol::Udp => Protocol::Udp,
+                    },
+                    PortRange::single(p),
+                )],
                 leased: None,
                 sources: AddrSet::any(),
                 iifnames: vec![],

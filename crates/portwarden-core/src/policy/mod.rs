@@ -402,7 +402,8 @@ pub enum Algorithm {
     SourceHash,
 }
 
-/// `[[balance]].health`.
+/// `[[balance]].health`: an active check every `interval`; `fall` failures in a row mark a
+/// backend down, `rise` successes up again.
 #[derive(Debug, Clone, Serialize)]
 pub struct HealthCheck {
     /// Time between checks.
@@ -413,8 +414,14 @@ pub struct HealthCheck {
     pub fall: u32,
     /// Consecutive successes that mark it up.
     pub rise: u32,
-    /// Bytes the backend must send first (e.g. `@RSYNCD`).
+    /// Bytes written once connected (`"PING\r\n"`).
+    pub send: Option<String>,
+    /// Bytes the backend must send (first, or in answer to `send`), e.g. `@RSYNCD`.
     pub expect: Option<String>,
+    /// An HTTP `GET` of this path whose status must be `status` (or 2xx/3xx).
+    pub http: Option<String>,
+    /// The status `http` must answer.
+    pub status: Option<u16>,
 }
 
 impl Default for HealthCheck {
@@ -424,9 +431,43 @@ impl Default for HealthCheck {
             timeout: HumanDuration(std::time::Duration::from_secs(1)),
             fall: 3,
             rise: 2,
+            send: None,
             expect: None,
+            http: None,
+            status: None,
         }
     }
+}
+
+/// `[[balance]].protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BalanceProtocol {
+    /// Connections, proxied.
+    Tcp,
+    /// Datagrams, in sessions by source.
+    Udp,
+}
+
+/// `[[balance]].proxy_protocol`: the PROXY protocol header sent to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    /// The text header.
+    V1,
+    /// The binary header.
+    V2,
+}
+
+/// One node of a balance group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Backend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Relative share (default 1).
+    pub weight: u32,
+    /// Concurrent connections it is given at most (default: the group's `max_conn`).
+    pub max_conn: Option<u32>,
 }
 
 /// `[[balance]]`: mirror nodes behind one port.
@@ -436,16 +477,46 @@ pub struct Balance {
     pub name: String,
     /// Address the balancer listens on.
     pub listen: SocketAddr,
+    /// `tcp` (the default) or `udp`.
+    pub protocol: BalanceProtocol,
     /// Backend choice.
     pub algorithm: Algorithm,
     /// Primary backends.
-    pub backends: Vec<SocketAddr>,
+    pub backends: Vec<Backend>,
     /// Used only when every primary is down.
-    pub backup: Vec<SocketAddr>,
+    pub backup: Vec<Backend>,
     /// Health check.
     pub health: HealthCheck,
     /// Concurrent connections per source.
     pub max_conn_per_source: Option<u32>,
+    /// New connections per second per source.
+    pub max_rate_per_source: Option<u32>,
+    /// Concurrent connections per backend (each backend's own `max_conn` wins).
+    pub max_conn: Option<u32>,
+    /// How long a connection waits for a backend below its `max_conn`.
+    pub queue_timeout: HumanDuration,
+    /// How long a connection to a backend may take.
+    pub connect_timeout: HumanDuration,
+    /// A connection (TCP) or session (UDP) with no bytes either way this long is closed.
+    pub idle_timeout: HumanDuration,
+    /// How long established connections may finish on stop.
+    pub drain_timeout: HumanDuration,
+    /// `TCP_NODELAY` on both sides.
+    pub nodelay: bool,
+    /// The PROXY protocol header sent to backends.
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Clients come through a fronting balancer that sends a PROXY header (v1 or v2).
+    pub accept_proxy: bool,
+}
+
+impl Balance {
+    /// Primaries then backups, each with whether it is a backup.
+    pub fn nodes(&self) -> impl Iterator<Item = (&Backend, bool)> {
+        self.backends
+            .iter()
+            .map(|b| (b, false))
+            .chain(self.backup.iter().map(|b| (b, true)))
+    }
 }
 
 /// `[scan]`: the targets the daemon's API may be asked to scan (`POST /api/v1/scans`);

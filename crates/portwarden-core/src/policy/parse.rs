@@ -86,12 +86,25 @@ const BALANCE_KEYS: &[&str] = &[
     "backup",
     "health",
     "max_conn_per_source",
+    "protocol",
+    "max_rate_per_source",
+    "max_conn",
+    "queue_timeout",
+    "connect_timeout",
+    "idle_timeout",
+    "drain_timeout",
+    "nodelay",
+    "proxy_protocol",
+    "accept_proxy",
 ];
+const BACKEND_KEYS: &[&str] = &["addr", "weight", "max_conn"];
 const SCAN_KEYS: &[&str] = &["targets", "max_hosts"];
 /// The longest `[alerts] timeout`: one attempt at the webhook.
 pub const WEBHOOK_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 const ALERTS_KEYS: &[&str] = &["webhook", "timeout", "retries", "queue", "ca"];
-const HEALTH_KEYS: &[&str] = &["interval", "timeout", "fall", "rise", "expect"];
+const HEALTH_KEYS: &[&str] = &[
+    "interval", "timeout", "fall", "rise", "send", "expect", "http", "status",
+];
 
 /// Collects diagnostics while reading values.
 struct Cx<'c> {
@@ -1402,6 +1415,14 @@ fn read_balance(cx: &mut Cx<'_>, node: &Node) -> Option<(Balance, Span)> {
             None
         }
     };
+    let protocol = match f.get("protocol") {
+        Some(n) => cx.choice(
+            n,
+            "protocol",
+            &[("tcp", BalanceProtocol::Tcp), ("udp", BalanceProtocol::Udp)],
+        ),
+        None => Some(BalanceProtocol::Tcp),
+    };
     let algorithm = match f.get("algorithm") {
         Some(n) => cx.choice(
             n,
@@ -1414,7 +1435,7 @@ fn read_balance(cx: &mut Cx<'_>, node: &Node) -> Option<(Balance, Span)> {
         ),
         None => Some(Algorithm::RoundRobin),
     };
-    let mut addrs = |key: &str, required: bool| -> Option<Vec<SocketAddr>> {
+    let mut nodes = |key: &str, required: bool| -> Option<Vec<Backend>> {
         match f.get(key) {
             Some(n) => {
                 let items = cx.array(n, key)?;
@@ -1426,10 +1447,14 @@ fn read_balance(cx: &mut Cx<'_>, node: &Node) -> Option<(Balance, Span)> {
                     return None;
                 }
                 let mut v = Vec::new();
+                let mut ok = true;
                 for it in items {
-                    v.push(cx.socket_addr(it, key)?);
+                    match read_backend(cx, it, key) {
+                        Some(b) => v.push(b),
+                        None => ok = false,
+                    }
                 }
-                Some(v)
+                ok.then_some(v)
             }
             None if required => {
                 cx.err(f.span.clone(), format!("a balance group needs `{key}`"));
@@ -1438,29 +1463,169 @@ fn read_balance(cx: &mut Cx<'_>, node: &Node) -> Option<(Balance, Span)> {
             None => Some(Vec::new()),
         }
     };
-    let backends = addrs("backends", true);
-    let backup = addrs("backup", false);
+    let backends = nodes("backends", true);
+    let backup = nodes("backup", false);
     let health = match f.get("health") {
         Some(n) => read_health(cx, n),
         None => Some(HealthCheck::default()),
     };
-    let max_conn_per_source = match f.get("max_conn_per_source") {
-        Some(n) => Some(cx.positive(n, "max_conn_per_source")?),
-        None => None,
+    let pos = |cx: &mut Cx<'_>, key: &str| -> Option<Option<u32>> {
+        match f.get(key) {
+            Some(n) => Some(Some(cx.positive(n, key)?)),
+            None => Some(None),
+        }
     };
+    let max_conn_per_source = pos(cx, "max_conn_per_source");
+    let max_rate_per_source = pos(cx, "max_rate_per_source");
+    let max_conn = pos(cx, "max_conn");
+    let dur = |cx: &mut Cx<'_>, key: &str, default: u64| -> Option<HumanDuration> {
+        match f.get(key) {
+            Some(n) => cx.duration(n, key, true),
+            None => Some(HumanDuration(std::time::Duration::from_secs(default))),
+        }
+    };
+    let queue_timeout = dur(cx, "queue_timeout", 5);
+    let connect_timeout = dur(cx, "connect_timeout", 2);
+    let idle_default = if protocol == Some(BalanceProtocol::Udp) {
+        30
+    } else {
+        600
+    };
+    let idle_timeout = dur(cx, "idle_timeout", idle_default);
+    let drain_timeout = dur(cx, "drain_timeout", 30);
+    let flag = |cx: &mut Cx<'_>, key: &str, default: bool| -> Option<bool> {
+        match f.get(key) {
+            Some(n) => cx.boolean(n, key),
+            None => Some(default),
+        }
+    };
+    let nodelay = flag(cx, "nodelay", true);
+    let accept_proxy = flag(cx, "accept_proxy", false);
+    let proxy_protocol = match f.get("proxy_protocol") {
+        Some(n) => cx
+            .choice(
+                n,
+                "proxy_protocol",
+                &[("v1", ProxyProtocol::V1), ("v2", ProxyProtocol::V2)],
+            )
+            .map(Some),
+        None => Some(None),
+    };
+    if protocol == Some(BalanceProtocol::Udp) {
+        for key in [
+            "proxy_protocol",
+            "accept_proxy",
+            "max_conn",
+            "queue_timeout",
+        ] {
+            if let Some(n) = f.get(key) {
+                cx.err(
+                    n.span.clone(),
+                    format!("`{key}` applies to TCP balance groups only (this one is `udp`)"),
+                );
+            }
+        }
+    }
     let span = listen_node.map_or(f.span.clone(), |n| n.span.clone());
-    Some((
-        Balance {
-            name: name?,
-            listen: listen?,
-            algorithm: algorithm?,
-            backends: backends?,
-            backup: backup?,
-            health: health?,
-            max_conn_per_source,
+    let b = Balance {
+        name: name?,
+        listen: listen?,
+        protocol: protocol?,
+        algorithm: algorithm?,
+        backends: backends?,
+        backup: backup?,
+        health: health?,
+        max_conn_per_source: max_conn_per_source?,
+        max_rate_per_source: max_rate_per_source?,
+        max_conn: max_conn?,
+        queue_timeout: queue_timeout?,
+        connect_timeout: connect_timeout?,
+        idle_timeout: idle_timeout?,
+        drain_timeout: drain_timeout?,
+        nodelay: nodelay?,
+        proxy_protocol: proxy_protocol?,
+        accept_proxy: accept_proxy?,
+    };
+    // A node that is the balancer itself would send every connection round in a loop.
+    let mut seen = std::collections::BTreeSet::new();
+    let items = |key: &str| match f.get(key).map(|n| &n.kind) {
+        Some(Kind::Array(v)) => v.as_slice(),
+        _ => &[],
+    };
+    for ((node, _), item) in b
+        .nodes()
+        .zip(items("backends").iter().chain(items("backup")))
+    {
+        let a = node.addr;
+        let own = a == b.listen
+            || (a.port() == b.listen.port()
+                && b.listen.ip().is_unspecified()
+                && (a.ip().is_loopback() || a.ip().is_unspecified()));
+        if own {
+            cx.err_help(
+                item.span.clone(),
+                format!("node {a} is the balancer's own `listen` ({})", b.listen),
+                "a balance group forwards to other addresses or ports; this would loop",
+            );
+            return None;
+        }
+        if !seen.insert(a) {
+            cx.err(item.span.clone(), format!("node {a} is listed twice"));
+            return None;
+        }
+    }
+    if b.health.status.is_some() && b.health.http.is_none() {
+        cx.err(
+            f.get("health").map_or(span.clone(), |n| n.span.clone()),
+            "health `status` needs `http` (the path to GET)",
+        );
+        return None;
+    }
+    Some((b, span))
+}
+
+/// A node: `"ADDR:PORT"` or `{ addr = "ADDR:PORT", weight = 2, max_conn = 100 }`.
+fn read_backend(cx: &mut Cx<'_>, node: &Node, key: &str) -> Option<Backend> {
+    if let Kind::Str(_) = node.kind {
+        return Some(Backend {
+            addr: cx.socket_addr(node, key)?,
+            weight: 1,
+            max_conn: None,
+        });
+    }
+    let f = cx.fields(node, "a balance node", BACKEND_KEYS)?;
+    let addr = match f.get("addr") {
+        Some(n) => cx.socket_addr(n, "addr"),
+        None => {
+            cx.err(
+                f.span.clone(),
+                "a balance node needs `addr`, e.g. { addr = \"10.0.0.11:873\", weight = 2 }",
+            );
+            None
+        }
+    };
+    let weight = match f.get("weight") {
+        Some(n) => match cx.positive(n, "weight") {
+            Some(w) if w > 1000 => {
+                cx.err(
+                    n.span.clone(),
+                    format!("`weight` must be at most 1000, found {w}"),
+                );
+                None
+            }
+            w => w,
         },
-        span,
-    ))
+        None => Some(1),
+    };
+    let max_conn = match f.get("max_conn") {
+        Some(n) => Some(Some(cx.positive(n, "max_conn")?)),
+        None => Some(None),
+    };
+    Some(Backend {
+        addr: addr?,
+        weight: weight?,
+        max_conn: max_conn?,
+    })
 }
 
 fn read_health(cx: &mut Cx<'_>, node: &Node) -> Option<HealthCheck> {
@@ -1487,11 +1652,74 @@ fn read_health(cx: &mut Cx<'_>, node: &Node) -> Option<HealthCheck> {
             }
         }
     }
-    if let Some(n) = f.get("expect") {
-        match cx.nonempty_string(n, "expect") {
-            Some(s) => h.expect = Some(s),
+    // `send` and `expect` are bytes on the wire: TOML escapes (`\r\n`) are how they are
+    // written, so control characters are allowed here (and only here).
+    for (key, slot) in [("send", &mut h.send), ("expect", &mut h.expect)] {
+        if let Some(n) = f.get(key) {
+            match &n.kind {
+                Kind::Str(s) if s.is_empty() => {
+                    cx.err(n.span.clone(), format!("`{key}` must not be empty"));
+                    ok = false;
+                }
+                Kind::Str(s) if s.len() > 1024 => {
+                    cx.err(
+                        n.span.clone(),
+                        format!("`{key}` must be at most 1024 bytes"),
+                    );
+                    ok = false;
+                }
+                Kind::Str(s) => *slot = Some(s.clone()),
+                _ => {
+                    cx.mismatch(n, key, "a string");
+                    ok = false;
+                }
+            }
+        }
+    }
+    if let Some(n) = f.get("http") {
+        match cx.nonempty_string(n, "http") {
+            Some(p) if !p.starts_with('/') || p.bytes().any(|b| !b.is_ascii_graphic()) => {
+                cx.err(
+                    n.span.clone(),
+                    format!(
+                        "`http` must be a path starting with `/` of visible ASCII, found `{}`",
+                        p.escape_debug()
+                    ),
+                );
+                ok = false;
+            }
+            Some(p) => h.http = Some(p),
             None => ok = false,
         }
+    }
+    if let Some(n) = f.get("status") {
+        match cx.positive(n, "status") {
+            Some(v) if (100..=599).contains(&v) => h.status = Some(v as u16),
+            Some(v) => {
+                cx.err(
+                    n.span.clone(),
+                    format!("`status` must be an HTTP status (100-599), found {v}"),
+                );
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    if ok && h.http.is_some() && (h.send.is_some() || h.expect.is_some()) {
+        cx.err(
+            f.span.clone(),
+            "health `http` is a check of its own: drop `send`/`expect`, or `http`",
+        );
+        ok = false;
+    }
+    if ok && h.send.is_some() && h.expect.is_none() {
+        let span = f.get("send").map_or(f.span.clone(), |n| n.span.clone());
+        cx.err_help(
+            span,
+            "health `send` needs `expect` (what the answer must contain)",
+            "e.g. send = \"PING\\r\\n\", expect = \"+PONG\"",
+        );
+        ok = false;
     }
     if ok && h.timeout > h.interval {
         let span = f.get("timeout").map_or(f.span.clone(), |n| n.span.clone());
