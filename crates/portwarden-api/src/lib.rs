@@ -2,6 +2,7 @@
 //! table renders exactly it, and the HTTP API will serve exactly it. Versioned by
 //! [`API_VERSION`]; plain serde data, no I/O, no logic beyond small views of the data.
 
+pub mod balance;
 pub mod catalog;
 pub mod change;
 pub mod check;
@@ -64,6 +65,8 @@ pub fn documents() -> Vec<Document> {
         doc::<log::HeadDoc>("log-head", "log head"),
         doc::<log::VerifyDoc>("log-verify", "log verify"),
         doc::<log::PruneDoc>("log-prune", "log prune"),
+        doc::<balance::BalanceStatusDoc>("balance-status", "balance status"),
+        doc::<balance::BalanceRunDoc>("balance-run", "balance (when it stops)"),
         doc::<catalog::CatalogDoc>("catalog", "catalog"),
         doc::<catalog::EntryDoc>("catalog-entry", "catalog NAME"),
         doc::<policy::PolicyCheckDoc>("policy-check", "policy check"),

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+pub mod balance;
 pub mod change;
 pub mod check;
 pub mod facts;

@@ -90,6 +90,9 @@ pub enum Command {
     Man,
     /// Run the daemon: the HTTP API, /metrics, periodic jobs (SIGHUP re-reads the policy).
     Serve(ServeArgs),
+    /// Balance the policy's [[balance]] groups over their backends, in the foreground
+    /// (SIGHUP re-reads the policy, SIGTERM drains); `balance status` shows a running one.
+    Balance(BalanceArgs),
     /// The daemon's API tokens: create (shown once), list, revoke.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -102,6 +105,33 @@ pub enum Command {
         /// The document (`portwarden schema` lists them).
         name: Option<String>,
     },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BalanceArgs {
+    #[command(subcommand)]
+    pub command: Option<BalanceCommand>,
+    /// Run only this group (repeatable; default: every group).
+    #[arg(long = "group", value_name = "NAME")]
+    pub groups: Vec<String>,
+    /// Worker processes sharing each listen port (SO_REUSEPORT); each holds up to the
+    /// descriptor limit, so 10,000 proxied connections (20,000 descriptors) need two.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
+    /// Copy bytes through a buffer instead of splice(2).
+    #[arg(long)]
+    pub copy: bool,
+    /// A worker started by worker 0 (internal).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub worker_index: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BalanceCommand {
+    /// The running balancer's groups and backends, summed over its workers; exit 1 when it
+    /// is not running or a group has no backend up.
+    Status,
 }
 
 #[derive(Debug, Args)]

@@ -945,18 +945,19 @@ impl Balancer {
     }
 
     /// Stops accepting everywhere, lets established connections finish for each group's
-    /// `drain_timeout`, then closes the rest.
-    pub async fn stop(&self) {
+    /// `drain_timeout`, then closes the rest. Returns the groups' last counters.
+    pub async fn stop(&self) -> Vec<GroupStatus> {
         let groups: Vec<Arc<Group>> =
             std::mem::take(&mut *self.groups.lock().unwrap_or_else(|e| e.into_inner()))
                 .into_values()
                 .collect();
         let mut hs = Vec::new();
-        for g in groups {
-            hs.push(tokio::spawn(g.stop()));
+        for g in &groups {
+            hs.push(tokio::spawn(g.clone().stop()));
         }
         for h in hs {
             let _ = h.await;
         }
+        groups.iter().map(|g| g.status()).collect()
     }
 }

@@ -1,6 +1,7 @@
 //! Command dispatch: each command turns validated arguments into a plan, runs it through the
 //! libraries and hands the result to `output`.
 
+mod balance;
 mod catalog;
 mod change;
 mod check;
@@ -75,6 +76,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Man => meta::man(),
         Command::Schema { name } => meta::schema(g, name.as_deref()),
         Command::Serve(a) => serve::serve(g, a),
+        Command::Balance(a) => balance::run(g, a),
         Command::Token(c) => serve::token(g, c),
         Command::Change(c) => change::run(g, c),
     }

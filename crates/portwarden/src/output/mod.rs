@@ -1,6 +1,7 @@
 //! Everything the binary prints: tables, `--json` documents and error messages. Only this
 //! module writes to stdout or stderr.
 
+mod balance;
 mod catalog;
 mod change;
 mod check;

@@ -1,6 +1,7 @@
 //! CLI integration tests: spawn the built binary, assert on `--json` output and exit codes.
 //! The shared harness is here; the tests are in one file per theme.
 
+mod balance;
 mod check_host;
 mod dashboard;
 mod firewall;
