@@ -353,7 +353,8 @@ async fn proxy_protocol_v1_and_v2_name_the_real_client() {
     h.extend_from_slice(b"after");
     // Split mid-header: the balancer waits for the rest.
     c.write_all(&h[..10]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await; // Real time: a header in two segments.
+    // Real time: a header in two segments.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     c.write_all(&h[10..]).await.unwrap();
     let mut ans = String::new();
     c.read_to_string(&mut ans).await.unwrap();
@@ -539,7 +540,8 @@ async fn queue_waits_for_a_slot_then_gives_up() {
     assert!(first.read(&mut buf).await.unwrap() > 0);
     // The second waits; freeing the slot lets it through.
     let waiter = tokio::spawn(ask(vip, None));
-    tokio::time::sleep(Duration::from_millis(100)).await; // Real time: the second is queued.
+    // Real time: the second is queued.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     drop(first);
     assert_eq!(waiter.await.unwrap().unwrap(), "a");
     wait_until("idle", Duration::from_secs(5), || {
@@ -786,7 +788,8 @@ async fn a_killed_backend_fails_only_the_connections_it_held() {
     ));
     let until = Instant::now() + Duration::from_millis(2500);
     let run = tokio::spawn(closed_loop(vip, 8, until));
-    tokio::time::sleep(Duration::from_millis(800)).await; // Real time: traffic before the kill.
+    // Real time: traffic before the kill.
+    tokio::time::sleep(Duration::from_millis(800)).await;
     a.signal(libc::SIGKILL);
     a.child.wait().unwrap();
     let killed = Instant::now();

@@ -14,7 +14,8 @@ use portwarden_api::balance::{BalanceRunDoc, BalanceStatusDoc, WorkerDoc};
 use portwarden_core::balance::{BackendStatus, GroupStatus};
 use portwarden_core::policy::{Balance, BalanceProtocol, Policy};
 use portwarden_core::{Port, Protocol};
-use portwarden_net::balance::{Balancer, Event, Mode, Options, StartError};
+use portwarden_net::balance::{Balancer, Event, StartError};
+pub use portwarden_net::balance::{Mode, Options};
 use tokio::sync::mpsc;
 
 use crate::Ctx;
@@ -184,6 +185,183 @@ fn names(groups: &[Balance]) -> String {
         .join(",")
 }
 
+/// The policy's groups running in this process: started, reloaded and stopped here, the
+/// backends' up/down changes recorded (by the leader) as they come. `portwarden balance`
+/// runs one per worker; `serve --balance` runs one beside the API.
+pub struct Service {
+    bal: Balancer,
+    names: Vec<String>,
+    leader: bool,
+    ctx: Ctx,
+    dir: PathBuf,
+    groups: std::sync::Mutex<Vec<Balance>>,
+    pump: tokio::task::JoinHandle<()>,
+}
+
+impl Service {
+    /// Binds and starts `names` of `policy` (all when empty). Must run inside a tokio
+    /// runtime. The leader records `balance.start` and every backend change.
+    pub fn start(
+        ctx: &Ctx,
+        dir: &Path,
+        policy: &crate::policy::LoadedPolicy,
+        names: &[String],
+        leader: bool,
+        opts: Options,
+    ) -> anyhow::Result<Service> {
+        let groups = select(&policy.policy, names)?;
+        let (bal, mut events) = Balancer::start(&groups, opts).map_err(|e| explain(ctx, e))?;
+        if leader {
+            record(
+                ctx,
+                dir,
+                "balance.start",
+                self::names(&groups),
+                Some(serde_json::json!({ "groups": describe(&groups), "policy": policy.name })),
+                None,
+            );
+            for b in &groups {
+                ctx.notes.verbose(&format!(
+                    "balance group {}: {}/{} over {} backends",
+                    b.name,
+                    b.listen,
+                    if b.protocol == BalanceProtocol::Udp {
+                        "udp"
+                    } else {
+                        "tcp"
+                    },
+                    b.backends.len() + b.backup.len()
+                ));
+            }
+        }
+        let (c, d) = (ctx.clone(), dir.to_path_buf());
+        let pump = tokio::spawn(async move {
+            while let Some(Event {
+                group,
+                backend,
+                up,
+                why,
+            }) = events.recv().await
+            {
+                if !leader {
+                    continue;
+                }
+                let why = portwarden_core::diag::strip_unsafe(&why, 300);
+                if up {
+                    c.notes.verbose(&format!(
+                        "balance group {group}: backend {backend} is up ({why})"
+                    ));
+                } else {
+                    c.notes.warn(&format!(
+                        "balance group {group}: backend {backend} is down ({why})"
+                    ));
+                }
+                record(
+                    &c,
+                    &d,
+                    if up {
+                        "balance.backend-up"
+                    } else {
+                        "balance.backend-down"
+                    },
+                    format!("{group}/{backend}"),
+                    None,
+                    Some(why),
+                );
+            }
+        });
+        Ok(Service {
+            bal,
+            names: names.to_vec(),
+            leader,
+            ctx: ctx.clone(),
+            dir: dir.to_path_buf(),
+            groups: std::sync::Mutex::new(groups),
+            pump,
+        })
+    }
+
+    /// Applies a new policy's groups (an empty list stops them all); an error leaves the
+    /// running groups as they were.
+    pub fn reload(&self, policy: &crate::policy::LoadedPolicy) -> anyhow::Result<()> {
+        let groups = if policy.policy.balance.is_empty() && self.names.is_empty() {
+            Vec::new()
+        } else {
+            select(&policy.policy, &self.names)?
+        };
+        self.bal
+            .reload(&groups)
+            .map_err(|e| explain(&self.ctx, e))?;
+        if self.leader {
+            record(
+                &self.ctx,
+                &self.dir,
+                "balance.reload",
+                names(&groups),
+                Some(serde_json::json!({ "groups": describe(&groups), "policy": policy.name })),
+                None,
+            );
+        }
+        if let Ok(mut g) = self.groups.lock() {
+            *g = groups;
+        }
+        Ok(())
+    }
+
+    /// The groups' state and counters.
+    pub fn status(&self) -> Vec<GroupStatus> {
+        self.bal.status()
+    }
+
+    /// The longest `drain_timeout` of the groups.
+    fn longest_drain(&self) -> Duration {
+        self.groups
+            .lock()
+            .map(|g| {
+                g.iter()
+                    .map(|b| b.drain_timeout.get())
+                    .max()
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Stops accepting, drains, and returns the last counters.
+    pub async fn stop(&self) -> Vec<GroupStatus> {
+        let last = self.bal.stop().await;
+        self.pump.abort();
+        last
+    }
+
+    /// The leader's `balance.stop` record (what every worker served), waited for.
+    pub async fn record_stop(&self, served: &[GroupStatus], reloads: u32) {
+        if !self.leader {
+            return;
+        }
+        let accepted: u64 = served.iter().map(|g| g.accepted).sum();
+        let subject = self.groups.lock().map(|g| names(&g)).unwrap_or_default();
+        let (ctx2, dir2) = (self.ctx.clone(), self.dir.clone());
+        let change = portwarden_store::Change {
+            actor: self.ctx.actor.clone(),
+            action: "balance.stop".into(),
+            subject,
+            before: None,
+            after: Some(
+                serde_json::json!({ "accepted": accepted, "reloads": reloads }).to_string(),
+            ),
+            reason: None,
+        };
+        let r =
+            tokio::task::spawn_blocking(move || crate::log::record_change(&ctx2, &dir2, change))
+                .await;
+        if let Ok(Err(e)) = r {
+            self.ctx
+                .notes
+                .warn(&format!("cannot record in the ledger: {e:#}"));
+        }
+    }
+}
+
 /// A worker process this one started.
 struct Child {
     index: u32,
@@ -250,13 +428,12 @@ pub async fn run(
         );
     }
     let loaded = crate::policy::load(ctx, policy_path)?;
-    let groups = select(&loaded.policy, &req.groups)?;
     let leader = req.worker_index == 0;
     let opts = Options {
         reuseport: req.workers > 1,
         mode: if req.copy { Mode::Copy } else { Mode::Splice },
     };
-    let (bal, mut events) = Balancer::start(&groups, opts).map_err(|e| explain(ctx, e))?;
+    let svc = Service::start(ctx, dir, &loaded, &req.groups, leader, opts)?;
     let started = ctx.clock.now();
     if leader {
         // Files a killed balancer left behind.
@@ -268,31 +445,6 @@ pub async fn run(
     }
     // SAFETY: getppid has no preconditions.
     let parent = unsafe { libc::getppid() };
-    if leader {
-        record(
-            ctx,
-            dir,
-            "balance.start",
-            names(&groups),
-            Some(
-                serde_json::json!({ "groups": describe(&groups), "workers": req.workers, "policy": loaded.name }),
-            ),
-            None,
-        );
-        for b in &groups {
-            ctx.notes.verbose(&format!(
-                "balance group {}: {}/{} over {} backends",
-                b.name,
-                b.listen,
-                if b.protocol == BalanceProtocol::Udp {
-                    "udp"
-                } else {
-                    "tcp"
-                },
-                b.backends.len() + b.backup.len()
-            ));
-        }
-    }
     let mut children = Vec::new();
     if leader {
         for i in 1..req.workers {
@@ -302,7 +454,7 @@ pub async fn run(
                     for c in &children {
                         signal(c, libc::SIGTERM);
                     }
-                    bal.stop().await;
+                    svc.stop().await;
                     return Err(e);
                 }
             }
@@ -314,42 +466,18 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
-            ev = events.recv() => {
-                let Some(Event { group, backend, up, why }) = ev else { break };
-                if leader {
-                    let why = portwarden_core::diag::strip_unsafe(&why, 300);
-                    if up {
-                        ctx.notes.verbose(&format!("balance group {group}: backend {backend} is up ({why})"));
-                    } else {
-                        ctx.notes.warn(&format!("balance group {group}: backend {backend} is down ({why})"));
-                    }
-                    record(
-                        ctx,
-                        dir,
-                        if up { "balance.backend-up" } else { "balance.backend-down" },
-                        format!("{group}/{backend}"),
-                        None,
-                        Some(why),
-                    );
-                }
-            }
             c = control.recv() => match c {
                 Some(Control::Reload) => {
                     for c in &children {
                         signal(c, libc::SIGHUP);
                     }
-                    let next = crate::policy::load_policy(policy_path)
-                        .and_then(|l| Ok((select(&l.policy, &req.groups)?, l.name)));
-                    match next.and_then(|(g, name)| {
-                        bal.reload(&g).map_err(|e| explain(ctx, e))?;
-                        Ok((g, name))
+                    match crate::policy::load_policy(policy_path).and_then(|l| {
+                        svc.reload(&l)?;
+                        Ok(l.name)
                     }) {
-                        Ok((g, name)) => {
+                        Ok(name) => {
                             reloads += 1;
-                            policy_name = name.clone();
-                            if leader {
-                                record(ctx, dir, "balance.reload", names(&g), Some(serde_json::json!({ "groups": describe(&g), "policy": name })), None);
-                            }
+                            policy_name = name;
                         }
                         Err(e) => ctx.notes.warn(&format!("reload refused, the groups run as before: {e:#}")),
                     }
@@ -365,7 +493,7 @@ pub async fn run(
                     updated: now,
                     policy: policy_name.clone(),
                     alive: true,
-                    groups: bal.status(),
+                    groups: svc.status(),
                 };
                 if let Err(e) = write_status(dir, &w) {
                     ctx.notes.verbose(&format!("cannot write the balance status file: {e}"));
@@ -396,7 +524,7 @@ pub async fn run(
     for c in &children {
         signal(c, libc::SIGTERM);
     }
-    let served = bal.stop().await;
+    let served = svc.stop().await;
     let mine = WorkerDoc {
         index: req.worker_index,
         pid: std::process::id(),
@@ -407,13 +535,7 @@ pub async fn run(
         groups: served,
     };
     // The workers drain too; one that outlives the longest drain is killed.
-    let longest = groups
-        .iter()
-        .map(|b| b.drain_timeout.get())
-        .max()
-        .unwrap_or_default()
-        + Duration::from_secs(5);
-    let deadline = tokio::time::Instant::now() + longest;
+    let deadline = tokio::time::Instant::now() + svc.longest_drain() + Duration::from_secs(5);
     for c in &mut children {
         while matches!(c.child.try_wait(), Ok(None)) {
             if tokio::time::Instant::now() >= deadline {
@@ -440,29 +562,10 @@ pub async fn run(
         }
         last = merge(&docs.iter().collect::<Vec<_>>());
         let _ = std::fs::remove_file(status_file(dir, 0));
+        svc.record_stop(&last, reloads).await;
     } else if let Err(e) = write_status(dir, &mine) {
         ctx.notes
             .verbose(&format!("cannot write the balance status file: {e}"));
-    }
-    if leader {
-        let served: u64 = last.iter().map(|g| g.accepted).sum();
-        let (ctx2, dir2) = (ctx.clone(), dir.to_path_buf());
-        let change = portwarden_store::Change {
-            actor: ctx.actor.clone(),
-            action: "balance.stop".into(),
-            subject: names(&groups),
-            before: None,
-            after: Some(serde_json::json!({ "accepted": served, "reloads": reloads }).to_string()),
-            reason: None,
-        };
-        // Waited for: the process exits next.
-        let r =
-            tokio::task::spawn_blocking(move || crate::log::record_change(&ctx2, &dir2, change))
-                .await;
-        if let Ok(Err(e)) = r {
-            ctx.notes
-                .warn(&format!("cannot record in the ledger: {e:#}"));
-        }
     }
     Ok(BalanceRunDoc {
         api: API_VERSION,

@@ -214,6 +214,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/leases/{id}/renew", post(renew))
         .route("/api/v1/leases/{id}/release", post(release))
         .route("/api/v1/pools", get(pools))
+        .route("/api/v1/balance", get(balance))
         .route("/api/v1/ports", get(ports))
         .route("/api/v1/overview", get(overview))
         .route("/api/v1/events", get(events))
@@ -689,6 +690,20 @@ async fn pools(State(app): State<Arc<App>>, Extension(c): Extension<Caller>, q: 
         ))
     })
     .await?)
+}
+
+/// The balance groups `serve --balance` runs (404 when it runs none).
+async fn balance(State(app): State<Arc<App>>, q: Q) -> Answer {
+    Params::of(q, &[])?;
+    match app.balance_status() {
+        Some(d) => ok(d),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "no balance groups run here (serve --balance, with [[balance]] groups in the policy)"
+                .into(),
+        )),
+    }
 }
 
 fn backend(v: Option<&str>) -> Result<portwarden_ops::fw::Backend, ApiError> {

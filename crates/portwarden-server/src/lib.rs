@@ -51,6 +51,8 @@ pub struct Config {
     /// A client has this long to send a request's headers (also the keep-alive idle
     /// limit): slowloris clients are closed.
     pub header_timeout: Duration,
+    /// Run the policy's `[[balance]]` groups beside the API (`serve --balance`).
+    pub balance: bool,
 }
 
 impl Config {
@@ -67,6 +69,7 @@ impl Config {
             interval: Duration::from_secs(10),
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
+            balance: false,
         }
     }
 
@@ -127,6 +130,8 @@ pub struct App {
     hook_tls: RwLock<Option<webhook::Tls>>,
     /// Turns to build a socket inventory for a request ([`INVENTORIES`] at once).
     inventories: tokio::sync::Semaphore,
+    /// The balance groups running beside the API (`serve --balance`).
+    pub balance: Mutex<Option<Arc<portwarden_ops::balance::Service>>>,
 }
 
 /// Reads the policy, and what it names that the daemon uses (the webhook's `ca`).
@@ -158,6 +163,7 @@ impl App {
             scans: scans::Scans::default(),
             outbox: webhook::Outbox::default(),
             inventories: tokio::sync::Semaphore::new(INVENTORIES),
+            balance: Mutex::new(None),
         }))
     }
 
@@ -363,6 +369,7 @@ impl App {
                 tracing::info!(policy = %p.name, "policy re-read");
                 self.replace(p, tls);
                 self.adopted("serve (SIGHUP)");
+                self.reload_balance();
                 Ok(())
             }
             Err(e) => {
@@ -370,6 +377,65 @@ impl App {
                 Err(e)
             }
         }
+    }
+}
+
+impl App {
+    /// Starts the policy in force's balance groups (with `--balance`, when it has any).
+    fn start_balance(&self) -> anyhow::Result<()> {
+        let p = self.policy();
+        if !self.cfg.balance || p.policy.balance.is_empty() {
+            return Ok(());
+        }
+        let ctx = self.ctx("portwarden serve");
+        let svc = portwarden_ops::balance::Service::start(
+            &ctx,
+            &self.cfg.state_dir,
+            &p,
+            &[],
+            true,
+            portwarden_ops::balance::Options::default(),
+        )?;
+        for g in svc.status() {
+            tracing::info!(group = %g.name, addr = %g.listen, kind = "balance", "listening");
+        }
+        if let Ok(mut b) = self.balance.lock() {
+            *b = Some(Arc::new(svc));
+        }
+        Ok(())
+    }
+
+    /// The balance groups follow a re-read policy (listeners and connections stay).
+    fn reload_balance(&self) {
+        let running = self.balance.lock().ok().and_then(|b| b.clone());
+        let r = match running {
+            Some(svc) => svc.reload(&self.policy()),
+            None => self.start_balance(),
+        };
+        if let Err(e) = r {
+            tracing::error!("balance groups not reloaded, they run as before: {e:#}");
+        }
+    }
+
+    /// The balance groups' state, as `balance status` shows a running balancer.
+    pub fn balance_status(&self) -> Option<portwarden_api::balance::BalanceStatusDoc> {
+        let svc = self.balance.lock().ok().and_then(|b| b.clone())?;
+        let groups = svc.status();
+        let now = self.clock.now();
+        Some(portwarden_api::balance::BalanceStatusDoc {
+            api: portwarden_api::API_VERSION,
+            running: true,
+            workers: vec![portwarden_api::balance::WorkerDoc {
+                index: 0,
+                pid: std::process::id(),
+                started: now - self.started.elapsed().as_secs() as i64,
+                updated: now,
+                policy: self.policy().name.clone(),
+                alive: true,
+                groups: groups.clone(),
+            }],
+            groups,
+        })
     }
 }
 
@@ -405,6 +471,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         Some((cert, key)) => Some(listen::tls_acceptor(cert, key)?),
         None => None,
     };
+    // The groups listen before the API says it does: a client told "ready" finds them.
+    app.start_balance()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
     let api = tokio::net::TcpListener::bind(cfg.listen)
@@ -456,6 +524,12 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     }
     jobs.stop().await;
+    let balance = app.balance.lock().ok().and_then(|mut b| b.take());
+    if let Some(svc) = balance {
+        tracing::info!("stopping: draining the balance groups");
+        let last = svc.stop().await;
+        svc.record_stop(&last, 0).await;
+    }
     if !app.scans.idle(Duration::from_secs(5)).await {
         tracing::warn!("a scan did not stop in 5 s: it is abandoned");
     }

@@ -193,6 +193,56 @@ pub mod names {
         kind: "gauge",
         labels: &[],
     };
+    const BACKEND: &[&str] = &["group", "backend"];
+    /// A balance backend's health.
+    pub const BALANCE_UP: Def = Def {
+        name: "portwarden_balance_backend_up",
+        help: "Whether a balance group's backend is up (1) or down (0) (serve --balance)",
+        kind: "gauge",
+        labels: BACKEND,
+    };
+    /// Connections open to a backend.
+    pub const BALANCE_ACTIVE: Def = Def {
+        name: "portwarden_balance_backend_active_connections",
+        help: "Proxied connections (TCP) or sessions (UDP) open to a balance backend",
+        kind: "gauge",
+        labels: BACKEND,
+    };
+    /// Connections sent to a backend.
+    pub const BALANCE_SENT: Def = Def {
+        name: "portwarden_balance_backend_connections",
+        help: "Connections sent to a balance backend since the daemon started",
+        kind: "gauge",
+        labels: BACKEND,
+    };
+    /// Bytes through a backend.
+    pub const BALANCE_BYTES: Def = Def {
+        name: "portwarden_balance_backend_bytes",
+        help: "Bytes forwarded to (in) and from (out) a balance backend since the daemon started",
+        kind: "gauge",
+        labels: &["group", "backend", "direction"],
+    };
+    /// Failed connects and checks.
+    pub const BALANCE_FAILED: Def = Def {
+        name: "portwarden_balance_backend_failures",
+        help: "Failed proxied connects (each redispatched) and failed health checks of a balance backend",
+        kind: "gauge",
+        labels: &["group", "backend", "kind"],
+    };
+    /// The last check's latency.
+    pub const BALANCE_CHECK: Def = Def {
+        name: "portwarden_balance_backend_check_seconds",
+        help: "How long a balance backend's last passed health check took",
+        kind: "gauge",
+        labels: BACKEND,
+    };
+    /// Connections a group refused or dropped, by reason.
+    pub const BALANCE_REFUSED: Def = Def {
+        name: "portwarden_balance_refused_connections",
+        help: "Connections a balance group closed without a backend, by reason (source-conn, source-rate, no-backend, queue-timeout, bad-proxy-header)",
+        kind: "gauge",
+        labels: &["group", "reason"],
+    };
     /// How long the scrape took.
     pub const SCRAPE: Def = Def {
         name: "portwarden_scrape_duration_seconds",
@@ -226,6 +276,13 @@ pub mod names {
         JOB_FAILED,
         WEBHOOK_EVENTS,
         WEBHOOK_QUEUE,
+        BALANCE_UP,
+        BALANCE_ACTIVE,
+        BALANCE_SENT,
+        BALANCE_BYTES,
+        BALANCE_FAILED,
+        BALANCE_CHECK,
+        BALANCE_REFUSED,
         SCRAPE,
     ];
 }
@@ -258,6 +315,56 @@ impl Scrape {
         g.set(v);
         self.reg.register(d.name, d.help, g);
     }
+}
+
+/// The balance groups' families (rows only with `serve --balance`).
+fn balance_rows(s: &mut Scrape, app: &Arc<App>) {
+    use names::*;
+    let groups = app.balance_status().map(|d| d.groups).unwrap_or_default();
+    let per = |f: &dyn Fn(&portwarden_core::balance::BackendStatus) -> Option<f64>| {
+        groups
+            .iter()
+            .flat_map(|g| {
+                g.backends
+                    .iter()
+                    .filter_map(|b| Some((vec![g.name.clone(), b.addr.to_string()], f(b)?)))
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+    };
+    s.gauge(BALANCE_UP, per(&|b| Some(f64::from(u8::from(b.up)))));
+    s.gauge(BALANCE_ACTIVE, per(&|b| Some(b.active as f64)));
+    s.gauge(BALANCE_SENT, per(&|b| Some(b.total as f64)));
+    let mut bytes = Vec::new();
+    let mut failed = Vec::new();
+    for g in &groups {
+        for b in &g.backends {
+            let l = |x: &str| vec![g.name.clone(), b.addr.to_string(), x.to_string()];
+            bytes.push((l("in"), b.bytes_in as f64));
+            bytes.push((l("out"), b.bytes_out as f64));
+            failed.push((l("connect"), b.failed_connects as f64));
+            failed.push((l("check"), b.failed_checks as f64));
+        }
+    }
+    s.gauge(BALANCE_BYTES, bytes);
+    s.gauge(BALANCE_FAILED, failed);
+    s.gauge(BALANCE_CHECK, per(&|b| b.check_ms.map(|m| m / 1000.0)));
+    s.gauge(
+        BALANCE_REFUSED,
+        groups
+            .iter()
+            .flat_map(|g| {
+                [
+                    ("source-conn", g.refused_source_conn),
+                    ("source-rate", g.refused_source_rate),
+                    ("no-backend", g.no_backend),
+                    ("queue-timeout", g.queue_timeouts),
+                    ("bad-proxy-header", g.bad_proxy_header),
+                ]
+                .map(|(r, n)| (vec![g.name.clone(), r.to_string()], n as f64))
+            })
+            .collect(),
+    );
 }
 
 /// Gathers and encodes one scrape: a socket dump, the store's leases, pools, grants and
@@ -401,6 +508,7 @@ pub fn scrape(app: &Arc<App>) -> anyhow::Result<String> {
             })
             .collect(),
     );
+    balance_rows(&mut s, app);
     let w = &app.outbox.stats;
     s.gauge(
         WEBHOOK_EVENTS,

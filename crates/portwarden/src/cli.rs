@@ -154,6 +154,10 @@ pub struct ServeArgs {
     /// Serve plain HTTP on a non-loopback address (said explicitly).
     #[arg(long)]
     pub insecure_http: bool,
+    /// Also run the policy's [[balance]] groups (metrics per backend, GET /api/v1/balance);
+    /// SIGHUP reloads them with the policy.
+    #[arg(long)]
+    pub balance: bool,
     /// How often the periodic jobs run.
     #[arg(long, value_name = "D", default_value = "10s", value_parser = positive_duration)]
     pub interval: HumanDuration,

@@ -14,6 +14,7 @@ pub fn serve(g: &Global, a: &ServeArgs) -> anyhow::Result<Status> {
     cfg.socket = a.socket.clone();
     cfg.tls = a.tls_cert.clone().zip(a.tls_key.clone());
     cfg.insecure_http = a.insecure_http;
+    cfg.balance = a.balance;
     cfg.policy = g.policy.clone();
     cfg.interval = a.interval.get();
     cfg.max_connections = a.max_connections as usize;

@@ -363,3 +363,53 @@ fn workers_stop_when_their_leader_is_killed() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn serve_runs_the_groups_with_metrics_per_backend_and_reloads_them_on_sighup() {
+    let (a, b) = (backend("a"), backend("b"));
+    let port = free_port();
+    let d = super::serve::Daemon::start_with("bal-serve", &policy(port, &[a]), &["--balance"]);
+    let vip: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..5 {
+        assert_eq!(ask(vip).unwrap(), "a");
+    }
+    let (st, body) = d.req("GET", "/api/v1/balance", Some(&d.read), None);
+    assert_eq!(st, 200, "{body}");
+    let v = assert_schema("balance-status", body.as_bytes());
+    assert_eq!(v["groups"][0]["accepted"], 5);
+    let (st, text) = d.req("GET", "/metrics", Some(&d.read), None);
+    assert_eq!(st, 200);
+    for want in [
+        format!("portwarden_balance_backend_up{{group=\"mirror\",backend=\"{a}\"}} 1"),
+        format!("portwarden_balance_backend_connections{{group=\"mirror\",backend=\"{a}\"}} 5"),
+        "portwarden_balance_refused_connections{group=\"mirror\",reason=\"no-backend\"} 0"
+            .to_string(),
+    ] {
+        assert!(text.contains(&want), "{want} not in\n{text}");
+    }
+    std::fs::write(d.dir.join("policy.toml"), policy(port, &[a, b])).unwrap();
+    d.signal(libc::SIGHUP);
+    let t0 = Instant::now();
+    loop {
+        let (_, body) = d.req("GET", "/api/v1/balance", Some(&d.read), None);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if v["groups"][0]["backends"]
+            .as_array()
+            .is_some_and(|x| x.len() == 2)
+        {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{v:#}");
+        // Real time: the reload runs on the daemon's blocking thread.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen: std::collections::BTreeSet<String> = (0..10).map(|_| ask(vip).unwrap()).collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+#[test]
+fn serve_without_balance_groups_answers_404() {
+    let d = super::serve::Daemon::start_with("bal-none", "version = 1\n", &["--balance"]);
+    let (st, body) = d.req("GET", "/api/v1/balance", Some(&d.read), None);
+    assert_eq!(st, 404, "{body}");
+}

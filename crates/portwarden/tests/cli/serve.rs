@@ -114,7 +114,7 @@ impl Daemon {
         self.dir.join("state").display().to_string()
     }
 
-    fn req(
+    pub(super) fn req(
         &self,
         method: &str,
         path: &str,
@@ -130,7 +130,7 @@ impl Daemon {
         (st, v)
     }
 
-    fn signal(&self, sig: i32) {
+    pub(super) fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on the pid of the child this test spawned.
         assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
     }
