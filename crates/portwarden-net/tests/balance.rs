@@ -860,3 +860,55 @@ async fn a_hung_backend_is_down_within_a_second_and_gets_nothing_after() {
     .await;
     bal.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_whose_expect_never_matches_takes_the_node_out_and_says_why() {
+    // Each answers every connection with its banner, then keeps it open.
+    async fn banner(text: &'static [u8]) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let _ = s.write_all(text).await;
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+    let wrong = banner(b"@WRONGD: 31.0\n").await;
+    let good = banner(b"@RSYNCD: 31.0\n").await;
+    let (bal, vip) = start(&group(
+        "health = { interval = \"100ms\", timeout = \"100ms\", fall = 2, rise = 1, expect = \"@RSYNCD\" }",
+        &[wrong, good],
+        &[],
+    ));
+    wait_until("the wrong one down", Duration::from_secs(3), || {
+        !bal.status()[0].backends[0].up
+    })
+    .await;
+    let st = &bal.status()[0];
+    assert!(st.backends[1].up, "{st:?}");
+    assert!(
+        st.backends[0]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .ends_with("got `@WRONGD: 31.0\\n`"),
+        "{st:?}"
+    );
+    for _ in 0..5 {
+        // The wrong node is never chosen.
+        let mut c = TcpStream::connect(vip).await.unwrap();
+        let mut buf = [0u8; 14];
+        c.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"@RSYNCD: 31.0\n");
+    }
+    bal.stop().await;
+}

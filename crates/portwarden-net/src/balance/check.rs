@@ -36,14 +36,22 @@ fn http_status(head: &[u8]) -> Option<u16> {
 /// it failed.
 pub async fn tcp(addr: SocketAddr, h: &HealthCheck) -> Result<Duration, String> {
     let t0 = Instant::now();
-    match tokio::time::timeout(h.timeout.get(), tcp_inner(addr, h)).await {
+    let mut seen = Vec::new();
+    let r = tokio::time::timeout(h.timeout.get(), tcp_inner(addr, h, &mut seen)).await;
+    match r {
         Ok(Ok(())) => Ok(t0.elapsed()),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("no answer within {}", h.timeout)),
+        Err(_) if seen.is_empty() => Err(format!("no answer within {}", h.timeout)),
+        // What it said instead (escaped: it reaches logs, the ledger and terminals).
+        Err(_) => Err(format!(
+            "no expected answer within {}; got `{}`",
+            h.timeout,
+            seen[..seen.len().min(60)].escape_ascii()
+        )),
     }
 }
 
-async fn tcp_inner(addr: SocketAddr, h: &HealthCheck) -> Result<(), String> {
+async fn tcp_inner(addr: SocketAddr, h: &HealthCheck, seen: &mut Vec<u8>) -> Result<(), String> {
     let mut s = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
@@ -55,7 +63,7 @@ async fn tcp_inner(addr: SocketAddr, h: &HealthCheck) -> Result<(), String> {
         s.write_all(req.as_bytes())
             .await
             .map_err(|e| format!("send: {e}"))?;
-        let head = read_until(&mut s, |b| b.windows(2).any(|w| w == b"\r\n")).await?;
+        let head = read_until(&mut s, seen, |b| b.windows(2).any(|w| w == b"\r\n")).await?;
         let code = http_status(&head).ok_or("the answer is not an HTTP status line")?;
         let good = match h.status {
             Some(want) => code == want,
@@ -74,13 +82,16 @@ async fn tcp_inner(addr: SocketAddr, h: &HealthCheck) -> Result<(), String> {
     }
     if let Some(expect) = &h.expect {
         let want = expect.as_bytes();
-        read_until(&mut s, |b| contains(b, want)).await?;
+        read_until(&mut s, seen, |b| contains(b, want)).await?;
     }
     Ok(())
 }
 
-async fn read_until(s: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Result<Vec<u8>, String> {
-    let mut buf = Vec::with_capacity(512);
+async fn read_until(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    done: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<u8>, String> {
     let mut chunk = [0u8; 2048];
     loop {
         let n = s.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
@@ -88,8 +99,8 @@ async fn read_until(s: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Result<V
             return Err("closed before the expected answer".into());
         }
         buf.extend_from_slice(&chunk[..n]);
-        if done(&buf) {
-            return Ok(buf);
+        if done(buf) {
+            return Ok(buf.clone());
         }
         if buf.len() >= READ_MAX {
             return Err(format!("expected answer not in the first {READ_MAX} bytes"));
