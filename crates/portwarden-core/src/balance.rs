@@ -456,6 +456,9 @@ pub struct GroupStatus {
     pub idle_closed: u64,
     /// A fronting balancer's PROXY header was missing or malformed.
     pub bad_proxy_header: u64,
+    /// Closed, or a check skipped, because this host ran out of descriptors, memory or
+    /// ports (not counted against any backend).
+    pub local_errors: u64,
     /// The nodes, primaries first.
     pub backends: Vec<BackendStatus>,
 }

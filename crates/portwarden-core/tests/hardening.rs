@@ -173,8 +173,16 @@ fn r_policy_cross_checks_match_their_pairwise_definitions() {
             want.extend(here.into_iter().map(|(m, _)| m));
             services.push((name, lo, hi, proto));
         }
+        let mut groups: Vec<u16> = Vec::new();
         for i in 0..rng.next(4) {
             let port = 1 + rng.next(120) as u16;
+            // Two groups on one address and protocol: the later one is refused.
+            if let Some(j) = groups.iter().position(|p| *p == port) {
+                want.push(format!(
+                    "balance group `b{i}` listens on 127.0.0.1:{port}, as group `b{j}` does (127.0.0.1:{port})"
+                ));
+            }
+            groups.push(port);
             src.push_str(&format!(
                 "[[balance]]\nname = \"b{i}\"\nlisten = \"127.0.0.1:{port}\"\nbackends = [\"127.0.0.2:9\"]\n"
             ));

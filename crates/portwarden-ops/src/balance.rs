@@ -117,6 +117,28 @@ fn explain(ctx: &Ctx, e: StartError) -> anyhow::Error {
     anyhow::Error::new(e).context(format!("{addr}/{proto} is already held by {who}"))
 }
 
+/// Holds `balance/lock` (flock) while this balancer runs.
+fn lock(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let d = status_dir(dir);
+    std::fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+    let path = d.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        bail!(
+            "another `portwarden balance` runs with the state directory {} (its lock is held)",
+            dir.display()
+        );
+    }
+    Ok(f)
+}
+
 fn status_dir(dir: &Path) -> PathBuf {
     dir.join("balance")
 }
@@ -397,6 +419,16 @@ fn spawn_worker(
     }
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
+    // A SIGHUP forwarded before the worker has set up its handler would kill it: it is
+    // ignored until then (the disposition survives exec; the handler replaces it).
+    // SAFETY: signal() is async-signal-safe and touches nothing else.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
     let child = cmd
         .spawn()
         .with_context(|| format!("cannot start balance worker {index}"))?;
@@ -429,9 +461,13 @@ pub async fn run(
     }
     let loaded = crate::policy::load(ctx, policy_path)?;
     let leader = req.worker_index == 0;
+    // One balancer per state directory: its status files and ledger are one run's.
+    let _lock = if leader { Some(lock(dir)?) } else { None };
     let opts = Options {
         reuseport: req.workers > 1,
         mode: if req.copy { Mode::Copy } else { Mode::Splice },
+        // The first worker makes sure nobody holds the ports; the others join it.
+        exclusive: leader,
     };
     let svc = Service::start(ctx, dir, &loaded, &req.groups, leader, opts)?;
     let started = ctx.clock.now();
@@ -479,7 +515,10 @@ pub async fn run(
                             reloads += 1;
                             policy_name = name;
                         }
-                        Err(e) => ctx.notes.warn(&format!("reload refused, the groups run as before: {e:#}")),
+                        Err(e) => ctx.notes.warn(&format!(
+                            "reload refused, the groups run as before: {}",
+                            format!("{e:#}").trim_end().replace('\n', "; ")
+                        )),
                     }
                 }
                 Some(Control::Stop) | None => break,
@@ -575,9 +614,18 @@ pub async fn run(
     })
 }
 
+/// Whether `pid` is a running `portwarden balance` (a forged or stale file naming another
+/// process, pid 1 say, is not).
 fn alive(pid: u32) -> bool {
-    // SAFETY: signal 0 checks existence only.
-    pid > 0 && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
+    if pid == 0 {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.iter().any(|a| *a == b"balance")
+        && args.first().is_some_and(|a| a.ends_with(b"portwarden"))
 }
 
 /// `balance status`: every worker's status file, and the groups summed over the live ones.
@@ -599,7 +647,7 @@ pub fn status(ctx: &Ctx, dir: &Path) -> anyhow::Result<BalanceStatusDoc> {
             };
             match serde_json::from_slice::<WorkerDoc>(&text) {
                 Ok(mut w) => {
-                    w.alive = alive(w.pid) && now - w.updated <= STALE_SECS;
+                    w.alive = alive(w.pid) && (now - w.updated).abs() <= STALE_SECS;
                     workers.push(w);
                 }
                 Err(err) => ctx.notes.warn(&format!(
@@ -628,16 +676,17 @@ fn merge(workers: &[&WorkerDoc]) -> Vec<GroupStatus> {
                 out.insert(g.name.clone(), g.clone());
                 continue;
             };
-            m.accepted += g.accepted;
-            m.active += g.active;
-            m.refused_source_conn += g.refused_source_conn;
-            m.refused_source_rate += g.refused_source_rate;
-            m.no_backend += g.no_backend;
-            m.queued += g.queued;
-            m.queue_timeouts += g.queue_timeouts;
-            m.redispatched += g.redispatched;
-            m.idle_closed += g.idle_closed;
-            m.bad_proxy_header += g.bad_proxy_header;
+            m.accepted = m.accepted.saturating_add(g.accepted);
+            m.active = m.active.saturating_add(g.active);
+            m.refused_source_conn = m.refused_source_conn.saturating_add(g.refused_source_conn);
+            m.refused_source_rate = m.refused_source_rate.saturating_add(g.refused_source_rate);
+            m.no_backend = m.no_backend.saturating_add(g.no_backend);
+            m.queued = m.queued.saturating_add(g.queued);
+            m.queue_timeouts = m.queue_timeouts.saturating_add(g.queue_timeouts);
+            m.redispatched = m.redispatched.saturating_add(g.redispatched);
+            m.idle_closed = m.idle_closed.saturating_add(g.idle_closed);
+            m.bad_proxy_header = m.bad_proxy_header.saturating_add(g.bad_proxy_header);
+            m.local_errors = m.local_errors.saturating_add(g.local_errors);
             for b in &g.backends {
                 match m.backends.iter_mut().find(|x| x.addr == b.addr) {
                     Some(x) => add(x, b),
@@ -651,12 +700,12 @@ fn merge(workers: &[&WorkerDoc]) -> Vec<GroupStatus> {
 
 fn add(x: &mut BackendStatus, b: &BackendStatus) {
     x.up &= b.up;
-    x.active += b.active;
-    x.total += b.total;
-    x.bytes_in += b.bytes_in;
-    x.bytes_out += b.bytes_out;
-    x.failed_connects += b.failed_connects;
-    x.failed_checks += b.failed_checks;
+    x.active = x.active.saturating_add(b.active);
+    x.total = x.total.saturating_add(b.total);
+    x.bytes_in = x.bytes_in.saturating_add(b.bytes_in);
+    x.bytes_out = x.bytes_out.saturating_add(b.bytes_out);
+    x.failed_connects = x.failed_connects.saturating_add(b.failed_connects);
+    x.failed_checks = x.failed_checks.saturating_add(b.failed_checks);
     x.transitions = x.transitions.max(b.transitions);
     if x.last_error.is_none() {
         x.last_error = b.last_error.clone();
@@ -702,6 +751,7 @@ mod tests {
             redispatched: 0,
             idle_closed: 0,
             bad_proxy_header: 0,
+            local_errors: 0,
             backends: vec![backend(up, total)],
         };
         let w = |i, up, total| WorkerDoc {

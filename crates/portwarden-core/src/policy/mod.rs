@@ -6,6 +6,7 @@
 
 pub mod diff;
 mod parse;
+pub use parse::reaches;
 mod tree;
 
 use std::collections::BTreeMap;

@@ -1394,6 +1394,105 @@ fn placement(
     }
 }
 
+/// The address a node or listener stands for: an IPv4-mapped IPv6 address as IPv4.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    match a.ip() {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(std::net::IpAddr::V4(v4), a.port()),
+            None => a,
+        },
+        std::net::IpAddr::V4(_) => a,
+    }
+}
+
+/// Whether a connection to `node` reaches a socket listening on `listen` of this host, as
+/// far as addresses alone tell (a wildcard listener takes every local address; loopback
+/// is always local). Other local addresses are checked when the balancer starts.
+pub fn reaches(node: SocketAddr, listen: SocketAddr) -> bool {
+    let (n, l) = (canonical(node), canonical(listen));
+    n.port() == l.port() && (n.ip() == l.ip() || (l.ip().is_unspecified() && n.ip().is_loopback()))
+}
+
+/// Groups of one protocol must not listen on the same port of overlapping addresses, and
+/// no chain of groups (a node that is another group's listener) may come back round.
+fn balance_listeners(cx: &mut Cx<'_>, balance: &[(Balance, Span)]) {
+    for (i, (b, span)) in balance.iter().enumerate() {
+        let l = canonical(b.listen);
+        if let Some((o, _)) = balance[..i].iter().find(|(o, _)| {
+            let m = canonical(o.listen);
+            o.protocol == b.protocol
+                && m.port() == l.port()
+                && (m.ip() == l.ip() || m.ip().is_unspecified() || l.ip().is_unspecified())
+        }) {
+            cx.err(
+                span.clone(),
+                format!(
+                    "balance group `{}` listens on {}, as group `{}` does ({})",
+                    b.name, b.listen, o.name, o.listen
+                ),
+            );
+        }
+    }
+    // Edges: group i forwards to group j's listener. A cycle loops connections forever.
+    let n = balance.len();
+    let edges: Vec<Vec<usize>> = balance
+        .iter()
+        .map(|(b, _)| {
+            (0..n)
+                .filter(|&j| {
+                    let (o, _) = &balance[j];
+                    o.protocol == b.protocol && b.nodes().any(|(x, _)| reaches(x.addr, o.listen))
+                })
+                .collect()
+        })
+        .collect();
+    fn visit(
+        i: usize,
+        edges: &[Vec<usize>],
+        mark: &mut [u8],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        mark[i] = 1;
+        path.push(i);
+        for &j in &edges[i] {
+            if mark[j] == 1 {
+                let from = path.iter().position(|&k| k == j).unwrap_or(0);
+                return Some(path[from..].to_vec());
+            }
+            if mark[j] == 0
+                && let Some(c) = visit(j, edges, mark, path)
+            {
+                return Some(c);
+            }
+        }
+        path.pop();
+        mark[i] = 2;
+        None
+    }
+    // 0 unvisited, 1 on the path, 2 done.
+    let mut mark = vec![0u8; n];
+    for i in 0..n {
+        if mark[i] == 0
+            && let Some(cycle) = visit(i, &edges, &mut mark, &mut Vec::new())
+            && cycle.len() > 1
+        {
+            let names: Vec<String> = cycle
+                .iter()
+                .map(|&k| format!("`{}`", balance[k].0.name))
+                .collect();
+            cx.err_help(
+                balance[cycle[0]].1.clone(),
+                format!(
+                    "balance groups {} forward to each other's listeners in a loop",
+                    names.join(" → ")
+                ),
+                "a chain of groups must end at real backends",
+            );
+            return;
+        }
+    }
+}
+
 fn read_balance(cx: &mut Cx<'_>, node: &Node) -> Option<(Balance, Span)> {
     let f = cx.fields(node, "[[balance]]", BALANCE_KEYS)?;
     let name_node = f.get("name");
@@ -1478,21 +1577,35 @@ fn read_balance(cx: &mut Cx<'_>, node: &Node) -> Option<(Balance, Span)> {
     let max_conn_per_source = pos(cx, "max_conn_per_source");
     let max_rate_per_source = pos(cx, "max_rate_per_source");
     let max_conn = pos(cx, "max_conn");
-    let dur = |cx: &mut Cx<'_>, key: &str, default: u64| -> Option<HumanDuration> {
+    // Bounded, so that no timer overflows (and a mistyped `7000d` is caught).
+    let dur = |cx: &mut Cx<'_>, key: &str, default: u64, max_secs: u64| -> Option<HumanDuration> {
         match f.get(key) {
-            Some(n) => cx.duration(n, key, true),
+            Some(n) => {
+                let d = cx.duration(n, key, true)?;
+                if d.get() > std::time::Duration::from_secs(max_secs) {
+                    cx.err(
+                        n.span.clone(),
+                        format!(
+                            "`{key}` must be at most {}, found {d}",
+                            HumanDuration(std::time::Duration::from_secs(max_secs))
+                        ),
+                    );
+                    return None;
+                }
+                Some(d)
+            }
             None => Some(HumanDuration(std::time::Duration::from_secs(default))),
         }
     };
-    let queue_timeout = dur(cx, "queue_timeout", 5);
-    let connect_timeout = dur(cx, "connect_timeout", 2);
+    let queue_timeout = dur(cx, "queue_timeout", 5, 3600);
+    let connect_timeout = dur(cx, "connect_timeout", 2, 3600);
     let idle_default = if protocol == Some(BalanceProtocol::Udp) {
         30
     } else {
         600
     };
-    let idle_timeout = dur(cx, "idle_timeout", idle_default);
-    let drain_timeout = dur(cx, "drain_timeout", 30);
+    let idle_timeout = dur(cx, "idle_timeout", idle_default, 7 * 86_400);
+    let drain_timeout = dur(cx, "drain_timeout", 30, 3600);
     let flag = |cx: &mut Cx<'_>, key: &str, default: bool| -> Option<bool> {
         match f.get(key) {
             Some(n) => cx.boolean(n, key),
@@ -1512,6 +1625,24 @@ fn read_balance(cx: &mut Cx<'_>, node: &Node) -> Option<(Balance, Span)> {
         None => Some(None),
     };
     if protocol == Some(BalanceProtocol::Udp) {
+        if let (Some(l), Some(n)) = (listen, listen_node)
+            && l.ip().is_unspecified()
+        {
+            cx.err_help(
+                n.span.clone(),
+                format!("a UDP balance group needs one address to listen on, not {l}"),
+                "answers must come from the address the client sent to: one group per local address",
+            );
+        }
+        if let Some(h) = f.get("health")
+            && let Kind::Table(entries) = &h.kind
+            && entries.iter().any(|(k, _)| k.name == "http")
+        {
+            cx.err(
+                h.span.clone(),
+                "health `http` applies to TCP balance groups only (this one is `udp`)",
+            );
+        }
         for key in [
             "proxy_protocol",
             "accept_proxy",
@@ -1557,11 +1688,21 @@ fn read_balance(cx: &mut Cx<'_>, node: &Node) -> Option<(Balance, Span)> {
         .zip(items("backends").iter().chain(items("backup")))
     {
         let a = node.addr;
-        let own = a == b.listen
-            || (a.port() == b.listen.port()
-                && b.listen.ip().is_unspecified()
-                && (a.ip().is_loopback() || a.ip().is_unspecified()));
-        if own {
+        let bad = match canonical(a).ip() {
+            std::net::IpAddr::V4(v4) => {
+                v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()
+            }
+            std::net::IpAddr::V6(v6) => v6.is_unspecified() || v6.is_multicast(),
+        };
+        if bad {
+            cx.err_help(
+                item.span.clone(),
+                format!("node {a} is not one host's address"),
+                "a node is the unicast address a backend listens on (0.0.0.0 and :: mean this host; multicast and broadcast are many)",
+            );
+            return None;
+        }
+        if reaches(a, b.listen) {
             cx.err_help(
                 item.span.clone(),
                 format!("node {a} is the balancer's own `listen` ({})", b.listen),
@@ -1573,6 +1714,13 @@ fn read_balance(cx: &mut Cx<'_>, node: &Node) -> Option<(Balance, Span)> {
             cx.err(item.span.clone(), format!("node {a} is listed twice"));
             return None;
         }
+    }
+    if b.protocol == BalanceProtocol::Udp && b.nodes().any(|(n, _)| n.max_conn.is_some()) {
+        cx.err(
+            f.get("backends").map_or(span.clone(), |n| n.span.clone()),
+            "a node's `max_conn` applies to TCP balance groups only (this one is `udp`)",
+        );
+        return None;
     }
     if b.health.status.is_some() && b.health.http.is_none() {
         cx.err(
@@ -1634,6 +1782,13 @@ fn read_health(cx: &mut Cx<'_>, node: &Node) -> Option<HealthCheck> {
     let mut ok = true;
     if let Some(n) = f.get("interval") {
         match cx.duration(n, "interval", true) {
+            Some(d) if d.get() > std::time::Duration::from_secs(3600) => {
+                cx.err(
+                    n.span.clone(),
+                    format!("health `interval` must be at most 1h, found {d}"),
+                );
+                ok = false;
+            }
             Some(d) => h.interval = d,
             None => ok = false,
         }
@@ -1775,6 +1930,7 @@ fn cross_check(
             );
         }
     }
+    balance_listeners(cx, balance);
 
     // Pools must not overlap within a protocol: pool i against every earlier pool q.
     let pool_specs: Vec<PortSpec> = pools

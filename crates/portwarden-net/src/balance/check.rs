@@ -32,29 +32,53 @@ fn http_status(head: &[u8]) -> Option<u16> {
     code.parse().ok()
 }
 
+/// Why a check failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// For a person.
+    pub why: String,
+    /// The failure is this host's (out of descriptors, memory or ports): it says nothing
+    /// about the backend.
+    pub local: bool,
+}
+
+impl From<&str> for Failure {
+    fn from(why: &str) -> Failure {
+        why.to_string().into()
+    }
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Failure {
+        Failure { why, local: false }
+    }
+}
+
 /// One check of a TCP backend, bounded by `h.timeout`. `Ok` with the time it took, or why
 /// it failed.
-pub async fn tcp(addr: SocketAddr, h: &HealthCheck) -> Result<Duration, String> {
+pub async fn tcp(addr: SocketAddr, h: &HealthCheck) -> Result<Duration, Failure> {
     let t0 = Instant::now();
     let mut seen = Vec::new();
     let r = tokio::time::timeout(h.timeout.get(), tcp_inner(addr, h, &mut seen)).await;
     match r {
         Ok(Ok(())) => Ok(t0.elapsed()),
         Ok(Err(e)) => Err(e),
-        Err(_) if seen.is_empty() => Err(format!("no answer within {}", h.timeout)),
+        Err(_) if seen.is_empty() => Err(format!("no answer within {}", h.timeout).into()),
         // What it said instead (escaped: it reaches logs, the ledger and terminals).
         Err(_) => Err(format!(
             "no expected answer within {}; got `{}`",
             h.timeout,
             seen[..seen.len().min(60)].escape_ascii()
-        )),
+        )
+        .into()),
     }
 }
 
-async fn tcp_inner(addr: SocketAddr, h: &HealthCheck, seen: &mut Vec<u8>) -> Result<(), String> {
-    let mut s = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+async fn tcp_inner(addr: SocketAddr, h: &HealthCheck, seen: &mut Vec<u8>) -> Result<(), Failure> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| Failure {
+        why: format!("connect: {e}"),
+        local: super::local_error(&e),
+    })?;
     let _ = s.set_nodelay(true);
     if let Some(path) = &h.http {
         let req = format!(
@@ -72,7 +96,7 @@ async fn tcp_inner(addr: SocketAddr, h: &HealthCheck, seen: &mut Vec<u8>) -> Res
         return if good {
             Ok(())
         } else {
-            Err(format!("HTTP status {code}"))
+            Err(format!("HTTP status {code}").into())
         };
     }
     if let Some(send) = &h.send {
@@ -109,13 +133,13 @@ async fn read_until(
 }
 
 /// One check of a UDP backend: `send` a datagram, the answer must hold `expect`.
-pub async fn udp(addr: SocketAddr, h: &HealthCheck) -> Result<Duration, String> {
+pub async fn udp(addr: SocketAddr, h: &HealthCheck) -> Result<Duration, Failure> {
     let t0 = Instant::now();
     let run = async {
         let bind: SocketAddr = if addr.is_ipv4() {
-            "0.0.0.0:0".parse().map_err(|_| "address")?
+            SocketAddr::from(([0, 0, 0, 0], 0))
         } else {
-            "[::]:0".parse().map_err(|_| "address")?
+            SocketAddr::from(([0u16; 8], 0))
         };
         let s = UdpSocket::bind(bind)
             .await
@@ -136,8 +160,8 @@ pub async fn udp(addr: SocketAddr, h: &HealthCheck) -> Result<Duration, String> 
     };
     match tokio::time::timeout(h.timeout.get(), run).await {
         Ok(Ok(())) => Ok(t0.elapsed()),
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("no answer within {}", h.timeout)),
+        Ok(Err(e)) => Err(Failure::from(e)),
+        Err(_) => Err(format!("no answer within {}", h.timeout).into()),
     }
 }
 

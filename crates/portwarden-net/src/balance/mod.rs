@@ -44,6 +44,10 @@ pub struct Options {
     pub reuseport: bool,
     /// How bytes are moved.
     pub mode: Mode,
+    /// Before binding with `SO_REUSEPORT`, check that nobody holds the address yet (the
+    /// first worker does; the others join it): without the check a second balancer with
+    /// `SO_REUSEPORT` would silently share the port.
+    pub exclusive: bool,
 }
 
 impl Default for Options {
@@ -51,6 +55,7 @@ impl Default for Options {
         Options {
             reuseport: false,
             mode: Mode::Splice,
+            exclusive: true,
         }
     }
 }
@@ -72,7 +77,7 @@ pub struct Event {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The listen address could not be bound.
-    #[error("balance group `{group}`: cannot listen on {addr}/{proto}: {source}")]
+    #[error("balance group `{group}`: cannot listen on {addr}/{proto}")]
     Bind {
         /// The group.
         group: String,
@@ -209,6 +214,7 @@ struct Counters {
     redispatched: AtomicU64,
     idle_closed: AtomicU64,
     bad_proxy_header: AtomicU64,
+    local_errors: AtomicU64,
 }
 
 struct Group {
@@ -274,7 +280,7 @@ impl Group {
             node.transitions.fetch_add(1, Ordering::Relaxed);
             self.rebuild();
             let _ = self.events.send(Event {
-                group: self.name.clone(),
+                group: self.cfg().name.clone(),
                 backend: node.addr,
                 up: t == Transition::Up,
                 why: why.to_string(),
@@ -333,7 +339,7 @@ impl Group {
         let view = self.view();
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
         GroupStatus {
-            name: self.name.clone(),
+            name: cfg.name.clone(),
             listen: cfg.listen,
             protocol: match cfg.protocol {
                 BalanceProtocol::Tcp => "tcp".into(),
@@ -354,6 +360,7 @@ impl Group {
             redispatched: ld(&self.c.redispatched),
             idle_closed: ld(&self.c.idle_closed),
             bad_proxy_header: ld(&self.c.bad_proxy_header),
+            local_errors: ld(&self.c.local_errors),
             backends: view
                 .nodes
                 .iter()
@@ -430,6 +437,12 @@ impl Group {
         {
             h.abort();
         }
+        // The cut connections end as their tasks see the flag: counted out before the
+        // last status is read (bounded).
+        let until = Instant::now() + Duration::from_secs(1);
+        while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -496,15 +509,19 @@ async fn checker(g: Arc<Group>, node: Arc<Node>) {
             BalanceProtocol::Udp if h.expect.is_some() => check::udp(node.addr, h).await,
             BalanceProtocol::Udp => return,
         };
-        match &r {
-            Ok(d) => node.check_us.store(d.as_micros() as u64, Ordering::Relaxed),
-            Err(_) => {
-                node.failed_checks.fetch_add(1, Ordering::Relaxed);
-            }
-        }
         match r {
-            Ok(_) => g.observe(&node, true, "check passed"),
-            Err(e) => g.observe(&node, false, &format!("check: {e}")),
+            Ok(d) => {
+                node.check_us.store(d.as_micros() as u64, Ordering::Relaxed);
+                g.observe(&node, true, "check passed");
+            }
+            // This host is out of descriptors or memory: no verdict on the backend.
+            Err(check::Failure { local: true, .. }) => {
+                g.c.local_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(check::Failure { why, .. }) => {
+                node.failed_checks.fetch_add(1, Ordering::Relaxed);
+                g.observe(&node, false, &format!("check: {why}"));
+            }
         }
         tokio::time::sleep_until(start + h.interval.get()).await;
     }
@@ -562,7 +579,8 @@ fn loop_check(b: &Balance) -> Result<(), StartError> {
         if n.addr.port() != b.listen.port() {
             continue;
         }
-        let own = n.addr.ip() == b.listen.ip()
+        let own = portwarden_core::policy::reaches(n.addr, b.listen)
+            || n.addr.ip().is_unspecified()
             || (b.listen.ip().is_unspecified() && is_local(n.addr.ip()));
         if own {
             return Err(StartError::Loop {
@@ -590,6 +608,17 @@ struct Bound {
 
 fn bind_group(b: &Balance, opts: &Options) -> Result<Bound, StartError> {
     loop_check(b)?;
+    let in_use = |source| StartError::Bind {
+        group: b.name.clone(),
+        addr: b.listen,
+        proto: proto_name(b.protocol),
+        source,
+    };
+    if opts.reuseport && opts.exclusive {
+        // Without SO_REUSEPORT this bind fails if anyone holds the address, even another
+        // process that set it.
+        drop(bind(b.listen, b.protocol, false).map_err(in_use)?);
+    }
     let sock = bind(b.listen, b.protocol, opts.reuseport).map_err(|source| StartError::Bind {
         group: b.name.clone(),
         addr: b.listen,
@@ -690,27 +719,22 @@ async fn connection(g: Arc<Group>, client: TcpStream, peer: SocketAddr, _open: O
     }
 }
 
-/// Reads a fronting balancer's PROXY header without taking a byte past it.
-async fn read_proxy_header(client: &mut TcpStream) -> Option<proxyproto::Header> {
-    let mut buf = vec![0u8; proxyproto::V2_MAX];
-    let mut seen = 0;
+/// Reads a fronting balancer's PROXY header; returns it and the bytes read past it (the
+/// client's first bytes, for the backend). Each read waits for the client.
+async fn read_proxy_header(client: &mut TcpStream) -> Option<(proxyproto::Header, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 1024];
     loop {
-        let n = client.peek(&mut buf).await.ok()?;
+        let n = client.read(&mut chunk).await.ok()?;
         if n == 0 {
             return None;
         }
-        match proxyproto::parse(&buf[..n]) {
-            proxyproto::Parse::Done(h, len) => {
-                client.read_exact(&mut buf[..len]).await.ok()?;
-                return Some(h);
-            }
+        buf.extend_from_slice(&chunk[..n]);
+        match proxyproto::parse(&buf) {
+            proxyproto::Parse::Done(h, len) => return Some((h, buf.split_off(len))),
             proxyproto::Parse::Bad(_) => return None,
-            // `peek` answers at once while the bytes it saw are still there: wait a little
-            // for the rest (the caller bounds the whole wait).
-            proxyproto::Parse::Incomplete if n == seen => {
-                tokio::time::sleep(Duration::from_millis(5)).await
-            }
-            proxyproto::Parse::Incomplete => seen = n,
+            proxyproto::Parse::Incomplete if buf.len() >= proxyproto::V2_MAX => return None,
+            proxyproto::Parse::Incomplete => {}
         }
     }
 }
@@ -718,10 +742,17 @@ async fn read_proxy_header(client: &mut TcpStream) -> Option<proxyproto::Header>
 async fn proxy(g: &Arc<Group>, mut client: TcpStream, peer: SocketAddr) {
     let cfg = g.cfg();
     let local = client.local_addr().unwrap_or(cfg.listen);
+    let mut early = Vec::new();
     let (src, dst) = if cfg.accept_proxy {
         match tokio::time::timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(&mut client)).await {
-            Ok(Some(proxyproto::Header::Proxied { src, dst })) => (src, dst),
-            Ok(Some(proxyproto::Header::Local)) => (peer, local),
+            Ok(Some((proxyproto::Header::Proxied { src, dst }, rest))) => {
+                early = rest;
+                (src, dst)
+            }
+            Ok(Some((proxyproto::Header::Local, rest))) => {
+                early = rest;
+                (peer, local)
+            }
             _ => {
                 g.c.bad_proxy_header.fetch_add(1, Ordering::Relaxed);
                 return;
@@ -751,6 +782,13 @@ async fn proxy(g: &Arc<Group>, mut client: TcpStream, peer: SocketAddr) {
         if server.write_all(&h).await.is_err() {
             return;
         }
+    }
+    if !early.is_empty() {
+        if server.write_all(&early).await.is_err() {
+            return;
+        }
+        node.bytes_in
+            .fetch_add(early.len() as u64, Ordering::Relaxed);
     }
     let r = forward::both_ways(
         &client,
@@ -798,6 +836,13 @@ async fn connect_some(
                         .await;
                 match r {
                     Ok(Ok(s)) => return Some((node, s)),
+                    Ok(Err(e)) if local_error(&e) => {
+                        // Another backend would fail the same way: the client is closed,
+                        // and the backend is not blamed.
+                        g.free(&node);
+                        g.c.local_errors.fetch_add(1, Ordering::Relaxed);
+                        return None;
+                    }
                     Ok(Err(e)) => fail_connect(g, &node, &format!("connect: {e}")),
                     Err(_) => fail_connect(
                         g,
@@ -828,6 +873,14 @@ async fn connect_some(
             }
         }
     }
+}
+
+/// An error of this host (out of descriptors, memory or ports), not of the backend.
+pub(crate) fn local_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
 }
 
 fn fail_connect(g: &Group, node: &Node, why: &str) {
@@ -868,6 +921,26 @@ impl Balancer {
     /// anything changes: an error leaves the running groups as they were.
     pub fn reload(&self, groups: &[Balance]) -> Result<(), StartError> {
         let mut cur = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        // A group renamed on the same address and protocol is the same group.
+        for b in groups {
+            if cur.contains_key(&b.name) {
+                continue;
+            }
+            let renamed = cur
+                .iter()
+                .find(|(name, g)| {
+                    let c = g.cfg();
+                    !groups.iter().any(|x| &x.name == *name)
+                        && c.listen == b.listen
+                        && c.protocol == b.protocol
+                })
+                .map(|(name, _)| name.clone());
+            if let Some(old) = renamed
+                && let Some(g) = cur.remove(&old)
+            {
+                cur.insert(b.name.clone(), g);
+            }
+        }
         let mut fresh = Vec::new();
         for b in groups {
             loop_check(b)?;
@@ -894,6 +967,7 @@ impl Balancer {
                     if let Ok(mut c) = g.cfg.write() {
                         *c = Arc::new(b.clone());
                     }
+
                     if let Ok(mut v) = g.view.write() {
                         *v = Arc::new(View::new(nodes));
                     }

@@ -27,6 +27,10 @@ struct Session {
 
 type Sessions = Arc<Mutex<HashMap<SocketAddr, Session>>>;
 
+thread_local! {
+    static ANSWER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 65536]);
+}
+
 pub(super) async fn serve(g: Arc<Group>, sock: Arc<UdpSocket>, mut stop: watch::Receiver<bool>) {
     let sessions: Sessions = Arc::new(Mutex::new(HashMap::new()));
     let mut buf = vec![0u8; 65536];
@@ -132,22 +136,38 @@ async fn answers(
     let node = held.2.1.clone();
     let idle = g.cfg().idle_timeout.get();
     let mut hard = g.hard.subscribe();
-    let mut buf = vec![0u8; 65536];
+    let to = socket2::SockAddr::from(client);
     loop {
         tokio::select! {
-            r = up.recv(&mut buf) => match r {
-                Ok(n) => {
-                    if sock.send_to(&buf[..n], client).await.is_ok() {
-                        node.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                    act.touch();
-                }
-                Err(e) => {
-                    node.failed_connects.fetch_add(1, Ordering::Relaxed);
-                    g.observe(&node, false, &format!("recv: {e}"));
+            r = up.readable() => {
+                if r.is_err() {
                     break;
                 }
-            },
+                // One buffer per thread, not per session: 8192 idle sessions hold no
+                // 64 KiB each. Nothing awaits while it is borrowed.
+                let got = ANSWER.with(|b| {
+                    let mut b = b.borrow_mut();
+                    up.try_recv(&mut b).map(|n| {
+                        // A full send buffer drops the answer, as the network would.
+                        let sent = socket2::SockRef::from(sock.as_ref()).send_to(&b[..n], &to).is_ok();
+                        (n, sent)
+                    })
+                });
+                match got {
+                    Ok((n, sent)) => {
+                        if sent {
+                            node.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        act.touch();
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        node.failed_connects.fetch_add(1, Ordering::Relaxed);
+                        g.observe(&node, false, &format!("recv: {e}"));
+                        break;
+                    }
+                }
+            }
             _ = act.idle_for(idle) => {
                 g.c.idle_closed.fetch_add(1, Ordering::Relaxed);
                 break;

@@ -126,6 +126,35 @@ fn two_workers_share_the_port_reload_on_sighup_and_drain_on_sigterm() {
             .is_some_and(|w| w.iter().filter(|w| w["alive"] == true).count() == 2)
     });
     assert_eq!(v["running"], true);
+    // A second balancer: refused on the same state directory (its lock), and on another
+    // one too (the port is held, though ours set SO_REUSEPORT).
+    let p = dir.join("p.toml").display().to_string();
+    let o = run(&["--state-dir", &r.state, "--policy", &p, "balance"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("another `portwarden balance` runs"),
+        "{}",
+        stderr(&o)
+    );
+    let other = dir.join("other").display().to_string();
+    let o = run(&[
+        "--state-dir",
+        &other,
+        "--policy",
+        &p,
+        "balance",
+        "--workers",
+        "2",
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "127.0.0.1:{port}/tcp is already held by portwarden (pid {})",
+            r.child.id()
+        )),
+        "{}",
+        stderr(&o)
+    );
     let vip: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     for _ in 0..40 {
         assert_eq!(ask(vip).unwrap(), "a");
