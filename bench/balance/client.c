@@ -3,7 +3,8 @@
  *   client churn HOST PORT CONC SECONDS SRCS TIMEOUT_MS PAUSE_US SLOW_MS
  *       Closed loop: CONC connections in flight, each connects (from the next of SRCS, a
  *       comma-separated list of source addresses, or "-"), writes 32 bytes, reads their
- *       echo, closes, and its slot starts the next one PAUSE_US later, for SECONDS. A
+ *       echo, closes, and its slot starts the next one PAUSE_US later (the slots' first
+ *       starts spread over PAUSE_US), for SECONDS. A
  *       connection that errs, closes early, answers wrong or takes longer than TIMEOUT_MS
  *       fails; one that succeeds after more than SLOW_MS is slow. Prints one JSON object:
  *       counts, latency percentiles (us) of the successful ones, and every failed or slow
@@ -152,7 +153,7 @@ static int churn(int argc, char **argv) {
     double t0 = now(), end = t0 + secs;
     for (int i = 0; i < conc; i++) {
         sl[i].state = IDLE;
-        sl[i].next = t0;
+        sl[i].next = t0 + pause * i / conc; /* spread, so that think times do not beat */
         sl[i].fd = -1;
     }
     struct epoll_event evs[256];
