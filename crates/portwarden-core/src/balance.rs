@@ -110,6 +110,44 @@ impl Maglev {
     }
 }
 
+/// A cycle in a directed graph given as adjacency lists (groups forwarding to each other's
+/// listeners), as the nodes on it in order; `None` when there is none.
+pub fn find_cycle(edges: &[Vec<usize>]) -> Option<Vec<usize>> {
+    fn visit(
+        i: usize,
+        edges: &[Vec<usize>],
+        mark: &mut [u8],
+        path: &mut Vec<usize>,
+    ) -> Option<Vec<usize>> {
+        mark[i] = 1;
+        path.push(i);
+        for &j in &edges[i] {
+            if mark[j] == 1 {
+                let from = path.iter().position(|&k| k == j).unwrap_or(0);
+                return Some(path[from..].to_vec());
+            }
+            if mark[j] == 0
+                && let Some(c) = visit(j, edges, mark, path)
+            {
+                return Some(c);
+            }
+        }
+        path.pop();
+        mark[i] = 2;
+        None
+    }
+    // 0 unvisited, 1 on the path, 2 done.
+    let mut mark = vec![0u8; edges.len()];
+    for i in 0..edges.len() {
+        if mark[i] == 0
+            && let Some(c) = visit(i, edges, &mut mark, &mut Vec::new())
+        {
+            return Some(c);
+        }
+    }
+    None
+}
+
 /// What `pick` knows of one backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Candidate {
@@ -333,9 +371,7 @@ impl SourceLimits {
     /// A new connection from `src` at `now_ms` (a monotonic clock): admitted (and counted
     /// until `release`) or refused.
     pub fn admit(&mut self, src: IpAddr, now_ms: u64) -> Result<(), SourceRefusal> {
-        if self.max_conn.is_none() && self.max_rate.is_none() {
-            return Ok(());
-        }
+        // Counted even without limits, so that a limit a reload adds sees what is open.
         let cap = self.max_rate.map(|r| u64::from(r) * 1000);
         let s = self.sources.entry(src).or_insert(SourceState {
             active: 0,
@@ -732,6 +768,61 @@ mod tests {
         }
         l.release(ip(2), 2);
         assert_eq!(l.tracked(), 0, "idle sources are forgotten");
+    }
+
+    #[test]
+    fn a_limit_added_later_counts_what_is_already_open() {
+        let mut l = SourceLimits::new(None, None);
+        let a = ip(1);
+        for _ in 0..20 {
+            assert!(l.admit(a, 0).is_ok());
+        }
+        l.max_conn = Some(5);
+        assert_eq!(l.admit(a, 0), Err(SourceRefusal::Concurrent));
+        for _ in 0..16 {
+            l.release(a, 0);
+        }
+        assert_eq!(l.active(a), 4);
+        assert!(l.admit(a, 0).is_ok());
+        assert_eq!(l.admit(a, 0), Err(SourceRefusal::Concurrent));
+    }
+
+    #[test]
+    fn cycles_are_found() {
+        assert_eq!(find_cycle(&[vec![1], vec![2], vec![]]), None);
+        assert_eq!(
+            find_cycle(&[vec![1], vec![2], vec![0]]),
+            Some(vec![0, 1, 2])
+        );
+        assert_eq!(find_cycle(&[vec![], vec![2], vec![1]]), Some(vec![1, 2]));
+        assert_eq!(find_cycle(&[vec![0]]), Some(vec![0]));
+        assert_eq!(
+            find_cycle(&[vec![1, 2], vec![2], vec![]]),
+            None,
+            "a diamond is no cycle"
+        );
+    }
+
+    #[test]
+    fn which_listener_a_node_reaches() {
+        use crate::policy::reaches;
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+        assert!(reaches(a("127.0.0.1:80"), a("0.0.0.0:80")));
+        assert!(
+            reaches(a("127.0.0.1:80"), a("[::]:80")),
+            "[::] is dual stack"
+        );
+        assert!(reaches(a("[::1]:80"), a("[::]:80")));
+        assert!(
+            !reaches(a("[::1]:80"), a("0.0.0.0:80")),
+            "0.0.0.0 is IPv4 only"
+        );
+        assert!(reaches(a("[::ffff:127.0.0.1]:80"), a("127.0.0.1:80")));
+        assert!(!reaches(a("127.0.0.1:81"), a("0.0.0.0:80")));
+        assert!(
+            !reaches(a("10.0.0.1:80"), a("0.0.0.0:80")),
+            "another host, as far as the policy knows"
+        );
     }
 
     #[test]

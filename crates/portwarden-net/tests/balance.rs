@@ -207,19 +207,25 @@ async fn source_hash_keeps_a_source_on_its_node_and_removing_one_moves_only_its_
         let n = first.iter().filter(|x| x.as_str() == id).count();
         assert!((15..=45).contains(&n), "{id}: {n} of 120");
     }
-    // Remove d: only d's sources move.
+    // Remove d: d's sources move, and (Maglev's bound) at most 5 % of the others.
     let mut g2 = g.clone();
     g2.backends.pop();
     g2.listen = vip;
     bal.reload(&[g2]).unwrap();
+    let mut strays = 0;
     for (s, before) in sources.iter().zip(&first) {
         let now = ask(vip, Some(*s)).await.unwrap();
         if before != "d" {
-            assert_eq!(&now, before, "{s} moved though its node stayed");
+            strays += usize::from(&now != before);
         } else {
             assert_ne!(now, "d");
         }
     }
+    assert!(
+        strays <= sources.len() / 20,
+        "{strays} of {} moved though their node stayed",
+        sources.len()
+    );
     bal.stop().await;
 }
 
@@ -637,6 +643,17 @@ async fn listen_in_use_and_loops_are_clear_errors() {
     lp.listen = "0.0.0.0:48123".parse().unwrap();
     lp.backends[0].addr = "127.0.0.1:48123".parse().unwrap();
     let e = Balancer::start(&[lp], Options::default()).err().unwrap();
+    assert!(matches!(e, StartError::Loop { .. }), "{e}");
+    // Two groups forwarding to each other through other local addresses than their own.
+    let mut x = g.clone();
+    x.name = "x".into();
+    x.listen = "0.0.0.0:48124".parse().unwrap();
+    x.backends[0].addr = "127.0.0.2:48125".parse().unwrap();
+    let mut y = x.clone();
+    y.name = "y".into();
+    y.listen = "0.0.0.0:48125".parse().unwrap();
+    y.backends[0].addr = "127.0.0.3:48124".parse().unwrap();
+    let e = Balancer::start(&[x, y], Options::default()).err().unwrap();
     assert!(matches!(e, StartError::Loop { .. }), "{e}");
 }
 

@@ -504,13 +504,16 @@ pub async fn run(
         tokio::select! {
             c = control.recv() => match c {
                 Some(Control::Reload) => {
+                    // The leader first: its check that new ports are free must not meet
+                    // its own workers, already on them.
+                    let r = crate::policy::load_policy(policy_path).and_then(|l| {
+                        svc.reload(&l)?;
+                        Ok(l.name)
+                    });
                     for c in &children {
                         signal(c, libc::SIGHUP);
                     }
-                    match crate::policy::load_policy(policy_path).and_then(|l| {
-                        svc.reload(&l)?;
-                        Ok(l.name)
-                    }) {
+                    match r {
                         Ok(name) => {
                             reloads += 1;
                             policy_name = name;
@@ -624,8 +627,13 @@ fn alive(pid: u32) -> bool {
         return false;
     };
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    args.iter().any(|a| *a == b"balance")
-        && args.first().is_some_and(|a| a.ends_with(b"portwarden"))
+    // Our executable (by its name, or the very file that runs us), with `balance`.
+    let ours = args.first().is_some_and(|a| a.ends_with(b"portwarden"))
+        || matches!(
+            (std::fs::read_link(format!("/proc/{pid}/exe")), std::env::current_exe()),
+            (Ok(a), Ok(b)) if a == b
+        );
+    ours && args.iter().any(|a| *a == b"balance")
 }
 
 /// `balance status`: every worker's status file, and the groups summed over the live ones.

@@ -239,7 +239,7 @@ pub mod names {
     /// Connections a group refused or dropped, by reason.
     pub const BALANCE_REFUSED: Def = Def {
         name: "portwarden_balance_refused_connections",
-        help: "Connections a balance group closed without a backend, by reason (source-conn, source-rate, no-backend, queue-timeout, bad-proxy-header)",
+        help: "Connections a balance group closed without a backend, by reason (source-conn, source-rate, no-backend, queue-timeout, bad-proxy-header, local-error)",
         kind: "gauge",
         labels: &["group", "reason"],
     };
@@ -360,6 +360,7 @@ fn balance_rows(s: &mut Scrape, app: &Arc<App>) {
                     ("no-backend", g.no_backend),
                     ("queue-timeout", g.queue_timeouts),
                     ("bad-proxy-header", g.bad_proxy_header),
+                    ("local-error", g.local_errors),
                 ]
                 .map(|(r, n)| (vec![g.name.clone(), r.to_string()], n as f64))
             })

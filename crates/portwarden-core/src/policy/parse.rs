@@ -1410,7 +1410,10 @@ fn canonical(a: SocketAddr) -> SocketAddr {
 /// is always local). Other local addresses are checked when the balancer starts.
 pub fn reaches(node: SocketAddr, listen: SocketAddr) -> bool {
     let (n, l) = (canonical(node), canonical(listen));
-    n.port() == l.port() && (n.ip() == l.ip() || (l.ip().is_unspecified() && n.ip().is_loopback()))
+    // `0.0.0.0` takes IPv4 only; `[::]` both (Linux's default dual stack).
+    n.port() == l.port()
+        && (n.ip() == l.ip()
+            || (l.ip().is_unspecified() && n.ip().is_loopback() && (l.is_ipv6() || n.is_ipv4())))
 }
 
 /// Groups of one protocol must not listen on the same port of overlapping addresses, and
@@ -1446,50 +1449,21 @@ fn balance_listeners(cx: &mut Cx<'_>, balance: &[(Balance, Span)]) {
                 .collect()
         })
         .collect();
-    fn visit(
-        i: usize,
-        edges: &[Vec<usize>],
-        mark: &mut [u8],
-        path: &mut Vec<usize>,
-    ) -> Option<Vec<usize>> {
-        mark[i] = 1;
-        path.push(i);
-        for &j in &edges[i] {
-            if mark[j] == 1 {
-                let from = path.iter().position(|&k| k == j).unwrap_or(0);
-                return Some(path[from..].to_vec());
-            }
-            if mark[j] == 0
-                && let Some(c) = visit(j, edges, mark, path)
-            {
-                return Some(c);
-            }
-        }
-        path.pop();
-        mark[i] = 2;
-        None
-    }
-    // 0 unvisited, 1 on the path, 2 done.
-    let mut mark = vec![0u8; n];
-    for i in 0..n {
-        if mark[i] == 0
-            && let Some(cycle) = visit(i, &edges, &mut mark, &mut Vec::new())
-            && cycle.len() > 1
-        {
-            let names: Vec<String> = cycle
-                .iter()
-                .map(|&k| format!("`{}`", balance[k].0.name))
-                .collect();
-            cx.err_help(
-                balance[cycle[0]].1.clone(),
-                format!(
-                    "balance groups {} forward to each other's listeners in a loop",
-                    names.join(" → ")
-                ),
-                "a chain of groups must end at real backends",
-            );
-            return;
-        }
+    if let Some(cycle) = crate::balance::find_cycle(&edges)
+        && cycle.len() > 1
+    {
+        let names: Vec<String> = cycle
+            .iter()
+            .map(|&k| format!("`{}`", balance[k].0.name))
+            .collect();
+        cx.err_help(
+            balance[cycle[0]].1.clone(),
+            format!(
+                "balance groups {} forward to each other's listeners in a loop",
+                names.join(" → ")
+            ),
+            "a chain of groups must end at real backends",
+        );
     }
 }
 
@@ -1786,6 +1760,13 @@ fn read_health(cx: &mut Cx<'_>, node: &Node) -> Option<HealthCheck> {
                 cx.err(
                     n.span.clone(),
                     format!("health `interval` must be at most 1h, found {d}"),
+                );
+                ok = false;
+            }
+            Some(d) if d.get() < std::time::Duration::from_millis(10) => {
+                cx.err(
+                    n.span.clone(),
+                    format!("health `interval` must be at least 10ms, found {d}"),
                 );
                 ok = false;
             }

@@ -141,9 +141,10 @@ pub async fn udp(addr: SocketAddr, h: &HealthCheck) -> Result<Duration, Failure>
         } else {
             SocketAddr::from(([0u16; 8], 0))
         };
-        let s = UdpSocket::bind(bind)
-            .await
-            .map_err(|e| format!("bind: {e}"))?;
+        let s = UdpSocket::bind(bind).await.map_err(|e| Failure {
+            why: format!("bind: {e}"),
+            local: super::local_error(&e),
+        })?;
         s.connect(addr).await.map_err(|e| format!("connect: {e}"))?;
         let send = h.send.as_deref().unwrap_or("");
         s.send(send.as_bytes())
@@ -153,14 +154,14 @@ pub async fn udp(addr: SocketAddr, h: &HealthCheck) -> Result<Duration, Failure>
         let n = s.recv(&mut buf).await.map_err(|e| format!("recv: {e}"))?;
         match &h.expect {
             Some(e) if !contains(&buf[..n], e.as_bytes()) => {
-                Err("the answer does not hold `expect`".to_string())
+                Err(Failure::from("the answer does not hold `expect`"))
             }
             _ => Ok(()),
         }
     };
     match tokio::time::timeout(h.timeout.get(), run).await {
         Ok(Ok(())) => Ok(t0.elapsed()),
-        Ok(Err(e)) => Err(Failure::from(e)),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(format!("no answer within {}", h.timeout).into()),
     }
 }

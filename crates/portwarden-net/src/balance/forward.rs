@@ -15,6 +15,8 @@ use tokio::net::TcpStream;
 
 /// The size a pipe is raised to (`F_SETPIPE_SZ`; the kernel's default is 64 KiB).
 pub const PIPE_SIZE: i32 = 1 << 20;
+/// A splice this large is part of a bulk transfer.
+const BULK: usize = 64 * 1024;
 /// The copy fallback's buffer.
 pub const COPY_BUF: usize = 256 * 1024;
 /// Idle pipes (and buffers) kept for reuse; more are closed (freed).
@@ -81,7 +83,9 @@ pub fn pooled_pipes() -> usize {
     PIPES.lock().map_or(0, |v| v.len())
 }
 
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+fn splice(from: RawFd, to: RawFd, len: usize, more: bool) -> io::Result<usize> {
+    let flags =
+        libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK | if more { libc::SPLICE_F_MORE } else { 0 };
     // SAFETY: splice between two descriptors we hold, no offsets.
     let n = unsafe {
         libc::splice(
@@ -90,7 +94,7 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
             to,
             std::ptr::null_mut(),
             len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+            flags,
         )
     };
     if n < 0 {
@@ -190,17 +194,25 @@ async fn splice_burst(
     let r = async {
         loop {
             let n = match from.try_io(Interest::READABLE, || {
-                splice(from.as_raw_fd(), pipe.w.as_raw_fd(), PIPE_SIZE as usize)
+                splice(
+                    from.as_raw_fd(),
+                    pipe.w.as_raw_fd(),
+                    PIPE_SIZE as usize,
+                    false,
+                )
             }) {
                 Ok(0) => return Ok(true),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(e),
             };
+            // A bulk burst (a full 64 KiB or more): more follows, so the kernel may fill
+            // whole segments (SPLICE_F_MORE, as MSG_MORE); a small one goes out at once.
+            let more = n >= BULK;
             let mut left = n;
             while left > 0 {
                 match to.try_io(Interest::WRITABLE, || {
-                    splice(pipe.r.as_raw_fd(), to.as_raw_fd(), left)
+                    splice(pipe.r.as_raw_fd(), to.as_raw_fd(), left, more)
                 }) {
                     Ok(m) => left -= m,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,

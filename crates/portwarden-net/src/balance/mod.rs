@@ -593,6 +593,50 @@ fn loop_check(b: &Balance) -> Result<(), StartError> {
     Ok(())
 }
 
+/// Whether a connection to `node` reaches `listen` on this host: the policy's rule, plus
+/// this host's other addresses behind a wildcard listener.
+fn reaches_here(node: SocketAddr, listen: SocketAddr) -> bool {
+    portwarden_core::policy::reaches(node, listen)
+        || (node.port() == listen.port()
+            && listen.ip().is_unspecified()
+            && (listen.is_ipv6() || node.is_ipv4())
+            && is_local(node.ip()))
+}
+
+/// Groups forwarding to each other's listeners round a cycle (through any address of
+/// this host) would loop every connection until the descriptors run out.
+fn cycle_check(groups: &[Balance]) -> Result<(), StartError> {
+    let edges: Vec<Vec<usize>> = groups
+        .iter()
+        .map(|b| {
+            (0..groups.len())
+                .filter(|&j| {
+                    let o = &groups[j];
+                    o.protocol == b.protocol
+                        && b.nodes().any(|(n, _)| reaches_here(n.addr, o.listen))
+                })
+                .collect()
+        })
+        .collect();
+    match portwarden_core::balance::find_cycle(&edges) {
+        Some(c) => {
+            let first = &groups[c[0]];
+            let next = &groups[c.get(1).copied().unwrap_or(c[0])];
+            let node = first
+                .nodes()
+                .map(|(n, _)| n.addr)
+                .find(|a| reaches_here(*a, next.listen))
+                .unwrap_or(first.listen);
+            Err(StartError::Loop {
+                group: first.name.clone(),
+                node,
+                listen: next.listen,
+            })
+        }
+        None => Ok(()),
+    }
+}
+
 fn proto_name(p: BalanceProtocol) -> &'static str {
     match p {
         BalanceProtocol::Tcp => "tcp",
@@ -741,7 +785,12 @@ async fn read_proxy_header(client: &mut TcpStream) -> Option<(proxyproto::Header
 
 async fn proxy(g: &Arc<Group>, mut client: TcpStream, peer: SocketAddr) {
     let cfg = g.cfg();
-    let local = client.local_addr().unwrap_or(cfg.listen);
+    // The address the client reached, for the PROXY protocol only (a syscall saved).
+    let local = if cfg.accept_proxy || cfg.proxy_protocol.is_some() {
+        client.local_addr().unwrap_or(cfg.listen)
+    } else {
+        cfg.listen
+    };
     let mut early = Vec::new();
     let (src, dst) = if cfg.accept_proxy {
         match tokio::time::timeout(PROXY_HEADER_TIMEOUT, read_proxy_header(&mut client)).await {
@@ -920,6 +969,7 @@ impl Balancer {
     /// listener first; a group that left is drained. New listeners are all bound before
     /// anything changes: an error leaves the running groups as they were.
     pub fn reload(&self, groups: &[Balance]) -> Result<(), StartError> {
+        cycle_check(groups)?;
         let mut cur = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         // A group renamed on the same address and protocol is the same group.
         for b in groups {

@@ -70,7 +70,8 @@ async fn open(
     client: SocketAddr,
 ) -> Option<(Arc<UdpSocket>, Arc<Node>, Arc<Activity>)> {
     if sessions.lock().map_or(true, |m| m.len() >= MAX_SESSIONS) {
-        g.c.no_backend.fetch_add(1, Ordering::Relaxed);
+        // This host's limit, not the backends' state.
+        g.c.local_errors.fetch_add(1, Ordering::Relaxed);
         return None;
     }
     let admitted = admit(g, client.ip())?;
@@ -90,7 +91,10 @@ async fn open(
     };
     let up = match UdpSocket::bind(bind).await {
         Ok(s) => s,
-        Err(_) => return None,
+        Err(_) => {
+            g.c.local_errors.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
     };
     if let Err(e) = up.connect(node.addr).await {
         drop(slot);

@@ -19,9 +19,10 @@ fn groups(gs: &[GroupStatus]) -> String {
     let mut s = String::new();
     for g in gs {
         s.push_str(&super::cell(&format!(
-            "{} {}/{} {}: accepted {}, active {}, refused by source {} (rate {}), no backend {}, queued {} (timed out {}), redispatched {}, idle-closed {}",
+            "{} {}/{} {}: accepted {}, active {}, refused by source {} (rate {}), no backend {}, queued {} (timed out {}), redispatched {}, idle-closed {}, bad PROXY headers {}, local errors {}",
             g.name, g.listen, g.protocol, g.algorithm, g.accepted, g.active, g.refused_source_conn,
-            g.refused_source_rate, g.no_backend, g.queued, g.queue_timeouts, g.redispatched, g.idle_closed
+            g.refused_source_rate, g.no_backend, g.queued, g.queue_timeouts, g.redispatched, g.idle_closed,
+            g.bad_proxy_header, g.local_errors
         )));
         s.push('\n');
         let mut t = Table::new(&[
