@@ -218,6 +218,8 @@ pub struct Service {
     dir: PathBuf,
     groups: std::sync::Mutex<Vec<Balance>>,
     pump: tokio::task::JoinHandle<()>,
+    /// A backend went up or down (the status file is written at once, not at the tick).
+    changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Service {
@@ -257,6 +259,8 @@ impl Service {
             }
         }
         let (c, d) = (ctx.clone(), dir.to_path_buf());
+        let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+        let changed2 = changed.clone();
         let pump = tokio::spawn(async move {
             while let Some(Event {
                 group,
@@ -265,6 +269,7 @@ impl Service {
                 why,
             }) = events.recv().await
             {
+                changed2.notify_one();
                 if !leader {
                     continue;
                 }
@@ -300,6 +305,7 @@ impl Service {
             dir: dir.to_path_buf(),
             groups: std::sync::Mutex::new(groups),
             pump,
+            changed,
         })
     }
 
@@ -526,17 +532,13 @@ pub async fn run(
                 }
                 Some(Control::Stop) | None => break,
             },
+            _ = svc.changed.notified() => {
+                let w = worker_doc(req, started, ctx.clock.now(), &policy_name, svc.status());
+                let _ = write_status(dir, &w);
+            }
             _ = tick.tick() => {
                 let now = ctx.clock.now();
-                let w = WorkerDoc {
-                    index: req.worker_index,
-                    pid: std::process::id(),
-                    started,
-                    updated: now,
-                    policy: policy_name.clone(),
-                    alive: true,
-                    groups: svc.status(),
-                };
+                let w = worker_doc(req, started, now, &policy_name, svc.status());
                 if let Err(e) = write_status(dir, &w) {
                     ctx.notes.verbose(&format!("cannot write the balance status file: {e}"));
                 }
@@ -567,15 +569,7 @@ pub async fn run(
         signal(c, libc::SIGTERM);
     }
     let served = svc.stop().await;
-    let mine = WorkerDoc {
-        index: req.worker_index,
-        pid: std::process::id(),
-        started,
-        updated: ctx.clock.now(),
-        policy: policy_name.clone(),
-        alive: true,
-        groups: served,
-    };
+    let mine = worker_doc(req, started, ctx.clock.now(), &policy_name, served);
     // The workers drain too; one that outlives the longest drain is killed.
     let deadline = tokio::time::Instant::now() + svc.longest_drain() + Duration::from_secs(5);
     for c in &mut children {
@@ -615,6 +609,25 @@ pub async fn run(
         reloads,
         groups: last,
     })
+}
+
+/// This process's status file.
+fn worker_doc(
+    req: &RunReq,
+    started: i64,
+    now: i64,
+    policy: &str,
+    groups: Vec<GroupStatus>,
+) -> WorkerDoc {
+    WorkerDoc {
+        index: req.worker_index,
+        pid: std::process::id(),
+        started,
+        updated: now,
+        policy: policy.to_string(),
+        alive: true,
+        groups,
+    }
 }
 
 /// Whether `pid` is a running `portwarden balance` (a forged or stale file naming another
