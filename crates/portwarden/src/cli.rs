@@ -115,10 +115,11 @@ pub struct BalanceArgs {
     /// Run only this group (repeatable; default: every group).
     #[arg(long = "group", value_name = "NAME")]
     pub groups: Vec<String>,
-    /// Worker processes sharing each listen port (SO_REUSEPORT); each holds up to the
-    /// descriptor limit, so 10,000 proxied connections (20,000 descriptors) need two.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub workers: u32,
+    /// Worker processes sharing each listen port (SO_REUSEPORT), one event loop each
+    /// [default: one per core]; each holds up to the descriptor limit, so 10,000 proxied
+    /// connections (20,000 descriptors) need two.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: Option<u32>,
     /// Copy bytes through a buffer instead of splice(2).
     #[arg(long)]
     pub copy: bool,
