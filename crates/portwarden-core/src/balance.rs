@@ -721,9 +721,9 @@ mod tests {
         fn removing_one_of_n_remaps_about_one_nth(n in 2usize..12, gone in 0usize..12, salt in 0u32..1000) {
             let gone = gone % n;
             let keys: Vec<String> = (0..n).map(|i| format!("10.{salt}.0.{i}:873")).collect();
-            let before = table_over(&keys, 4099);
+            let before = table_over(&keys, MAGLEV_SIZE);
             let rest: Vec<String> = keys.iter().enumerate().filter(|(i, _)| *i != gone).map(|(_, k)| k.clone()).collect();
-            let after = table_over(&rest, 4099);
+            let after = table_over(&rest, MAGLEV_SIZE);
             let sources = 5_000u32;
             let mut moved = 0;
             for s in 0..sources {
