@@ -46,6 +46,13 @@ impl Pipe {
 
 static PIPES: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
 static BUFS: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+static SMALL_BUFS: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+/// The buffer small messages are copied through in splice mode: a read that fills it
+/// starts splicing (a bulk transfer), a splice burst smaller than it goes back to copying
+/// (HAProxy's splice-auto does the like): for a 32-byte echo, recv and send are cheaper
+/// than two splices and a pipe.
+const SMALL_BUF: usize = 16 * 1024;
 
 fn take_pipe() -> io::Result<Pipe> {
     let p = PIPES.lock().map(|mut v| v.pop()).unwrap_or(None);
@@ -63,15 +70,25 @@ fn put_pipe(p: Pipe) {
     }
 }
 
-fn take_buf() -> Box<[u8]> {
-    BUFS.lock()
+fn take_buf(size: usize) -> Box<[u8]> {
+    let pool = if size == SMALL_BUF {
+        &SMALL_BUFS
+    } else {
+        &BUFS
+    };
+    pool.lock()
         .map(|mut v| v.pop())
         .unwrap_or(None)
-        .unwrap_or_else(|| vec![0u8; COPY_BUF].into_boxed_slice())
+        .unwrap_or_else(|| vec![0u8; size].into_boxed_slice())
 }
 
 fn put_buf(b: Box<[u8]>) {
-    if let Ok(mut v) = BUFS.lock()
+    let pool = if b.len() == SMALL_BUF {
+        &SMALL_BUFS
+    } else {
+        &BUFS
+    };
+    if let Ok(mut v) = pool.lock()
         && v.len() < POOL_MAX
     {
         v.push(b);
@@ -162,17 +179,28 @@ pub async fn one_way(
     act: &Activity,
 ) -> io::Result<()> {
     let mut mode = mode;
+    // Splice mode: copying small bursts, splicing once a read fills the small buffer.
+    let mut bulk = false;
     loop {
         from.readable().await?;
         let eof = match mode {
-            Mode::Splice => match splice_burst(from, to, moved, act).await {
+            Mode::Splice if bulk => match splice_burst(from, to, moved, act).await {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     mode = Mode::Copy;
                     continue;
                 }
-                r => r?,
+                Ok((eof, total)) => {
+                    bulk = total >= SMALL_BUF;
+                    eof
+                }
+                Err(e) => return Err(e),
             },
-            Mode::Copy => copy_burst(from, to, moved, act).await?,
+            Mode::Splice => {
+                let (eof, full) = copy_burst(from, to, moved, act, SMALL_BUF).await?;
+                bulk = full;
+                eof
+            }
+            Mode::Copy => copy_burst(from, to, moved, act, COPY_BUF).await?.0,
         };
         if eof {
             // The other direction goes on: the peer sees our FIN after every byte.
@@ -182,15 +210,16 @@ pub async fn one_way(
     }
 }
 
-/// Splices while `from` has bytes; returns whether it reached the end. The pipe is taken
-/// for the burst only and is empty when given back.
+/// Splices while `from` has bytes; returns whether it reached the end, and how much it
+/// moved. The pipe is taken for the burst only and is empty when given back.
 async fn splice_burst(
     from: &TcpStream,
     to: &TcpStream,
     moved: &AtomicU64,
     act: &Activity,
-) -> io::Result<bool> {
+) -> io::Result<(bool, usize)> {
     let pipe = take_pipe()?;
+    let mut total = 0;
     let r = async {
         loop {
             let n = match from.try_io(Interest::READABLE, || {
@@ -201,11 +230,12 @@ async fn splice_burst(
                     false,
                 )
             }) {
-                Ok(0) => return Ok(true),
+                Ok(0) => return Ok((true, total)),
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, total)),
                 Err(e) => return Err(e),
             };
+            total += n;
             // A bulk burst (a full 64 KiB or more): more follows, so the kernel may fill
             // whole segments (SPLICE_F_MORE, as MSG_MORE); a small one goes out at once.
             let more = n >= BULK;
@@ -231,19 +261,22 @@ async fn splice_burst(
     r
 }
 
+/// Copies while `from` has bytes through a pooled buffer of `size`; returns whether it
+/// reached the end, and whether a small buffer filled (a bulk transfer, for splice).
 async fn copy_burst(
     from: &TcpStream,
     to: &TcpStream,
     moved: &AtomicU64,
     act: &Activity,
-) -> io::Result<bool> {
-    let mut buf = take_buf();
+    size: usize,
+) -> io::Result<(bool, bool)> {
+    let mut buf = take_buf(size);
     let r = async {
         loop {
             let n = match from.try_read(&mut buf) {
-                Ok(0) => return Ok(true),
+                Ok(0) => return Ok((true, false)),
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, false)),
                 Err(e) => return Err(e),
             };
             let mut off = 0;
@@ -256,6 +289,10 @@ async fn copy_burst(
             }
             moved.fetch_add(n as u64, Ordering::Relaxed);
             act.touch();
+            // Full: more is waiting, in bulk (splice mode takes it from here).
+            if n == size && size == SMALL_BUF {
+                return Ok((false, true));
+            }
         }
     }
     .await;
