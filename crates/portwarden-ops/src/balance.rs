@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use portwarden_api::API_VERSION;
 use portwarden_api::balance::{BalanceRunDoc, BalanceStatusDoc, WorkerDoc};
 use portwarden_core::balance::{BackendStatus, GroupStatus};
-use portwarden_core::policy::{Balance, BalanceProtocol, Policy};
+use portwarden_core::policy::{Balance, Policy};
 use portwarden_core::{Port, Protocol};
 use portwarden_net::balance::{Balancer, Event, StartError};
 pub use portwarden_net::balance::{Mode, Options};
@@ -163,7 +163,7 @@ fn record(
     subject: String,
     after: Option<serde_json::Value>,
     reason: Option<String>,
-) {
+) -> tokio::task::JoinHandle<()> {
     let (ctx2, dir2) = (ctx.clone(), dir.to_path_buf());
     let change = portwarden_store::Change {
         actor: ctx.actor.clone(),
@@ -179,7 +179,7 @@ fn record(
         if let Err(e) = crate::log::record_change(&ctx2, &dir2, change) {
             notes.warn(&format!("cannot record in the ledger: {e:#}"));
         }
-    });
+    })
 }
 
 fn describe(groups: &[Balance]) -> serde_json::Value {
@@ -190,7 +190,7 @@ fn describe(groups: &[Balance]) -> serde_json::Value {
                 serde_json::json!({
                     "name": b.name,
                     "listen": b.listen.to_string(),
-                    "protocol": if b.protocol == BalanceProtocol::Udp { "udp" } else { "tcp" },
+                    "protocol": b.protocol.as_str(),
                     "backends": b.backends.iter().map(|n| n.addr.to_string()).collect::<Vec<_>>(),
                     "backup": b.backup.iter().map(|n| n.addr.to_string()).collect::<Vec<_>>(),
                 })
@@ -249,11 +249,7 @@ impl Service {
                     "balance group {}: {}/{} over {} backends",
                     b.name,
                     b.listen,
-                    if b.protocol == BalanceProtocol::Udp {
-                        "udp"
-                    } else {
-                        "tcp"
-                    },
+                    b.protocol.as_str(),
                     b.backends.len() + b.backup.len()
                 ));
             }
@@ -368,25 +364,16 @@ impl Service {
         }
         let accepted: u64 = served.iter().map(|g| g.accepted).sum();
         let subject = self.groups.lock().map(|g| names(&g)).unwrap_or_default();
-        let (ctx2, dir2) = (self.ctx.clone(), self.dir.clone());
-        let change = portwarden_store::Change {
-            actor: self.ctx.actor.clone(),
-            action: "balance.stop".into(),
+        // Waited for: the process exits next.
+        let _ = record(
+            &self.ctx,
+            &self.dir,
+            "balance.stop",
             subject,
-            before: None,
-            after: Some(
-                serde_json::json!({ "accepted": accepted, "reloads": reloads }).to_string(),
-            ),
-            reason: None,
-        };
-        let r =
-            tokio::task::spawn_blocking(move || crate::log::record_change(&ctx2, &dir2, change))
-                .await;
-        if let Ok(Err(e)) = r {
-            self.ctx
-                .notes
-                .warn(&format!("cannot record in the ledger: {e:#}"));
-        }
+            Some(serde_json::json!({ "accepted": accepted, "reloads": reloads })),
+            None,
+        )
+        .await;
     }
 }
 

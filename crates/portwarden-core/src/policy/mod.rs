@@ -403,6 +403,17 @@ pub enum Algorithm {
     SourceHash,
 }
 
+impl Algorithm {
+    /// The name the policy writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::LeastConn => "least-conn",
+            Algorithm::SourceHash => "source-hash",
+        }
+    }
+}
+
 /// `[[balance]].health`: an active check every `interval`; `fall` failures in a row mark a
 /// backend down, `rise` successes up again.
 #[derive(Debug, Clone, Serialize)]
@@ -448,6 +459,16 @@ pub enum BalanceProtocol {
     Tcp,
     /// Datagrams, in sessions by source.
     Udp,
+}
+
+impl BalanceProtocol {
+    /// The name the policy writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalanceProtocol::Tcp => "tcp",
+            BalanceProtocol::Udp => "udp",
+        }
+    }
 }
 
 /// `[[balance]].proxy_protocol`: the PROXY protocol header sent to backends.

@@ -24,7 +24,7 @@ use portwarden_core::balance::{
     BackendStatus, Candidate, GroupStatus, Health, Maglev, NoBackend, RoundRobin, SourceLimits,
     SourceRefusal, Transition, pick,
 };
-use portwarden_core::policy::{Algorithm, Balance, BalanceProtocol, ProxyProtocol};
+use portwarden_core::policy::{Balance, BalanceProtocol, ProxyProtocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, watch};
@@ -104,6 +104,15 @@ pub enum StartError {
 }
 
 impl StartError {
+    fn bind(b: &Balance, source: io::Error) -> StartError {
+        StartError::Bind {
+            group: b.name.clone(),
+            addr: b.listen,
+            proto: b.protocol.as_str(),
+            source,
+        }
+    }
+
     /// The address that was in use, when that is what failed.
     pub fn in_use(&self) -> Option<(SocketAddr, &'static str)> {
         match self {
@@ -341,15 +350,8 @@ impl Group {
         GroupStatus {
             name: cfg.name.clone(),
             listen: cfg.listen,
-            protocol: match cfg.protocol {
-                BalanceProtocol::Tcp => "tcp".into(),
-                BalanceProtocol::Udp => "udp".into(),
-            },
-            algorithm: match cfg.algorithm {
-                Algorithm::RoundRobin => "round-robin".into(),
-                Algorithm::LeastConn => "least-conn".into(),
-                Algorithm::SourceHash => "source-hash".into(),
-            },
+            protocol: cfg.protocol.as_str().into(),
+            algorithm: cfg.algorithm.as_str().into(),
             accepted: ld(&self.c.accepted),
             active: ld(&self.active),
             refused_source_conn: ld(&self.c.refused_source_conn),
@@ -637,13 +639,6 @@ fn cycle_check(groups: &[Balance]) -> Result<(), StartError> {
     }
 }
 
-fn proto_name(p: BalanceProtocol) -> &'static str {
-    match p {
-        BalanceProtocol::Tcp => "tcp",
-        BalanceProtocol::Udp => "udp",
-    }
-}
-
 /// A bound, not yet serving, group.
 struct Bound {
     cfg: Arc<Balance>,
@@ -652,23 +647,12 @@ struct Bound {
 
 fn bind_group(b: &Balance, opts: &Options) -> Result<Bound, StartError> {
     loop_check(b)?;
-    let in_use = |source| StartError::Bind {
-        group: b.name.clone(),
-        addr: b.listen,
-        proto: proto_name(b.protocol),
-        source,
-    };
     if opts.reuseport && opts.exclusive {
         // Without SO_REUSEPORT this bind fails if anyone holds the address, even another
         // process that set it.
-        drop(bind(b.listen, b.protocol, false).map_err(in_use)?);
+        drop(bind(b.listen, b.protocol, false).map_err(|e| StartError::bind(b, e))?);
     }
-    let sock = bind(b.listen, b.protocol, opts.reuseport).map_err(|source| StartError::Bind {
-        group: b.name.clone(),
-        addr: b.listen,
-        proto: proto_name(b.protocol),
-        source,
-    })?;
+    let sock = bind(b.listen, b.protocol, opts.reuseport).map_err(|e| StartError::bind(b, e))?;
     let mut cfg = b.clone();
     // Port 0 (tests): the group's address is the one the kernel chose.
     if let Some(a) = sock.local_addr().ok().and_then(|a| a.as_socket()) {
@@ -1026,14 +1010,8 @@ impl Balancer {
                 }
                 old => {
                     let Some(bound) = fresh.next() else { continue };
-                    let g = serve_group(bound, &self.opts, &self.events).map_err(|source| {
-                        StartError::Bind {
-                            group: b.name.clone(),
-                            addr: b.listen,
-                            proto: proto_name(b.protocol),
-                            source,
-                        }
-                    })?;
+                    let g = serve_group(bound, &self.opts, &self.events)
+                        .map_err(|e| StartError::bind(b, e))?;
                     if let Some(o) = old {
                         tokio::spawn(o.stop());
                     }
