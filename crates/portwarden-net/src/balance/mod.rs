@@ -241,6 +241,8 @@ struct Group {
     drained: Notify,
     epoch: Instant,
     mode: Mode,
+    /// Whether the listener has `TCP_NODELAY`, which accepted sockets inherit.
+    listener_nodelay: bool,
     /// Set: stop accepting. Then `hard`: cut what is left.
     stop_accept: watch::Sender<bool>,
     hard: watch::Sender<bool>,
@@ -643,6 +645,7 @@ fn cycle_check(groups: &[Balance]) -> Result<(), StartError> {
 struct Bound {
     cfg: Arc<Balance>,
     sock: socket2::Socket,
+    nodelay: bool,
 }
 
 fn bind_group(b: &Balance, opts: &Options) -> Result<Bound, StartError> {
@@ -653,6 +656,8 @@ fn bind_group(b: &Balance, opts: &Options) -> Result<Bound, StartError> {
         drop(bind(b.listen, b.protocol, false).map_err(|e| StartError::bind(b, e))?);
     }
     let sock = bind(b.listen, b.protocol, opts.reuseport).map_err(|e| StartError::bind(b, e))?;
+    // Accepted sockets inherit it from the listener: a syscall per connection saved.
+    let nodelay = b.protocol == BalanceProtocol::Tcp && b.nodelay && sock.set_nodelay(true).is_ok();
     let mut cfg = b.clone();
     // Port 0 (tests): the group's address is the one the kernel chose.
     if let Some(a) = sock.local_addr().ok().and_then(|a| a.as_socket()) {
@@ -661,6 +666,7 @@ fn bind_group(b: &Balance, opts: &Options) -> Result<Bound, StartError> {
     Ok(Bound {
         cfg: Arc::new(cfg),
         sock,
+        nodelay,
     })
 }
 
@@ -699,6 +705,7 @@ fn serve_group(
         drained: Notify::new(),
         epoch: Instant::now(),
         mode: opts.mode,
+        listener_nodelay: bound.nodelay,
         stop_accept: watch::channel(false).0,
         hard: watch::channel(false).0,
         tasks: Mutex::new(Vec::new()),
@@ -802,8 +809,11 @@ async fn proxy(g: &Arc<Group>, mut client: TcpStream, peer: SocketAddr) {
     };
     let _slot = Slot(g.clone(), node.clone());
     node.total.fetch_add(1, Ordering::Relaxed);
+    // A reload may have changed it since the listener was bound.
+    if cfg.nodelay != g.listener_nodelay {
+        let _ = client.set_nodelay(cfg.nodelay);
+    }
     if cfg.nodelay {
-        let _ = client.set_nodelay(true);
         let _ = server.set_nodelay(true);
     }
     let mut server = server;
@@ -859,10 +869,18 @@ async fn connect_some(
     let queue_deadline = tokio::time::Instant::now() + cfg.queue_timeout.get();
     let mut queued = false;
     loop {
+        let mut chosen = g.choose(cfg, src, &tried, attempt);
+        // Full: wait for a freed slot. The waiter is counted and registered before looking
+        // again, so a slot freed in between wakes it; only a queued connection pays.
         let notified = g.freed.notified();
         tokio::pin!(notified);
-        notified.as_mut().enable();
-        match g.choose(cfg, src, &tried, attempt) {
+        let mut _waiting = None;
+        if let Err(NoBackend::Full) = chosen {
+            _waiting = Some(Waiting::new(&g.waiting));
+            notified.as_mut().enable();
+            chosen = g.choose(cfg, src, &tried, attempt);
+        }
+        match chosen {
             Ok(node) => {
                 let r =
                     tokio::time::timeout(cfg.connect_timeout.get(), TcpStream::connect(node.addr))
@@ -896,15 +914,29 @@ async fn connect_some(
                     queued = true;
                     g.c.queued.fetch_add(1, Ordering::Relaxed);
                 }
-                g.waiting.fetch_add(1, Ordering::SeqCst);
                 let r = tokio::time::timeout_at(queue_deadline, notified).await;
-                g.waiting.fetch_sub(1, Ordering::SeqCst);
                 if r.is_err() {
                     g.c.queue_timeouts.fetch_add(1, Ordering::Relaxed);
                     return None;
                 }
             }
         }
+    }
+}
+
+/// A connection waiting in the queue, counted while it lives.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn new(n: &'a AtomicU64) -> Waiting<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -1061,5 +1093,25 @@ impl Balancer {
             let _ = h.await;
         }
         groups.iter().map(|g| g.status()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The proxy leaves `TCP_NODELAY` of accepted sockets to the listener: the kernel must
+    /// hand it on (and not when the listener lacks it).
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        for on in [true, false] {
+            let l = bind("127.0.0.1:0".parse().unwrap(), BalanceProtocol::Tcp, false).unwrap();
+            l.set_nodelay(on).unwrap();
+            l.set_nonblocking(false).unwrap();
+            let addr = l.local_addr().unwrap().as_socket().unwrap();
+            let _c = std::net::TcpStream::connect(addr).unwrap();
+            let (a, _) = l.accept().unwrap();
+            assert_eq!(a.nodelay().unwrap(), on);
+        }
     }
 }
