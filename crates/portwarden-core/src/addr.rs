@@ -222,6 +222,18 @@ impl AddrSet {
     }
 }
 
+/// The address itself, or the IPv4 address an IPv4-mapped IPv6 one (`::ffff:a.b.c.d`)
+/// stands for: one spelling per endpoint, for comparing and for the PROXY protocol.
+pub fn unmapped(a: std::net::SocketAddr) -> std::net::SocketAddr {
+    match a.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => a,
+        },
+        IpAddr::V4(_) => a,
+    }
+}
+
 /// Whether `a` can never be the source of a connection: unspecified, multicast or
 /// broadcast (also as an IPv4-mapped IPv6 address). A grant from one opens nothing.
 pub fn never_a_source(a: std::net::IpAddr) -> bool {

@@ -929,3 +929,76 @@ async fn a_check_whose_expect_never_matches_takes_the_node_out_and_says_why() {
     }
     bal.stop().await;
 }
+
+/// Runs `f` on a thread of its own inside network namespace `ns` (every socket the
+/// thread's runtime opens is the namespace's), on a current-thread runtime.
+fn in_netns<F: std::future::Future<Output = ()>>(ns: &str, f: impl FnOnce() -> F + Send + 'static) {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        use std::os::fd::AsRawFd;
+        let h = std::fs::File::open(&path).unwrap();
+        // SAFETY: setns on this thread only, with a namespace descriptor we hold.
+        assert_eq!(unsafe { libc::setns(h.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f());
+    })
+    .join()
+    .unwrap();
+}
+
+/// A backend behind a DROP firewall: its SYNs vanish, so a connect times out instead of
+/// being refused. Clients are redispatched after `connect_timeout` and never see it; the
+/// node goes down saying why.
+#[test]
+fn a_backend_behind_a_drop_firewall_times_out_and_its_clients_are_redispatched() {
+    let Some(ns) = portwarden_testkit::Netns::new("bdrop") else {
+        return;
+    };
+    ns.run(&["ip", "link", "set", "lo", "up"]);
+    const SILENT: u16 = 27_811;
+    let rules = portwarden_testkit::tempdir("bdrop");
+    let file = rules.join("drop.nft");
+    std::fs::write(
+        &file,
+        format!(
+            "table inet t {{\n chain in {{\n  type filter hook input priority 0;\n  tcp dport {SILENT} drop\n }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    ns.run(&["nft", "-f", file.to_str().unwrap()]);
+    in_netns(&ns.name, || async {
+        let silent: SocketAddr = format!("127.0.0.1:{SILENT}").parse().unwrap();
+        let (a, _) = backend("a").await;
+        let (bal, vip) = start(&group(
+            "connect_timeout = \"300ms\"\nhealth = { interval = \"1h\", timeout = \"200ms\", fall = 3, rise = 1 }",
+            &[silent, a],
+            &[],
+        ));
+        // Round-robin sends the first connections to the silent node, until it is down.
+        let t0 = Instant::now();
+        for _ in 0..6 {
+            assert_eq!(
+                ask(vip, None).await.unwrap(),
+                "a",
+                "the client never sees the timeout"
+            );
+        }
+        let st = &bal.status()[0];
+        assert!(!st.backends[0].up, "{st:?}");
+        let why = st.backends[0].last_error.clone().unwrap_or_default();
+        assert!(why.contains("no answer within 300ms"), "{why}");
+        assert!(st.redispatched >= 1, "{st:?}");
+        assert!(st.backends[0].failed_connects >= 1, "{st:?}");
+        // At most the connects before it went down waited (three at most: fall 3, the
+        // first check's failure among them), each bounded by the connect timeout.
+        assert!(
+            t0.elapsed() < Duration::from_millis(300 * 3 + 1500),
+            "{:?}",
+            t0.elapsed()
+        );
+        bal.stop().await;
+    });
+}

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use super::tree::{self, Key, Kind, Node};
 use super::*;
-use crate::addr::Cidr;
+use crate::addr::{Cidr, unmapped};
 use crate::catalog::{Catalog, Sensitivity, edit_distance};
 use crate::diag::Diagnostic;
 use crate::port::Port;
@@ -1394,22 +1394,11 @@ fn placement(
     }
 }
 
-/// The address a node or listener stands for: an IPv4-mapped IPv6 address as IPv4.
-fn canonical(a: SocketAddr) -> SocketAddr {
-    match a.ip() {
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(std::net::IpAddr::V4(v4), a.port()),
-            None => a,
-        },
-        std::net::IpAddr::V4(_) => a,
-    }
-}
-
 /// Whether a connection to `node` reaches a socket listening on `listen` of this host, as
 /// far as addresses alone tell (a wildcard listener takes every local address; loopback
 /// is always local). Other local addresses are checked when the balancer starts.
 pub fn reaches(node: SocketAddr, listen: SocketAddr) -> bool {
-    let (n, l) = (canonical(node), canonical(listen));
+    let (n, l) = (unmapped(node), unmapped(listen));
     // `0.0.0.0` takes IPv4 only; `[::]` both (Linux's default dual stack).
     n.port() == l.port()
         && (n.ip() == l.ip()
@@ -1420,9 +1409,9 @@ pub fn reaches(node: SocketAddr, listen: SocketAddr) -> bool {
 /// no chain of groups (a node that is another group's listener) may come back round.
 fn balance_listeners(cx: &mut Cx<'_>, balance: &[(Balance, Span)]) {
     for (i, (b, span)) in balance.iter().enumerate() {
-        let l = canonical(b.listen);
+        let l = unmapped(b.listen);
         if let Some((o, _)) = balance[..i].iter().find(|(o, _)| {
-            let m = canonical(o.listen);
+            let m = unmapped(o.listen);
             o.protocol == b.protocol
                 && m.port() == l.port()
                 && (m.ip() == l.ip() || m.ip().is_unspecified() || l.ip().is_unspecified())
@@ -1662,7 +1651,7 @@ fn read_balance(cx: &mut Cx<'_>, node: &Node) -> Option<(Balance, Span)> {
         .zip(items("backends").iter().chain(items("backup")))
     {
         let a = node.addr;
-        let bad = match canonical(a).ip() {
+        let bad = match unmapped(a).ip() {
             std::net::IpAddr::V4(v4) => {
                 v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()
             }

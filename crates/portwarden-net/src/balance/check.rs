@@ -132,16 +132,22 @@ async fn read_until(
     }
 }
 
+/// A UDP socket on an ephemeral port of the wildcard address of `to`'s family, to talk
+/// to `to` from.
+pub(crate) async fn udp_socket_for(to: SocketAddr) -> std::io::Result<UdpSocket> {
+    let any = if to.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    UdpSocket::bind(any).await
+}
+
 /// One check of a UDP backend: `send` a datagram, the answer must hold `expect`.
 pub async fn udp(addr: SocketAddr, h: &HealthCheck) -> Result<Duration, Failure> {
     let t0 = Instant::now();
     let run = async {
-        let bind: SocketAddr = if addr.is_ipv4() {
-            SocketAddr::from(([0, 0, 0, 0], 0))
-        } else {
-            SocketAddr::from(([0u16; 8], 0))
-        };
-        let s = UdpSocket::bind(bind).await.map_err(|e| Failure {
+        let s = udp_socket_for(addr).await.map_err(|e| Failure {
             why: format!("bind: {e}"),
             local: super::local_error(&e),
         })?;

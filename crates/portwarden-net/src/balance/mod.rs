@@ -418,20 +418,7 @@ impl Group {
         {
             h.abort();
         }
-        let drain = self.cfg().drain_timeout.get();
-        let deadline = Instant::now() + drain;
-        loop {
-            let notified = self.drained.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.active.load(Ordering::SeqCst) == 0 {
-                break;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
-                break;
-            }
-        }
+        self.drained_within(self.cfg().drain_timeout.get()).await;
         let _ = self.hard.send(true);
         for h in self
             .tasks
@@ -443,9 +430,23 @@ impl Group {
         }
         // The cut connections end as their tasks see the flag: counted out before the
         // last status is read (bounded).
-        let until = Instant::now() + Duration::from_secs(1);
-        while self.active.load(Ordering::SeqCst) > 0 && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        self.drained_within(Duration::from_secs(1)).await;
+    }
+
+    /// Returns once no connection is open, or after `limit`.
+    async fn drained_within(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.active.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+                return;
+            }
         }
     }
 }

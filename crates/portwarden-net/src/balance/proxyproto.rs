@@ -4,6 +4,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use portwarden_core::addr::unmapped;
+
 /// The twelve bytes a version 2 header starts with.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// The longest version 1 header (the spec's 107 bytes).
@@ -11,19 +13,9 @@ pub const V1_MAX: usize = 107;
 /// The longest version 2 header we accept (16 bytes, addresses and TLVs).
 pub const V2_MAX: usize = 16 + 1024;
 
-fn canonical(a: SocketAddr) -> SocketAddr {
-    match a.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
-            None => a,
-        },
-        IpAddr::V4(_) => a,
-    }
-}
-
 /// Both ends in one family: IPv4 when both are (or map to) IPv4, else both as IPv6.
 fn same_family(src: SocketAddr, dst: SocketAddr) -> (SocketAddr, SocketAddr) {
-    let (s, d) = (canonical(src), canonical(dst));
+    let (s, d) = (unmapped(src), unmapped(dst));
     match (s.ip(), d.ip()) {
         (IpAddr::V4(_), IpAddr::V4(_)) | (IpAddr::V6(_), IpAddr::V6(_)) => (s, d),
         _ => {

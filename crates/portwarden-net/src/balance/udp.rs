@@ -13,6 +13,7 @@ use portwarden_core::balance::NoBackend;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
+use super::check;
 use super::forward::Activity;
 use super::{Admitted, Group, Node, Open, Slot, admit};
 
@@ -84,12 +85,7 @@ async fn open(
         }
     };
     let slot = Slot(g.clone(), node.clone());
-    let bind: SocketAddr = if node.addr.is_ipv4() {
-        SocketAddr::from(([0, 0, 0, 0], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let up = match UdpSocket::bind(bind).await {
+    let up = match check::udp_socket_for(node.addr).await {
         Ok(s) => s,
         Err(_) => {
             g.c.local_errors.fetch_add(1, Ordering::Relaxed);
