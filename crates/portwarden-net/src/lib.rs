@@ -1,9 +1,10 @@
 //! tokio engines that touch the network: protocol-aware probes (used by `check`, and by
-//! the scanner), the balancer and its health checks, later the benchmark. Never
+//! the scanner), the balancer and its health checks, the benchmark. Never
 //! prints, never reads config files.
 #![deny(missing_docs)]
 
 pub mod balance;
+pub mod bench;
 pub mod cert;
 pub mod connect;
 pub mod fingerprint;
