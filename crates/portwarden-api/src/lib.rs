@@ -3,6 +3,7 @@
 //! [`API_VERSION`]; plain serde data, no I/O, no logic beyond small views of the data.
 
 pub mod balance;
+pub mod bench;
 pub mod catalog;
 pub mod change;
 pub mod check;
@@ -67,6 +68,7 @@ pub fn documents() -> Vec<Document> {
         doc::<log::PruneDoc>("log-prune", "log prune"),
         doc::<balance::BalanceStatusDoc>("balance-status", "balance status"),
         doc::<balance::BalanceRunDoc>("balance-run", "balance (when it stops)"),
+        doc::<bench::BenchClientDoc>("bench-client", "bench client"),
         doc::<catalog::CatalogDoc>("catalog", "catalog"),
         doc::<catalog::EntryDoc>("catalog-entry", "catalog NAME"),
         doc::<policy::PolicyCheckDoc>("policy-check", "policy check"),

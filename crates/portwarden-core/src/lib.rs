@@ -17,6 +17,7 @@ pub mod draft;
 pub mod facts;
 pub mod findings;
 pub mod health;
+pub mod histogram;
 pub mod hostcheck;
 pub mod policy;
 pub mod port;

@@ -22,7 +22,7 @@ use crate::scan::{
 };
 
 /// A raw socket closed on drop (with a reset when it was connected).
-struct Sock(libc::c_int);
+pub(crate) struct Sock(pub(crate) libc::c_int);
 
 impl Drop for Sock {
     fn drop(&mut self) {
@@ -31,7 +31,7 @@ impl Drop for Sock {
     }
 }
 
-fn errno() -> i32 {
+pub(crate) fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
@@ -53,7 +53,7 @@ fn linger_zero(fd: libc::c_int) {
 }
 
 /// A fresh non-blocking socket for `dst`, bound to `src` (port chosen at connect time).
-fn new_socket(dst: SocketAddr, src: Option<IpAddr>) -> Result<Sock, i32> {
+pub(crate) fn new_socket(dst: SocketAddr, src: Option<IpAddr>) -> Result<Sock, i32> {
     let fam = if dst.is_ipv4() {
         libc::AF_INET
     } else {
@@ -82,14 +82,14 @@ fn new_socket(dst: SocketAddr, src: Option<IpAddr>) -> Result<Sock, i32> {
     Ok(s)
 }
 
-fn connect(fd: libc::c_int, dst: SocketAddr) -> i32 {
+pub(crate) fn connect(fd: libc::c_int, dst: SocketAddr) -> i32 {
     let sa = sockaddr(dst);
     // SAFETY: `sa` holds a valid sockaddr of `sa.len()` bytes.
     let r = unsafe { libc::connect(fd, sa.as_ptr(), sa.len()) };
     if r == 0 { 0 } else { errno() }
 }
 
-fn so_error(fd: libc::c_int) -> i32 {
+pub(crate) fn so_error(fd: libc::c_int) -> i32 {
     let mut e: libc::c_int = 0;
     let mut l = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: a valid descriptor and a writable c_int with its length.

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 pub mod balance;
+pub mod bench;
 pub mod change;
 pub mod check;
 pub mod facts;

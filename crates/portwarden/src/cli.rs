@@ -93,6 +93,10 @@ pub enum Command {
     /// Balance the policy's [[balance]] groups over their backends, in the foreground
     /// (SIGHUP re-reads the policy, SIGTERM drains); `balance status` shows a running one.
     Balance(BalanceArgs),
+    /// Throughput tests over the iperf3 protocol (our server takes `iperf3 -c`, our client
+    /// tests `iperf3 -s`), judged against the policy's [transfer] link.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// The daemon's API tokens: create (shown once), list, revoke.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -133,6 +137,101 @@ pub enum BalanceCommand {
     /// The running balancer's groups and backends, summed over its workers; exit 1 when it
     /// is not running or a group has no backend up.
     Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Serve throughput tests (many at once, unlike iperf3 3.12), until SIGINT/SIGTERM.
+    Server(BenchServerArgs),
+    /// Run one throughput test against `portwarden bench server` or `iperf3 -s`.
+    Client(BenchClientArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchServerArgs {
+    /// The address to listen on.
+    #[arg(long, default_value = "0.0.0.0", value_name = "ADDR")]
+    pub bind: std::net::IpAddr,
+    /// The port (iperf3's).
+    #[arg(short, long, default_value_t = 5201)]
+    pub port: u16,
+    /// Serve one test, then exit.
+    #[arg(short = '1', long)]
+    pub one_off: bool,
+    /// Tests running at once; one more is told the server is busy.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_tests: u32,
+    /// The longest a test may run (asked for, or actually).
+    #[arg(long, value_name = "D", default_value = "10m", value_parser = positive_duration)]
+    pub max_duration: HumanDuration,
+    /// The most bytes one test may move.
+    #[arg(long, value_name = "SIZE")]
+    pub max_bytes: Option<portwarden_core::units::ByteSize>,
+    /// A control connection silent this long is closed.
+    #[arg(long, value_name = "D", default_value = "30s", value_parser = positive_duration)]
+    pub idle_timeout: HumanDuration,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchClientArgs {
+    /// The server: a host name or address.
+    pub host: String,
+    /// Its port.
+    #[arg(short, long, default_value_t = 5201)]
+    pub port: u16,
+    /// Parallel streams, each on a thread of its own.
+    #[arg(short = 'P', long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub parallel: u32,
+    /// Seconds to run.
+    #[arg(short = 't', long, value_name = "SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub time: u32,
+    /// Bytes to move instead (exactly), e.g. 1G.
+    #[arg(short = 'n', long, value_name = "SIZE", conflicts_with = "time")]
+    pub bytes: Option<portwarden_core::units::ByteSize>,
+    /// The server sends.
+    #[arg(short = 'R', long)]
+    pub reverse: bool,
+    /// Both ends send at once.
+    #[arg(long, conflicts_with = "reverse")]
+    pub bidir: bool,
+    /// Send with sendfile(2) (no copy from user space).
+    #[arg(short = 'Z', long)]
+    pub zerocopy: bool,
+    /// Socket buffer size, both ways, e.g. 4M.
+    #[arg(short = 'w', long, value_name = "SIZE")]
+    pub window: Option<portwarden_core::units::ByteSize>,
+    /// Bytes per write, e.g. 128K.
+    #[arg(short = 'l', long, value_name = "SIZE", default_value = "128KiB")]
+    pub length: portwarden_core::units::ByteSize,
+    /// Congestion control (as /proc/sys/net/ipv4/tcp_available_congestion_control names it).
+    #[arg(short = 'C', long, value_name = "ALGO")]
+    pub congestion: Option<String>,
+    /// Seconds between interval reports (0: none).
+    #[arg(short = 'i', long, value_name = "SECONDS", default_value_t = 1.0)]
+    pub interval: f64,
+    /// TCP_NODELAY on the streams.
+    #[arg(short = 'N', long)]
+    pub no_delay: bool,
+    /// Exit 1 when the received rate is below this: a fraction of the policy's [transfer]
+    /// bandwidth (0.8) or a rate (5Gbit).
+    #[arg(long, value_name = "FRACTION|RATE", value_parser = fail_below)]
+    pub fail_below: Option<portwarden_ops::bench::FailBelow>,
+}
+
+fn fail_below(s: &str) -> Result<portwarden_ops::bench::FailBelow, String> {
+    use portwarden_ops::bench::FailBelow;
+    if let Ok(f) = s.parse::<f64>() {
+        return if f > 0.0 && f <= 1.0 {
+            Ok(FailBelow::Fraction(f))
+        } else {
+            Err(format!(
+                "`{s}`: a fraction is over 0 and at most 1; a rate has a unit (5Gbit)"
+            ))
+        };
+    }
+    s.parse::<portwarden_core::units::Bandwidth>()
+        .map(|b| FailBelow::Rate(b.bits_per_sec()))
+        .map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]

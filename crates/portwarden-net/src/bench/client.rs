@@ -270,9 +270,15 @@ pub fn run(
     }
     let (mut intervals, mut peaks) = watched?;
     ended.map_err(proto)?;
-    let seconds = t0.elapsed().as_secs_f64();
+    let cpu_secs = t0.elapsed().as_secs_f64();
+    // The data's time: to the last byte any stream moved.
+    let seconds = streams
+        .iter()
+        .map(|s| s.c.seconds())
+        .fold(0.0, f64::max)
+        .max(1e-6);
     // The last, partial interval.
-    if let Some(iv) = take_interval(&streams, &mut peaks, seconds) {
+    if let Some(iv) = take_interval(&streams, &mut peaks, cpu_secs) {
         on_interval(&iv);
         intervals.push(iv);
     }
@@ -281,9 +287,9 @@ pub fn run(
     }
     let cpu1 = stream::cpu_seconds();
     let ours = Results {
-        cpu_util_total: 100.0 * ((cpu1.0 - cpu0.0) + (cpu1.1 - cpu0.1)) / seconds.max(1e-9),
-        cpu_util_user: 100.0 * (cpu1.0 - cpu0.0) / seconds.max(1e-9),
-        cpu_util_system: 100.0 * (cpu1.1 - cpu0.1) / seconds.max(1e-9),
+        cpu_util_total: 100.0 * ((cpu1.0 - cpu0.0) + (cpu1.1 - cpu0.1)) / cpu_secs,
+        cpu_util_user: 100.0 * (cpu1.0 - cpu0.0) / cpu_secs,
+        cpu_util_system: 100.0 * (cpu1.1 - cpu0.1) / cpu_secs,
         sender_has_retransmits: i64::from(streams.iter().any(|s| s.sender)),
         congestion_used: congestion_local.clone(),
         streams: streams
@@ -298,7 +304,7 @@ pub fn run(
                     -1
                 },
                 start_time: 0.0,
-                end_time: seconds,
+                end_time: s.c.seconds(),
                 ..StreamResult::default()
             })
             .collect(),
@@ -341,8 +347,8 @@ pub fn run(
                 } else {
                     other.map_or(-1, |r| r.retransmits)
                 },
-                sender_seconds: if s.sender { seconds } else { other_secs },
-                receiver_seconds: if s.sender { other_secs } else { seconds },
+                sender_seconds: if s.sender { s.c.seconds() } else { other_secs },
+                receiver_seconds: if s.sender { other_secs } else { s.c.seconds() },
                 max_snd_cwnd: pk.max_cwnd,
                 rtt_us: (pk.rtt_n > 0).then(|| {
                     (
@@ -386,7 +392,11 @@ struct Peak {
 
 fn take_interval(streams: &[Stream], peaks: &mut [Peak], now: f64) -> Option<Interval> {
     let start = peaks.first().map_or(0.0, |p| p.last_end);
-    if now - start < 0.001 {
+    let moved = streams
+        .iter()
+        .zip(peaks.iter())
+        .any(|(s, p)| s.c.bytes.load(Ordering::Relaxed) != p.bytes);
+    if now - start < 0.001 && !moved {
         return None;
     }
     let mut out = Vec::with_capacity(streams.len());

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod iperf;
 pub mod server;
+pub mod storm;
 pub mod stream;
 
 use std::net::TcpStream;
@@ -30,6 +31,26 @@ pub fn tune(s: &TcpStream, window: Option<u32>, congestion: Option<&str>, nodela
 /// Sets `TCP_CONGESTION`.
 pub fn set_congestion(s: &TcpStream, cc: &str) -> std::io::Result<()> {
     // SAFETY: setsockopt with a buffer of the length given.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            cc.as_ptr().cast(),
+            cc.len() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Whether this kernel lets us use congestion control `cc` (tried on a fresh socket).
+pub fn check_congestion(cc: &str) -> std::io::Result<()> {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    // SAFETY: setsockopt with a buffer of the length given, on a socket we own.
     let r = unsafe {
         libc::setsockopt(
             s.as_raw_fd(),

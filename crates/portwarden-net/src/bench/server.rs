@@ -393,7 +393,13 @@ fn run_test(
     for s in &mut streams {
         let _ = s.join();
     }
-    let secs = t0.elapsed().as_secs_f64();
+    // The data's time: to the last byte any stream moved (not the drain after it).
+    let secs = streams
+        .iter()
+        .map(|s| s.c.seconds())
+        .fold(0.0, f64::max)
+        .max(1e-6);
+    let cpu_secs = t0.elapsed().as_secs_f64();
     let cpu1 = stream::cpu_seconds();
     let (received, sent) = streams.iter().fold((0, 0), |(r, s), st| {
         let b = st.c.bytes.load(Ordering::SeqCst);
@@ -414,9 +420,9 @@ fn run_test(
         return true;
     }
     let results = Results {
-        cpu_util_total: 100.0 * ((cpu1.0 - cpu0.0) + (cpu1.1 - cpu0.1)) / secs.max(1e-9),
-        cpu_util_user: 100.0 * (cpu1.0 - cpu0.0) / secs.max(1e-9),
-        cpu_util_system: 100.0 * (cpu1.1 - cpu0.1) / secs.max(1e-9),
+        cpu_util_total: 100.0 * ((cpu1.0 - cpu0.0) + (cpu1.1 - cpu0.1)) / cpu_secs,
+        cpu_util_user: 100.0 * (cpu1.0 - cpu0.0) / cpu_secs,
+        cpu_util_system: 100.0 * (cpu1.1 - cpu0.1) / cpu_secs,
         sender_has_retransmits: i64::from(streams.iter().any(|s| s.sender)),
         congestion_used: params.congestion.clone(),
         streams: streams
@@ -431,7 +437,7 @@ fn run_test(
                     -1
                 },
                 start_time: 0.0,
-                end_time: secs,
+                end_time: s.c.seconds(),
                 ..StreamResult::default()
             })
             .collect(),

@@ -20,8 +20,10 @@ pub const DRAIN_MAX: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(100);
 
 /// What every stream of a test shares.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Shared {
+    /// When the test's data started to flow: streams time their last byte from it.
+    pub t0: std::time::Instant,
     /// Set: senders stop (and half-close), receivers drain and stop.
     pub stop: AtomicBool,
     /// Bytes the senders may still send, when the test is counted in bytes.
@@ -32,6 +34,7 @@ impl Shared {
     /// A test without a byte budget, or with one.
     pub fn new(bytes: Option<u64>) -> Arc<Shared> {
         Arc::new(Shared {
+            t0: std::time::Instant::now(),
             stop: AtomicBool::new(false),
             budget: bytes.map(|b| AtomicI64::new(i64::try_from(b).unwrap_or(i64::MAX))),
         })
@@ -59,6 +62,21 @@ pub struct Counters {
     pub eof: AtomicBool,
     /// The stream has finished (its thread returned).
     pub done: AtomicBool,
+    /// Microseconds from the test's start to the last byte moved.
+    pub last_us: AtomicU64,
+}
+
+impl Counters {
+    fn moved(&self, n: usize, shared: &Shared) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.last_us
+            .store(shared.t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Seconds from the test's start to the last byte this stream moved.
+    pub fn seconds(&self) -> f64 {
+        self.last_us.load(Ordering::SeqCst) as f64 / 1e6
+    }
 }
 
 /// A running stream.
@@ -220,7 +238,7 @@ fn send(s: &TcpStream, opts: SendOpts, shared: &Shared, c: &Counters) -> io::Res
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(k) => {
                     off += k;
-                    c.bytes.fetch_add(k as u64, Ordering::Relaxed);
+                    c.moved(k, shared);
                 }
                 Err(e)
                     if matches!(
@@ -256,7 +274,7 @@ fn recv(s: &TcpStream, shared: &Shared, c: &Counters) -> io::Result<()> {
                 return Ok(());
             }
             Ok(n) => {
-                c.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                c.moved(n, shared);
                 quiet_since = None;
                 // A peer that goes on sending after the end is cut off.
                 if shared.stop.load(Ordering::Relaxed)

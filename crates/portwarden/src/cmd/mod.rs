@@ -2,6 +2,7 @@
 //! libraries and hands the result to `output`.
 
 mod balance;
+mod bench;
 mod catalog;
 mod change;
 mod check;
@@ -77,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Status> {
         Command::Schema { name } => meta::schema(g, name.as_deref()),
         Command::Serve(a) => serve::serve(g, a),
         Command::Balance(a) => balance::run(g, a),
+        Command::Bench(c) => bench::run(g, c),
         Command::Token(c) => serve::token(g, c),
         Command::Change(c) => change::run(g, c),
     }

@@ -2,6 +2,7 @@
 //! module writes to stdout or stderr.
 
 mod balance;
+pub mod bench;
 mod catalog;
 mod change;
 mod check;

@@ -2,6 +2,7 @@
 //! The shared harness is here; the tests are in one file per theme.
 
 mod balance;
+mod bench;
 mod check_host;
 mod dashboard;
 mod firewall;
