@@ -165,3 +165,121 @@ pub struct BenchClientDoc {
     pub end: End,
     pub verdict: Verdict,
 }
+
+/// Latency of the successful connections, microseconds (log-linear buckets: each within
+/// 1.6 % of the value).
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
+pub struct Latency {
+    pub count: u64,
+    pub min: Option<u64>,
+    pub mean: Option<f64>,
+    pub p50: Option<u64>,
+    pub p90: Option<u64>,
+    pub p99: Option<u64>,
+    pub p999: Option<u64>,
+    pub max: Option<u64>,
+}
+
+/// Failed connections by kind.
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
+pub struct StormErrors {
+    pub total: u64,
+    pub refused: u64,
+    pub reset: u64,
+    pub timeout: u64,
+    /// Source ports towards the target used up (`EADDRNOTAVAIL`).
+    pub addr_not_avail: u64,
+    /// Out of descriptors or buffers (`EMFILE`, `ENFILE`, `ENOBUFS`).
+    pub no_descriptors: u64,
+    /// The peer closed before the expected answer.
+    pub closed_early: u64,
+    /// The answer was not the one expected.
+    pub mismatch: u64,
+    pub other: u64,
+}
+
+/// `storm --churn`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct ChurnFigures {
+    /// Connections in flight at most.
+    pub concurrency: u32,
+    /// Open loop: the schedule, connections per second (absent: closed loop).
+    pub rate: Option<f64>,
+    pub completed: u64,
+    pub seconds: f64,
+    /// Completed connections per second.
+    pub conn_per_second: f64,
+    /// Open loop: connections started over a millisecond after their schedule.
+    pub late: u64,
+    /// From the (scheduled) start to the close.
+    pub latency_us: Latency,
+}
+
+/// `storm --hold`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct HoldFigures {
+    pub requested: u64,
+    pub attempted: u64,
+    pub established: u64,
+    /// From the first connect to the last connection open or failed.
+    pub establish_seconds: f64,
+    pub held_seconds: f64,
+    /// Held connections the server closed while held.
+    pub closed_by_peer: u64,
+    /// Held connections we closed at the end.
+    pub released: u64,
+    /// Connect (and answer) time of each.
+    pub connect_us: Latency,
+}
+
+/// The process listening on the target, when it is on this host.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct ServerMemory {
+    pub pid: u32,
+    pub command: String,
+    /// Resident memory before the storm, KiB.
+    pub rss_kib_before: u64,
+    /// Resident memory with every connection held (hold) or at the end (churn), KiB.
+    pub rss_kib_during: u64,
+}
+
+/// Whether the port holds what the policy says it is built for.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct StormVerdict {
+    /// The policy's service on the target port.
+    pub service: Option<String>,
+    /// Its `max_conn`.
+    pub max_conn: Option<u32>,
+    /// Connections that failed (a run with failures fails).
+    pub failed: u64,
+    /// Held connections, when holding.
+    pub held: Option<u64>,
+    /// Why the verdict is what it is.
+    pub reason: String,
+    pub ok: bool,
+}
+
+/// `portwarden bench storm --json`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct BenchStormDoc {
+    pub api: u32,
+    /// The target as given.
+    pub host: String,
+    pub port: u16,
+    /// The address connected to.
+    pub addr: String,
+    /// Source addresses used in turn (empty: the kernel's choice).
+    pub sources: Vec<String>,
+    /// "churn" or "hold".
+    pub mode: String,
+    /// Processes the storm ran in.
+    pub processes: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnFigures>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<HoldFigures>,
+    pub errors: StormErrors,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerMemory>,
+    pub verdict: StormVerdict,
+}

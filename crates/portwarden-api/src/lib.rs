@@ -69,6 +69,7 @@ pub fn documents() -> Vec<Document> {
         doc::<balance::BalanceStatusDoc>("balance-status", "balance status"),
         doc::<balance::BalanceRunDoc>("balance-run", "balance (when it stops)"),
         doc::<bench::BenchClientDoc>("bench-client", "bench client"),
+        doc::<bench::BenchStormDoc>("bench-storm", "bench storm"),
         doc::<catalog::CatalogDoc>("catalog", "catalog"),
         doc::<catalog::EntryDoc>("catalog-entry", "catalog NAME"),
         doc::<policy::PolicyCheckDoc>("policy-check", "policy check"),

@@ -26,6 +26,7 @@ pub mod policy;
 pub mod report;
 pub mod scan;
 pub mod store;
+pub mod storm;
 pub mod token;
 
 /// The wall clock, injected so a test can set it.

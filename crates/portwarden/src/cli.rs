@@ -145,6 +145,11 @@ pub enum BenchCommand {
     Server(BenchServerArgs),
     /// Run one throughput test against `portwarden bench server` or `iperf3 -s`.
     Client(BenchClientArgs),
+    /// Connection concurrency and churn against one TCP port (--hold N, or --churn).
+    Storm(BenchStormArgs),
+    /// A storm worker (started by `bench storm`; its share on stdin).
+    #[command(hide = true)]
+    StormWorker,
 }
 
 #[derive(Debug, Args)]
@@ -216,6 +221,66 @@ pub struct BenchClientArgs {
     /// bandwidth (0.8) or a rate (5Gbit).
     #[arg(long, value_name = "FRACTION|RATE", value_parser = fail_below)]
     pub fail_below: Option<portwarden_ops::bench::FailBelow>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["hold", "churn"])))]
+pub struct BenchStormArgs {
+    /// The port: HOST:PORT ([::1]:PORT for IPv6).
+    pub target: String,
+    /// Open N connections and keep them (--hold-for), then release them.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub hold: Option<u64>,
+    /// How long to keep held connections once all are open.
+    #[arg(long, value_name = "D", default_value = "10s", requires = "hold")]
+    pub hold_for: HumanDuration,
+    /// Connections being opened at once while holding (the server's backlog is finite).
+    #[arg(long, value_name = "N", default_value_t = 256, requires = "hold", value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub window: u32,
+    /// Connect, exchange, close, over and over (closed loop; --rate: open loop).
+    #[arg(long)]
+    pub churn: bool,
+    /// Churn: connections in flight at most.
+    #[arg(short = 'c', long, value_name = "C", default_value_t = 64, requires = "churn", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub concurrency: u32,
+    /// Churn: new connections per second on a fixed schedule (open loop).
+    #[arg(long, value_name = "R", requires = "churn")]
+    pub rate: Option<f64>,
+    /// Churn: how long to start connections.
+    #[arg(
+        short = 't',
+        long,
+        value_name = "D",
+        default_value = "10s",
+        requires = "churn"
+    )]
+    pub time: HumanDuration,
+    /// Churn: stop after this many connections instead.
+    #[arg(short = 'n', long, value_name = "N", requires = "churn", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Churn: event loops (default: one per core).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: Option<u32>,
+    /// Written on each connection once open (\r, \n, \t, \\, \xNN are escapes).
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub send: String,
+    /// Read back before a connection counts as a success (escapes as --send).
+    #[arg(long, value_name = "TEXT", conflicts_with = "echo")]
+    pub expect: Option<String>,
+    /// Expect the payload echoed back.
+    #[arg(long)]
+    pub echo: bool,
+    /// A connection not done within this fails.
+    #[arg(long, value_name = "D", default_value = "5s")]
+    pub timeout: HumanDuration,
+    /// Source addresses used in turn: a list (127.0.0.1,127.0.0.2) or a range
+    /// (127.0.0.1-127.0.0.8); each has its own source ports towards the target.
+    #[arg(long, value_name = "ADDRS")]
+    pub sources: Option<String>,
+    /// Worker processes, each with its own descriptor limit (a storm that needs more than
+    /// one says how many).
+    #[arg(long, value_name = "N")]
+    pub processes: Option<u32>,
 }
 
 fn fail_below(s: &str) -> Result<portwarden_ops::bench::FailBelow, String> {

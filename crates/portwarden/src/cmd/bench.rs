@@ -14,6 +14,8 @@ pub fn run(g: &Global, c: &BenchCommand) -> anyhow::Result<Status> {
     match c {
         BenchCommand::Server(a) => server(g, a),
         BenchCommand::Client(a) => client(g, a),
+        BenchCommand::Storm(a) => super::storm::run(g, a),
+        BenchCommand::StormWorker => super::storm::worker(g),
     }
 }
 

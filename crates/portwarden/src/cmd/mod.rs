@@ -15,6 +15,7 @@ mod policy;
 mod report;
 pub mod scan;
 mod serve;
+mod storm;
 
 use std::path::Path;
 

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::net::SocketAddr;
 
-use portwarden_api::bench::{BenchClientDoc, Interval, Sum};
+use portwarden_api::bench::{BenchClientDoc, BenchStormDoc, Interval, Latency, Sum};
 use portwarden_net::bench::server::ServerEvent;
 
 use super::printer::Render;
@@ -156,6 +156,92 @@ impl Render for BenchClientDoc {
                 rate(t)
             ));
         }
+        s
+    }
+}
+
+fn us(v: Option<u64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v >= 10_000 => format!("{:.1} ms", v as f64 / 1000.0),
+        Some(v) => format!("{v} us"),
+    }
+}
+
+fn latency(l: &Latency) -> String {
+    format!(
+        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        us(l.p50),
+        us(l.p90),
+        us(l.p99),
+        us(l.p999),
+        us(l.max)
+    )
+}
+
+impl Render for BenchStormDoc {
+    fn human(&self, _: u8) -> String {
+        let mut s = format!(
+            "{} to {} ({}) in {} process(es)\n",
+            self.mode,
+            super::cell(&self.host),
+            self.addr,
+            self.processes
+        );
+        if let Some(c) = &self.churn {
+            let lp = c.rate.map_or(String::from("closed loop"), |r| {
+                format!("open loop at {r}/s")
+            });
+            s.push_str(&format!(
+                "{} connections in {:.2} s: {:.0} conn/s, {} in flight, {lp}\n",
+                c.completed, c.seconds, c.conn_per_second, c.concurrency
+            ));
+            s.push_str(&format!("latency  {}\n", latency(&c.latency_us)));
+            if c.late > 0 {
+                s.push_str(&format!("{} started late (every slot busy)\n", c.late));
+            }
+        }
+        if let Some(h) = &self.hold {
+            s.push_str(&format!(
+                "{} of {} established in {:.2} s, held {:.1} s, {} closed by the server, {} released\n",
+                h.established, h.requested, h.establish_seconds, h.held_seconds, h.closed_by_peer, h.released
+            ));
+            s.push_str(&format!("connect  {}\n", latency(&h.connect_us)));
+        }
+        let e = &self.errors;
+        if e.total > 0 {
+            let kinds = [
+                ("refused", e.refused),
+                ("reset", e.reset),
+                ("timeout", e.timeout),
+                ("source ports exhausted", e.addr_not_avail),
+                ("out of descriptors", e.no_descriptors),
+                ("closed early", e.closed_early),
+                ("wrong answer", e.mismatch),
+                ("other", e.other),
+            ];
+            let parts: Vec<String> = kinds
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect();
+            s.push_str(&format!("{} failed: {}\n", e.total, parts.join(", ")));
+        }
+        if let Some(m) = &self.server {
+            s.push_str(&format!(
+                "server {} (pid {}): {} KiB resident before, {} KiB during\n",
+                super::cell(&m.command),
+                m.pid,
+                m.rss_kib_before,
+                m.rss_kib_during
+            ));
+        }
+        let v = &self.verdict;
+        s.push_str(&format!(
+            "{}: {}\n",
+            if v.ok { "ok" } else { "FAILED" },
+            super::cell(&v.reason)
+        ));
         s
     }
 }

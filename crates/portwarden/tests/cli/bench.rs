@@ -204,3 +204,193 @@ fn bad_input_is_exit_two_with_a_reason() {
         stderr(&o)
     );
 }
+
+/// A tokio echo server on a free loopback port, in this (the test's) process.
+fn echo() -> (u16, tokio::runtime::Runtime) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let l = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = l.local_addr().unwrap().port();
+    rt.spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    (port, rt)
+}
+
+fn fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn a_storm_holds_ten_thousand_connections_in_two_processes_and_lets_them_all_go() {
+    let (port, _rt) = echo();
+    let before = fds();
+    let dir = tempdir("bench-storm-hold");
+    let p = dir.join("policy.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "version = 1\n[[service]]\nname = \"rsync-mirror\"\nport = {port}\nzone = \"localhost\"\nmax_conn = 10000\n"
+        ),
+    )
+    .unwrap();
+    let o = run(&[
+        "--policy",
+        p.to_str().unwrap(),
+        "--state-dir",
+        dir.join("s").to_str().unwrap(),
+        "bench",
+        "storm",
+        &format!("127.0.0.1:{port}"),
+        "--hold",
+        "10000",
+        "--hold-for",
+        "1s",
+        "--processes",
+        "2",
+        "--send",
+        "hi\\n",
+        "--echo",
+        "--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = assert_schema("bench-storm", &o.stdout);
+    let h = &v["hold"];
+    assert_eq!(h["established"], 10_000, "{v}");
+    assert_eq!(h["released"], 10_000);
+    assert_eq!(h["closed_by_peer"], 0);
+    assert_eq!(v["errors"]["total"], 0);
+    assert_eq!(v["processes"], 2);
+    assert_eq!(h["connect_us"]["count"], 10_000);
+    // The server is this process: found, and its memory read while it held them.
+    assert_eq!(v["server"]["pid"], std::process::id());
+    assert_eq!(v["verdict"]["ok"], true);
+    assert_eq!(v["verdict"]["service"], "rsync-mirror");
+    assert_eq!(v["verdict"]["max_conn"], 10_000);
+    // Every end closed: the server's descriptors are back where they were.
+    let t0 = std::time::Instant::now();
+    while fds() != before && t0.elapsed() < Duration::from_secs(10) {
+        // Real time: the server's tasks see their peers go.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(fds(), before);
+}
+
+#[test]
+fn a_storm_churns_and_judges_max_conn() {
+    let (port, _rt) = echo();
+    let target = format!("127.0.0.1:{port}");
+    let o = run(&[
+        "bench", "storm", &target, "--churn", "-n", "2000", "-c", "32", "--send", "ping", "--echo",
+        "--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = assert_schema("bench-storm", &o.stdout);
+    assert_eq!(v["churn"]["completed"], 2000);
+    assert_eq!(v["churn"]["latency_us"]["count"], 2000);
+    assert!(v["churn"]["latency_us"]["p99"].as_u64().unwrap() > 0);
+    // A hold below the service's max_conn does not prove it: exit 1, and why.
+    let dir = tempdir("bench-storm-verdict");
+    let p = dir.join("policy.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "version = 1\n[[service]]\nname = \"rsync-mirror\"\nport = {port}\nzone = \"localhost\"\nmax_conn = 500\n"
+        ),
+    )
+    .unwrap();
+    let o = run(&[
+        "--policy",
+        p.to_str().unwrap(),
+        "--state-dir",
+        dir.join("s").to_str().unwrap(),
+        "bench",
+        "storm",
+        &target,
+        "--hold",
+        "100",
+        "--hold-for",
+        "100ms",
+    ]);
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("below its max_conn 500"), "{text}");
+}
+
+#[test]
+fn bad_storms_are_exit_two_before_anything_runs() {
+    let (port, _rt) = echo();
+    let target = format!("127.0.0.1:{port}");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("127.0.0.1:{dead}");
+    // The descriptors one process may hold (its hard limit, less what it keeps).
+    let hard: u64 = std::fs::read_to_string("/proc/self/limits")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4)?.parse().ok())
+        .unwrap();
+    let procs = format!("give --processes {}", 50_000u64.div_ceil(hard - 100));
+    for (args, says) in [
+        (
+            vec![
+                target.as_str(),
+                "--hold",
+                "50000",
+                "--sources",
+                "127.0.0.1-127.0.0.2",
+            ],
+            procs.as_str(),
+        ),
+        (
+            vec![target.as_str(), "--hold", "30000", "--processes", "2"],
+            "needs 2 source addresses",
+        ),
+        (vec![target.as_str(), "--hold", "0"], "0 is not in"),
+        (vec![target.as_str()], "--hold"),
+        (
+            vec![target.as_str(), "--hold", "5", "--churn"],
+            "cannot be used with",
+        ),
+        (vec![target.as_str(), "--churn", "--rate=-1"], "--rate"),
+        (vec![target.as_str(), "--churn", "--echo"], "give --send"),
+        (
+            vec![target.as_str(), "--churn", "--send", "\\q"],
+            "unknown escape",
+        ),
+        (vec!["127.0.0.1", "--churn"], "HOST:PORT"),
+        (vec![dead.as_str(), "--churn"], "cannot reach"),
+        (
+            vec![
+                target.as_str(),
+                "--churn",
+                "--sources",
+                "127.0.0.9-127.0.0.1",
+            ],
+            "goes up",
+        ),
+    ] {
+        let mut a = vec!["bench", "storm"];
+        a.extend(args.iter().copied());
+        let o = run(&a);
+        assert_eq!(code(&o), 2, "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
+    }
+}
