@@ -635,6 +635,21 @@ fn churn_loop(
                     fail(&mut out, f);
                 }
             }
+            // Closed loop: the slot starts its next connection at once, as a client's
+            // loop would, not after the rest of the batch (that wait would be latency).
+            if interval.is_none() && starting && lp.live < conc as usize {
+                if plan
+                    .count
+                    .is_some_and(|c| started.fetch_add(1, Ordering::Relaxed) >= c)
+                {
+                    starting = false;
+                } else {
+                    let now = Instant::now();
+                    if let Err(f) = lp.start(now, now) {
+                        fail(&mut out, f);
+                    }
+                }
+            }
         }
         for _ in 0..lp.expired(Instant::now()) {
             fail(&mut out, Fail::Timeout);

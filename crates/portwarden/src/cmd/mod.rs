@@ -95,13 +95,12 @@ pub fn rearm(ctx: &portwarden_ops::Ctx, state_dir: &Path) {
     }
 }
 
-/// Never set: the stop flag of commands no signal stops early.
-static NEVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// The use-cases' context for this invocation: the system clock, notes on the terminal
 /// (`-q`, `-v`), no progress display, who acts.
 pub fn ctx(g: &crate::cli::Global) -> portwarden_ops::Ctx {
-    let mut c = portwarden_ops::Ctx::quiet(&NEVER);
+    // Set only while a command holds `signals::catch()`'s guard: a command without one
+    // is killed by the signal as usual.
+    let mut c = portwarden_ops::Ctx::quiet(&crate::signals::STOP);
     c.notes = std::sync::Arc::new(crate::output::CliNotes::new(g));
     c.actor = portwarden_os::identity::actor();
     c

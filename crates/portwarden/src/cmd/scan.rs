@@ -51,7 +51,6 @@ pub fn run(g: &Global, a: &ScanArgs) -> anyhow::Result<Status> {
     let mut notes = output::CliNotes::new(g);
     notes.progress = Some(progress.clone());
     ctx.notes = Arc::new(notes);
-    ctx.stop = &crate::signals::STOP;
     ctx.progress = Arc::new(move |d, t| progress.update(d, t));
     let rt = super::runtime()?;
     // A signal stops the scan cleanly (the SYN scan's RST table is removed) instead of

@@ -394,3 +394,67 @@ fn bad_storms_are_exit_two_before_anything_runs() {
         assert!(stderr(&o).contains(says), "{args:?}: {}", stderr(&o));
     }
 }
+
+/// Waits (bounded) for a child to exit by itself.
+fn exits_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < limit {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        // Real time: the process handling its signal.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn sigterm_stops_the_server_and_a_storm_with_its_workers() {
+    let mut s = server(&[]);
+    // SAFETY: kill has no memory preconditions; the pid is our own child's.
+    unsafe { libc::kill(s.0.id() as i32, libc::SIGTERM) };
+    let st = exits_within(&mut s.0, Duration::from_secs(3)).expect("the server still runs");
+    assert!(st.success(), "{st:?}");
+    let (port, _rt) = echo();
+    let before = fds();
+    let mut storm = bin()
+        .args([
+            "bench",
+            "storm",
+            &format!("127.0.0.1:{port}"),
+            "--churn",
+            "-t",
+            "60s",
+        ])
+        .args([
+            "-c",
+            "8",
+            "--processes",
+            "2",
+            "--send",
+            "x",
+            "--echo",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Real time: the storm under way in its two workers.
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: as above.
+    unsafe { libc::kill(storm.id() as i32, libc::SIGTERM) };
+    let st = exits_within(&mut storm, Duration::from_secs(5)).expect("the storm still runs");
+    assert!(st.success(), "{st:?}");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut storm.stdout.take().unwrap(), &mut out).unwrap();
+    let v = assert_schema("bench-storm", out.as_bytes());
+    assert!(v["churn"]["completed"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["processes"], 2);
+    // No worker is left behind: nothing connects to the echo server any more.
+    let t0 = std::time::Instant::now();
+    while fds() != before && t0.elapsed() < Duration::from_secs(5) {
+        // Real time: the server's tasks see their peers go.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(fds(), before);
+}
