@@ -87,6 +87,21 @@ pub struct Sum {
     pub retransmits: Option<i64>,
     /// Whether the client sent these bytes.
     pub sender: bool,
+    /// UDP (the receiver's count): jitter, milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jitter_ms: Option<f64>,
+    /// UDP: datagrams lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_packets: Option<i64>,
+    /// UDP: datagrams (the highest packet number received).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
+    /// UDP: lost over packets, percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost_percent: Option<f64>,
+    /// UDP: datagrams that came after a later one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_of_order: Option<u64>,
 }
 
 /// One interval.
@@ -126,6 +141,9 @@ pub struct End {
     pub sum_sent: Sum,
     /// And what the receiver received.
     pub sum_received: Sum,
+    /// UDP: iperf3's `end.sum` (the receiver's figures with jitter and loss).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sum: Option<Sum>,
     /// With `--bidir`: the server → client direction.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sum_sent_bidir_reverse: Option<Sum>,

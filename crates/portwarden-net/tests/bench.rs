@@ -271,16 +271,15 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[test]
-fn our_client_tests_against_a_real_iperf3_server() {
-    let Some(bin) = iperf3() else { return };
+/// `iperf3 -s` on a free loopback port, listening (killed on drop).
+fn iperf3_server(bin: &str) -> (Killed, SocketAddr) {
     let port = free_port();
     let child = Command::new(bin)
         .args(["-s", "-B", "127.0.0.1", "-p", &port.to_string()])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let _srv = Killed(child);
+    let srv = Killed(child);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let t0 = Instant::now();
     while TcpStream::connect(addr).is_err() {
@@ -294,6 +293,13 @@ fn our_client_tests_against_a_real_iperf3_server() {
     // iperf3 takes a probe connection for a control one and drops it; give it a moment.
     // Real time: iperf3's server loop.
     std::thread::sleep(Duration::from_millis(200));
+    (srv, addr)
+}
+
+#[test]
+fn our_client_tests_against_a_real_iperf3_server() {
+    let Some(bin) = iperf3() else { return };
+    let (_srv, addr) = iperf3_server(bin);
     for (reverse, parallel) in [(false, 1), (true, 2)] {
         let o = client::run(
             &ClientOptions {
@@ -373,4 +379,84 @@ fn a_real_iperf3_client_tests_against_our_server() {
     }
     let (n, ev) = finished();
     assert_eq!(n, 4, "{ev}");
+}
+
+fn udp_opts(addr: SocketAddr, rate: u64) -> ClientOptions {
+    ClientOptions {
+        udp: true,
+        rate: Some(rate),
+        len: 1400,
+        ..opts(addr)
+    }
+}
+
+#[test]
+fn udp_at_a_modest_rate_loses_nothing_on_loopback_each_way() {
+    let (addr, _events) = server(ServerOptions::default());
+    for (reverse, parallel) in [(false, 1), (true, 2)] {
+        let o = client::run(
+            &ClientOptions {
+                reverse,
+                parallel,
+                ..udp_opts(addr, 20_000_000)
+            },
+            |_| {},
+        )
+        .unwrap_or_else(|e| panic!("reverse {reverse}: {e}"));
+        assert_eq!(o.streams.len(), parallel as usize);
+        for s in &o.streams {
+            let u = s.udp.expect("UDP figures");
+            // 20 Mbit/s of 1400-byte datagrams for a second: about 1,800 of them.
+            assert!(u.sent_packets > 1000, "reverse {reverse}: {u:?}");
+            assert_eq!(u.lost, 0, "reverse {reverse}: {u:?}");
+            assert_eq!(u.packets, u.sent_packets, "reverse {reverse}: {u:?}");
+            assert_eq!(s.sent, s.received, "reverse {reverse}");
+            assert!(u.jitter >= 0.0 && u.jitter < 0.01, "{u:?}");
+        }
+        // The rate was kept: not the link's, the one asked.
+        let (sent, _) = sums(&o);
+        let bps = sent as f64 * 8.0 / o.seconds / f64::from(parallel);
+        assert!(bps < 30e6 && bps > 10e6, "reverse {reverse}: {bps}");
+    }
+}
+
+#[test]
+fn udp_interoperates_with_a_real_iperf3_in_both_roles() {
+    let Some(bin) = iperf3() else { return };
+    // Their client, our server.
+    let (addr, _events) = server(ServerOptions::default());
+    let out = Command::new(bin)
+        .args([
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &addr.port().to_string(),
+            "-J",
+            "-u",
+        ])
+        .args(["-b", "10M", "-l", "1400", "-t", "1"])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(doc.get("error").is_none(), "{}", doc["error"]);
+    let sum = &doc["end"]["sum"];
+    assert!(sum["packets"].as_u64().unwrap() > 500, "{sum}");
+    assert_eq!(sum["lost_packets"], 0, "{sum}");
+    // Our client, their server.
+    let (_srv, theirs) = iperf3_server(bin);
+    for reverse in [false, true] {
+        let o = client::run(
+            &ClientOptions {
+                reverse,
+                ..udp_opts(theirs, 10_000_000)
+            },
+            |_| {},
+        )
+        .unwrap_or_else(|e| panic!("reverse {reverse}: {e}"));
+        let u = o.streams[0].udp.expect("UDP figures");
+        assert!(u.packets > 500, "reverse {reverse}: {u:?}");
+        assert_eq!(u.lost, 0, "reverse {reverse}: {u:?}");
+        // Real time: iperf3 -s serves one test at a time and resets between them.
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

@@ -54,6 +54,10 @@ pub fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{host} resolves to no address"))
 }
 
+fn super_header() -> u32 {
+    portwarden_net::bench::udp::HEADER as u32
+}
+
 /// Checks a request before anything runs (exit 2 on a bad one).
 pub fn check_request(req: &ClientReq) -> anyhow::Result<()> {
     let o = &req.opts;
@@ -68,6 +72,25 @@ pub fn check_request(req: &ClientReq) -> anyhow::Result<()> {
         anyhow::ensure!(w >= 1024, "-w {w}: from 1 KiB to 4 GiB");
     }
     anyhow::ensure!(o.bytes != Some(0), "-n 0: a test moves at least one byte");
+    if o.udp {
+        anyhow::ensure!(
+            (super_header()..=65_507).contains(&o.len),
+            "-l {}: a UDP datagram is {} to 65507 bytes",
+            o.len,
+            super_header()
+        );
+        if let (Some(r), Some(t)) = (o.rate, req.transfer) {
+            let link = t.bandwidth.bits_per_sec();
+            let total = r.saturating_mul(u64::from(o.parallel));
+            anyhow::ensure!(
+                total <= link,
+                "-b {r} x {} streams is above the policy's [transfer] bandwidth ({link} bit/s): UDP would only measure the drops",
+                o.parallel
+            );
+        }
+    } else {
+        anyhow::ensure!(o.rate.is_none(), "-b is for UDP tests (-u)");
+    }
     if let Some(cc) = &req.opts.congestion {
         portwarden_net::bench::check_congestion(cc).map_err(|e| {
             let avail =
@@ -134,7 +157,32 @@ fn sum(streams: &[&StreamFigures], sender: bool) -> Sum {
         bits_per_second: bps(bytes, end - start),
         retransmits: (!retr.is_empty()).then(|| retr.iter().filter(|r| **r >= 0).sum()),
         sender,
+        jitter_ms: None,
+        lost_packets: None,
+        packets: None,
+        lost_percent: None,
+        out_of_order: None,
     }
+}
+
+/// The receiver's UDP figures over `streams`, added to `s`.
+fn with_udp(mut s: Sum, streams: &[&client::StreamTotal]) -> Sum {
+    let u: Vec<client::UdpTotal> = streams.iter().filter_map(|t| t.udp).collect();
+    if u.is_empty() {
+        return s;
+    }
+    let packets: u64 = u.iter().map(|u| u.packets).sum();
+    let lost: i64 = u.iter().map(|u| u.lost).sum();
+    s.jitter_ms = Some(1000.0 * u.iter().map(|u| u.jitter).sum::<f64>() / u.len() as f64);
+    s.lost_packets = Some(lost);
+    s.packets = Some(packets);
+    s.lost_percent = Some(if packets > 0 {
+        100.0 * lost as f64 / packets as f64
+    } else {
+        0.0
+    });
+    s.out_of_order = Some(u.iter().map(|u| u.out_of_order).sum());
+    s
 }
 
 fn interval_doc(iv: &client::Interval, bidir: bool) -> Interval {
@@ -194,7 +242,7 @@ fn document(
             seconds: secs,
             bytes,
             bits_per_second: bps(bytes, secs),
-            retransmits: sending.then_some(t.retransmits),
+            retransmits: (sending && !opts.udp).then_some(t.retransmits),
             snd_cwnd: None,
             rtt: None,
             rttvar: None,
@@ -228,6 +276,22 @@ fn document(
         (sum(&s, sender), received)
     };
     let (sum_sent, sum_received) = sums(&fwd);
+    let fwd_totals: Vec<&client::StreamTotal> = o
+        .streams
+        .iter()
+        .filter(|t| !opts.bidir || t.client_sends)
+        .collect();
+    let sum_received = with_udp(sum_received, &fwd_totals);
+    let mut sum_sent = sum_sent;
+    if opts.udp {
+        sum_sent.packets = Some(
+            fwd_totals
+                .iter()
+                .filter_map(|t| t.udp)
+                .map(|u| u.sent_packets)
+                .sum(),
+        );
+    }
     let reverse = opts.bidir.then(|| sums(&rev));
     let measured = match &reverse {
         Some((_, r)) => sum_received.bits_per_second.min(r.bits_per_second),
@@ -251,7 +315,7 @@ fn document(
             },
             cookie: o.cookie.clone(),
             test_start: TestStart {
-                protocol: "TCP".into(),
+                protocol: if opts.udp { "UDP" } else { "TCP" }.into(),
                 num_streams: opts.parallel,
                 blksize: opts.len,
                 omit: 0,
@@ -270,6 +334,7 @@ fn document(
         intervals,
         end: End {
             streams,
+            sum: opts.udp.then(|| sum_received.clone()),
             sum_sent,
             sum_received,
             sum_sent_bidir_reverse: reverse.as_ref().map(|r| r.0.clone()),

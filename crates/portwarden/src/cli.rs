@@ -205,9 +205,15 @@ pub struct BenchClientArgs {
     /// Socket buffer size, both ways, e.g. 4M.
     #[arg(short = 'w', long, value_name = "SIZE")]
     pub window: Option<portwarden_core::units::ByteSize>,
-    /// Bytes per write, e.g. 128K.
-    #[arg(short = 'l', long, value_name = "SIZE", default_value = "128KiB")]
-    pub length: portwarden_core::units::ByteSize,
+    /// Bytes per write, e.g. 128K (UDP: per datagram, default 1460).
+    #[arg(short = 'l', long, value_name = "SIZE")]
+    pub length: Option<portwarden_core::units::ByteSize>,
+    /// UDP instead of TCP: paced datagrams, jitter and loss as iperf3 counts them.
+    #[arg(short = 'u', long, conflicts_with_all = ["zerocopy", "congestion"])]
+    pub udp: bool,
+    /// UDP: bits per second per stream, e.g. 100M (0: unlimited; default 1M as iperf3).
+    #[arg(short = 'b', long, value_name = "RATE", requires = "udp", value_parser = bitrate)]
+    pub bitrate: Option<u64>,
     /// Congestion control (as /proc/sys/net/ipv4/tcp_available_congestion_control names it).
     #[arg(short = 'C', long, value_name = "ALGO")]
     pub congestion: Option<String>,
@@ -281,6 +287,20 @@ pub struct BenchStormArgs {
     /// one says how many).
     #[arg(long, value_name = "N")]
     pub processes: Option<u32>,
+}
+
+fn bitrate(s: &str) -> Result<u64, String> {
+    if s == "0" {
+        return Ok(0);
+    }
+    // iperf3's spelling: a number with K, M, G or T, in bits.
+    let s2 = match s.chars().last() {
+        Some(c) if c.is_ascii_digit() || "KkMGT".contains(c) => format!("{s}bit"),
+        _ => s.to_string(),
+    };
+    s2.parse::<portwarden_core::units::Bandwidth>()
+        .map(|b| b.bits_per_sec())
+        .map_err(|e| format!("`{s}`: {e} (e.g. 100M, 1G, 0 for unlimited)"))
 }
 
 fn fail_below(s: &str) -> Result<portwarden_ops::bench::FailBelow, String> {

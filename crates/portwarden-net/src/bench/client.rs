@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::iperf::{self, Params, Results, State, StreamResult};
-use super::stream::{self, SendOpts, Shared, Stream, TcpInfo};
+use super::stream::{self, SendOpts, Shared, Sock, Stream, TcpInfo};
 
 /// A test to run.
 #[derive(Debug, Clone)]
@@ -40,6 +40,10 @@ pub struct ClientOptions {
     pub nodelay: bool,
     /// How long to wait for the server at each step before the test runs.
     pub connect_timeout: Duration,
+    /// UDP instead of TCP.
+    pub udp: bool,
+    /// UDP: bits per second per stream (0: unlimited; none: iperf3's 1 Mbit/s).
+    pub rate: Option<u64>,
 }
 
 impl Default for ClientOptions {
@@ -58,6 +62,8 @@ impl Default for ClientOptions {
             interval: Duration::from_secs(1),
             nodelay: false,
             connect_timeout: Duration::from_secs(5),
+            udp: false,
+            rate: None,
         }
     }
 }
@@ -131,6 +137,23 @@ pub struct StreamTotal {
     pub max_snd_cwnd: u64,
     /// Smallest, largest and mean RTT seen (µs; sent by us).
     pub rtt_us: Option<(u32, u32, u32)>,
+    /// UDP: the receiving end's figures.
+    pub udp: Option<UdpTotal>,
+}
+
+/// A UDP stream's figures, as its receiver counted them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UdpTotal {
+    /// Datagrams the sender sent.
+    pub sent_packets: u64,
+    /// The highest packet number received (iperf3's total).
+    pub packets: u64,
+    /// Datagrams lost.
+    pub lost: i64,
+    /// Datagrams after a later one.
+    pub out_of_order: u64,
+    /// Seconds.
+    pub jitter: f64,
 }
 
 /// A finished test.
@@ -199,7 +222,11 @@ pub fn run(
     let cookie = iperf::cookie().map_err(proto)?;
     conn.write_all(&cookie).map_err(proto)?;
     let params = Params {
-        tcp: true,
+        tcp: !opts.udp,
+        udp: opts.udp,
+        bandwidth: opts
+            .udp
+            .then(|| opts.rate.unwrap_or(super::udp::DEFAULT_RATE)),
         omit: 0,
         time: if opts.bytes.is_some() {
             None
@@ -226,10 +253,20 @@ pub fn run(
             State::ParamExchange => iperf::send_json(&mut conn, &params).map_err(proto)?,
             State::CreateStreams => {
                 for _ in 0..n {
+                    if opts.udp {
+                        let u = super::udp::open(opts.server, opts.connect_timeout).map_err(
+                            |source| ClientError::Connect {
+                                addr: opts.server,
+                                source,
+                            },
+                        )?;
+                        socks.push(Sock::Udp(u));
+                        continue;
+                    }
                     let mut d = connect(opts.server)?;
                     super::tune(&d, opts.window, opts.congestion.as_deref(), opts.nodelay);
                     d.write_all(&cookie).map_err(proto)?;
-                    socks.push(d);
+                    socks.push(Sock::Tcp(d));
                 }
             }
             State::TestStart => {}
@@ -237,7 +274,15 @@ pub fn run(
             s => return Err(unexpected(&mut conn, s, "before the test ran")),
         }
     }
-    let congestion_local = socks.first().and_then(super::congestion);
+    let congestion_local = socks.first().and_then(|s| match s {
+        Sock::Tcp(t) => super::congestion(t),
+        Sock::Udp(_) => None,
+    });
+    let udp_send = super::udp::UdpSend {
+        len: opts.len as usize,
+        rate: opts.rate.unwrap_or(super::udp::DEFAULT_RATE),
+        counters_64bit: false,
+    };
     let shared = Shared::new(opts.bytes);
     let send = SendOpts {
         len: opts.len as usize,
@@ -248,8 +293,11 @@ pub fn run(
     let mut streams = Vec::with_capacity(n);
     for (i, s) in socks.into_iter().enumerate() {
         let client_sends = if opts.bidir { i < p } else { !opts.reverse };
-        let st =
-            Stream::start(s, client_sends, send, shared.clone()).map_err(ClientError::Stream)?;
+        let st = match s {
+            Sock::Tcp(s) => Stream::start(s, client_sends, send, shared.clone()),
+            Sock::Udp(s) => Stream::start_udp(s, client_sends, udp_send, shared.clone()),
+        }
+        .map_err(ClientError::Stream)?;
         streams.push(st);
     }
     let watched = watch(opts, &mut conn, &streams, t0, &mut on_interval);
@@ -305,6 +353,9 @@ pub fn run(
                 },
                 start_time: 0.0,
                 end_time: s.c.seconds(),
+                jitter: s.udp().3,
+                errors: s.udp().1,
+                packets: s.udp().0 as i64,
                 ..StreamResult::default()
             })
             .collect(),
@@ -350,6 +401,22 @@ pub fn run(
                 sender_seconds: if s.sender { s.c.seconds() } else { other_secs },
                 receiver_seconds: if s.sender { other_secs } else { s.c.seconds() },
                 max_snd_cwnd: pk.max_cwnd,
+                udp: opts.udp.then(|| {
+                    let (sent_packets, packets, lost, jitter) = if s.sender {
+                        let r = other.cloned().unwrap_or_default();
+                        (s.udp().0, r.packets.max(0) as u64, r.errors, r.jitter)
+                    } else {
+                        let (pk, lost, _, j) = s.udp();
+                        (other.map_or(0, |r| r.packets.max(0) as u64), pk, lost, j)
+                    };
+                    UdpTotal {
+                        sent_packets,
+                        packets,
+                        lost,
+                        out_of_order: if s.sender { 0 } else { s.udp().2 },
+                        jitter,
+                    }
+                }),
                 rtt_us: (pk.rtt_n > 0).then(|| {
                     (
                         pk.rtt_min,
@@ -491,8 +558,16 @@ fn watch(
                     .all(|s| s.c.done.load(Ordering::SeqCst));
                 let recv: Vec<&Stream> = streams.iter().filter(|s| !s.sender).collect();
                 let received: u64 = recv.iter().map(|s| s.c.bytes.load(Ordering::Relaxed)).sum();
+                // A UDP receiver has no FIN: lost datagrams never come, so a second
+                // without any is its end.
+                let quiet = opts.udp
+                    && received > 0
+                    && recv
+                        .iter()
+                        .all(|s| elapsed.as_secs_f64() - s.c.seconds() >= 1.0);
                 let receivers_done = recv.is_empty()
                     || received >= n
+                    || quiet
                     || recv.iter().all(|s| s.c.eof.load(Ordering::SeqCst));
                 senders_done && receivers_done
             }

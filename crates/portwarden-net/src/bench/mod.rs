@@ -7,6 +7,7 @@ pub mod iperf;
 pub mod server;
 pub mod storm;
 pub mod stream;
+pub mod udp;
 
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;

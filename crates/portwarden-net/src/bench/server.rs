@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::iperf::{self, COOKIE_LEN, Cookie, MAX_STREAMS, Params, Results, State, StreamResult};
-use super::stream::{self, SendOpts, Shared, Stream};
+use super::stream::{self, SendOpts, Shared, Sock, Stream};
+use super::udp;
 
 /// The server's limits.
 #[derive(Debug, Clone)]
@@ -84,6 +85,8 @@ const END_SLACK: Duration = Duration::from_secs(10);
 struct Tests {
     pending: Mutex<HashMap<Cookie, mpsc::Sender<(u64, TcpStream)>>>,
     running: AtomicUsize,
+    /// The UDP side of the port: UDP tests' streams open there.
+    udp: Arc<udp::Acceptor>,
 }
 
 /// A bound server.
@@ -98,12 +101,14 @@ impl Server {
     /// Binds the server's port.
     pub fn bind(addr: SocketAddr, opts: ServerOptions) -> io::Result<Server> {
         let listener = TcpListener::bind(addr)?;
+        let udp = udp::Acceptor::bind(listener.local_addr()?)?;
         Ok(Server {
             listener,
             opts,
             tests: Arc::new(Tests {
                 pending: Mutex::new(HashMap::new()),
                 running: AtomicUsize::new(0),
+                udp,
             }),
             stop: Arc::new(AtomicBool::new(false)),
         })
@@ -127,6 +132,25 @@ impl Server {
         // order the client opened them (their ids must match on both ends), whichever
         // thread reads its cookie first.
         let mut seq = 0u64;
+        let udp = std::thread::Builder::new()
+            .name("bench-udp".into())
+            .spawn({
+                let (tests, stop) = (self.tests.clone(), self.stop.clone());
+                move || tests.udp.run(&stop)
+            })?;
+        let r = self.serve(&events, &done_tx, &done_rx, &mut seq);
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = udp.join();
+        r
+    }
+
+    fn serve(
+        &self,
+        events: &Arc<dyn Fn(ServerEvent) + Send + Sync>,
+        done_tx: &mpsc::Sender<()>,
+        done_rx: &mpsc::Receiver<()>,
+        seq: &mut u64,
+    ) -> io::Result<()> {
         while !self.stop.load(Ordering::Relaxed) {
             if self.opts.one_off && done_rx.try_recv().is_ok() {
                 break;
@@ -142,8 +166,8 @@ impl Server {
                     continue;
                 }
             };
-            seq += 1;
-            let n = seq;
+            *seq += 1;
+            let n = *seq;
             let (tests, opts, ev, done) = (
                 self.tests.clone(),
                 self.opts.clone(),
@@ -241,10 +265,7 @@ fn refuse(
 
 /// Checks a client's parameters against what the server allows.
 pub fn validate(p: &Params, opts: &ServerOptions) -> Result<(), String> {
-    if p.udp {
-        return Err("UDP tests are not served yet".into());
-    }
-    if !p.tcp {
+    if !p.tcp && !p.udp {
         return Err("the test names no protocol this server serves".into());
     }
     if p.parallel == 0 || p.parallel > MAX_STREAMS {
@@ -273,6 +294,73 @@ pub fn validate(p: &Params, opts: &ServerOptions) -> Result<(), String> {
     Ok(())
 }
 
+/// Asks for the test's `n` streams and waits for them: TCP ones by their cookie, in the
+/// order the client opened them; UDP ones by the client's address, as they greet.
+fn streams_of(
+    conn: &mut TcpStream,
+    peer: SocketAddr,
+    cookie: Cookie,
+    params: &Params,
+    n: usize,
+    tests: &Tests,
+    events: &(dyn Fn(ServerEvent) + Send + Sync),
+) -> Option<Vec<Sock>> {
+    let test = u64::from_be_bytes(cookie[..8].try_into().unwrap_or_default());
+    let deadline = Instant::now() + STREAMS_TIMEOUT;
+    let late = |conn: &mut TcpStream, got: usize| {
+        refuse(
+            conn,
+            iperf::errno::STREAMS,
+            peer,
+            format!("{got} of {n} streams connected in time"),
+            events,
+        );
+    };
+    if params.udp {
+        let rx = tests
+            .udp
+            .expect(test, portwarden_core::addr::unmapped(peer).ip(), n);
+        let ok = iperf::send_state(conn, State::CreateStreams).is_ok();
+        let mut socks = Vec::with_capacity(n);
+        while ok && socks.len() < n {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(s) => socks.push(Sock::Udp(s)),
+                Err(_) => break,
+            }
+        }
+        tests.udp.forget(test);
+        if socks.len() < n {
+            if ok {
+                late(conn, socks.len());
+            }
+            return None;
+        }
+        return Some(socks);
+    }
+    let (tx, rx) = mpsc::channel();
+    if let Ok(mut m) = tests.pending.lock() {
+        m.insert(cookie, tx);
+    }
+    if iperf::send_state(conn, State::CreateStreams).is_err() {
+        return None;
+    }
+    let mut socks = Vec::with_capacity(n);
+    while socks.len() < n {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(s) => socks.push(s),
+            Err(_) => {
+                late(conn, socks.len());
+                return None;
+            }
+        }
+    }
+    if let Ok(mut m) = tests.pending.lock() {
+        m.remove(&cookie);
+    }
+    socks.sort_by_key(|(seq, _)| *seq);
+    Some(socks.into_iter().map(|(_, s)| Sock::Tcp(s)).collect())
+}
+
 fn run_test(
     mut conn: TcpStream,
     peer: SocketAddr,
@@ -297,59 +385,51 @@ fn run_test(
     }
     let p = params.parallel as usize;
     let n = if params.bidirectional { 2 * p } else { p };
-    let (tx, rx) = mpsc::channel();
-    if let Ok(mut m) = tests.pending.lock() {
-        m.insert(cookie, tx);
-    }
-    if iperf::send_state(&mut conn, State::CreateStreams).is_err() {
-        return false;
-    }
-    let deadline = Instant::now() + STREAMS_TIMEOUT;
-    let mut socks = Vec::with_capacity(n);
-    while socks.len() < n {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(s) => socks.push(s),
-            Err(_) => {
-                refuse(
-                    &mut conn,
-                    iperf::errno::STREAMS,
-                    peer,
-                    format!("{} of {n} streams connected in time", socks.len()),
-                    events,
-                );
-                return false;
-            }
-        }
-    }
-    if let Ok(mut m) = tests.pending.lock() {
-        m.remove(&cookie);
-    }
-    socks.sort_by_key(|(seq, _)| *seq);
+    let socks = match streams_of(&mut conn, peer, cookie, &params, n, tests, events) {
+        Some(s) => s,
+        None => return false,
+    };
     // Bytes the server may send: the test's count, within the server's limit.
     let budget = match (params.bytes(), opts.max_bytes) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
     let shared = Shared::new(budget);
+    // UDP: nothing is sent before the client has been told the test runs.
+    shared.open.store(!params.udp, Ordering::Release);
+    let len = params
+        .len
+        .unwrap_or(if params.udp { 1460 } else { 128 * 1024 }) as usize;
     let send = SendOpts {
-        len: params.len.unwrap_or(128 * 1024) as usize,
+        len,
         zerocopy: false,
     };
+    let udp_send = udp::UdpSend {
+        len,
+        rate: params.bandwidth.unwrap_or(udp::DEFAULT_RATE),
+        counters_64bit: params.udp_counters_64bit.unwrap_or(0) != 0,
+    };
     let mut streams = Vec::with_capacity(n);
-    for (i, (_, s)) in socks.into_iter().enumerate() {
+    for (i, s) in socks.into_iter().enumerate() {
         // The first `p` carry the client's bytes (all of them, unless reversed).
         let client_sends = if params.bidirectional {
             i < p
         } else {
             !params.reverse
         };
-        super::tune(
-            &s,
-            params.window,
-            params.congestion.as_deref(),
-            params.nodelay,
-        );
-        match Stream::start(s, !client_sends, send, shared.clone()) {
+        let started = match s {
+            Sock::Tcp(s) => {
+                super::tune(
+                    &s,
+                    params.window,
+                    params.congestion.as_deref(),
+                    params.nodelay,
+                );
+                Stream::start(s, !client_sends, send, shared.clone())
+            }
+            Sock::Udp(s) => Stream::start_udp(s, !client_sends, udp_send, shared.clone()),
+        };
+        match started {
             Ok(st) => streams.push(st),
             Err(e) => {
                 shared.stop.store(true, Ordering::SeqCst);
@@ -370,6 +450,7 @@ fn run_test(
         shared.stop.store(true, Ordering::SeqCst);
         return false;
     }
+    shared.open.store(true, Ordering::Release);
     let direction = match (params.bidirectional, params.reverse) {
         (true, _) => "both ways",
         (false, true) => "server → client",
@@ -438,6 +519,9 @@ fn run_test(
                 },
                 start_time: 0.0,
                 end_time: s.c.seconds(),
+                jitter: s.udp().3,
+                errors: s.udp().1,
+                packets: s.udp().0 as i64,
                 ..StreamResult::default()
             })
             .collect(),

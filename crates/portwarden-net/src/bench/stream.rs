@@ -28,6 +28,9 @@ pub struct Shared {
     pub stop: AtomicBool,
     /// Bytes the senders may still send, when the test is counted in bytes.
     pub budget: Option<AtomicI64>,
+    /// Clear: UDP senders wait (the other end's receivers are not reading yet, and
+    /// datagrams, unlike TCP's bytes, are dropped when its buffer is full).
+    pub open: AtomicBool,
 }
 
 impl Shared {
@@ -37,11 +40,12 @@ impl Shared {
             t0: std::time::Instant::now(),
             stop: AtomicBool::new(false),
             budget: bytes.map(|b| AtomicI64::new(i64::try_from(b).unwrap_or(i64::MAX))),
+            open: AtomicBool::new(true),
         })
     }
 
     /// Takes up to `want` bytes of the budget; 0 once it is spent.
-    fn take(&self, want: usize) -> usize {
+    pub(crate) fn take(&self, want: usize) -> usize {
         let Some(b) = &self.budget else { return want };
         let want = want as i64;
         let before = b.fetch_sub(want, Ordering::Relaxed);
@@ -64,10 +68,18 @@ pub struct Counters {
     pub done: AtomicBool,
     /// Microseconds from the test's start to the last byte moved.
     pub last_us: AtomicU64,
+    /// UDP: datagrams sent (sender), the highest packet number seen (receiver).
+    pub packets: AtomicU64,
+    /// UDP receiver: datagrams lost.
+    pub lost: AtomicI64,
+    /// UDP receiver: datagrams that came after a later one.
+    pub out_of_order: AtomicU64,
+    /// UDP receiver: jitter, nanoseconds.
+    pub jitter_ns: AtomicU64,
 }
 
 impl Counters {
-    fn moved(&self, n: usize, shared: &Shared) {
+    pub(crate) fn moved(&self, n: usize, shared: &Shared) {
         self.bytes.fetch_add(n as u64, Ordering::Relaxed);
         self.last_us
             .store(shared.t0.elapsed().as_micros() as u64, Ordering::Relaxed);
@@ -79,12 +91,20 @@ impl Counters {
     }
 }
 
+/// A stream's socket as it connected.
+pub enum Sock {
+    /// A TCP stream.
+    Tcp(TcpStream),
+    /// A UDP socket connected to the other end.
+    Udp(std::net::UdpSocket),
+}
+
 /// A running stream.
 pub struct Stream {
     /// Whether this end sends on it.
     pub sender: bool,
-    /// Its socket (for TCP_INFO).
-    pub sock: Arc<TcpStream>,
+    /// Its socket (for TCP_INFO); none for UDP.
+    pub sock: Option<Arc<TcpStream>>,
     /// Its counters.
     pub c: Arc<Counters>,
     thread: Option<JoinHandle<io::Result<()>>>,
@@ -123,10 +143,50 @@ impl Stream {
             })?;
         Ok(Stream {
             sender,
-            sock,
+            sock: Some(sock),
             c,
             thread: Some(thread),
         })
+    }
+
+    /// Starts a UDP stream on `sock` (connected to the other end).
+    pub fn start_udp(
+        sock: std::net::UdpSocket,
+        sender: bool,
+        opts: super::udp::UdpSend,
+        shared: Arc<Shared>,
+    ) -> io::Result<Stream> {
+        let c = Arc::new(Counters::default());
+        let cc = c.clone();
+        let thread = std::thread::Builder::new()
+            .name(if sender { "bench-usend" } else { "bench-urecv" }.into())
+            .spawn(move || {
+                let r = if sender {
+                    super::udp::send(&sock, opts, &shared, &cc)
+                } else {
+                    super::udp::recv(&sock, opts.counters_64bit, &shared, &cc)
+                };
+                // A UDP receiver has no FIN to see: its end is the test's.
+                cc.eof.store(true, Ordering::SeqCst);
+                cc.done.store(true, Ordering::SeqCst);
+                r
+            })?;
+        Ok(Stream {
+            sender,
+            sock: None,
+            c,
+            thread: Some(thread),
+        })
+    }
+
+    /// UDP figures: (packets, lost, out of order, jitter seconds).
+    pub fn udp(&self) -> (u64, i64, u64, f64) {
+        (
+            self.c.packets.load(Ordering::SeqCst),
+            self.c.lost.load(Ordering::SeqCst),
+            self.c.out_of_order.load(Ordering::SeqCst),
+            self.c.jitter_ns.load(Ordering::SeqCst) as f64 / 1e9,
+        )
     }
 
     /// Waits for the stream's thread; its error, if it failed.
@@ -141,7 +201,7 @@ impl Stream {
 
     /// The kernel's TCP_INFO of the stream's socket.
     pub fn tcp_info(&self) -> Option<TcpInfo> {
-        tcp_info(&self.sock)
+        self.sock.as_deref().and_then(tcp_info)
     }
 }
 
@@ -240,14 +300,7 @@ fn send(s: &TcpStream, opts: SendOpts, shared: &Shared, c: &Counters) -> io::Res
                     off += k;
                     c.moved(k, shared);
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
+                Err(e) if transient(&e) => {
                     if shared.stop.load(Ordering::Relaxed) {
                         break 'blocks;
                     }
@@ -261,12 +314,50 @@ fn send(s: &TcpStream, opts: SendOpts, shared: &Shared, c: &Counters) -> io::Res
     Ok(())
 }
 
+/// When a receiver ends once the test has: its socket quiet a moment, or bytes still
+/// coming after the longest drain.
+#[derive(Debug, Default)]
+pub(crate) struct Drain {
+    quiet_since: Option<std::time::Instant>,
+    stopped: Option<std::time::Instant>,
+}
+
+impl Drain {
+    /// Bytes came: whether to end (a peer that goes on sending after the end is cut off).
+    pub(crate) fn data(&mut self, shared: &Shared) -> bool {
+        self.quiet_since = None;
+        shared.stop.load(Ordering::Relaxed)
+            && self
+                .stopped
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed()
+                >= DRAIN_MAX
+    }
+
+    /// Nothing came within the read timeout: whether to end.
+    pub(crate) fn idle(&mut self, shared: &Shared) -> bool {
+        shared.stop.load(Ordering::Relaxed)
+            && self
+                .quiet_since
+                .get_or_insert_with(std::time::Instant::now)
+                .elapsed()
+                >= DRAIN_QUIET
+    }
+}
+
+/// Whether a read or write error only means "nothing now".
+pub(crate) fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
 fn recv(s: &TcpStream, shared: &Shared, c: &Counters) -> io::Result<()> {
     s.set_read_timeout(Some(POLL))?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut r = s;
-    let mut quiet_since: Option<std::time::Instant> = None;
-    let mut stopped: Option<std::time::Instant> = None;
+    let mut drain = Drain::default();
     loop {
         match r.read(&mut buf) {
             Ok(0) => {
@@ -275,30 +366,13 @@ fn recv(s: &TcpStream, shared: &Shared, c: &Counters) -> io::Result<()> {
             }
             Ok(n) => {
                 c.moved(n, shared);
-                quiet_since = None;
-                // A peer that goes on sending after the end is cut off.
-                if shared.stop.load(Ordering::Relaxed)
-                    && stopped
-                        .get_or_insert_with(std::time::Instant::now)
-                        .elapsed()
-                        >= DRAIN_MAX
-                {
+                if drain.data(shared) {
                     return Ok(());
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                if shared.stop.load(Ordering::Relaxed) {
-                    let t = *quiet_since.get_or_insert_with(std::time::Instant::now);
-                    if t.elapsed() >= DRAIN_QUIET {
-                        return Ok(());
-                    }
+            Err(e) if transient(&e) => {
+                if drain.idle(shared) {
+                    return Ok(());
                 }
             }
             Err(e) => return Err(e),

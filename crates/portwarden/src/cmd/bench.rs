@@ -62,7 +62,11 @@ fn client(g: &Global, a: &BenchClientArgs) -> anyhow::Result<Status> {
             bidir: a.bidir,
             zerocopy: a.zerocopy,
             window: a.window.map(|w| sat(w.0)),
-            len: sat(a.length.0),
+            len: a
+                .length
+                .map_or(if a.udp { 1460 } else { 128 << 10 }, |l| sat(l.0)),
+            udp: a.udp,
+            rate: a.bitrate,
             congestion: a.congestion.clone(),
             interval: Duration::from_secs_f64(a.interval),
             nodelay: a.no_delay,

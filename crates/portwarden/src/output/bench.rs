@@ -135,6 +135,17 @@ impl Render for BenchClientDoc {
             s.push_str(&line(b, "receiver (reverse)", ""));
             s.push('\n');
         }
+        if let (Some(j), Some(l), Some(p)) = (
+            e.sum_received.jitter_ms,
+            e.sum_received.lost_packets,
+            e.sum_received.packets,
+        ) {
+            s.push_str(&format!(
+                "UDP: jitter {j:.3} ms, lost {l}/{p} datagrams ({:.2} %), {} out of order\n",
+                e.sum_received.lost_percent.unwrap_or(0.0),
+                e.sum_received.out_of_order.unwrap_or(0)
+            ));
+        }
         let c = &e.cpu_utilization_percent;
         s.push_str(&format!(
             "CPU: here {:.1} % ({:.1} user, {:.1} system), server {:.1} %\n",

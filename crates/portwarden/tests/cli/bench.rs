@@ -165,6 +165,9 @@ fn bad_input_is_exit_two_with_a_reason() {
             vec!["-C", "no-such-algorithm", "-t", "1", "-w", "10"],
             "-w 10",
         ),
+        (vec!["-b", "5M"], "--udp"),
+        (vec!["-u", "-l", "70000"], "12 to 65507"),
+        (vec!["-u", "-b", "fast"], "fast"),
     ] {
         let mut a = vec!["bench", "client", "127.0.0.1", "-p", &port];
         a.extend(args.iter().copied());
@@ -457,4 +460,60 @@ fn sigterm_stops_the_server_and_a_storm_with_its_workers() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(fds(), before);
+}
+
+#[test]
+fn a_udp_test_reports_jitter_and_loss_in_iperf3_names_and_a_rate_above_the_link_is_refused() {
+    let s = server(&[]);
+    let port = s.1.to_string();
+    let o = run(&[
+        "bench",
+        "client",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-u",
+        "-b",
+        "20M",
+        "-t",
+        "1",
+        "-R",
+        "--json",
+    ]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = assert_schema("bench-client", &o.stdout);
+    assert_eq!(v["start"]["test_start"]["protocol"], "UDP");
+    let sum = &v["end"]["sum"];
+    assert_eq!(sum["lost_packets"], 0, "{sum}");
+    assert!(sum["packets"].as_u64().unwrap() > 1000, "{sum}");
+    assert!(sum["jitter_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(v["end"]["sum_received"]["packets"], sum["packets"]);
+    // A policy whose link is slower than the rate asked: UDP would measure only drops.
+    let dir = tempdir("bench-udp-link");
+    let p = dir.join("policy.toml");
+    std::fs::write(
+        &p,
+        "version = 1\n\n[transfer]\nbandwidth = \"10Mbit\"\nrtt = \"1ms\"\n",
+    )
+    .unwrap();
+    let o = run(&[
+        "--policy",
+        p.to_str().unwrap(),
+        "--state-dir",
+        dir.join("s").to_str().unwrap(),
+        "bench",
+        "client",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-u",
+        "-b",
+        "20M",
+    ]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("above the policy's [transfer] bandwidth"),
+        "{}",
+        stderr(&o)
+    );
 }
